@@ -1,0 +1,30 @@
+"""Shared test set-up: offline hub, matplotlib cache in a temp dir, deterministic torch."""
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def pil_image():
+    """A 128x128 RGB image with two coloured squares (no dependency on the shapes world)."""
+    from PIL import Image
+
+    a = np.full((128, 128, 3), 30, np.uint8)
+    a[20:50, 20:50] = (220, 40, 40)
+    a[70:110, 60:100] = (50, 90, 230)
+    return Image.fromarray(a)

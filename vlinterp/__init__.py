@@ -1,0 +1,29 @@
+"""vlinterp: look inside vision-language models.
+
+>>> import vlinterp as vi
+>>> m = vi.load("tiny:llava")
+>>> b = m.prepare(images=[img], text=["is there a red circle?"])
+>>> out = m.run(b, capture=["blocks.*.resid"])
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .core.errors import VlinterpError  # noqa: F401  (light: no heavy imports)
+
+
+def load(name_or_path, **kw):
+    """Load a model behind its adapter; see :func:`vlinterp.adapters.registry.load`."""
+    from .adapters.registry import load as _load
+
+    return _load(name_or_path, **kw)
+
+
+def __getattr__(name):  # lazy submodules: vi.metrics, vi.data, vi.zoo ...
+    import importlib
+
+    if name in {"adapters", "core", "data", "zoo", "metrics", "viz", "saliency", "tracing", "sae", "pruning", "prototypes", "steering", "audit"}:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "errors":
+        return importlib.import_module(".core.errors", __name__)
+    raise AttributeError(name)

@@ -1,0 +1,82 @@
+"""Registry of adapter families and the ``vlinterp.load`` entry point.
+
+Families register lazily by import path so ``import vlinterp`` stays light. Each
+adapter class provides ``can_load(path) -> bool``, ``from_path(path, **kw)`` and
+``tiny(variant, **kw)`` (a tiny random model of the real class, for tests).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..core.errors import LoadError
+
+# family -> "module:Class"; order is the order paths are tried in
+FAMILIES: dict[str, str] = {
+    "diffusion": "vlinterp.adapters.diffusion:DiffusionAdapter",
+    "llava": "vlinterp.adapters.llava:LlavaAdapter",
+    "clip": "vlinterp.adapters.clip:ClipAdapter",
+    "vit": "vlinterp.adapters.vit:VitAdapter",
+}
+
+# tiny:<variant> -> family
+TINY: dict[str, str] = {
+    "llava": "llava",
+    "llava-next": "llava",
+    "clip": "clip",
+    "clip-hf": "clip",
+    "vit": "vit",
+    "vit-hf": "vit",
+    "diffusion": "diffusion",
+}
+
+
+def register(family: str, target: str) -> None:
+    """Register an adapter class given as ``"module:Class"``."""
+    FAMILIES[family] = target
+
+
+def adapter_class(family: str):
+    if family not in FAMILIES:
+        raise LoadError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    mod, cls = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def load(name_or_path: str, **kw):
+    """Load a model behind its adapter.
+
+    ``name_or_path``: ``tiny:<variant>`` (``llava``, ``llava-next``, ``clip``, ``clip-hf``,
+    ``vit``, ``vit-hf``, ``diffusion``), a model-zoo organism name (``shapes-llava``...),
+    or a local directory / checkpoint file (HF, open_clip, timm or diffusers format).
+    Keyword arguments go to the family's loader (``device``, ``dtype``, ``attn_implementation``...).
+    """
+    name = os.fspath(name_or_path)
+    if name.startswith("tiny:"):
+        variant = name[5:]
+        if variant not in TINY:
+            raise LoadError(f"unknown tiny model {name!r}; known: {', '.join('tiny:' + v for v in TINY)}")
+        return adapter_class(TINY[variant]).tiny(variant, **kw)
+    if not os.path.exists(name):
+        from .. import zoo
+
+        if zoo.is_organism(name):
+            return zoo.load_organism(name, **kw)
+        raise LoadError(
+            f"{name!r} is neither a local path nor a known name (tiny:<family>, or a zoo organism: "
+            f"{', '.join(zoo.names())}); vlinterp never downloads: pass a local directory or checkpoint"
+        )
+    for family in FAMILIES:
+        cls = adapter_class(family)
+        if cls.can_load(name):
+            try:
+                return cls.from_path(name, **kw)
+            except LoadError:
+                raise
+            except Exception as e:
+                raise LoadError(f"failed to load {name!r} as a {family} model: {type(e).__name__}: {e}") from e
+    raise LoadError(
+        f"{name!r}: no adapter recognises this path (expected an HF directory with config.json, a diffusers "
+        "directory with model_index.json, an open_clip directory with open_clip_config.json, or a timm "
+        "directory with config.json naming an 'architecture')"
+    )

@@ -1,0 +1,94 @@
+"""Attention probabilities recomputed from a module's own inputs and weights.
+
+Fused kernels (sdpa, flash, timm's ``fused_attn``, open_clip's ``need_weights=False``)
+return no probabilities. These functions recompute ``softmax(q k^T * scale + mask)`` for
+one attention module from the inputs a forward hook saw, so maps are available for the
+layers asked without switching the whole model to eager. Each returns ``[B, H, Tq, Tk]``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _softmax(scores: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+
+
+def _apply_mask(scores: torch.Tensor, mask, causal: bool) -> torch.Tensor:
+    Tq, Tk = scores.shape[-2:]
+    if mask is not None:
+        m = mask[..., :Tq, :Tk]
+        if m.dtype == torch.bool:
+            scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + m.to(scores.dtype)
+    elif causal and Tq > 1:
+        keep = torch.ones(Tq, Tk, dtype=torch.bool, device=scores.device).tril(Tk - Tq)
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    return scores
+
+
+def hf_self_attention(module, args, kwargs) -> torch.Tensor:
+    """transformers attention with ``q_proj``/``k_proj`` (Llama, Mistral, Qwen, CLIP, ViT...).
+
+    Handles optional ``q_norm``/``k_norm``, rotary ``position_embeddings``, grouped KV heads
+    and the layer's mask (4D float/bool, or ``None`` with a causal module)."""
+    h = kwargs.get("hidden_states", args[0] if args else None)
+    B, T, _ = h.shape
+    hd = getattr(module, "head_dim", None) or module.q_proj.out_features // module.num_heads
+    q = module.q_proj(h).view(B, T, -1, hd)
+    k = module.k_proj(h).view(B, T, -1, hd)
+    if getattr(module, "q_norm", None) is not None:
+        q, k = module.q_norm(q), module.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    pe = kwargs.get("position_embeddings")
+    if pe is not None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        q, k = apply_rotary_pos_emb(q, k, *pe)
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k = k.repeat_interleave(rep, dim=1)
+    scale = getattr(module, "scaling", None) or getattr(module, "scale", None) or hd**-0.5
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    mask = kwargs.get("attention_mask")
+    scores = _apply_mask(scores, mask, causal=bool(getattr(module, "is_causal", False)))
+    return _softmax(scores, q.dtype)
+
+
+def timm_attention(module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Attention`` (``qkv`` linear, optional ``q_norm``/``k_norm``) on input ``x`` ``[B, N, C]``."""
+    B, N, _ = x.shape
+    qkv = module.qkv(x).reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = qkv[0], qkv[1]
+    q, k = module.q_norm(q), module.k_norm(k)
+    return _softmax((q * module.scale) @ k.transpose(-2, -1), q.dtype)
+
+
+def mha_attention(module: torch.nn.MultiheadAttention, q_in, k_in, attn_mask=None) -> torch.Tensor:
+    """``nn.MultiheadAttention`` (open_clip) probabilities, per head, for batch-first inputs."""
+    E, H = module.embed_dim, module.num_heads
+    w, b = module.in_proj_weight, module.in_proj_bias
+    q = torch.nn.functional.linear(q_in, w[:E], None if b is None else b[:E])
+    k = torch.nn.functional.linear(k_in, w[E : 2 * E], None if b is None else b[E : 2 * E])
+    B, Tq, Tk, hd = q.shape[0], q.shape[1], k.shape[1], E // H
+    q = q.view(B, Tq, H, hd).transpose(1, 2)
+    k = k.view(B, Tk, H, hd).transpose(1, 2)
+    scores = (q @ k.transpose(-2, -1)) * hd**-0.5
+    scores = _apply_mask(scores, attn_mask, causal=False) if attn_mask is not None else scores
+    return _softmax(scores, q.dtype)
+
+
+def diffusers_attention(attn, hidden_states, encoder_hidden_states=None) -> torch.Tensor:
+    """diffusers ``Attention`` (self or cross): ``[B, H, N_query, N_key]``."""
+    ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if hidden_states.dim() == 4:  # [B, C, h, w] -> [B, hw, C]
+        B, C, hh, ww = hidden_states.shape
+        hidden_states = hidden_states.view(B, C, hh * ww).transpose(1, 2)
+    if attn.norm_cross is not None and encoder_hidden_states is not None:
+        ctx = attn.norm_encoder_hidden_states(ctx)
+    q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    k = attn.head_to_batch_dim(attn.to_k(ctx))
+    probs = attn.get_attention_scores(q, k, None)
+    B = hidden_states.shape[0]
+    return probs.view(B, attn.heads, probs.shape[1], probs.shape[2])

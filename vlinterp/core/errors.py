@@ -1,0 +1,68 @@
+"""One exception hierarchy for vlinterp.
+
+Every error a user can cause (bad image, bad prompt, unknown hook site, out-of-range
+layer, mismatched shapes, unloadable model) is a subclass of :class:`VlinterpError`,
+raised early, in our own words, naming the argument at fault.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class VlinterpError(Exception):
+    """Base class of every error vlinterp raises on purpose."""
+
+
+class ImageError(VlinterpError, ValueError):
+    """An image could not be read, or has a mode or size vlinterp cannot use."""
+
+
+class PromptError(VlinterpError, ValueError):
+    """A prompt is malformed: e.g. images given but the prompt has no image placeholder."""
+
+
+class ImageTokenMismatchError(PromptError):
+    """The number of image placeholders differs from the number of images / image features."""
+
+
+class UnknownSiteError(VlinterpError, KeyError):
+    """A hook-site name (or wildcard) matches no site of the adapter."""
+
+    def __init__(self, name: str, valid: Iterable[str]):
+        valid = list(valid)
+        near = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
+        msg = f"unknown hook site {name!r}"
+        if near:
+            msg += f"; nearest valid sites: {', '.join(near)}"
+        else:
+            msg += f"; valid sites look like: {', '.join(valid[:6])}"
+        self.name, self.nearest = name, near
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class LayerRangeError(VlinterpError, IndexError):
+    """A layer index is outside the model's range."""
+
+
+class LoadError(VlinterpError, OSError):
+    """A model name or path could not be resolved or loaded."""
+
+
+class ShapeMismatchError(VlinterpError, ValueError):
+    """A tensor (scores, SAE width, edit result) has the wrong shape for where it is used."""
+
+
+class LayoutError(VlinterpError, ValueError):
+    """A token-layout query is invalid (unknown span, image index out of range...)."""
+
+
+class UnsupportedError(VlinterpError, NotImplementedError):
+    """The adapter's model family does not support this operation (e.g. generate on a ViT)."""
+
+
+class NaNError(VlinterpError, FloatingPointError):
+    """NaN or Inf values were found where finite values are required."""

@@ -1,0 +1,212 @@
+"""Hook sites, capture and edits that never leak.
+
+An adapter declares a table ``{uniform site name: Site(module path, stream)}``.
+:class:`HookSession` resolves names and wildcards against that table and installs
+PyTorch forward hooks only for the duration of a ``with`` block: on exit, also by
+exception, every handle it added is removed, so the model has exactly the hooks it
+had before and gives bit-identical outputs.
+
+Wildcards: ``*`` matches one dotted component, ``**`` any run of components, and
+``{a,b}`` alternatives, e.g. ``blocks.*.resid``, ``vision.blocks.{0,1}.{attn,mlp}``.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from .errors import ShapeMismatchError, UnknownSiteError
+
+EditFn = Callable[[torch.Tensor, object], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hook site: ``module`` is the dotted path inside the wrapped model; ``stream``
+    names the token layout its sequence dimension follows (``lm``, ``vision``, ``text``,
+    ``unet``). ``layer`` is the block index or ``None``."""
+
+    module: str
+    stream: str
+    layer: int | None = None
+
+
+def pattern_to_regex(pattern: str) -> re.Pattern:
+    """Compile a site wildcard pattern to a regex matching whole site names."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if ch == "*":
+            out.append("[^.]+")
+        elif ch == "{":
+            j = pattern.index("}", i)
+            out.append("(?:" + "|".join(re.escape(p.strip()) for p in pattern[i + 1 : j].split(",")) + ")")
+            i = j
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def resolve_sites(patterns: str | Iterable[str], table: Mapping[str, Site]) -> list[str]:
+    """Expand names/wildcards to site names, in the table's order; unknown names raise
+    :class:`UnknownSiteError` listing the nearest valid names."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: set[str] = set()
+    for p in patterns:
+        if p in table:
+            chosen.add(p)
+            continue
+        rx = pattern_to_regex(p)
+        hits = [n for n in table if rx.match(n)]
+        if not hits:
+            raise UnknownSiteError(p, table.keys())
+        chosen.update(hits)
+    return [n for n in table if n in chosen]
+
+
+def get_tensor(out):
+    """The main tensor of a module output (tensor, tuple/list first element, or ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if isinstance(out, Mapping):
+        return next(iter(out.values()))
+    if hasattr(out, "sample"):  # diffusers UNet2DConditionOutput
+        return out.sample
+    raise TypeError(f"cannot find a tensor in module output of type {type(out).__name__}")
+
+
+def set_tensor(out, new: torch.Tensor):
+    """Return ``out`` with its main tensor replaced by ``new`` (same container type)."""
+    if isinstance(out, torch.Tensor):
+        return new
+    if isinstance(out, tuple):
+        return (new,) + tuple(out[1:])
+    if isinstance(out, list):
+        return [new] + list(out[1:])
+    if isinstance(out, Mapping):
+        k = next(iter(out.keys()))
+        out[k] = new
+        return out
+    raise TypeError(f"cannot replace the tensor in module output of type {type(out).__name__}")
+
+
+def count_hooks(model: torch.nn.Module) -> int:
+    """Total number of forward/pre/backward hooks on every submodule (for leak checks)."""
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+    return n
+
+
+def _select_positions(t: torch.Tensor, positions) -> torch.Tensor:
+    if positions is None:
+        return t
+    if t.dim() < 2:
+        raise ShapeMismatchError(f"cannot select positions from a tensor of shape {tuple(t.shape)}")
+    idx = torch.as_tensor(positions, dtype=torch.long, device=t.device)
+    return t.index_select(1, idx)
+
+
+class HookSession:
+    """Installs capture and edit hooks on ``model`` for one ``with`` block.
+
+    ``layouts`` is a callable ``stream -> TokenLayout | None`` so edits receive the layout
+    of the batch that is running when they fire.
+    """
+
+    def __init__(self, model: torch.nn.Module, table: Mapping[str, Site], layouts: Callable[[str], object]):
+        self.model, self.table, self.layouts = model, table, layouts
+        self._modules = dict(model.named_modules())
+
+    def module(self, site: str) -> torch.nn.Module:
+        path = self.table[site].module
+        if path not in self._modules:
+            raise UnknownSiteError(site, self.table.keys())
+        return self._modules[path]
+
+    @contextlib.contextmanager
+    def hooks(
+        self,
+        capture: str | Iterable[str] | None = None,
+        edits: Mapping[str, EditFn] | None = None,
+        positions=None,
+        grad: bool = False,
+    ):
+        """Yield a dict ``cache`` filled as the model runs: ``cache[site]`` is the site's
+        output ``[B, T, D]`` (or ``[B, C, H, W]`` for UNet sites), restricted to
+        ``positions`` along dim 1 if given. Calls within the block append: a site that
+        fires several times (generation steps, sampler steps) keeps a list in
+        ``cache.steps[site]`` and its last value in ``cache[site]``."""
+        cache = Cache()
+        handles = []
+        try:
+            for name in resolve_sites(edits.keys(), self.table) if edits else []:
+                fns = [fn for pat, fn in edits.items() if name in resolve_sites(pat, self.table)]
+                handles.append(self.module(name).register_forward_hook(self._edit_hook(name, fns)))
+            for name in resolve_sites(capture, self.table) if capture else []:
+                handles.append(self.module(name).register_forward_hook(self._capture_hook(name, cache, positions, grad)))
+            yield cache
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _edit_hook(self, name: str, fns: list[EditFn]):
+        stream = self.table[name].stream
+
+        def hook(module, args, out):
+            t = get_tensor(out)
+            layout = self.layouts(stream)
+            for fn in fns:
+                new = fn(t, layout)
+                if not isinstance(new, torch.Tensor) or new.shape != t.shape:
+                    shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                    raise ShapeMismatchError(f"edit at {name!r} returned {shape}, expected {tuple(t.shape)}")
+                t = new
+            return set_tensor(out, t)
+
+        return hook
+
+    def _capture_hook(self, name: str, cache: "Cache", positions, grad: bool):
+        def hook(module, args, out):
+            t = get_tensor(out)
+            pos = positions(self.layouts(self.table[name].stream)) if callable(positions) else positions
+            t = _select_positions(t, pos)
+            if grad:
+                if t.requires_grad:
+                    t.retain_grad()
+            else:
+                t = t.detach()
+            cache.add(name, t)
+
+        return hook
+
+
+class Cache(dict):
+    """``dict`` of site name -> last captured tensor, plus ``steps[site]``: every capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, name: str, t: torch.Tensor):
+        self.steps.setdefault(name, []).append(t)
+        self[name] = t
+
+    def stack(self, pattern: str, table_order: Iterable[str] | None = None) -> torch.Tensor:
+        """Stack captured sites matching ``pattern`` along a new dim 0 (e.g. ``[L, B, T, D]``)."""
+        rx = pattern_to_regex(pattern)
+        names = [n for n in (table_order or self.keys()) if n in self and rx.match(n)]
+        if not names:
+            raise KeyError(f"no captured site matches {pattern!r}; captured: {list(self)}")
+        return torch.stack([self[n] for n in names])

@@ -1,0 +1,58 @@
+"""Batch, Outputs and Generation: what adapters take and return."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .hooks import Cache
+from .layout import TokenLayout
+
+
+@dataclass
+class Batch:
+    """Model-native ``inputs`` plus one :class:`TokenLayout` per stream.
+
+    ``layouts`` maps a stream name (``lm``, ``vision``, ``text``, ``unet``) to its layout;
+    ``layout`` is the adapter's main stream (LLaVA: ``lm``; CLIP/ViT: ``vision``;
+    diffusion: ``text``). ``images`` are the RGB PIL images as given (for overlays),
+    ``text`` the prompts as given.
+    """
+
+    inputs: dict[str, Any]
+    layouts: dict[str, TokenLayout]
+    main: str
+    images: list = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> TokenLayout:
+        return self.layouts[self.main]
+
+    def to(self, device) -> "Batch":
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
+        return Batch(moved, self.layouts, self.main, self.images, self.text, dict(self.meta))
+
+
+@dataclass
+class Outputs:
+    """``logits``: LLaVA ``[B, T, V]``; ViT ``[B, classes]``; CLIP ``[n_images, n_texts]``
+    (scaled cosine similarities); diffusion: the UNet's noise prediction ``[B, C, h, w]``.
+    ``cache[site]`` holds captured activations (see :class:`~vlinterp.core.hooks.Cache`)."""
+
+    logits: torch.Tensor
+    cache: Cache
+    raw: Any = None
+
+
+@dataclass
+class Generation:
+    """``sequences`` ``[B, T + n]`` (prompt and new tokens), ``new_tokens`` ``[B, n]``,
+    ``texts`` the decoded new tokens, ``scores`` per step logits ``[n, B, V]`` when kept."""
+
+    sequences: torch.Tensor
+    new_tokens: torch.Tensor
+    texts: list[str]
+    scores: torch.Tensor | None = None
