@@ -67,7 +67,12 @@ def load(name_or_path: str, **kw):
             f"{', '.join(zoo.names())}); vlinterp never downloads: pass a local directory or checkpoint"
         )
     for family in FAMILIES:
-        cls = adapter_class(family)
+        try:
+            cls = adapter_class(family)
+        except ModuleNotFoundError as e:  # a family whose backing library is not installed
+            if e.name and e.name.startswith("vlinterp"):
+                raise
+            continue
         if cls.can_load(name):
             try:
                 return cls.from_path(name, **kw)

@@ -101,11 +101,19 @@ def set_tensor(out, new: torch.Tensor):
     raise TypeError(f"cannot replace the tensor in module output of type {type(out).__name__}")
 
 
-def count_hooks(model: torch.nn.Module) -> int:
-    """Total number of forward/pre/backward hooks on every submodule (for leak checks)."""
+def _is_library_hook(fn) -> bool:
+    """transformers >= 5 installs its own output-recording hooks, once, on a model's first
+    forward (``install_output_capuring_hook``); they are the library's, not ours."""
+    return "output_capuring_hook" in getattr(fn, "__qualname__", "") or "output_capturing_hook" in getattr(fn, "__qualname__", "")
+
+
+def count_hooks(model: torch.nn.Module, include_library: bool = False) -> int:
+    """Number of forward/pre/backward hooks on every submodule (for leak checks). Hooks that
+    transformers installs for itself on first use are left out unless ``include_library``."""
     n = 0
     for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks):
+            n += sum(1 for fn in d.values() if include_library or not _is_library_hook(fn))
     return n
 
 

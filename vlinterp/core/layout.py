@@ -264,6 +264,9 @@ class LayoutBuilder:
         """Add ``positions`` of the current row to span ``name``."""
         self._spans[-1].setdefault(name, []).extend(int(p) for p in positions)
 
+    def pad(self, n: int):
+        self._push(PAD, n)
+
     def text(self, n: int, span: str | None = None):
         self._push(TEXT, n, span=span)
 
@@ -302,7 +305,7 @@ class LayoutBuilder:
             for k, v in r.items():
                 arrs[k][b, off : off + n] = v
             for name in names:
-                if name == "last":
+                if name == "last" and "last" not in spans_rows[b]:
                     spans[name].append(np.array([off + n - 1]))
                 else:
                     spans[name].append(np.array(spans_rows[b].get(name, []), dtype=np.int64) + off)
