@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each; each registers itself with :func:`vlinterp.cli.register`."""

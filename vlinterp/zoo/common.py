@@ -1,0 +1,100 @@
+"""Shared pieces of organism recipes: atomic output directories, model cards, schedules."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str):
+    """Yield a temporary directory next to ``out_dir``; on success it replaces ``out_dir``
+    (rename), on error it is deleted and ``out_dir`` is untouched."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            old = out_dir + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def write_card(out_dir: str, name: str, seed: int, command: str, train_seconds: float, metrics: dict, floors: dict, extra: dict | None = None) -> dict:
+    """``card.json``: the organism's measured metrics beside its floors, and how to reproduce it."""
+    card = {
+        "name": name,
+        "seed": seed,
+        "command": command,
+        "train_seconds": round(train_seconds, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "metrics": metrics,
+        "floors": floors,
+        "floors_met": {k: check_floor(metrics.get(k), *v) for k, v in floors.items()},
+    }
+    card.update(extra or {})
+    write_json_atomic(os.path.join(out_dir, "card.json"), card)
+    return card
+
+
+def check_floor(value, op: str, bound: float) -> bool:
+    if value is None:
+        return False
+    return value >= bound if op == ">=" else value <= bound
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100, final: float = 0.05) -> float:
+    """Linear warmup then cosine decay to ``final * base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def command_line() -> str:
+    return " ".join(["vlinterp"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("vlinterp") else " ".join(sys.argv)
+
+
+class Clock:
+    """Wall-clock budget: ``clock.left() > 0`` while time remains."""
+
+    def __init__(self, minutes: float | None):
+        self.t0 = time.time()
+        self.budget = None if minutes is None else minutes * 60
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def left(self) -> float:
+        return float("inf") if self.budget is None else self.budget - self.elapsed()
