@@ -45,5 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as a script: use the importable module so commands register there
+    from vlinterp.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,6 @@
+"""`python -m vlinterp` = the `vlinterp` command."""
+import sys
+
+from vlinterp.cli import main
+
+sys.exit(main())
