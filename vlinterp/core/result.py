@@ -1,0 +1,70 @@
+"""One result type for every method: arrays + the layout they index + meta.
+
+``viz`` and ``metrics`` accept any :class:`Result` without knowing which method made it.
+Saliency results hold ``scores``: ``[n_targets, n_patches]`` patch scores for one image
+(patches in :meth:`TokenLayout.image_positions` order, all tiles), one row per target
+(answer token, class, text, word).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ShapeMismatchError
+from .layout import TokenLayout
+
+
+@dataclass
+class Result:
+    """``method``: registry name; ``arrays``: named numpy arrays; ``layout``: the layout whose
+    positions/patches the arrays index; ``targets``: one label per row of ``scores``;
+    ``image_index``: which image of the layout the patch scores belong to; ``meta``: JSON-able."""
+
+    method: str
+    arrays: dict[str, np.ndarray]
+    layout: TokenLayout | None = None
+    targets: list[str] = field(default_factory=list)
+    image_index: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``[n_targets, n_patches]`` float32 patch scores."""
+        return self.arrays["scores"]
+
+    def patch_grid(self, target: int = 0, tile: int = 0) -> np.ndarray:
+        """Scores of one target on one tile's grid ``[rows, cols]``."""
+        return self.layout.patch_scores(self.scores[target], self.image_index)[tile]
+
+    def heatmap(self, target: int = 0) -> np.ndarray:
+        """``[H, W]`` float32 map of one target at the original image size."""
+        if self.layout is None:
+            raise ShapeMismatchError(f"{self.method} result has no layout to map patch scores to the image")
+        return self.layout.to_heatmap(self.scores[target], self.image_index)
+
+    def to_json(self) -> dict:
+        """JSON-ready: method, targets, per-target patch scores, layout grid, meta."""
+        g = self.layout.images[self.image_index] if self.layout is not None else None
+        return {
+            "method": self.method,
+            "targets": list(self.targets),
+            "scores": np.asarray(self.scores, np.float32).round(6).tolist(),
+            "grid": [list(t.grid) for t in g.tiles] if g else None,
+            "image_size": list(g.size) if g else None,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str) -> None:
+        """Write ``path`` (``.json``) and ``path`` with ``.npz`` beside it, atomically."""
+        base, _ = os.path.splitext(path)
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        for suffix, writer in ((".npz", lambda f: np.savez(f, **self.arrays)), (".json", lambda f: f.write(json.dumps(self.to_json(), indent=1).encode()))):
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+            os.replace(tmp, base + suffix)
