@@ -28,6 +28,7 @@ TINY: dict[str, str] = {
     "vit": "vit",
     "vit-hf": "vit",
     "diffusion": "diffusion",
+    "diffusion-pixel": "diffusion",
 }
 
 
@@ -47,7 +48,7 @@ def load(name_or_path: str, **kw):
     """Load a model behind its adapter.
 
     ``name_or_path``: ``tiny:<variant>`` (``llava``, ``llava-next``, ``clip``, ``clip-hf``,
-    ``vit``, ``vit-hf``, ``diffusion``), a model-zoo organism name (``shapes-llava``...),
+    ``vit``, ``vit-hf``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
     or a local directory / checkpoint file (HF, open_clip, timm or diffusers format).
     Keyword arguments go to the family's loader (``device``, ``dtype``, ``attn_implementation``...).
     """
