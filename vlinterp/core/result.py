@@ -67,4 +67,5 @@ class Result:
             fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
             with os.fdopen(fd, "wb") as f:
                 writer(f)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, base + suffix)

@@ -23,6 +23,7 @@ def atomic_dir(out_dir: str):
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
     try:
         yield tmp
+        _publish_modes(tmp)
         if os.path.exists(out_dir):
             old = out_dir + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -36,12 +37,23 @@ def atomic_dir(out_dir: str):
         raise
 
 
+def _publish_modes(root: str) -> None:
+    """mkdtemp/mkstemp create 0700/0600 entries; shipped files must be world-readable."""
+    os.chmod(root, 0o755)
+    for d, dirs, files in os.walk(root):
+        for x in dirs:
+            os.chmod(os.path.join(d, x), 0o755)
+        for x in files:
+            os.chmod(os.path.join(d, x), 0o644)
+
+
 def write_json_atomic(path: str, obj) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
