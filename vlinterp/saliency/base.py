@@ -1,0 +1,247 @@
+"""The one base class of saliency methods, and the helpers they share.
+
+As in pytorch-grad-cam's ``BaseCAM``, a method is a small subclass overriding one function:
+``compute(t: Targets) -> [n_targets, n_patches]``. :meth:`SaliencyMethod.attribute` resolves
+the target (:mod:`.targets`), calls ``compute`` and wraps the scores in a
+:class:`~vlinterp.core.result.Result` (patches in ``layout.image_positions(image_index)`` order).
+
+Helpers: :func:`attention_with_grad` (attention probabilities that are part of the autograd
+graph, for gradient x attention methods), :func:`pixel_forward` (pixels -> explained scalars,
+for captum and pytorch-grad-cam), :func:`pool_pixels` (pixel attributions -> patch grid).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ..core.errors import LayerRangeError, NaNError, ShapeMismatchError, UnsupportedError
+from ..core.result import Result
+from ..core.types import Batch
+from .targets import Targets, resolve
+
+
+class SaliencyMethod:
+    """Base of every saliency method. ``families``: model families it supports; ``defaults``:
+    its options (``SaliencyMethod(adapter, **opts)`` rejects unknown ones)."""
+
+    name: str = ""
+    families: tuple[str, ...] = ("llava", "vit", "clip")
+    defaults: dict = {}
+
+    def __init__(self, adapter, **opts):
+        if adapter.family not in self.families:
+            raise UnsupportedError(f"saliency method {self.name!r} does not support {adapter.family} models "
+                                   f"(supports: {', '.join(self.families)})")
+        unknown = set(opts) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown option(s) {sorted(unknown)}; options: {sorted(self.defaults)}")
+        self.adapter = adapter
+        self.opts = {**self.defaults, **opts}
+
+    def compute(self, t: Targets) -> np.ndarray:
+        """Patch scores ``[t.n, n_patches]`` (float); may add ``t.arrays`` / ``t.meta``."""
+        raise NotImplementedError
+
+    def resolve(self, batch: Batch, target=None, image_index: int = 0) -> Targets:
+        return resolve(self.adapter, batch, target, image_index, max_new_tokens=self.opts.get("max_new_tokens", 8))
+
+    def attribute(self, batch: Batch, target=None, image_index: int = 0) -> Result:
+        """Explain ``target`` (see :mod:`.targets`) on image ``image_index`` of ``batch``.
+        Returns a Result: ``scores`` ``[n_targets, n_patches]``, ``targets`` labels, the layout
+        of the patches' stream; ``meta``: method, family, options, resolved ``target``, answer..."""
+        t = self.resolve(batch, target, image_index)
+        scores = np.asarray(self.compute(t), dtype=np.float32)
+        n_patches = len(t.patches)
+        if scores.shape != (t.n, n_patches):
+            raise ShapeMismatchError(f"{self.name} produced scores {scores.shape}, expected {(t.n, n_patches)}")
+        if not np.all(np.isfinite(scores)):
+            raise NaNError(f"{self.name} produced NaN or Inf scores")
+        meta = {"method": self.name, "family": self.adapter.family, "model": self.adapter.name,
+                "options": _jsonable(self.opts), "target": t.spec, "image_index": int(image_index),
+                "stream": t.stream, **t.meta}
+        return Result(self.name, {"scores": scores, **t.arrays}, t.layout, list(t.labels), t.image_index, meta)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.adapter.name!r} {self.opts}>"
+
+
+def _jsonable(opts: dict) -> dict:
+    out = {}
+    for k, v in opts.items():
+        if isinstance(v, (str, int, float, bool, type(None))) or (isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v)):
+            out[k] = list(v) if isinstance(v, tuple) else v
+        else:
+            out[k] = repr(v)
+    return out
+
+
+# ---------------------------------------------------------------- model access
+def site_module(adapter, site: str) -> torch.nn.Module:
+    """The ``nn.Module`` behind a hook site of ``adapter``."""
+    return adapter._session.module(site)
+
+
+def check_layers(adapter, layers, stream: str) -> list[int]:
+    """Layer indices (negative allowed) of ``stream``'s attention layers, validated; ``None`` = all."""
+    sites = adapter.attention_sites(stream)
+    if not sites:
+        raise UnsupportedError(f"{adapter.family}: no attention layers in stream {stream!r}")
+    n = max(sites) + 1
+    if layers is None:
+        return list(range(n))
+    layers = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(x) for x in layers]
+    for x in layers:
+        if not -n <= x < n:
+            raise LayerRangeError(f"layer {x} out of range: stream {stream!r} has {n} layers (0..{n - 1})")
+    return sorted({x % n for x in layers})
+
+
+def with_pixel_grad(batch: Batch) -> Batch:
+    """A shallow copy of ``batch`` whose ``pixel_values`` require grad (so gradients reach the
+    activations even when the model's parameters are frozen)."""
+    inputs = dict(batch.inputs)
+    if isinstance(inputs.get("pixel_values"), torch.Tensor) and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].detach().clone().requires_grad_(True)
+    return Batch(inputs, batch.layouts, batch.main, batch.images, batch.text, batch.meta)
+
+
+@contextlib.contextmanager
+def attention_with_grad(adapter, layers: Iterable[int], stream: str):
+    """Yield ``{layer: probs [B, H, Tq, Tk]}``, filled by the next ``adapter.run(..., grad=True)``
+    inside the block with the attention probabilities the model actually multiplies with its
+    values, so ``torch.autograd.grad(score, probs[l])`` is the true gradient.
+
+    Recomputed probabilities (``Adapter.attention``) are a side branch of the graph with zero
+    gradient, so each attention module is switched, for the block only, to its explicit path:
+    transformers modules to the ``eager`` attention function (their output ``[1]`` is then the
+    probabilities), timm ``Attention`` to ``fused_attn=False`` (probabilities read at ``attn_drop``).
+    ``nn.MultiheadAttention`` (open_clip) returns only a view of its probabilities, so its output
+    is replaced by ``out_proj(P @ V)`` with ``P`` from ``adapter._attention_probs`` (same values).
+    On exit, also by exception, every hook is removed and every switch restored."""
+    sites = adapter.attention_sites(stream)
+    probs: dict[int, torch.Tensor] = {}
+    handles, undo = [], []
+    try:
+        for l in layers:
+            handles += _install(adapter, site_module(adapter, sites[l]), l, probs, undo, sites[l])
+        yield probs
+    finally:
+        for h in handles:
+            h.remove()
+        for fn in reversed(undo):
+            fn()
+
+
+def _install(adapter, mod, layer: int, probs: dict, undo: list, site: str) -> list:
+    def store(t):
+        if t is None:
+            raise UnsupportedError(f"{site}: the attention module returned no probabilities")
+        probs[layer] = t
+
+    if isinstance(mod, torch.nn.MultiheadAttention):
+        return [mod.register_forward_hook(_mha_hook(adapter, site, store), with_kwargs=True)]
+    if hasattr(mod, "fused_attn") and isinstance(getattr(mod, "attn_drop", None), torch.nn.Module):
+        old = mod.fused_attn
+        mod.fused_attn = False
+        undo.append(lambda: setattr(mod, "fused_attn", old))
+        return [mod.attn_drop.register_forward_hook(lambda m, a, out: store(out))]
+    cfg = getattr(mod, "config", None)
+    if cfg is not None and hasattr(cfg, "_attn_implementation"):
+        old = cfg._attn_implementation
+        if old != "eager":
+            cfg._attn_implementation = "eager"
+            undo.append(lambda: setattr(cfg, "_attn_implementation", old))
+        return [mod.register_forward_hook(lambda m, a, out: store(out[1] if isinstance(out, tuple) and len(out) > 1 else None))]
+    raise UnsupportedError(f"{site}: gradients of attention are not available for {type(mod).__name__} modules")
+
+
+def _mha_hook(adapter, site: str, store):
+    """Forward hook: recompute an ``nn.MultiheadAttention`` output from in-graph probabilities."""
+
+    def hook(m, args, kwargs, out):
+        P = adapter._attention_probs(site, m, args, kwargs, out)              # [B, H, Tq, Tk]
+        q = args[0] if args else kwargs["query"]
+        v = args[2] if len(args) > 2 else kwargs.get("value", args[1] if len(args) > 1 else kwargs.get("key", q))
+        if not m.batch_first:
+            v = v.transpose(0, 1)
+        E, H = m.embed_dim, m.num_heads
+        b = None if m.in_proj_bias is None else m.in_proj_bias[2 * E:]
+        w = m.in_proj_weight[2 * E:] if m.in_proj_weight is not None else m.v_proj_weight
+        vv = torch.nn.functional.linear(v, w, b).view(v.shape[0], v.shape[1], H, E // H).transpose(1, 2)
+        o = (P @ vv).transpose(1, 2).reshape(v.shape[0], P.shape[2], E)
+        o = m.out_proj(o)
+        if not m.batch_first:
+            o = o.transpose(0, 1)
+        store(P)
+        return (o,) + tuple(out[1:]) if isinstance(out, tuple) else o
+
+    return hook
+
+
+@contextlib.contextmanager
+def keep_param_grads(model: torch.nn.Module):
+    """Restore every parameter's ``.grad`` on exit (for libraries that call ``backward()``)."""
+    saved = [(p, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, g in saved:
+            p.grad = g
+
+
+# ----------------------------------------------------------------- pixel space
+def pixels(t: Targets) -> torch.Tensor:
+    x = t.batch.inputs.get("pixel_values")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = None if x is None else tuple(x.shape)
+        raise UnsupportedError(f"pixel-space methods need pixel_values [n_images, 3, H, W] (one crop per image); got {shape}")
+    if t.stream == "lm" and len(t.layout.images[t.image_index].tiles) != 1:
+        raise UnsupportedError("pixel-space methods do not support tiled (LLaVA-NeXT) images")
+    if x.shape[0] != 1:
+        raise UnsupportedError(f"pixel-space methods explain one image per prompt; this prompt has {x.shape[0]}")
+    return x
+
+
+def pixel_forward(adapter, t: Targets, grad: bool):
+    """``f(x) -> [k, n_targets]`` for pixels ``x`` ``[k, 3, H, W]`` (copies of the one explained
+    image): the batch's other inputs are repeated ``k`` times (captum expands inputs along dim 0)."""
+    pixels(t)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        k = x.shape[0]
+        inputs = dict(t.batch.inputs)
+        inputs["pixel_values"] = x
+        if t.stream == "lm" and k > 1:
+            for key in ("input_ids", "attention_mask"):
+                inputs[key] = inputs[key].repeat(k, 1)
+        b = Batch(inputs, t.batch.layouts, t.batch.main, t.batch.images, t.batch.text, t.batch.meta)
+        return t.select(adapter.run(b, grad=grad).logits).float()
+
+    return f
+
+
+def pool_pixels(attr: torch.Tensor, t: Targets, absolute: bool = True) -> np.ndarray:
+    """Pixel attributions ``[3, H, W]`` of the explained image -> per-patch means ``[n_patches]``
+    over each patch cell of the processed input (``H // rows`` x ``W // cols`` pixels), row-major."""
+    rows, cols = t.layout.grid(t.image_index)
+    a = attr.detach().float()
+    a = a.abs() if absolute else a
+    a = a.mean(0)
+    ph, pw = a.shape[0] // rows, a.shape[1] // cols
+    a = a[: rows * ph, : cols * pw].reshape(rows, ph, cols, pw).mean(dim=(1, 3))
+    return a.flatten().cpu().numpy()
+
+
+def select_heads(A: torch.Tensor, heads) -> torch.Tensor:
+    """``A`` ``[..., H, Tq, Tk]`` restricted to ``heads`` (``None`` = all) along dim -3."""
+    if heads is None:
+        return A
+    H = A.shape[-3]
+    heads = [int(heads)] if isinstance(heads, (int, np.integer)) else [int(h) for h in heads]
+    for h in heads:
+        if not -H <= h < H:
+            raise LayerRangeError(f"head {h} out of range: layers have {H} heads (0..{H - 1})")
+    return A.index_select(-3, torch.as_tensor([h % H for h in heads], device=A.device))

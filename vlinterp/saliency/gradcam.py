@@ -1,0 +1,107 @@
+"""Grad-CAM on transformer tokens via pytorch-grad-cam (``pytorch_grad_cam.GradCAM``).
+
+The target layer is a hook site's module; its ``[B, T, D]`` output is turned into the
+``[B, D, rows, cols]`` map Grad-CAM expects by a ``reshape_transform`` built from our layout
+(special positions dropped, patches put on their grid). Default sites: ViT/CLIP
+``vision.blocks.{n-2}.resid`` (the input of the last block: the last block's patch outputs do
+not reach a CLS-pooled head, so their gradients are zero), LLaVA ``projector`` (the image tokens
+the language model reads; llava-1.5 layouts, one image per prompt). Option ``layer`` picks
+``vision.blocks.{layer}.resid``; ``site`` any site of the ``vision``/``projector`` stream.
+Scores are Grad-CAM's per-patch map before its upsampling and min-max scaling, ReLU'd.
+Hooks are pytorch-grad-cam's own, released in ``finally``; parameter ``.grad``
+is restored after its ``backward()``. (Not ``with GradCAM(...)``: its ``__exit__`` swallows IndexError.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.errors import ShapeMismatchError, UnsupportedError
+from .base import SaliencyMethod, keep_param_grads, pixel_forward, pixels, site_module
+from .targets import Targets
+
+
+class _Wrapped(torch.nn.Module):
+    """pixels -> explained scalars ``[k, n_targets]``, as a module for pytorch-grad-cam."""
+
+    def __init__(self, fn, model):
+        super().__init__()
+        self.fn, self.inner = fn, model
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def layout_reshape(layout, image_index: int = 0):
+    """``reshape_transform``: ``[B, T, D]`` -> ``[B, D, rows, cols]`` keeping image ``image_index``'s
+    patch positions (the same in every row of a stream)."""
+    pos = layout.image_positions(image_index)
+    rows, cols = layout.grid(image_index)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] <= int(pos.max()):
+            raise ShapeMismatchError(f"gradcam: the target site's output {tuple(x.shape)} is not [B, T, D] over the layout's positions")
+        x = x[:, pos.to(x.device)]
+        return x.reshape(x.shape[0], rows, cols, x.shape[-1]).permute(0, 3, 1, 2)
+
+    return transform
+
+
+def _cam_class():
+    from pytorch_grad_cam import GradCAM
+
+    class PatchGradCAM(GradCAM):
+        """GradCAM keeping the raw per-patch cam (before ReLU, upsampling and scaling)."""
+
+        raw: list
+
+        def get_cam_image(self, *args, **kwargs):
+            cam = super().get_cam_image(*args, **kwargs)
+            self.raw.append(cam)
+            return cam
+
+    return PatchGradCAM
+
+
+class GradCAMMethod(SaliencyMethod):
+    name = "gradcam"
+    defaults = {"layer": None, "site": None, "max_new_tokens": 8}
+
+    def target_site(self, t: Targets) -> tuple[str, str]:
+        """``(site, stream)`` of the target layer."""
+        a = self.adapter
+        if self.opts["site"] is not None:
+            site = self.opts["site"]
+            stream = a.site_table[a.sites(site)[0]].stream
+            return a.sites(site)[0], stream
+        if a.family == "llava":
+            if self.opts["layer"] is not None:
+                raise UnsupportedError("gradcam on LLaVA uses the projector output; pass site='vision.blocks.{i}.resid' for another")
+            return "projector", "projector"
+        n = a.num_layers("vision")
+        layer = n - 2 if self.opts["layer"] is None else int(self.opts["layer"]) % n
+        return ("vision.embed" if layer < 0 else f"vision.blocks.{layer}.resid"), "vision"
+
+    def compute(self, t: Targets) -> np.ndarray:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        site, stream = self.target_site(t)
+        if stream not in t.batch.layouts:
+            raise UnsupportedError(f"gradcam: site {site!r} is in stream {stream!r}, which this batch has no layout for")
+        lay = t.batch.layouts[stream]
+        if len(lay.images[0].tiles) != 1 or lay.grid(0) != t.layout.grid(t.image_index):
+            raise UnsupportedError(f"gradcam: the {stream} grid {lay.grid(0)} differs from the explained image's patch grid")
+        x = pixels(t).detach().clone().requires_grad_(True)
+        model = _Wrapped(pixel_forward(self.adapter, t, grad=True), self.adapter.model)
+        t.meta["site"] = site
+        out = []
+        with keep_param_grads(self.adapter.model):
+            cam = _cam_class()(model, [site_module(self.adapter, site)], reshape_transform=layout_reshape(lay))
+            try:  # not `with cam:`, whose __exit__ swallows IndexError
+                for k in range(t.n):
+                    cam.raw = []
+                    cam(x, targets=[ClassifierOutputTarget(k)])
+                    out.append(np.maximum(np.asarray(cam.raw[0])[0], 0).reshape(-1))
+            finally:
+                cam.activations_and_grads.release()
+        return np.stack(out)
