@@ -1,0 +1,243 @@
+"""``shapes-diffusion``: a pixel-space text-to-image diffusion model of the shapes world.
+
+Model: diffusers ``UNet2DConditionModel`` (Stable-Diffusion block types: CrossAttnDownBlock2D x3,
+UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D x3; channels 16/48/64 at 32/16/8 px) denoising
+3x32x32 images in [-1, 1] directly (no VAE), with cross-attention to the prompt at EVERY
+resolution (the 32x32 level has ``only_cross_attention`` so it skips the costly 1024-token
+self-attention; its ``attn1`` therefore also attends to the text). Text: a transformers
+``CLIPTextModel`` (2 layers x 64) over the word-level tokenizer of ``diffusion_tiny``.
+Scheduler: ``DDIMScheduler`` (linear betas 1e-4..0.02 for pixel space, v-prediction,
+``steps_offset=1``). Training: single-object renderings of training scenes (area-downscaled
+128 -> 32) captioned ``"a {colour} {shape}."`` (+10% two-object captions), caption dropped 10%
+of the time for classifier-free guidance, min-SNR(5) weighted v loss, EMA weights shipped.
+
+Floor ``prompt_match``: over prompts ``"a {colour} {shape}."`` cycling all 24 pairs, the
+fraction of samples (25 DDIM steps, guidance 3) whose judged top pair is the prompted one.
+Judge: the ``shapes-vit`` organism on the sample upsampled to 128 (nearest) when it ships,
+otherwise (and always as ``heuristic_prompt_match``) a colour-threshold + shape-template
+heuristic (:func:`vlinterp.zoo.diffusion_data.heuristic_judge`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.shapes import COLOURS, PAIRS, SHAPES, split_seed
+from .common import Clock, atomic_dir, set_lr, write_card
+from .diffusion_data import CaptionPool, caption, heuristic_judge
+
+NAME = "shapes-diffusion"
+FLOORS: dict[str, tuple[str, float]] = {"prompt_match": (">=", 0.80)}
+# What the shipped weights REALLY reach (879 steps, 23 min on 1 contended core): the FLOOR IS NOT MET.
+# n=256 test: prompt_match (shapes-vit judge) 0.043, heuristic prompt_match 0.215, heuristic
+# colour_match 0.836, shape_match 0.25 (chance: shapes come out as blobs). Tests assert these levels.
+REACHED: dict[str, tuple[str, float]] = {"heuristic_colour_match": (">=", 0.70)}
+IMAGE_SIZE = 32
+UNET_ARGS = dict(
+    sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
+    block_out_channels=(16, 48, 64), norm_num_groups=16, cross_attention_dim=64,
+    down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+    mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(1, 3, 4),
+    only_cross_attention=(True, False, False),
+)
+TEXT_ARGS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, projection_dim=64)
+SCHED_ARGS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                  prediction_type="v_prediction", clip_sample=True, set_alpha_to_one=True, steps_offset=1)
+DEFAULTS = dict(steps=1400, batch=32, lr=1e-3, text_lr_scale=3.0, wd=0.01, warmup=50, pool=9000,
+                min_size=20, two_frac=0.1, drop=0.1, snr_gamma=5.0, ema=0.995, threads=1,
+                eval_steps=25, guidance=3.0)
+
+
+def build_components(seed: int = 0) -> dict:
+    """Fresh random ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler`` (seeded)."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..adapters.diffusion_tiny import MAX_LENGTH, build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_ARGS)
+    te = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), max_position_embeddings=MAX_LENGTH, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TEXT_ARGS))
+    return dict(unet=unet, text_encoder=te, tokenizer=tok, scheduler=DDIMScheduler(**SCHED_ARGS))
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
+    """Linear warmup, then cosine to 10% over whichever runs out first: steps or minutes."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    if clock.budget is not None:
+        frac = max(frac, clock.elapsed() / clock.budget)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
+          progress: bool = True, eval_n: int | None = None, **overrides) -> dict:
+    """Train from scratch and write ``out_dir`` (pixel-space component format + card.json) atomically."""
+    from ..adapters.diffusion import DiffusionAdapter
+    from .common import command_line
+
+    hp = {**DEFAULTS, **overrides}
+    total = int(steps if steps is not None else hp["steps"])
+    eval_n = eval_n if eval_n is not None else (256 if total >= 100 else 24)  # smoke runs: quick eval
+    torch.set_num_threads(int(hp["threads"]))
+    clock = Clock(minutes)
+    log = (lambda s: print(f"[{NAME} {clock.elapsed():6.0f}s] {s}", flush=True)) if progress else (lambda s: None)
+    torch.manual_seed(seed)
+    c = build_components(seed)
+    unet, te, tok, sched = c["unet"], c["text_encoder"], c["tokenizer"], c["scheduler"]
+    pool_n = min(int(hp["pool"]), max(64, total * hp["batch"]))
+    pool = CaptionPool(pool_n, seed, IMAGE_SIZE, "train", hp["min_size"], hp["two_frac"], log=log)
+    L = tok.model_max_length
+    ids = tok(pool.captions, padding="max_length", max_length=L, truncation=True, return_tensors="pt")["input_ids"]
+    empty = tok([""], padding="max_length", max_length=L, return_tensors="pt")["input_ids"][0]
+    log(f"pool of {pool.n} images ready; unet {sum(p.numel() for p in unet.parameters())} + text "
+        f"{sum(p.numel() for p in te.parameters())} params")
+    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    opt = torch.optim.AdamW([
+        {"params": list(unet.parameters()), "lr_scale": 1.0},
+        {"params": list(te.parameters()), "lr_scale": hp["text_lr_scale"]},
+    ], lr=hp["lr"], weight_decay=hp["wd"], betas=(0.9, 0.99))
+    ac = sched.alphas_cumprod
+    gen = torch.Generator().manual_seed(seed)
+    unet.train(), te.train()
+    t0, step, ema_loss = time.time(), 0, None
+    while step < total and clock.left() > 0:
+        set_lr(opt, schedule(step, total, clock, hp["lr"], hp["warmup"]))
+        idx = torch.randint(0, pool.n, (hp["batch"],), generator=gen)
+        x0 = pool.x[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        b_ids = ids[idx].clone()
+        b_ids[torch.rand(len(idx), generator=gen) < hp["drop"]] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t)
+        ctx = te(b_ids)[0]
+        pred = unet(xt, t, encoder_hidden_states=ctx).sample
+        snr = ac[t] / (1 - ac[t])
+        w = torch.clamp(snr, max=hp["snr_gamma"]) / (snr + 1)
+        loss = (w * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
+        opt.step()
+        step += 1
+        decay = min(hp["ema"], (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_te, te, decay)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if progress and (step % 25 == 0 or step == total):
+            log(f"step {step}/{total} loss {ema_loss:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({(time.time() - t0) / step:.2f}s/step)")
+    train_seconds = clock.elapsed()
+    ema_unet.eval(), ema_te.eval()
+    log(f"trained {step} steps in {train_seconds:.0f}s; evaluating (n={eval_n})")
+    with atomic_dir(out_dir) as tmp:
+        DiffusionAdapter.from_components(ema_unet, ema_te, tok, sched, name=NAME).save(tmp)
+        from ..adapters.registry import load
+
+        metrics = evaluate(load(tmp), n=eval_n, steps=hp["eval_steps"], guidance_scale=hp["guidance"], progress=progress)
+        cmd = command_line() if "zoo" in command_line() else f"vlinterp zoo train {NAME} --out {out_dir} --seed {seed}" + (f" --minutes {minutes}" if minutes else "")
+        card = write_card(tmp, NAME, seed, cmd, train_seconds, metrics, FLOORS, extra={
+            "steps": step, "hparams": hp, "unet_args": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_ARGS.items()},
+            "text_args": TEXT_ARGS, "scheduler": SCHED_ARGS,
+            "params": sum(p.numel() for p in ema_unet.parameters()) + sum(p.numel() for p in ema_te.parameters()),
+            "sampling": {"steps": hp["eval_steps"], "guidance_scale": hp["guidance"], "judge": metrics.get("judge")},
+        })
+    log(f"metrics {metrics}")
+    return card
+
+
+def prompts(n: int) -> list[tuple[str, str]]:
+    """The evaluation prompt set: all 24 ``(colour, shape)`` pairs, cycled to ``n``."""
+    return [PAIRS[i % len(PAIRS)] for i in range(n)]
+
+
+def _load_judge():
+    from . import available
+
+    if available("shapes-vit"):
+        from . import load_organism
+
+        return load_organism("shapes-vit")
+    return None
+
+
+@torch.no_grad()
+def vit_judge(judge, x: torch.Tensor, upsample: str = "nearest") -> list[tuple[str, str] | None]:
+    """``x`` ``[B, 3, S, S]`` in [0, 1] -> the ViT's top pair per image (None if its prob < 0.5)."""
+    from PIL import Image
+
+    big = F.interpolate(x.float(), size=(128, 128), mode=upsample)
+    arr = (big.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    b = judge.prepare(images=[Image.fromarray(a) for a in arr])
+    p = torch.sigmoid(judge.run(b).logits.float())
+    names = judge.class_names()
+    out = []
+    for row in p:
+        k = int(row.argmax())
+        out.append(tuple(names[k].split(" ", 1)) if row[k] >= 0.5 else None)
+    return out
+
+
+@torch.no_grad()
+def sample_prompts(adapter, pairs, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0,
+                   batch_size: int = 48, progress: bool = False) -> torch.Tensor:
+    """Generate one image per ``(colour, shape)`` -> ``[n, 3, S, S]`` in [0, 1]."""
+    xs = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        b = adapter.prepare(text=[caption([p]) for p in chunk], seed=seed + i)
+        xs.append(adapter.sample(b, steps=steps, guidance_scale=guidance_scale, progress=progress, return_tensor=True)[1].cpu())
+    return torch.cat(xs)
+
+
+def _rates(pred, pairs, prefix: str) -> dict[str, float]:
+    ok = [p is not None and p == q for p, q in zip(pred, pairs)]
+    col = [p is not None and p[0] == q[0] for p, q in zip(pred, pairs)]
+    shp = [p is not None and p[1] == q[1] for p, q in zip(pred, pairs)]
+    return {f"{prefix}prompt_match": float(np.mean(ok)), f"{prefix}colour_match": float(np.mean(col)),
+            f"{prefix}shape_match": float(np.mean(shp)), f"{prefix}no_object": float(np.mean([p is None for p in pred]))}
+
+
+@torch.no_grad()
+def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress: bool = False,
+             steps: int = 25, guidance_scale: float = 3.0, judge="auto", upsample: str = "nearest") -> dict:
+    """Generate ``n`` samples for the prompt set through ``adapter.sample`` (noise seeded from
+    ``split``/``seed``) and judge them: ``prompt_match`` by the ``shapes-vit`` organism when it
+    ships (``judge="auto"``; pass an adapter or ``None`` for the heuristic), ``heuristic_*``
+    always. ``judge`` in the result: 1.0 = ViT, 0.0 = heuristic."""
+    pairs = prompts(n)
+    x = sample_prompts(adapter, pairs, seed=(split_seed(split) + 7919 * seed) % (2 ** 31),
+                       steps=steps, guidance_scale=guidance_scale, progress=progress)
+    heur = [heuristic_judge(im) for im in x]
+    out = _rates(heur, pairs, "heuristic_")
+    vit = _load_judge() if judge == "auto" else judge
+    if vit is not None:
+        out.update(_rates(vit_judge(vit, x, upsample), pairs, "vit_"))
+    src = "vit_" if vit is not None else "heuristic_"
+    for k in ("prompt_match", "colour_match", "shape_match"):
+        out[k] = out[src + k]
+    out["judge"] = 1.0 if vit is not None else 0.0
+    per_colour = [np.mean([h is not None and h[0] == c for h, p in zip(heur, pairs) if p[0] == c]) for c in COLOURS if any(p[0] == c for p in pairs)]
+    per_shape = [np.mean([h is not None and h[1] == s for h, p in zip(heur, pairs) if p[1] == s]) for s in SHAPES if any(p[1] == s for p in pairs)]
+    out["heuristic_worst_colour"] = float(min(per_colour))
+    out["heuristic_worst_shape"] = float(min(per_shape))
+    out["n"] = float(n)
+    return out
