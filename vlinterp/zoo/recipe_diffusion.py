@@ -89,7 +89,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
           progress: bool = True, eval_n: int | None = None, **overrides) -> dict:
     """Train from scratch and write ``out_dir`` (pixel-space component format + card.json) atomically."""
     from ..adapters.diffusion import DiffusionAdapter
-    from .common import command_line
+    from .common import train_command
 
     hp = {**DEFAULTS, **overrides}
     total = int(steps if steps is not None else hp["steps"])
@@ -153,7 +153,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         from ..adapters.registry import load
 
         metrics = evaluate(load(tmp), n=eval_n, steps=hp["eval_steps"], guidance_scale=hp["guidance"], progress=progress)
-        cmd = command_line() if "zoo" in command_line() else f"vlinterp zoo train {NAME} --out {out_dir} --seed {seed}" + (f" --minutes {minutes}" if minutes else "")
+        cmd = train_command(NAME, out_dir, seed, minutes, steps)
         card = write_card(tmp, NAME, seed, cmd, train_seconds, metrics, FLOORS, extra={
             "steps": step, "hparams": hp, "unet_args": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_ARGS.items()},
             "text_args": TEXT_ARGS, "scheduler": SCHED_ARGS,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.shapes import PAIRS, make_split
-from .common import Clock, atomic_dir, set_lr, write_card
+from .common import Clock, atomic_dir, set_lr, train_threads, write_card
 from .vit_data import N_DENSE, ScenePool, auroc, dense_loss
 
 NAME = "shapes-vit"
@@ -67,11 +67,11 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
           progress: bool = True, **overrides) -> dict:
     """Train from scratch and write ``out_dir`` (timm hub format + card.json) atomically."""
     from ..adapters.vit_timm import TimmVitAdapter
-    from .common import command_line
+    from .common import train_command
 
     hp = {**DEFAULTS, **overrides}
     total = int(steps if steps is not None else hp["steps"])
-    torch.set_num_threads(2)
+    torch.set_num_threads(train_threads())
     clock = Clock(minutes)
     log = (lambda s: print(f"[{NAME} {clock.elapsed():6.0f}s] {s}", flush=True)) if progress else (lambda s: None)
     torch.manual_seed(seed)
@@ -119,7 +119,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         from ..adapters.registry import load
 
         metrics = evaluate(load(tmp), progress=progress)
-        cmd = command_line() if "zoo" in command_line() else f"vlinterp zoo train {NAME} --out {out_dir} --seed {seed}" + (f" --minutes {minutes}" if minutes else "")
+        cmd = train_command(NAME, out_dir, seed, minutes, steps)
         card = write_card(tmp, NAME, seed, cmd, train_seconds, metrics, FLOORS,
                           extra={"steps": step, "hparams": hp, "model_args": MODEL_ARGS,
                                  "params": sum(p.numel() for p in model.parameters())})
