@@ -1,0 +1,106 @@
+"""Heat maps over images: OpenCV colormaps, PNG written atomically, data URIs for HTML.
+
+``overlay(image, heatmap)`` -> ``[H, W, 3]`` uint8 RGB: the heat map (min-max normalised,
+resized to the image if needed) coloured with an OpenCV colormap (``cv2.COLORMAP_JET`` by
+default) and alpha-blended over the image.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+
+import numpy as np
+
+COLORMAPS = {"jet": "COLORMAP_JET", "turbo": "COLORMAP_TURBO", "inferno": "COLORMAP_INFERNO",
+             "viridis": "COLORMAP_VIRIDIS", "hot": "COLORMAP_HOT", "magma": "COLORMAP_MAGMA"}
+
+
+def _rgb(image) -> np.ndarray:
+    from ..core.images import load_image
+
+    return np.asarray(load_image(image), np.uint8)
+
+
+def colorize(heatmap, colormap: str | int = "jet", normalize: bool = True) -> np.ndarray:
+    """``[H, W]`` map -> ``[H, W, 3]`` uint8 RGB through an OpenCV colormap."""
+    import cv2
+
+    h = np.asarray(heatmap, np.float64)
+    if h.ndim != 2:
+        raise ValueError(f"heatmap must be [H, W], got shape {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError("heatmap contains NaN or Inf")
+    if normalize:
+        lo, hi = h.min(), h.max()
+        h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
+    u8 = (np.clip(h, 0, 1) * 255).round().astype(np.uint8)
+    cm = getattr(cv2, COLORMAPS.get(colormap, ""), None) if isinstance(colormap, str) else int(colormap)
+    if cm is None:
+        raise ValueError(f"unknown colormap {colormap!r}; known: {', '.join(COLORMAPS)}")
+    return cv2.cvtColor(cv2.applyColorMap(u8, cm), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image, heatmap, alpha: float = 0.5, colormap: str | int = "jet", normalize: bool = True) -> np.ndarray:
+    """Blend the coloured ``heatmap`` over ``image`` (path/PIL/array): ``[H, W, 3]`` uint8 RGB.
+    A heat map of another size is resized (bilinear) to the image."""
+    import cv2
+
+    img = _rgb(image)
+    h = np.asarray(heatmap, np.float32)
+    if h.shape != img.shape[:2]:
+        h = cv2.resize(h, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    col = colorize(h, colormap, normalize)
+    return np.clip((1 - alpha) * img.astype(np.float32) + alpha * col.astype(np.float32), 0, 255).round().astype(np.uint8)
+
+
+def png_bytes(rgb) -> bytes:
+    """PNG encoding of an ``[H, W, 3]`` uint8 RGB (or ``[H, W]`` gray) array."""
+    import cv2
+
+    a = np.asarray(rgb, np.uint8)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR) if a.ndim == 3 else a)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def data_uri(rgb) -> str:
+    """``data:image/png;base64,...`` of an RGB array (for self-contained HTML)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+def write_bytes_atomic(path, data: bytes) -> str:
+    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it into place."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_png(path, rgb) -> str:
+    """Write an RGB array as PNG, atomically."""
+    return write_bytes_atomic(path, png_bytes(rgb))
+
+
+def save_overlay(path, image, heatmap, **kw) -> str:
+    """``overlay(image, heatmap, **kw)`` written to ``path`` as PNG, atomically."""
+    return save_png(path, overlay(image, heatmap, **kw))
+
+
+__all__ = ["COLORMAPS", "colorize", "overlay", "png_bytes", "data_uri", "save_png", "save_overlay", "write_bytes_atomic"]
