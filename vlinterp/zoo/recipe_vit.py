@@ -26,13 +26,16 @@ from .vit_data import N_DENSE, ScenePool, auroc, dense_loss
 
 NAME = "shapes-vit"
 FLOORS: dict[str, tuple[str, float]] = {"mean_label_accuracy": (">=", 0.97)}
-# What the shipped weights really reach (the floor is NOT met): 284 steps in 11 min on 2
-# heavily shared CPU cores (load 6-12; ~2 s/step). Tests assert this level, not the floor.
-REACHED: dict[str, tuple[str, float]] = {"mean_label_accuracy": (">=", 0.90), "auroc_mean": (">=", 0.88)}
+# The shipped weights meet the floor: 0.9725 mean label accuracy on the held-out "test" split
+# (n=256, seed 1), 2000 steps, one thread, 1009 s (see card.json). Tests assert FLOORS.
 LABELS = [f"{c} {s}" for c, s in PAIRS]
 MEAN = STD = (0.5, 0.5, 0.5)
 ARCH = "vit_small_patch16_224"
-MODEL_ARGS = dict(img_size=128, patch_size=16, embed_dim=96, depth=4, num_heads=4, num_classes=len(PAIRS))
+MODEL_ARGS = dict(img_size=128, patch_size=16, embed_dim=96, depth=6, num_heads=4, num_classes=len(PAIRS))
+# dense per-patch targets also at this block's output, so pair features exist early enough for
+# the class token to collect them in the blocks after it (with dense targets only on the last
+# block, 4 blocks reached 0.934 label accuracy after 1500 steps)
+DENSE_BLOCK = 2
 GRID = (8, 8)
 DEFAULTS = dict(steps=3000, batch=64, lr=1.5e-3, wd=0.05, warmup=60, pool=6000, dense_weight=1.0)
 
@@ -81,9 +84,12 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     log(f"pool of {pool_n} scenes ready")
     model = build_model(seed)
     aux = torch.nn.Linear(MODEL_ARGS["embed_dim"], N_DENSE)
+    aux_mid = torch.nn.Sequential(torch.nn.LayerNorm(MODEL_ARGS["embed_dim"]), torch.nn.Linear(MODEL_ARGS["embed_dim"], N_DENSE))
+    mid: dict[str, torch.Tensor] = {}
+    handle = model.blocks[DENSE_BLOCK].register_forward_hook(lambda mod, args, out: mid.__setitem__("x", out))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay + list(aux.parameters()), "weight_decay": hp["wd"]},
+    opt = torch.optim.AdamW([{"params": decay + list(aux.parameters()) + list(aux_mid.parameters()), "weight_decay": hp["wd"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"], betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -98,10 +104,11 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         logits = model.forward_head(feats)
         l_cls = F.binary_cross_entropy_with_logits(logits, y)
         l_dense = dense_loss(aux, feats[:, model.num_prefix_tokens:], dense)
+        l_dense = l_dense + dense_loss(aux_mid, mid["x"][:, model.num_prefix_tokens:], dense)
         loss = l_cls * 10.0 + hp["dense_weight"] * l_dense
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()) + list(aux_mid.parameters()), 1.0)
         opt.step()
         step += 1
         with torch.no_grad():
@@ -111,6 +118,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         if progress and (step % 50 == 0 or step == total):
             log(f"step {step}/{total} bce {ema[0]:.4f} dense {ema[1]:.3f} label_acc {ema[2]:.4f} "
                 f"({(time.time() - t0) / step:.2f}s/step)")
+    handle.remove()
     train_seconds = clock.elapsed()
     model.eval()
     log(f"trained {step} steps in {train_seconds:.0f}s; evaluating")
