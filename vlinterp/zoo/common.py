@@ -102,16 +102,12 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_command(name: str, out_dir: str, seed: int, minutes: float | None = None, steps: int | None = None) -> str:
-    """The exact command that reproduces a training run: the real command line when run through the
-    CLI, else the equivalent ``vlinterp zoo train`` call."""
-    cl = command_line()
-    if "zoo" in cl:
-        return cl
+    """The exact command that reproduces a training run: the real command line when this process is
+    ``vlinterp zoo train ...``, else the equivalent ``vlinterp zoo train`` call."""
+    args = sys.argv[1:]
+    if args[:2] == ["zoo", "train"] and os.path.basename(sys.argv[0]) in ("vlinterp", "__main__.py", "cli.py"):
+        return " ".join(["vlinterp"] + args)
     return f"vlinterp zoo train {name} --out {out_dir} --seed {seed}" + (f" --steps {steps}" if steps else "") + (f" --minutes {minutes:g}" if minutes else "")
-
-
-def command_line() -> str:
-    return " ".join(["vlinterp"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("vlinterp") else " ".join(sys.argv)
 
 
 class Clock:
