@@ -96,6 +96,17 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, final: floa
     return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
+    """Linear warmup (steps), then cosine to 5% over whichever runs out first: steps or minutes."""
+    warmup = min(warmup, max(1, total // 10))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    if clock.budget is not None:
+        frac = max(frac, clock.elapsed() / clock.budget)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)

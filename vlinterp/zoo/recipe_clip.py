@@ -18,7 +18,6 @@ Shipped in open_clip's hub layout: ``open_clip_config.json`` (``model_cfg``,
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from ..data.questions import caption
 from ..data.shapes import PAIRS, make_split
 from .clip_data import caption_of, hard_negative, pair_vector, scene_pairs
-from .common import Clock, atomic_dir, set_lr, train_threads, write_card
+from .common import Clock, atomic_dir, schedule, set_lr, train_threads, write_card
 from .vit_data import N_DENSE, ScenePool, dense_loss
 
 NAME = "shapes-clip"
@@ -59,17 +58,6 @@ def tokenizer():
     import open_clip
 
     return open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
-
-
-def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
-    """Linear warmup (steps), then cosine to 5% over whichever runs out first: steps or minutes."""
-    warmup = min(warmup, max(1, total // 10))
-    if step < warmup:
-        return base * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    if clock.budget is not None:
-        frac = max(frac, clock.elapsed() / clock.budget)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,

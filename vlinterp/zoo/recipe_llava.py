@@ -88,8 +88,6 @@ class _Batches:
     """One-question sequences drawn from a pool: (ids, mask, labels, image rows, pool index, rendered?)."""
 
     def __init__(self, pool, toks, seed: int):
-        from .llava_data import Tokens  # noqa: F401
-
         self.pool, self.toks, self.rng = pool, toks, np.random.default_rng(seed + 202)
 
     def __call__(self, B: int):
@@ -209,7 +207,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     lm_params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     _train_lm(model, batches, dev, s_lm, B, budget[1] + max(0.0, budget[0] - clock.elapsed()), 2e-3, cached,
               lm_params, log, "lm")
-    del cache
+    cache.clear()
 
     # 3. short joint stage: tower unfrozen at a lower learning rate
     if s_joint:

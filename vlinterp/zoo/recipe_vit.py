@@ -13,7 +13,6 @@ Shipped as timm hub format (``config.json`` + ``model.safetensors``) + ``card.js
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.shapes import PAIRS, make_split
-from .common import Clock, atomic_dir, set_lr, train_threads, write_card
+from .common import Clock, atomic_dir, schedule, set_lr, train_threads, write_card
 from .vit_data import N_DENSE, ScenePool, auroc, dense_loss
 
 NAME = "shapes-vit"
@@ -53,17 +52,6 @@ def build_model(seed: int = 0):
               mean=MEAN, std=STD, num_classes=len(PAIRS), label_names=tuple(LABELS), custom_load=False,
               architecture=ARCH)
     return model
-
-
-def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
-    """Linear warmup (steps), then cosine to 5% over whichever runs out first: steps or minutes."""
-    warmup = min(warmup, max(1, total // 10))
-    if step < warmup:
-        return base * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    if clock.budget is not None:
-        frac = max(frac, clock.elapsed() / clock.budget)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
