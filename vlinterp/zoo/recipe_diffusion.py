@@ -36,7 +36,10 @@ FLOORS: dict[str, tuple[str, float]] = {"prompt_match": (">=", 0.80)}
 # What the shipped weights REALLY reach (879 steps, 23 min on 1 contended core): the FLOOR IS NOT MET.
 # n=256 test: prompt_match (shapes-vit judge) 0.043, heuristic prompt_match 0.215, heuristic
 # colour_match 0.836, shape_match 0.25 (chance: shapes come out as blobs). Tests assert these levels.
-REACHED: dict[str, tuple[str, float]] = {"heuristic_colour_match": (">=", 0.70)}
+# Shipped run (2400 steps, one thread, 24 min; card: test split n=256 seed 1): prompt_match 0.25
+# (judge shapes-vit), colour 0.93 (heuristic 0.996), shape 0.25 = chance: colours are learned,
+# shapes are not yet. Tests assert the colour levels reached; the floor (0.80) is NOT met.
+REACHED: dict[str, tuple[str, float]] = {"colour_match": (">=", 0.80), "heuristic_colour_match": (">=", 0.90)}
 IMAGE_SIZE = 32
 UNET_ARGS = dict(
     sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
@@ -48,7 +51,7 @@ UNET_ARGS = dict(
 TEXT_ARGS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, projection_dim=64)
 SCHED_ARGS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                   prediction_type="v_prediction", clip_sample=True, set_alpha_to_one=True, steps_offset=1)
-DEFAULTS = dict(steps=1400, batch=32, lr=1e-3, text_lr_scale=3.0, wd=0.01, warmup=50, pool=9000,
+DEFAULTS = dict(steps=2400, batch=32, lr=1e-3, text_lr_scale=3.0, wd=0.01, warmup=50, pool=9000,
                 min_size=20, two_frac=0.1, drop=0.1, snr_gamma=5.0, ema=0.995, threads=1,
                 eval_steps=25, guidance=3.0)
 
