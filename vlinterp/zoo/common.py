@@ -96,15 +96,27 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, final: floa
     return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
-    """Linear warmup (steps), then cosine to 5% over whichever runs out first: steps or minutes."""
+def schedule(step: int, total: int, clock: Clock, base: float, warmup: int, final: float = 0.05) -> float:
+    """Linear warmup (steps, at most a tenth of them), then cosine to ``final * base`` over whichever
+    runs out first: steps or minutes."""
     warmup = min(warmup, max(1, total // 10))
     if step < warmup:
         return base * (step + 1) / warmup
     frac = (step - warmup) / max(1, total - warmup)
     if clock.budget is not None:
         frac = max(frac, clock.elapsed() / clock.budget)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def run_setup(name: str, defaults: dict, overrides: dict, steps: int | None, minutes: float | None, progress: bool):
+    """Common start of a recipe's ``train``: ``(hparams, total steps, clock, log)``; sets the
+    training threads (``VLINTERP_THREADS``)."""
+    hp = {**defaults, **overrides}
+    total = int(steps if steps is not None else hp["steps"])
+    torch.set_num_threads(train_threads())
+    clock = Clock(minutes)
+    log = (lambda s: print(f"[{name} {clock.elapsed():6.0f}s] {s}", flush=True)) if progress else (lambda s: None)
+    return hp, total, clock, log
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

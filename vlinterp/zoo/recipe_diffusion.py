@@ -20,7 +20,6 @@ heuristic (:func:`vlinterp.zoo.diffusion_data.heuristic_judge`).
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.shapes import COLOURS, PAIRS, SHAPES, split_seed
-from .common import Clock, atomic_dir, set_lr, write_card
+from .common import Clock, atomic_dir, schedule, set_lr, write_card
 from .diffusion_data import CaptionPool, caption, heuristic_judge
 
 NAME = "shapes-diffusion"
@@ -78,14 +77,9 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def schedule(step: int, total: int, clock: Clock, base: float, warmup: int) -> float:
-    """Linear warmup, then cosine to 10% over whichever runs out first: steps or minutes."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    if clock.budget is not None:
-        frac = max(frac, clock.elapsed() / clock.budget)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+def _schedule(step: int, total: int, clock, base: float, warmup: int) -> float:
+    """Warmup then cosine to 10% (the shared schedule with ``final=0.1``)."""
+    return schedule(step, total, clock, base, warmup, final=0.1)
 
 
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
@@ -120,7 +114,7 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     unet.train(), te.train()
     t0, step, ema_loss = time.time(), 0, None
     while step < total and clock.left() > 0:
-        set_lr(opt, schedule(step, total, clock, hp["lr"], hp["warmup"]))
+        set_lr(opt, _schedule(step, total, clock, hp["lr"], hp["warmup"]))
         idx = torch.randint(0, pool.n, (hp["batch"],), generator=gen)
         x0 = pool.x[idx]
         flip = torch.rand(len(idx), generator=gen) < 0.5

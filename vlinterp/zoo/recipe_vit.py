@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.shapes import PAIRS, make_split
-from .common import Clock, atomic_dir, schedule, set_lr, train_threads, write_card
+from .common import atomic_dir, schedule, set_lr, write_card
 from .vit_data import N_DENSE, ScenePool, auroc, dense_loss
 
 NAME = "shapes-vit"
@@ -58,13 +58,9 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
           progress: bool = True, **overrides) -> dict:
     """Train from scratch and write ``out_dir`` (timm hub format + card.json) atomically."""
     from ..adapters.vit_timm import TimmVitAdapter
-    from .common import train_command
+    from .common import run_setup, train_command
 
-    hp = {**DEFAULTS, **overrides}
-    total = int(steps if steps is not None else hp["steps"])
-    torch.set_num_threads(train_threads())
-    clock = Clock(minutes)
-    log = (lambda s: print(f"[{NAME} {clock.elapsed():6.0f}s] {s}", flush=True)) if progress else (lambda s: None)
+    hp, total, clock, log = run_setup(NAME, DEFAULTS, overrides, steps, minutes, progress)
     torch.manual_seed(seed)
     np.random.seed(seed)
     pool_n = min(int(hp["pool"]), max(256, total * hp["batch"]))
