@@ -109,3 +109,47 @@ def test_errors(llava, vit):
         trace(mv, bv, 999, samples=1)
     with pytest.raises(PromptError):
         trace(mv, bv, "no-such-class", samples=1)
+
+
+def test_corruptions_batched_equal_naive(llava):
+    from vlinterp.tracing import Interchange, TextNoise, text_positions
+
+    m, b = llava
+    obj = text_positions(m, b, "red circle")
+    other = Image.fromarray((np.random.RandomState(5).rand(40, 50, 3) * 255).astype("uint8"))
+    kw = dict(components=("resid", "attn"), positions="groups", object_positions=obj)
+    for corr in ("pixel-noise", "blur", TextNoise(obj), Interchange(other)):
+        fast = trace(m, b, "yes", corruption=corr, samples=2, batch_size=6, **kw)
+        slow = trace_naive(m, b, "yes", corruption=corr, samples=2, **kw)
+        name = fast.meta["corruption"]["kind"]
+        assert np.abs(fast.arrays["p_patch"] - slow.arrays["p_patch"]).max() <= 1e-5, name
+        assert abs(fast.arrays["te"][0]) > 1e-7, name  # each corruption moves P[yes]
+        assert fast.meta["samples"] == (1 if name in ("blur", "interchange") else 2)
+    assert fast.meta["group_positions"]["text-object"] == obj
+
+
+def test_interchange_with_itself_changes_nothing(llava):
+    from vlinterp.tracing import Interchange
+
+    m, b = llava
+    r = trace(m, b, "yes", corruption=Interchange(b.images[0]), samples=1)
+    assert abs(r.arrays["p_corrupt"][0] - r.arrays["p_clean"][0]) <= 1e-6
+    assert np.all(r.arrays["rr"] == 0)  # no total effect: RR is defined as 0
+
+
+def test_text_noise_errors(llava, vit):
+    from vlinterp.core.errors import UnsupportedError
+    from vlinterp.tracing import TextNoise, text_positions
+
+    m, b = llava
+    with pytest.raises(PromptError):
+        text_positions(m, b, "purple triangle")
+    with pytest.raises(PromptError):  # image tokens are not text
+        trace(m, b, "yes", corruption=TextNoise(b.layout.image_positions(0)[:2].tolist()), samples=1)
+    with pytest.raises(ShapeMismatchError):
+        trace(m, b, "yes", corruption=TextNoise([10 ** 4]), samples=1)
+    mv, bv = vit
+    with pytest.raises(UnsupportedError):
+        trace(mv, bv, 0, corruption=TextNoise([1]), samples=1)
+    r = trace(mv, bv, 0, corruption="blur", samples=1)  # vision-only blur works
+    assert np.all(np.isfinite(r.arrays["rr"]))

@@ -159,10 +159,15 @@ class HookSession:
         cache = Cache()
         handles = []
         try:
-            for name in resolve_sites(edits.keys(), self.table) if edits else []:
-                fns = [fn for pat, fn in edits.items() if name in resolve_sites(pat, self.table)]
-                handles.append(self.module(name).register_forward_hook(self._edit_hook(name, fns)))
-            for name in resolve_sites(capture, self.table) if capture else []:
+            per_site: dict[str, list[EditFn]] = {}
+            for pat, fn in (edits or {}).items():
+                for name in ([pat] if pat in self.table else resolve_sites(pat, self.table)):
+                    per_site.setdefault(name, []).append(fn)
+            for name in [n for n in self.table if n in per_site] if len(per_site) > 1 else per_site:
+                handles.append(self.module(name).register_forward_hook(self._edit_hook(name, per_site[name])))
+            cap = [capture] if isinstance(capture, str) else list(capture or [])
+            names = [n for n in self.table if n in set(cap)] if all(c in self.table for c in cap) else resolve_sites(cap, self.table)
+            for name in names:
                 handles.append(self.module(name).register_forward_hook(self._capture_hook(name, cache, positions, grad)))
             yield cache
         finally:

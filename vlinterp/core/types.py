@@ -35,6 +35,19 @@ class Batch:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
         return Batch(moved, self.layouts, self.main, self.images, self.text, dict(self.meta))
 
+    def replace_inputs(self, **inputs) -> "Batch":
+        """The same batch (layouts, images, text) with some model inputs swapped."""
+        return Batch({**self.inputs, **inputs}, self.layouts, self.main, self.images, self.text, dict(self.meta))
+
+    def repeat(self, n: int) -> "Batch":
+        """Every row repeated ``n`` times along dim 0 (row ``r`` of copy ``k`` is row ``k * B + r``)."""
+        if n == 1:
+            return self
+        B = self.layout.shape[0]
+        inputs = {k: (v.repeat(n, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B else v)
+                  for k, v in self.inputs.items()}
+        return Batch(inputs, {k: l.repeat(n) for k, l in self.layouts.items()}, self.main, self.images, self.text, dict(self.meta))
+
 
 @dataclass
 class Outputs:

@@ -97,4 +97,25 @@ def position_groups(layout: TokenLayout, object_mask=None, object_positions=None
     return {k: torch.as_tensor(np.sort(out[k]), dtype=torch.long) for k in GROUPS}
 
 
-__all__ = ["GROUPS", "position_groups", "patch_mask"]
+def text_positions(adapter, batch, phrase: str, row: int = 0) -> list[int]:
+    """Positions of ``phrase``'s tokens in the language-model sequence of ``row`` (its last
+    occurrence, e.g. the object words of a question): the ``text-object`` group or the positions
+    for text noise. Raises :class:`PromptError` when the phrase is not in the prompt."""
+    from ..core.errors import PromptError
+
+    ids = batch.inputs.get("input_ids")
+    tok = getattr(adapter, "tokenizer", None)
+    if ids is None or tok is None:
+        raise PromptError(f"{adapter.family}: no token ids to search for {phrase!r}")
+    seq = ids[row].tolist()
+    for cand in (" " + phrase.strip(), phrase.strip()):
+        want = tok(cand, add_special_tokens=False)["input_ids"]
+        if not want or getattr(tok, "unk_token_id", None) in want:
+            continue
+        for start in range(len(seq) - len(want), -1, -1):
+            if seq[start:start + len(want)] == want:
+                return list(range(start, start + len(want)))
+    raise PromptError(f"{phrase!r} does not occur in the prompt's tokens")
+
+
+__all__ = ["GROUPS", "position_groups", "patch_mask", "text_positions"]

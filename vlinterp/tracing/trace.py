@@ -1,7 +1,8 @@
 """Causal tracing (ROME / FCCT) through the adapter's ``edits`` mechanism.
 
-Clean run (sites cached once) -> corrupted runs (Gaussian noise of scale ``noise * std`` added
-to the image patch embeddings at ``vision.embed``, one seed per sample) -> patched runs that
+Clean run (sites cached once) -> corrupted runs (by default Gaussian noise of scale
+``noise * std`` added to the image patch embeddings at ``vision.embed``, one seed per sample;
+pixel noise, blur, a second image or text-token noise through :mod:`.corrupt`) -> patched runs that
 restore one component's clean output (``{prefix}blocks.{l}.{component}``) at one layer (or a
 window of layers) and one position group. Patched variants run batched: the batch of one is
 repeated ``n`` times along dim 0 and each row restores a different (component, layer, group) cell.
@@ -13,26 +14,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError
 from ..core.layout import IMAGE
 from ..core.result import Result
 from ..core.types import Batch
+from .corrupt import make_corruption
 from .groups import position_groups
+from .resume import LMResumer, supports
 
 PREFIX = {"lm": "blocks.", "vision": "vision.blocks."}
 
 
-def _target_prob_fn(adapter, batch: Batch, target):
-    """Return ``(fn(logits) -> P[target] per row, target id, label)``."""
-    V = None
+def _target(adapter, batch: Batch, target):
+    """``(target id, last position or None, label)``; raises :class:`PromptError` for a target
+    that is not a single vocabulary token / class."""
     if adapter.family == "llava":
-        if isinstance(target, str):
-            tid = adapter.token_id(target)
-        else:
-            tid = int(target)
+        tid = adapter.token_id(target) if isinstance(target, str) else int(target)
         last = int(batch.layout.span("last", 0)[0])
-        pick = lambda lg: lg[:, last].float().softmax(-1)  # noqa: E731
         V = adapter.config.text_config.vocab_size if hasattr(adapter.config, "text_config") else None
     else:
         names = adapter.class_names() if hasattr(adapter, "class_names") else []
@@ -42,18 +42,10 @@ def _target_prob_fn(adapter, batch: Batch, target):
             tid = names.index(target)
         else:
             tid = int(target)
-        pick = lambda lg: lg.float().softmax(-1)  # noqa: E731
-        V = len(names) or None
+        last, V = None, len(names) or None
     if V is not None and not 0 <= tid < V:
         raise PromptError(f"target id {tid} is not in the vocabulary/classes (0..{V - 1})")
-    return (lambda lg: pick(lg)[:, tid]), tid, str(target)
-
-
-def _repeat(batch: Batch, n: int) -> Batch:
-    B = batch.layout.shape[0]
-    inputs = {k: (v.repeat(n, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B else v)
-              for k, v in batch.inputs.items()}
-    return Batch(inputs, {k: l.repeat(n) for k, l in batch.layouts.items()}, batch.main, batch.images, batch.text, dict(batch.meta))
+    return tid, last, str(target)
 
 
 def _resolve_positions(layout, positions, object_mask, object_positions):
@@ -80,8 +72,9 @@ def _resolve_positions(layout, positions, object_mask, object_positions):
 class _Plan:
     """Everything shared by the batched and the naive runners."""
 
-    def __init__(self, adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
-                 object_positions, stream, layers):
+    def __init__(self, adapter, batch, target, components="resid", positions="groups", window=1, noise=3.0, samples=3,
+                 seed=0, object_mask=None, object_positions=None, stream=None, layers=None, corruption=None,
+                 resume=True):
         if batch.layout.shape[0] != 1:
             raise ShapeMismatchError(f"trace takes a batch of one row, got {batch.layout.shape[0]}")
         if "vision.embed" not in adapter.site_table:
@@ -90,7 +83,7 @@ class _Plan:
         self.stream = stream or adapter.main_stream
         if self.stream not in PREFIX:
             raise ValueError(f"stream must be 'lm' or 'vision', got {self.stream!r}")
-        self.prob, self.tid, self.label = _target_prob_fn(adapter, batch, target)
+        self.tid, self.last, self.label = _target(adapter, batch, target)
         L = adapter.num_layers(self.stream)
         self.n_layers = L
         self.layers = list(range(L)) if layers is None else [int(l) for l in layers]
@@ -104,40 +97,46 @@ class _Plan:
         if int(window) < 1:
             raise LayerRangeError(f"window must be >= 1, got {window}")
         self.window = int(window)
-        layout = batch.layouts[self.stream]
-        self.layout = layout
-        self.groups = _resolve_positions(layout, positions, object_mask, object_positions)
+        self.layout = batch.layouts[self.stream]
+        self.groups = _resolve_positions(self.layout, positions, object_mask, object_positions)
         self.group_names = list(self.groups)
-        self.noise, self.samples, self.seed = float(noise), int(samples), int(seed)
+        self.corruption = make_corruption(corruption, noise)
+        self.samples = int(samples) if self.corruption.stochastic else 1
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.seed = int(seed)
         pre = PREFIX[self.stream]
         self.site = lambda c, l: f"{pre}{l}.{c}"  # noqa: E731
         sites = sorted({self.site(c, l) for c in self.components for l in range(L)}) + ["vision.embed"]
+        sites += ["embed"] if "embed" in adapter.site_table else []
         with torch.no_grad():
             out = adapter.run(batch, capture=sites)
         self.clean = {k: v.clone() for k, v in out.cache.items()}
         self.p_clean = float(self.prob(out.logits)[0])
-        vl = batch.layouts["vision"]
-        emb = self.clean["vision.embed"]
-        self.img_mask = torch.as_tensor(vl.modality == IMAGE, device=emb.device)[..., None]  # [Rv, Tv, 1]
-        self.std = float(emb[self.img_mask.expand_as(emb)].float().std())
+        self.resumer = LMResumer(adapter) if resume and supports(adapter, self.stream) else None
         self.cells = [(ci, li, gi) for ci in range(len(self.components)) for li in range(len(self.layers)) for gi in range(len(self.groups))]
+
+    def prob(self, logits: torch.Tensor, at_last: bool = False) -> torch.Tensor:
+        """P[target] per row from full logits (``[n, T, V]`` / ``[n, C]``) or, with ``at_last``,
+        from the last position's logits ``[n, V]``."""
+        lg = logits[:, self.last] if self.last is not None and not at_last else logits
+        return lg.float().softmax(-1)[:, self.tid]
 
     def window_of(self, l: int) -> list[int]:
         lo = max(0, min(l - self.window // 2, self.n_layers - self.window))
         return list(range(lo, min(self.n_layers, lo + self.window)))
 
-    def noise_for(self, s: int) -> torch.Tensor:
-        emb = self.clean["vision.embed"]
-        g = torch.Generator().manual_seed(self.seed * 1000003 + s)
-        z = torch.randn(tuple(emb.shape), generator=g, dtype=torch.float32).to(emb.device, emb.dtype)
-        return z * (self.noise * self.std) * self.img_mask
+    def start_of(self, cell) -> int:
+        return self.window_of(self.layers[cell[1]])[0]
 
-    def corrupt_edit(self, z: torch.Tensor):
-        Rv = z.shape[0]
-        return lambda t, layout: t + z.repeat(t.shape[0] // Rv, 1, 1)
+    def first_position(self, cell) -> int:
+        """The first position a cell restores (``-1`` when its group is empty)."""
+        pos = self.groups[self.group_names[cell[2]]]
+        return int(pos.min()) if pos.numel() else -1
 
-    def restore_edits(self, cells: list[tuple[int, int, int]]):
-        """Edits restoring, in row ``r`` of the running batch, the clean output for ``cells[r]``."""
+    def restore_edits(self, cells: list[tuple[int, int, int]], offset: int = 0):
+        """Edits restoring, in row ``r`` of the running batch, the clean output for ``cells[r]``
+        (the running tensors start at position ``offset``)."""
         per_site: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for r, (ci, li, gi) in enumerate(cells):
             pos = self.groups[self.group_names[gi]]
@@ -155,21 +154,31 @@ class _Plan:
                 for r, pos in items:
                     sl = slice(r * rows_per, (r + 1) * rows_per)
                     p = pos.to(t.device)
-                    t[sl, p] = clean[:, p].to(t.dtype)
+                    t[sl, p - offset] = clean[:, p].to(t.dtype)
                 return t
 
             return fn
 
         return {site: make(site, items) for site, items in per_site.items()}
 
-    def run_rows(self, cells, z) -> np.ndarray:
-        """P[target] for each cell (one row per cell, one forward)."""
-        n = max(len(cells), 1)
-        b = _repeat(self.batch, n) if n > 1 else self.batch
-        edits = {"vision.embed": self.corrupt_edit(z)}
-        edits.update(self.restore_edits(cells))
+    def corrupt(self, s: int, resume: bool) -> tuple[dict, float]:
+        """The corruption edits of sample ``s`` and P[target] of the corrupted run (recording the
+        layer inputs for resumed patched runs when ``resume``)."""
+        edits = self.corruption.edits(self, s)
         with torch.no_grad():
-            out = self.adapter.run(b, edits=edits)
+            logits = self.resumer.record(self.batch, edits) if resume else self.adapter.run(self.batch, edits=edits).logits
+        return edits, float(self.prob(logits)[0])
+
+    def run_rows(self, cells, edits, resume: bool) -> np.ndarray:
+        """P[target] for each cell (one row per cell, one forward)."""
+        b = self.batch.repeat(len(cells))
+        if resume:
+            start = min(self.start_of(c) for c in cells)
+            p0 = min(self.first_position(c) for c in cells)
+            logits = self.resumer.run(b, start, p0, self.restore_edits(cells, p0), self.last)
+            return self.prob(logits, at_last=True).double().cpu().numpy()
+        with torch.no_grad():
+            out = self.adapter.run(b, edits={**edits, **self.restore_edits(cells)})
         return self.prob(out.logits).double().cpu().numpy()
 
     def result(self, p_patch: np.ndarray, p_corr: np.ndarray) -> Result:
@@ -183,52 +192,72 @@ class _Plan:
                   "p_corrupt": p_corr.astype(np.float64), "te": np.array([te])}
         meta = {"components": self.components, "layers": self.layers, "positions": self.group_names,
                 "group_positions": {k: v.tolist() for k, v in self.groups.items()}, "stream": self.stream,
-                "target": self.label, "target_id": self.tid, "noise": self.noise, "std": self.std,
+                "target": self.label, "target_id": self.tid, "corruption": self.corruption.describe(),
                 "samples": self.samples, "seed": self.seed, "window": self.window, "te": te}
         return Result("trace", arrays, layout=self.layout, targets=[self.label], meta=meta)
 
 
-def _plan(adapter, batch, target, components=("resid",), positions="groups", window=1, noise=3.0, samples=3, seed=0,
-          object_mask=None, object_positions=None, stream=None, layers=None):
-    return _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
-                 object_positions, stream, layers)
+_DOC_ARGS = """``components``: any of ``attn``, ``mlp``, ``resid``; ``positions``: ``"groups"`` (FCCT groups,
+    see :mod:`vlinterp.tracing.groups`), ``"tokens"`` (every non-pad position), ``"all"`` or a dict
+    ``{name: positions}``; ``window``: consecutive layers restored around each layer;
+    ``corruption``: a :class:`~vlinterp.tracing.corrupt.Corruption` or one of ``noise`` (default:
+    patch-embedding noise of ``noise`` x std), ``pixel-noise``, ``blur``; ``samples``: noise samples
+    averaged (1 for deterministic corruptions); ``stream``: ``lm`` (LLaVA language model, default
+    there) or ``vision`` (vision tower); ``layers``: the layers to restore (default all)."""
 
 
 def trace(adapter, batch: Batch, target, components=("resid",), positions="groups", window: int = 1, noise: float = 3.0,
           samples: int = 3, seed: int = 0, object_mask=None, batch_size: int = 32, object_positions=None,
-          stream: str | None = None, layers=None) -> Result:
+          stream: str | None = None, layers=None, corruption=None, resume: bool = True, progress: bool = False) -> Result:
     """Causal tracing of ``target`` (LLaVA: answer token str/id at ``last``; ViT: class index/name).
 
-    ``components``: any of ``attn``, ``mlp``, ``resid``; ``positions``: ``"groups"`` (FCCT groups,
-    see :mod:`vlinterp.tracing.groups`), ``"tokens"`` (every non-pad position), ``"all"`` or a dict
-    ``{name: positions}``; ``window``: consecutive layers restored around each layer; ``noise``:
-    noise scale in units of the patch embeddings' std; ``stream``: ``lm`` (LLaVA language model,
-    default there) or ``vision`` (vision tower); ``batch_size``: patched rows per forward.
-    Returns a :class:`Result` with ``rr``, ``ie``, ``p_patch`` ``[n_components, n_layers, n_positions]``,
-    ``p_clean`` ``[1]``, ``p_corrupt`` ``[samples]``, ``te`` ``[1]``."""
-    plan = _plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask, object_positions, stream, layers)
+    Patched variants run ``batch_size`` rows per forward; on a LLaVA language model each chunk
+    starts at its first restored layer from the corrupted run's cached layer input
+    (``resume=True``), skipping the vision tower and the lower blocks.
+    """
+    plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
+                 object_positions, stream, layers, corruption, resume)
+    resume = plan.resumer is not None
     bs = max(1, int(batch_size))
-    p_corr, p_patch = [], []
+    # chunks: cells that restore nothing are the corrupted run itself; with resume, cells sharing
+    # (first restored layer, first restored position) run together from that layer and position
+    live = [i for i, c in enumerate(plan.cells) if plan.first_position(c) >= 0]
+    key = (lambda i: (plan.start_of(plan.cells[i]), plan.first_position(plan.cells[i]))) if resume else (lambda i: 0)
+    chunks: list[list[int]] = []
+    for k in sorted({key(i) for i in live}):
+        same = [i for i in live if key(i) == k]
+        chunks += [same[j:j + bs] for j in range(0, len(same), bs)]
+    p_corr, p_patch = [], np.zeros((plan.samples, len(plan.cells)))
+    bar = tqdm(total=plan.samples * len(chunks), desc="trace", disable=not progress)
     for s in range(plan.samples):
-        z = plan.noise_for(s)
-        p_corr.append(plan.run_rows([], z)[0])
-        for k in range(0, len(plan.cells), bs):
-            p_patch.append(plan.run_rows(plan.cells[k:k + bs], z))
-    return plan.result(np.concatenate(p_patch) if p_patch else np.zeros(0), np.array(p_corr))
+        edits, pc = plan.corrupt(s, resume)
+        p_corr.append(pc)
+        p_patch[s] = pc
+        for idx in chunks:
+            p_patch[s, idx] = plan.run_rows([plan.cells[i] for i in idx], edits, resume)
+            bar.update(1)
+    bar.close()
+    return plan.result(p_patch.reshape(-1), np.array(p_corr))
 
 
 def trace_naive(adapter, batch: Batch, target, components=("resid",), positions="groups", window: int = 1, noise: float = 3.0,
                 samples: int = 3, seed: int = 0, object_mask=None, object_positions=None, stream: str | None = None,
-                layers=None) -> Result:
-    """Same as :func:`trace`, one forward per (sample, cell): the reference for tests and benchmarks."""
-    plan = _plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask, object_positions, stream, layers)
+                layers=None, corruption=None) -> Result:
+    """Same as :func:`trace`, one full forward per (sample, cell): the reference for tests and benchmarks."""
+    plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
+                 object_positions, stream, layers, corruption, resume=False)
     p_corr, p_patch = [], []
     for s in range(plan.samples):
-        z = plan.noise_for(s)
-        p_corr.append(plan.run_rows([], z)[0])
+        edits, pc = plan.corrupt(s, False)
+        p_corr.append(pc)
         for cell in plan.cells:
-            p_patch.append(plan.run_rows([cell], z)[0])
+            p_patch.append(plan.run_rows([cell], edits, False)[0])
     return plan.result(np.array(p_patch), np.array(p_corr))
 
+
+trace.__doc__ += "\n    " + _DOC_ARGS + """
+    Returns a :class:`Result` with ``rr``, ``ie``, ``p_patch`` ``[n_components, n_layers, n_positions]``,
+    ``p_clean`` ``[1]``, ``p_corrupt`` ``[samples]``, ``te`` ``[1]``."""
+trace_naive.__doc__ += "\n    " + _DOC_ARGS
 
 __all__ = ["trace", "trace_naive"]

@@ -53,7 +53,7 @@ REACHED: dict[str, float] = {"presence_random": 0.84, "colour": 0.79, "count": 0
                              "rendered_presence": 0.78, "adversarial_false_yes_ratio": 1.4}
 
 # full-run plan: (scenes in the pool, tower steps, LM steps, joint steps, batch); fractions of `minutes`
-PLAN = {"cuda": (40000, 6000, 8000, 2000, 256), "cpu": (12000, 2000, 5000, 0, 32)}
+PLAN = {"cuda": (40000, 6000, 8000, 2000, 256), "cpu": (12000, 2000, 12000, 0, 32)}
 TIME_SPLIT = (0.42, 0.58, 0.0)
 IMG_MIX = {"presence": 0.45, "colour": 0.2, "count": 0.22, "caption": 0.13}
 TEXT_MIX = {"presence": 0.6, "colour": 0.2, "count": 0.2}

@@ -1,0 +1,197 @@
+"""Corruptions for causal tracing: each turns the clean run into a corrupted one through edits.
+
+Every corruption ends as an edit at an embedding site, so the rest of the forward (and the
+restorations) is shared: image corruptions replace or perturb ``vision.embed`` (the vision
+tower's patch embeddings ``[Rv, Tv, D]``), text noise perturbs ``embed`` (the language model's
+token embeddings ``[B, T, D]``).
+
+- :class:`ImageNoise` Gaussian noise of ``scale`` x the empirical std, in patch-embedding space
+  (default, ROME's 3 sigma) or on the processed pixels (``space="pixel"``).
+- :class:`Blur` a Gaussian blur of the processed pixels (deterministic).
+- :class:`Interchange` a second image in place of the first (deterministic; resized to the
+  first image's size so the patch grids match).
+- :class:`TextNoise` Gaussian noise on chosen text-token embeddings.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.errors import PromptError, ShapeMismatchError, UnsupportedError
+from ..core.images import load_image
+from ..core.layout import IMAGE
+
+
+def _repeat_rows(repl: torch.Tensor):
+    R = repl.shape[0]
+    return lambda t, layout: repl.to(t.dtype).repeat(t.shape[0] // R, *[1] * (t.dim() - 1))
+
+
+class Corruption:
+    """Base: ``edits(plan, sample) -> {site: fn}`` producing the corrupted run for one sample."""
+
+    kind = "base"
+    stochastic = True
+
+    def edits(self, plan, sample: int) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+
+class _PixelCorruption(Corruption):
+    """Corrupts ``pixel_values`` and replays the result as a ``vision.embed`` replacement."""
+
+    def pixels(self, plan, px: torch.Tensor, sample: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def edits(self, plan, sample):
+        px = plan.batch.inputs.get("pixel_values")
+        if not isinstance(px, torch.Tensor):
+            raise UnsupportedError(f"{plan.adapter.family}: no pixel_values in the batch to corrupt")
+        b = plan.batch.replace_inputs(pixel_values=self.pixels(plan, px, sample))
+        with torch.no_grad():
+            emb = plan.adapter.run(b, capture=["vision.embed"]).cache["vision.embed"].clone()
+        return {"vision.embed": _repeat_rows(emb)}
+
+
+class ImageNoise(_PixelCorruption):
+    """Gaussian noise on the image: ``scale`` x std of the patch embeddings (``space="embed"``)
+    or of the processed pixel values (``space="pixel"``)."""
+
+    kind = "noise"
+
+    def __init__(self, scale: float = 3.0, space: str = "embed"):
+        if space not in ("embed", "pixel"):
+            raise ValueError(f"noise space must be 'embed' or 'pixel', got {space!r}")
+        if not scale > 0:
+            raise ValueError(f"noise scale must be > 0, got {scale}")
+        self.scale, self.space = float(scale), space
+
+    def describe(self):
+        return {"kind": self.kind, "scale": self.scale, "space": self.space}
+
+    def _z(self, plan, shape, sample):
+        g = torch.Generator().manual_seed(plan.seed * 1000003 + sample)
+        return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+
+    def pixels(self, plan, px, sample):
+        z = self._z(plan, px.shape, sample).to(px.device, px.dtype)
+        return px + z * (self.scale * float(px.float().std()))
+
+    def edits(self, plan, sample):
+        if self.space == "pixel":
+            return super().edits(plan, sample)
+        emb = plan.clean["vision.embed"]
+        img = torch.as_tensor(plan.batch.layouts["vision"].modality == IMAGE, device=emb.device)[..., None]
+        std = float(emb[img.expand_as(emb)].float().std())
+        z = self._z(plan, emb.shape, sample).to(emb.device, emb.dtype) * (self.scale * std) * img
+        R = z.shape[0]
+        return {"vision.embed": lambda t, layout: t + z.repeat(t.shape[0] // R, 1, 1)}
+
+
+class Blur(_PixelCorruption):
+    """Gaussian blur of the processed pixels with std ``sigma`` (in processed pixels)."""
+
+    kind = "blur"
+    stochastic = False
+
+    def __init__(self, sigma: float = 4.0):
+        if not sigma > 0:
+            raise ValueError(f"blur sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+
+    def describe(self):
+        return {"kind": self.kind, "sigma": self.sigma}
+
+    def pixels(self, plan, px, sample):
+        from torchvision.transforms.functional import gaussian_blur
+
+        k = 2 * math.ceil(3 * self.sigma) + 1
+        flat = px.reshape(-1, *px.shape[-3:])
+        k = min(k, 2 * (min(flat.shape[-2:]) // 2) - 1)
+        return gaussian_blur(flat.float(), [k, k], [self.sigma, self.sigma]).to(px.dtype).reshape(px.shape)
+
+
+class Interchange(_PixelCorruption):
+    """The corrupted run sees ``image`` (path, PIL or array) instead of the clean image."""
+
+    kind = "interchange"
+    stochastic = False
+
+    def __init__(self, image):
+        self.image = load_image(image)
+
+    def describe(self):
+        return {"kind": self.kind, "size": list(self.image.size)}
+
+    def pixels(self, plan, px, sample):
+        size = plan.batch.images[0].size if plan.batch.images else self.image.size
+        img = self.image.resize(size)
+        text = plan.batch.meta.get("prompts") or plan.batch.text or None
+        other = plan.adapter.prepare(images=[img], text=text) if plan.adapter.family == "llava" else plan.adapter.prepare(images=[img])
+        px2 = other.inputs["pixel_values"]
+        if px2.shape != px.shape:
+            raise ShapeMismatchError(f"interchange image gives pixel_values {tuple(px2.shape)}, the clean image {tuple(px.shape)}")
+        return px2.to(px.device, px.dtype)
+
+
+class TextNoise(Corruption):
+    """Gaussian noise (``scale`` x the std of the text-token embeddings) on ``positions`` of the
+    language-model sequence (e.g. the object word's tokens)."""
+
+    kind = "text-noise"
+
+    def __init__(self, positions, scale: float = 3.0):
+        self.positions = torch.as_tensor(list(positions), dtype=torch.long).reshape(-1)
+        if self.positions.numel() == 0:
+            raise PromptError("text noise needs at least one token position to corrupt")
+        self.scale = float(scale)
+
+    def describe(self):
+        return {"kind": self.kind, "scale": self.scale, "positions": self.positions.tolist()}
+
+    def edits(self, plan, sample):
+        if "embed" not in plan.adapter.site_table or "lm" not in plan.batch.layouts:
+            raise UnsupportedError(f"{plan.adapter.family}: text noise needs a language model with an 'embed' site")
+        emb = plan.clean["embed"]
+        lay = plan.batch.layouts["lm"]
+        T = emb.shape[1]
+        if self.positions.min() < 0 or self.positions.max() >= T:
+            raise ShapeMismatchError(f"text-noise positions {self.positions.tolist()} outside the sequence (length {T})")
+        if (lay.modality[0, self.positions.numpy()] == IMAGE).any():
+            raise PromptError("text-noise positions include image tokens; corrupt the image with ImageNoise instead")
+        txt = torch.as_tensor((lay.modality != IMAGE) & (lay.modality != 0), device=emb.device)[..., None]
+        std = float(emb[txt.expand_as(emb)].float().std())
+        g = torch.Generator().manual_seed(plan.seed * 1000003 + sample)
+        z = torch.zeros(tuple(emb.shape))
+        z[:, self.positions] = torch.randn((emb.shape[0], len(self.positions), emb.shape[2]), generator=g)
+        z = (z * self.scale * std).to(emb.device, emb.dtype)
+        return {"embed": lambda t, layout: t + z.repeat(t.shape[0] // z.shape[0], 1, 1)}
+
+
+def make_corruption(spec, noise: float = 3.0, positions=None, image=None) -> Corruption:
+    """A :class:`Corruption` from a name (``noise``, ``pixel-noise``, ``blur``, ``text-noise``,
+    ``interchange``) or pass one through."""
+    if isinstance(spec, Corruption):
+        return spec
+    if spec in (None, "noise"):
+        return ImageNoise(noise)
+    if spec == "pixel-noise":
+        return ImageNoise(noise, space="pixel")
+    if spec == "blur":
+        return Blur()
+    if spec == "text-noise":
+        if positions is None:
+            raise PromptError("text-noise needs the token positions to corrupt (e.g. the object word)")
+        return TextNoise(positions, noise)
+    if spec == "interchange":
+        if image is None:
+            raise PromptError("interchange needs a second image")
+        return Interchange(image)
+    raise ValueError(f"unknown corruption {spec!r}: noise, pixel-noise, blur, text-noise, interchange")
+
+
+__all__ = ["Corruption", "ImageNoise", "Blur", "Interchange", "TextNoise", "make_corruption"]
