@@ -47,16 +47,16 @@ class Result:
         return self.layout.to_heatmap(self.scores[target], self.image_index)
 
     def to_json(self) -> dict:
-        """JSON-ready: method, targets, per-target patch scores, layout grid, meta."""
-        g = self.layout.images[self.image_index] if self.layout is not None else None
-        return {
-            "method": self.method,
-            "targets": list(self.targets),
-            "scores": np.asarray(self.scores, np.float32).round(6).tolist(),
-            "grid": [list(t.grid) for t in g.tiles] if g else None,
-            "image_size": list(g.size) if g else None,
-            "meta": self.meta,
-        }
+        """JSON-ready: method, targets, per-target patch scores (or all arrays), layout grid, meta."""
+        g = self.layout.images[self.image_index] if self.layout is not None and self.layout.images else None
+        out = {"method": self.method, "targets": list(self.targets)}
+        if "scores" in self.arrays:
+            out["scores"] = np.asarray(self.scores, np.float32).round(6).tolist()
+        else:  # results without patch scores (tracing): every array, rounded
+            out["arrays"] = {k: np.asarray(v, np.float64).round(8).tolist() for k, v in self.arrays.items()}
+        out.update({"grid": [list(t.grid) for t in g.tiles] if g else None,
+                    "image_size": list(g.size) if g else None, "meta": self.meta})
+        return out
 
     def save(self, path: str) -> None:
         """Write ``path`` (``.json``) and ``path`` with ``.npz`` beside it, atomically."""
