@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..data.questions import count_questions, pope_split
 from ..data.renderings import as_text, render_words
 from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
+from ..metrics.pope import choose
 from .common import Clock, atomic_dir, cosine_lr, set_lr, train_command, train_threads, write_card
 
 NAME = "shapes-llava"
@@ -247,21 +248,6 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
 
 
 # ------------------------------------------------------------------------ evaluation
-def _choose(adapter, items, candidates: list[str], batch_size: int = 32) -> list[str]:
-    """Greedy answer among ``candidates`` (compare their first-token logits at ``last``).
-    ``items``: (image or None, prompt); one modality per call."""
-    ids = torch.tensor([adapter.token_id(c) for c in candidates])
-    out = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        imgs = None if chunk[0][0] is None else [im for im, _ in chunk]
-        b = adapter.prepare(images=imgs, text=[t for _, t in chunk])
-        logits = adapter.run(b).logits
-        last = torch.stack([logits[r, int(b.layout.span("last", r))] for r in range(len(chunk))]).float().cpu()
-        out += [candidates[j] for j in last[:, ids].argmax(-1).tolist()]
-    return out
-
-
 def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress: bool = False) -> dict[str, float]:
     """Floor metrics on fresh held-out scenes of ``split`` (greedy answers, batched)."""
     yn = ["yes", "no"]
@@ -270,7 +256,7 @@ def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress
     rand = pope_split(split, n, seed, "random")
     adv = pope_split(split, n, seed, "adversarial")
     for tag, items in (("random", rand), ("adversarial", adv)):
-        pred = _choose(adapter, [(s.pil(), qa.question) for s, qa in items], yn)
+        pred = choose(adapter, [(s.pil(), qa.question) for s, qa in items], yn)
         gold = [qa.answer for _, qa in items]
         m[f"presence_{tag}"] = float(np.mean([p == g for p, g in zip(pred, gold)]))
         neg = [p for p, g in zip(pred, gold) if g == "no"]
@@ -294,13 +280,13 @@ def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress
         qa = cq[int(rng.integers(len(cq)))]
         cnt_items.append((s.pil(), qa.question, qa.answer))
     for key, items, cands in (("colour", col_items, COLOURS), ("count", cnt_items, NUM_WORDS)):
-        pred = _choose(adapter, [(im, q) for im, q, _ in items], cands)
+        pred = choose(adapter, [(im, q) for im, q, _ in items], cands)
         m[key] = float(np.mean([p == a for p, (_, _, a) in zip(pred, items)]))
 
     gold = [qa.answer for _, qa in rand]
-    pred = _choose(adapter, [(None, f"{as_text(s)} {qa.question}") for s, qa in rand], yn)
+    pred = choose(adapter, [(None, f"{as_text(s)} {qa.question}") for s, qa in rand], yn)
     m["text_presence"] = float(np.mean([p == g for p, g in zip(pred, gold)]))
-    pred = _choose(adapter, [(render_words(s), qa.question) for s, qa in rand], yn)
+    pred = choose(adapter, [(render_words(s), qa.question) for s, qa in rand], yn)
     m["rendered_presence"] = float(np.mean([p == g for p, g in zip(pred, gold)]))
 
     # greedy generation agrees with the logit comparison on a few items

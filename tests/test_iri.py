@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vlinterp
+from vlinterp.core.errors import LayerRangeError, UnsupportedError
+from vlinterp.core.hooks import count_hooks
+from vlinterp.steering import IRI
+
+
+@pytest.fixture(scope="module")
+def llava():
+    m = vlinterp.load("tiny:llava")
+    img = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8"))
+    return m, m.prepare(images=[img, img], text=["is there a red circle?", "is there a blue square here?"])
+
+
+def test_injection_is_norm_preserving_and_only_at_last(llava):
+    m, b = llava
+    iri = IRI([("attn", 0, 1.0)], [("attn", 1)], lam=2.0)
+    clean = m.run(b, capture=["blocks.1.attn", "blocks.0.attn"]).cache
+    before = count_hooks(m.model)
+    with iri.applied(m):
+        out = m.run(b, capture=["blocks.1.attn"]).cache
+    assert count_hooks(m.model) == before
+    x, y = clean["blocks.1.attn"], out["blocks.1.attn"]
+    for r in range(2):
+        last = int(b.layout.span("last", r)[0])
+        other = [p for p in range(x.shape[1]) if p != last]
+        assert torch.allclose(x[r, other], y[r, other])  # only the last position changes
+        assert not torch.allclose(x[r, last], y[r, last])
+        assert abs(float(x[r, last].norm() - y[r, last].norm())) <= 1e-4 * float(x[r, last].norm())
+        # the injected direction: y is x + lam * a_src rescaled
+        want = x[r, last] + 2.0 * clean["blocks.0.attn"][r, last]
+        want = want * x[r, last].norm() / want.norm()
+        assert torch.allclose(y[r, last], want, atol=1e-5)
+
+
+def test_zero_lambda_is_identity_and_generate_works(llava):
+    m, b = llava
+    iri = IRI([("attn", 0, 1.0), ("mlp", 0, 1.0)], [("attn", 1), ("mlp", 1)], lam=0.0)
+    plain = m.run(b).logits
+    with iri.applied(m):
+        assert torch.allclose(m.run(b).logits, plain, atol=1e-6)
+    g0 = m.generate(b, max_new_tokens=4)
+    with iri.applied(m, lam=5.0):
+        g1 = m.generate(b, max_new_tokens=4)
+        l1 = m.run(b).logits
+    assert g1.new_tokens.shape == g0.new_tokens.shape
+    assert not torch.allclose(l1, plain)
+    assert torch.allclose(m.run(b).logits, plain)  # nothing left behind
+
+
+def test_hooks_removed_after_an_error(llava):
+    m, b = llava
+    before = count_hooks(m.model)
+    with pytest.raises(RuntimeError):
+        with IRI([("attn", 0, 1.0)], [("attn", 1)]).applied(m):
+            m.run(b)
+            raise RuntimeError("boom")
+    assert count_hooks(m.model) == before
+
+
+def test_from_rr_and_errors(llava, tmp_path):
+    m, _ = llava
+    rr = {"attn": np.array([0.1, 0.5, 0.2, 0.3]), "mlp": np.array([-0.1, 0.0, 0.4, 0.9])}
+    iri = IRI.from_rr(rr, n_sources=1, n_targets=1)
+    assert iri.sources == [("attn", 1, 1.0), ("mlp", 2, 1.0)]
+    assert iri.targets == [("attn", 3), ("mlp", 3)]
+    iri.save(tmp_path / "iri.json")
+    back = IRI.load(tmp_path / "iri.json")
+    assert back.sources == iri.sources and back.targets == iri.targets and back.lam == iri.lam
+    with pytest.raises(LayerRangeError):
+        IRI([("attn", 2, 1.0)], [("attn", 1)])
+    with pytest.raises(LayerRangeError):  # tiny:llava has 2 layers
+        IRI([("attn", 0, 1.0)], [("attn", 5)]).edits(m)
+    with pytest.raises(ValueError):
+        IRI([("norm", 0, 1.0)], [("attn", 1)])
+    with pytest.raises(UnsupportedError):
+        IRI([("attn", 0, 1.0)], [("attn", 1)]).edits(vlinterp.load("tiny:vit"))
+
+
+def test_fit_on_tiny_llava_records_calibration():
+    m = vlinterp.load("tiny:llava")
+    iri = IRI.fit(m, n=2, n_eval=4, lambdas=(0.5,))
+    cal = iri.meta["calibration"]
+    assert set(cal["unsteered"]) == {"adversarial", "random"} and "0.5" in cal["grid"]
+    assert iri.lam in (0.0, 0.5)
+    assert len(iri.meta["rr"]["attn"]) == m.num_layers()
