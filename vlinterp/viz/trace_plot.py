@@ -63,6 +63,8 @@ def plot_rr_curves(curves: dict[str, np.ndarray], path: str, title: str = "", er
         ax.plot(x, y, marker="o", label=label)
         if err and label in err:
             ax.fill_between(x, y - err[label], y + err[label], alpha=0.2)
+    n = max((len(y) for y in curves.values()), default=0)
+    ax.set_xticks(range(n))
     ax.axhline(0, color="gray", lw=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("recovery rate")
