@@ -1,0 +1,164 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import vlinterp
+from vlinterp.core.errors import LoadError, NaNError, ShapeMismatchError
+from vlinterp.core.hooks import count_hooks
+from vlinterp.sae import ActivationStore, shapes_items
+from vlinterp.sae.analysis import auroc, cross_modal_weights, sample_scores
+from vlinterp.sae.attach import feature_edit, load_sae, save_sae, splice_edit
+from vlinterp.sae.quality import reconstruction
+from vlinterp.sae.train import _checkpoints, train_sae
+
+SITE = "blocks.1.resid"
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return vlinterp.load("tiny:llava")
+
+
+@pytest.fixture(scope="module")
+def items():
+    return shapes_items("sae-test", 20, 0, "mixed")
+
+
+@pytest.fixture(scope="module")
+def store(llava, items):
+    return ActivationStore.harvest(llava, SITE, items, batch_size=8, progress=False, keep="content")
+
+
+def test_harvest_rows_and_resume_equals_uninterrupted(llava, items, store, tmp_path):
+    full = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "a"), batch_size=4, shard_samples=8,
+                                   progress=False, keep="content")
+    part = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "b"), batch_size=4, shard_samples=8,
+                                   progress=False, keep="content", stop_after=1)
+    assert part.meta["samples_done"] == 8 and not part.meta.get("complete")
+    open(tmp_path / "b" / "shard_00001.safetensors", "wb").write(b"half-written")  # a killed write
+    res = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "b"), batch_size=4, shard_samples=8,
+                                  progress=False, keep="content")
+    assert res.meta["complete"] and len(res.meta["shards"]) == 3
+    for k in full.rows:
+        assert torch.equal(full.rows[k], res.rows[k]), k
+    assert sorted(set(res.rows["sample"].tolist())) == list(range(len(items)))  # none lost, none twice
+    # modality, grid positions and tokens are consistent with the layout
+    img = res.rows["modality"] == 2
+    assert img.any() and (~img).any()
+    assert (res.rows["row"][img] >= 0).all() and (res.rows["row"][~img] == -1).all()
+    assert (res.rows["token"][img] == -1).all() and (res.rows["token"][~img] >= 0).all()
+    assert len(store) == len(full)  # in memory (batch 8) == on disk (batch 4) row count
+    with pytest.raises(LoadError):  # a different harvest in the same directory
+        ActivationStore.harvest(llava, "blocks.0.resid", items, out_dir=str(tmp_path / "b"), progress=False, keep="content")
+
+
+def test_training_resume_equals_uninterrupted(store, tmp_path):
+    kw = dict(d_sae=48, k=4, steps=30, batch_size=32, checkpoint_every=10, progress=False)
+    full = train_sae(store, checkpoint_dir=str(tmp_path / "a"), **kw)
+    train_sae(store, checkpoint_dir=str(tmp_path / "b"), stop_after=17, **kw)  # killed after step 17
+    assert [s for s, _ in _checkpoints(str(tmp_path / "b"))] == [10]
+    res = train_sae(store, checkpoint_dir=str(tmp_path / "b"), resume=True, **kw)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, res.state_dict()[k]), k
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(store, tmp_path):
+    good = lambda i: store.acts[torch.arange(32) + i].float()  # noqa: E731
+    bad = lambda i: good(i) if i < 25 else good(i) * float("nan")  # noqa: E731
+    ck = str(tmp_path / "ck")
+    with pytest.raises(NaNError):
+        train_sae(store, d_sae=48, k=4, steps=40, batch_size=32, checkpoint_every=10, progress=False, checkpoint_dir=ck, data=bad)
+    steps = _checkpoints(ck)
+    assert [s for s, _ in steps] == [10, 20]
+    last = load_sae(steps[-1][1])
+    assert all(torch.isfinite(p).all() for p in last.parameters())
+
+
+def test_saelens_round_trip_both_ways(llava, store, tmp_path):
+    from sae_lens import SAE, TopKSAE, TopKSAEConfig
+
+    ours = train_sae(store, d_sae=48, k=4, steps=20, batch_size=32, progress=False)
+    save_sae(ours, str(tmp_path / "ours"))
+    theirs = SAE.load_from_disk(str(tmp_path / "ours"))
+    x = store.acts[:50]
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x), ours.encode(x), atol=1e-6)
+    assert json.load(open(tmp_path / "ours" / "vlinterp.json"))["site"] == SITE
+    # an SAE made and saved by SAELens loads into vlinterp and attaches to a site
+    torch.manual_seed(0)
+    native = TopKSAE(TopKSAEConfig(d_in=store.d, d_sae=40, k=3, dtype="float32", device="cpu"))
+    native.save_model(str(tmp_path / "native"))
+    sae = load_sae(str(tmp_path / "native"))
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    plain = llava.run(b).logits
+    before = count_hooks(llava.model)
+    with llava.edits({SITE: splice_edit(sae, SITE)}):
+        spliced = llava.run(b).logits
+    assert count_hooks(llava.model) == before
+    assert not torch.allclose(plain, spliced) and torch.allclose(llava.run(b).logits, plain)
+    with pytest.raises(LoadError):
+        load_sae(str(tmp_path))
+
+
+def test_wrong_width_is_a_named_error(llava, store):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    wrong = TopKSAE(TopKSAEConfig(d_in=store.d + 8, d_sae=16, k=2, dtype="float32", device="cpu"))
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    with pytest.raises(ShapeMismatchError, match="width"):
+        llava.run(b, edits={SITE: splice_edit(wrong, SITE)})
+    with pytest.raises(ShapeMismatchError, match="width"):
+        reconstruction(wrong, store.acts)
+
+
+def test_quality_and_feature_scaling(llava, store):
+    sae = train_sae(store, d_sae=64, k=8, steps=150, batch_size=64, progress=False)
+    q = reconstruction(sae, store.acts, store.rows["modality"])
+    assert q["l0"] == pytest.approx(8.0) and 0 <= q["dead_fraction"] <= 1 and "fvu_image" in q
+    assert q["fvu"] < 0.9  # it learned something (a fresh SAE is at ~1 or above)
+    fresh = train_sae(store, d_sae=64, k=8, steps=1, batch_size=64, progress=False)
+    assert reconstruction(fresh, store.acts)["fvu"] > q["fvu"]
+    # scaling a feature by 1 changes nothing; by 0 removes its decoder contribution
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    cap = llava.run(b, capture=[SITE]).cache[SITE]
+    k = int(torch.argmax((sae.encode(store.acts) > 0).sum(0)))
+    same = llava.run(b, capture=[SITE], edits={SITE: feature_edit(sae, {k: 1.0}, SITE)}).cache[SITE]
+    assert torch.allclose(same, cap, atol=1e-5)
+    off = llava.run(b, capture=[SITE], edits={SITE: feature_edit(sae, {k: 0.0}, SITE, positions="content")}).cache[SITE]
+    assert not torch.allclose(off, cap)
+
+
+def test_analysis_on_synthetic_codes():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([1, 1, 1, 1], [True, False, True, False]) == pytest.approx(0.5)
+    # feature 0 fires on both image and text rows whose inputs point the same way; feature 1 only on text
+    acts = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    modality = torch.tensor([2, 1, 1, 1], dtype=torch.int8)
+    F = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    om = cross_modal_weights(F, acts, modality, top=2)
+    assert om[1] == 0 and om[0] == pytest.approx(float(torch.nn.functional.cosine_similarity(acts[0], acts[1], dim=0)), abs=1e-6)
+    sc = sample_scores(F, modality, torch.tensor([0, 0, 1, 1]), om)
+    assert sc[0] == pytest.approx(om[0]) and sc[1] == 0.0
+
+
+def test_cli_round_trip(tmp_path, capsys):
+    from vlinterp.cli import main
+
+    st, sae = str(tmp_path / "st"), str(tmp_path / "sae")
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:12:0:mixed", "--out", st]) == 0
+    assert main(["sae", "train", "--store", st, "--out", sae, "--d-sae", "48", "--k", "4", "--steps", "30", "--checkpoint-every", "10"]) == 0
+    assert main(["sae", "eval", "--sae", sae, "--store", st, "--json", str(tmp_path / "q.json")]) == 0
+    assert json.load(open(tmp_path / "q.json"))["reconstruction"]["l0"] == pytest.approx(4.0)
+    assert main(["sae", "inspect", "--sae", sae, "--store", st, "--model", "tiny:llava", "--out", str(tmp_path / "dash"), "--top", "2"]) == 0
+    pages = os.listdir(tmp_path / "dash")
+    assert "index.html" in pages and len(pages) == 3
+    page = open(tmp_path / "dash" / [p for p in pages if p.startswith("feature_")][0]).read()
+    assert "top image patches" in page and "data:image/png;base64" in page
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "s.json")]) == 0
+    assert len(json.load(open(tmp_path / "s.json"))["scores"]) == 12
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", "blocks.99.resid", "--dataset", "shapes:sae:2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "nope:1", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown dataset spec" in capsys.readouterr().err

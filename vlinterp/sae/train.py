@@ -1,0 +1,179 @@
+"""Train SAELens SAEs from an :class:`~vlinterp.sae.store.ActivationStore`.
+
+SAELens does the modelling (``TopKTrainingSAE``, ``BatchTopKTrainingSAE``, ``StandardTrainingSAE``
+(ReLU + L1), ``JumpReLUTrainingSAE``, ``MatryoshkaBatchTopKTrainingSAE``) and the optimisation
+(``SAETrainer.step``). vlinterp adds what it lacks for multimodal data:
+
+- **modality-balanced batches**: each batch takes ``round(image_fraction * B)`` image-token rows
+  and the rest from text tokens (``image_fraction=None``: uniform over rows);
+- **deterministic data order**: batch ``i`` depends only on ``(seed, i)``, so a resumed run sees
+  the batches an uninterrupted one would;
+- **checkpoints every N steps**, each a SAELens checkpoint directory (``cfg.json``,
+  ``sae_weights.safetensors``, trainer state) written to a temp dir and renamed; ``resume=True``
+  continues from the newest one, giving the same weights as an uninterrupted run;
+- **NaN guard**: a non-finite batch raises :class:`~vlinterp.core.errors.NaNError` before the
+  step, a non-finite loss right after it; the last good checkpoint stays in place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import NaNError, ShapeMismatchError
+
+ARCHS = {"topk": ("TopKTrainingSAE", "TopKTrainingSAEConfig"),
+         "batchtopk": ("BatchTopKTrainingSAE", "BatchTopKTrainingSAEConfig"),
+         "standard": ("StandardTrainingSAE", "StandardTrainingSAEConfig"),
+         "jumprelu": ("JumpReLUTrainingSAE", "JumpReLUTrainingSAEConfig"),
+         "matryoshka": ("MatryoshkaBatchTopKTrainingSAE", "MatryoshkaBatchTopKTrainingSAEConfig")}
+
+
+def make_sae(arch: str, d_in: int, d_sae: int, k: int = 16, l1: float = 5.0, seed: int = 0, **extra):
+    """A fresh SAELens training SAE of architecture ``arch`` (see :data:`ARCHS`)."""
+    import sae_lens
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown SAE architecture {arch!r}; one of {', '.join(ARCHS)}")
+    cls, cfg_cls = (getattr(sae_lens, n) for n in ARCHS[arch])
+    kw = {"d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu", **extra}
+    if arch in ("topk", "batchtopk", "matryoshka"):
+        kw["k"] = int(k)
+        # the input scaling is folded into the weights after training; that is exact only when
+        # the top-k choice does not rescale by decoder norms
+        kw.setdefault("rescale_acts_by_decoder_norm", False)
+    if arch == "matryoshka":
+        kw.setdefault("matryoshka_widths", [d_sae // 4, d_sae // 2, d_sae])
+    if arch == "standard":
+        kw["l1_coefficient"] = float(l1)
+    torch.manual_seed(seed)
+    return cls(cfg_cls(**kw))
+
+
+class BalancedBatches:
+    """Batch ``i`` (any order, reproducible): row indices drawn with a generator seeded by
+    ``(seed, i)``; ``image_fraction`` of them image tokens when given."""
+
+    def __init__(self, store, batch_size: int, image_fraction: float | None = None, seed: int = 0):
+        self.store, self.B, self.seed = store, int(batch_size), int(seed)
+        self.frac = image_fraction
+        if image_fraction is not None:
+            if not 0.0 <= image_fraction <= 1.0:
+                raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
+            self.img, self.txt = store.where("image"), store.where("text")
+            if (image_fraction > 0 and not len(self.img)) or (image_fraction < 1 and not len(self.txt)):
+                raise ShapeMismatchError("the store lacks the image or text tokens that image_fraction asks for")
+
+    def indices(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        if self.frac is None:
+            return torch.randint(len(self.store), (self.B,), generator=g)
+        n_img = int(round(self.frac * self.B))
+        a = self.img[torch.randint(len(self.img), (n_img,), generator=g)] if n_img else torch.zeros(0, dtype=torch.long)
+        b = self.txt[torch.randint(len(self.txt), (self.B - n_img,), generator=g)] if self.B - n_img else torch.zeros(0, dtype=torch.long)
+        return torch.cat([a, b])
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.store.acts[self.indices(i)].float()
+
+
+def _checkpoints(d: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(d):
+        return []
+    out = []
+    for name in os.listdir(d):
+        if name.startswith("step_") and os.path.isfile(os.path.join(d, name, "cfg.json")):
+            out.append((int(name.split("_")[1]), os.path.join(d, name)))
+    return sorted(out)
+
+
+def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
+              lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
+              checkpoint_every: int = 500, resume: bool = False, progress: bool = True, l1: float = 5.0,
+              stop_after: int | None = None, data=None):
+    """Train an SAE on ``store`` rows and return it (a SAELens training SAE; ``.encode`` /
+    ``.decode``). Schedule: linear warm-up (10% up to 100 steps), constant ``lr``, linear decay
+    to 0 over the last 20% (SAELens's scheduler). ``stop_after``: stop after that many steps of this call (to test resuming);
+    ``data``: replace the batch source (``fn(i) -> [B, D]``)."""
+    from sae_lens import LoggingConfig, SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    batches = data or BalancedBatches(store, batch_size, image_fraction, seed)
+    sae = make_sae(arch, store.d, d_sae, k, l1, seed)
+    tcfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size, lr=lr,
+                            lr_end=lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
+                            lr_warm_up_steps=min(100, steps // 10), logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
+    # SAELens's "expected average only in" scaling (mean norm -> sqrt(d)), estimated on the store
+    # without drawing from the batch sequence, folded into the weights at the end
+    sample = store.acts[:: max(1, len(store) // 10000)].float()
+    trainer.activation_scaler.scaling_factor = float(store.d ** 0.5 / sample.norm(dim=-1).mean().clamp_min(1e-12))
+    start = 0
+    if resume and checkpoint_dir:
+        ck = _checkpoints(checkpoint_dir)
+        if ck:
+            start, path = ck[-1]
+            sae.load_weights_from_checkpoint(path)
+            trainer.load_trainer_state(path)
+    meta = {"arch": arch, "d_in": store.d, "d_sae": d_sae, "k": k, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "image_fraction": image_fraction, "seed": seed, "site": store.meta.get("site"), "model": store.meta.get("model"),
+            "keep": store.meta.get("keep")}
+    bar = tqdm(total=steps, initial=start, desc="SAE", disable=not progress)
+    done = 0
+    for i in range(start, steps):
+        x = batches(i)
+        if not torch.isfinite(x).all():
+            raise NaNError(f"non-finite activations in SAE batch {i}; the last good checkpoint is kept")
+        trainer.maybe_reset_sparsity()
+        out = _guarded_step(trainer, x, i)
+        trainer.n_training_steps += 1
+        bar.update(1)
+        if progress and i % 100 == 0:
+            bar.set_postfix(mse=f"{float(out.losses.get('mse_loss', out.loss).detach()):.4f}")
+        if checkpoint_dir and ((i + 1) % checkpoint_every == 0 or i + 1 == steps):
+            save_checkpoint(trainer, checkpoint_dir, i + 1, meta)
+        done += 1
+        if stop_after is not None and done >= stop_after:
+            break
+    bar.close()
+    sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    sae.eval()
+    sae.vlinterp_meta = meta
+    return sae
+
+
+def _guarded_step(trainer, x, i):
+    """``trainer.step``; a non-finite loss raises :class:`NaNError` (the in-memory SAE is then
+    spoiled and dropped with the exception; the checkpoints on disk are the last good ones)."""
+    out = trainer.step(x)
+    if not torch.isfinite(out.loss):
+        raise NaNError(f"non-finite SAE loss at step {i}; the last good checkpoint is kept")
+    return out
+
+
+def save_checkpoint(trainer, checkpoint_dir: str, step: int, meta: dict) -> str:
+    """``checkpoint_dir/step_{step:07d}``: SAELens weights + cfg + trainer state, atomically."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    final = os.path.join(checkpoint_dir, f"step_{step:07d}")
+    tmp = tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-")
+    try:
+        trainer.sae.save_model(tmp)
+        trainer.save_trainer_state(Path(tmp))
+        with open(os.path.join(tmp, "vlinterp.json"), "w") as f:
+            json.dump({**meta, "step": step}, f, indent=1)
+        os.chmod(tmp, 0o755)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return final
+
+
+__all__ = ["train_sae", "make_sae", "BalancedBatches", "save_checkpoint", "ARCHS"]
