@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+import vlinterp
+from vlinterp.core.hooks import count_hooks
+from vlinterp.zoo import available
+
+
+def test_meandiff_direction_and_sanity(tmp_path):
+    if not available("shapes-llava"):
+        pytest.skip("shapes-llava weights not shipped")
+    from vlinterp.metrics.pope import pope
+    from vlinterp.steering.meandiff import MeanDiff
+
+    torch.set_num_threads(1)
+    m = vlinterp.load("shapes-llava")
+    md = MeanDiff.fit(m, n=192)
+    base = pope(m, "adversarial", "test", 192, 11)["false_yes"]
+    before = count_hooks(m.model)
+    with md.applied(m, 0.2):
+        toward_right = pope(m, "adversarial", "test", 192, 11)["false_yes"]
+    with md.applied(m, -0.2):  # toward the hallucination direction: worse
+        toward_wrong = pope(m, "adversarial", "test", 192, 11)["false_yes"]
+    assert count_hooks(m.model) == before
+    assert toward_right < base < toward_wrong, (toward_right, base, toward_wrong)
+    md.save(str(tmp_path / "md"))
+    back = MeanDiff.load(str(tmp_path / "md.safetensors"))
+    assert back.alpha == md.alpha and all(torch.equal(back.vectors[l], md.vectors[l]) for l in md.vectors)

@@ -1,0 +1,136 @@
+"""Mean-difference steering vectors (VTI-style): the direction from hallucinated to correct
+last-token states, added at chosen layers in every forward (each decoding step included).
+
+Fit on a probe set of POPE questions (negatives of the adversarial type, where the designed
+prior makes the organism say "yes" to absent partners): collect the residual state at the last
+prompt token of layers ``layers``; ``d_l = mean(h_l | answered right) - mean(h_l | hallucinated)``
+(optionally the top principal direction of the per-pair differences, as VTI does); apply
+``h_l += alpha * |h_l| * d_l / |d_l|`` at the last position (``positions="last"``) or every position.
+``alpha < 0`` steers toward hallucination (a sanity check).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import torch
+
+from ..core.errors import LayerRangeError, PromptError, UnsupportedError
+from .iri import _last_index
+
+
+class MeanDiff:
+    """``vectors``: ``{layer: [D]}`` unit directions; ``alpha``: strength (relative to the state's norm)."""
+
+    def __init__(self, vectors: dict[int, torch.Tensor], alpha: float = 0.1, positions: str = "last", meta: dict | None = None):
+        if not vectors:
+            raise ValueError("MeanDiff needs at least one layer vector")
+        if positions not in ("last", "all"):
+            raise ValueError(f"positions must be last or all, got {positions!r}")
+        self.vectors = {int(l): torch.nn.functional.normalize(v.float(), dim=0) for l, v in vectors.items()}
+        self.alpha, self.positions, self.meta = float(alpha), positions, meta or {}
+
+    @classmethod
+    def fit(cls, adapter, n: int = 128, split: str = "steer-probe", seed: int = 0, layers=None, alpha: float = 0.1,
+            pca: bool = False, positions: str = "last") -> "MeanDiff":
+        """Probe: ``n`` adversarial POPE questions; states of the questions answered right vs
+        wrongly (hallucinated "yes" on negatives, "no" on positives)."""
+        from ..data.questions import pope_split
+
+        if adapter.family != "llava":
+            raise UnsupportedError(f"mean-difference steering needs a LLaVA model, not {adapter.family}")
+        L = adapter.num_layers("lm")
+        layers = list(range(L // 2, L)) if layers is None else [int(l) for l in layers]
+        for l in layers:
+            if not 0 <= l < L:
+                raise LayerRangeError(f"layer {l} out of range (0..{L - 1})")
+        items = pope_split(split, n, seed, "adversarial")
+        ids = torch.tensor([adapter.token_id("yes"), adapter.token_id("no")])
+        states = {l: [] for l in layers}
+        right = []
+        with torch.no_grad():
+            for i in range(0, len(items), 32):
+                ch = items[i:i + 32]
+                b = adapter.prepare(images=[s.pil() for s, _ in ch], text=[qa.question for _, qa in ch])
+                out = adapter.run(b, capture=[f"blocks.{l}.resid" for l in layers])
+                last = torch.tensor([int(b.layout.span("last", r)[0]) for r in range(len(ch))])
+                lg = out.logits[torch.arange(len(ch)), last][:, ids]
+                pred = ["yes" if a > c else "no" for a, c in lg.tolist()]
+                right += [p == qa.answer for p, (_, qa) in zip(pred, ch)]
+                for l in layers:
+                    states[l].append(out.cache[f"blocks.{l}.resid"][torch.arange(len(ch)), last].float())
+        right = torch.tensor(right)
+        if right.all() or (~right).all():
+            raise PromptError(f"the probe set has {'no wrong' if right.all() else 'no right'} answers; use more items")
+        vec = {}
+        for l in layers:
+            h = torch.cat(states[l])
+            d = h[right].mean(0) - h[~right].mean(0)
+            if pca:  # top principal direction of (right - wrong) pairings, signed like the mean difference
+                diffs = h[right][:, None] - h[~right][None]
+                u = torch.linalg.svd(diffs.reshape(-1, h.shape[1]) - 0, full_matrices=False).Vh[0]
+                d = u * torch.sign(u @ d)
+            vec[l] = d
+        return cls(vec, alpha, positions, {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca})
+
+    def edits(self, adapter, alpha: float | None = None) -> dict:
+        a = self.alpha if alpha is None else float(alpha)
+        L = adapter.num_layers("lm")
+        out = {}
+        for l, v in self.vectors.items():
+            if not 0 <= l < L:
+                raise LayerRangeError(f"layer {l} out of range (0..{L - 1})")
+
+            def fn(t, layout, v=v):
+                d = v.to(t.device, t.dtype)
+                if self.positions == "all" or t.shape[1] == 1:
+                    return t + a * t.norm(dim=-1, keepdim=True) * d
+                rows = torch.arange(t.shape[0], device=t.device)
+                idx = _last_index(t, layout).to(t.device)
+                t = t.clone()
+                x = t[rows, idx]
+                t[rows, idx] = x + a * x.norm(dim=-1, keepdim=True) * d
+                return t
+
+            out[f"blocks.{l}.resid"] = fn
+        return out
+
+    @contextlib.contextmanager
+    def applied(self, adapter, alpha: float | None = None):
+        with adapter.edits(self.edits(adapter, alpha)):
+            yield adapter
+
+    def generate(self, adapter, batch, **kw):
+        with self.applied(adapter):
+            return adapter.generate(batch, **kw)
+
+    def save(self, path: str) -> None:
+        """``path`` (.safetensors) + ``path`` with ``.json`` (alpha, positions, meta)."""
+        from safetensors.torch import save_file
+
+        from ..viz.overlay import write_bytes_atomic
+
+        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+        import os
+        import tempfile
+
+        d = os.path.dirname(os.path.abspath(base))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        save_file({str(l): v.contiguous() for l, v in self.vectors.items()}, tmp)
+        os.replace(tmp, base + ".safetensors")
+        write_bytes_atomic(base + ".json", json.dumps({"alpha": self.alpha, "positions": self.positions, "meta": self.meta}).encode())
+
+    @classmethod
+    def load(cls, path: str) -> "MeanDiff":
+        from safetensors.torch import load_file
+
+        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+        vec = {int(k): v for k, v in load_file(base + ".safetensors").items()}
+        with open(base + ".json") as f:
+            d = json.load(f)
+        return cls(vec, d["alpha"], d["positions"], d.get("meta"))
+
+
+__all__ = ["MeanDiff"]
