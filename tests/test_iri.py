@@ -44,6 +44,7 @@ def test_zero_lambda_is_identity_and_generate_works(llava):
     with iri.applied(m):
         assert torch.allclose(m.run(b).logits, plain, atol=1e-6)
     g0 = m.generate(b, max_new_tokens=4)
+    assert iri.generate(m, b, max_new_tokens=4).texts == g0.texts  # lam=0: unchanged
     with iri.applied(m, lam=5.0):
         g1 = m.generate(b, max_new_tokens=4)
         l1 = m.run(b).logits

@@ -1,5 +1,11 @@
-"""Inference-time steering of LLaVA models through the adapter's edits: :class:`IRI`
-(intermediate representation injection, fitted from causal-tracing recovery rates)."""
-from .iri import IRI
+"""Inference-time steering of LLaVA models. One shape for every method: ``S = Method.fit(model, ...)``,
+``with S.applied(model): ...``, ``S.generate(model, batch)``, ``S.save/load``.
 
-__all__ = ["IRI"]
+:class:`IRI` (intermediate representation injection, fitted from causal-tracing recovery rates),
+:class:`MeanDiff` (VTI-style mean-difference vectors), :class:`VCD` (visual contrastive decoding;
+a decoding rule, so ``choose`` / ``generate`` instead of ``applied``)."""
+from .iri import IRI
+from .meandiff import MeanDiff
+from .vcd import VCD
+
+__all__ = ["IRI", "MeanDiff", "VCD"]

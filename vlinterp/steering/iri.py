@@ -125,6 +125,11 @@ class IRI:
         with adapter.edits(self.edits(adapter, lam)):
             yield adapter
 
+    def generate(self, adapter, batch, lam: float | None = None, **kw):
+        """``adapter.generate`` with the injection on at every decoding step."""
+        with self.applied(adapter, lam):
+            return adapter.generate(batch, **kw)
+
     # ------------------------------------------------------------------- io
     def to_json(self) -> dict:
         return asdict(self)
