@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 
@@ -20,20 +18,12 @@ from ..core.layout import IMAGE, PAD, TEXT
 
 def save_sae(sae, path: str, meta: dict | None = None) -> str:
     """Write ``sae`` (training or inference SAELens SAE) to ``path`` in SAELens's inference format."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
+    from ..zoo.common import atomic_dir
+
+    with atomic_dir(path) as tmp:
         (sae.save_inference_model if hasattr(sae, "save_inference_model") else sae.save_model)(tmp)
         with open(os.path.join(tmp, "vlinterp.json"), "w") as f:
             json.dump({**getattr(sae, "vlinterp_meta", {}), **(meta or {})}, f, indent=1)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return path
 
 

@@ -32,12 +32,9 @@ MANIFEST = "manifest.json"
 
 
 def _write_json_atomic(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from ..zoo.common import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 def _save_shard(path: str, rows: dict[str, torch.Tensor]) -> None:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import torch
@@ -87,8 +86,9 @@ def _checkpoints(d: str) -> list[tuple[int, str]]:
         return []
     out = []
     for name in os.listdir(d):
-        if name.startswith("step_") and os.path.isfile(os.path.join(d, name, "cfg.json")):
-            out.append((int(name.split("_")[1]), os.path.join(d, name)))
+        m = re.fullmatch(r"step_(\d+)", name)
+        if m and os.path.isfile(os.path.join(d, name, "cfg.json")):
+            out.append((int(m.group(1)), os.path.join(d, name)))
     return sorted(out)
 
 
@@ -158,21 +158,14 @@ def _guarded_step(trainer, x, i):
 
 def save_checkpoint(trainer, checkpoint_dir: str, step: int, meta: dict) -> str:
     """``checkpoint_dir/step_{step:07d}``: SAELens weights + cfg + trainer state, atomically."""
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    from ..zoo.common import atomic_dir
+
     final = os.path.join(checkpoint_dir, f"step_{step:07d}")
-    tmp = tempfile.mkdtemp(dir=checkpoint_dir, prefix=".tmp-")
-    try:
+    with atomic_dir(final) as tmp:
         trainer.sae.save_model(tmp)
         trainer.save_trainer_state(Path(tmp))
         with open(os.path.join(tmp, "vlinterp.json"), "w") as f:
             json.dump({**meta, "step": step}, f, indent=1)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return final
 
 
