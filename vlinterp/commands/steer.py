@@ -1,0 +1,120 @@
+"""`vlinterp steer eval|generate`: hallucination steering compared on POPE (issue 7, in progress).
+
+    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff [--n 256] [--seed 11] [--json PATH]
+    vlinterp steer generate IMAGE --prompt "describe the image." --method meandiff [--model M]
+
+Methods are fitted on their own probe / calibration splits, never on the evaluation scenes. The
+table: POPE accuracy, F1, yes rate and false-yes rate per negative type, and colour / count
+accuracy (collateral damage).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..cli import register
+
+METHODS = ("none", "iri", "vcd", "meandiff")
+
+
+def _add(p: argparse.ArgumentParser):
+    sub = p.add_subparsers(dest="steer_cmd", required=True)
+    e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy)")
+    e.add_argument("--model", default="shapes-llava")
+    e.add_argument("--methods", default="none,iri,vcd,meandiff")
+    e.add_argument("--n", type=int, default=256)
+    e.add_argument("--seed", type=int, default=11)
+    e.add_argument("--json")
+    g = sub.add_parser("generate", help="answer with a steering method on")
+    g.add_argument("image")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--model", default="shapes-llava")
+    g.add_argument("--method", default="meandiff", choices=METHODS)
+    g.add_argument("--max-new-tokens", type=int, default=16)
+
+
+def fit_method(name: str, m):
+    from ..steering import IRI, VCD, MeanDiff
+
+    if name == "none":
+        return None
+    if name == "iri":
+        return IRI.fit(m)
+    if name == "vcd":
+        return VCD()
+    if name == "meandiff":
+        return MeanDiff.fit(m)
+    from ..core.errors import UnsupportedError
+
+    raise UnsupportedError(f"unknown steering method {name!r}; one of {', '.join(METHODS)}")
+
+
+def _answers(method, m, items, candidates):
+    import contextlib
+
+    from ..metrics.pope import choose
+
+    if method is not None and hasattr(method, "choose"):
+        return method.choose(m, items, candidates)
+    with method.applied(m) if method is not None else contextlib.nullcontext():
+        return choose(m, items, candidates)
+
+
+def evaluate(m, method, n: int, seed: int) -> dict:
+    from ..data.questions import count_questions, pope_split
+    from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
+    from ..metrics.pope import yes_no_scores
+
+    row = {}
+    for neg in ("random", "popular", "adversarial"):
+        items = pope_split("test", n, seed, neg)
+        pred = _answers(method, m, [(s.pil(), qa.question) for s, qa in items], ["yes", "no"])
+        row[neg] = yes_no_scores(pred, [qa.answer for _, qa in items])
+    col, cnt = [], []
+    for s in make_split("test", n, seed):
+        rng = scene_rng("test", seed, s.index, 99)
+        once = [o for o in s.objects if s.count(o.shape) == 1]
+        if once:
+            o = once[int(rng.integers(len(once)))]
+            col.append((s.pil(), f"what color is the {o.shape}?", o.colour))
+        qa = count_questions(s, rng)[0]
+        cnt.append((s.pil(), qa.question, qa.answer))
+    for key, items, cands in (("colour", col, COLOURS), ("count", cnt, NUM_WORDS)):
+        pred = _answers(method, m, [(im, q) for im, q, _ in items], cands)
+        row[key] = sum(p == a for p, (_, _, a) in zip(pred, items)) / max(1, len(items))
+    return row
+
+
+def _run(args) -> int:
+    from .. import load
+
+    m = load(args.model)
+    if args.steer_cmd == "eval":
+        table = {}
+        for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
+            table[name] = evaluate(m, fit_method(name, m), args.n, args.seed)
+        print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} {'count':>5s}")
+        for name, r in table.items():
+            a = r["adversarial"]
+            print(f"{name:9s} {a['accuracy']:7.3f} {a['f1']:6.3f} {a['false_yes']:13.3f} {r['popular']['accuracy']:7.3f} "
+                  f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f}")
+        if args.json:
+            from ..viz.overlay import write_bytes_atomic
+
+            write_bytes_atomic(args.json, json.dumps(table, indent=1).encode())
+    else:
+        from ..core.images import load_image
+
+        b = m.prepare(images=[load_image(args.image, name="IMAGE")], text=[args.prompt])
+        method = fit_method(args.method, m)
+        if method is None:
+            text = m.generate(b, max_new_tokens=args.max_new_tokens).texts[0]
+        elif hasattr(method, "applied"):
+            text = method.generate(m, b, max_new_tokens=args.max_new_tokens).texts[0]
+        else:
+            text = method.generate(m, b, max_new_tokens=args.max_new_tokens)[0]
+        print(text)
+    return 0
+
+
+register("steer", "hallucination steering (IRI, VCD, mean-difference) compared on POPE; generate with steering on", _add, _run)
