@@ -94,11 +94,11 @@ class IRI:
             def fn(t, layout):
                 if any(s not in kept for s, _ in srcs):
                     raise ShapeMismatchError("IRI: a source layer did not run before its target")
-                v = sum(w * kept[s] for s, w in srcs)
-                if t.shape[1] == 1:
+                v = kept[srcs[0][0]] if len(srcs) == 1 else sum(w * kept[s] for s, w in srcs)  # one source: weight 1
+                if t.shape[1] == 1:  # decoding step: few ops, this runs once per token per target
                     x = t[:, 0]
-                    y = x + lam * v.to(x.dtype)
-                    y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+                    y = torch.add(x, v.to(x.dtype), alpha=lam)
+                    y = y * (torch.linalg.vector_norm(x, dim=-1, keepdim=True) / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1e-12))
                     return y[:, None]
                 rows = torch.arange(t.shape[0], device=t.device)
                 idx = _last_index(t, layout).to(t.device)
