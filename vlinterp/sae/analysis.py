@@ -148,6 +148,29 @@ def colour_features(F: torch.Tensor, store, scenes, tokenizer=None) -> dict:
     return {"colours": out, "cross_modal": n_cross}
 
 
+def colour_alignment(store, scenes, tokenizer) -> dict[str, float]:
+    """Per colour: cosine between the colour's direction on image patches (mean over patches of
+    that colour minus mean over object patches) and on text (mean over that colour word's tokens
+    minus mean over text tokens), in the raw activations. Near 1: one direction could serve both
+    modalities (a cross-modal feature is possible); near 0: the model keeps them apart."""
+    from ..data.shapes import COLOURS
+
+    lab = patch_colour_labels(store, scenes)
+    X = store.acts.float()
+    img = (store.rows["modality"] == IMAGE).numpy()
+    tok = store.rows["token"].numpy()
+    out = {}
+    for ci, c in enumerate(COLOURS):
+        wid = tokenizer.convert_tokens_to_ids(c)
+        pm, wm = torch.as_tensor(lab == ci), torch.as_tensor(tok == wid)
+        if not pm.any() or not wm.any():
+            continue
+        p = X[pm].mean(0) - X[torch.as_tensor(img & (lab >= 0))].mean(0)
+        w = X[wm].mean(0) - X[torch.as_tensor(~img)].mean(0)
+        out[c] = float(torch.nn.functional.cosine_similarity(p, w, dim=0))
+    return out
+
+
 def filter_auroc(sample_score: dict[int, float], mismatched: set[int]) -> float:
     """AUROC of the sample score separating matched (positive) from mismatched pairs."""
     ids = sorted(sample_score)
@@ -155,4 +178,4 @@ def filter_auroc(sample_score: dict[int, float], mismatched: set[int]) -> float:
 
 
 __all__ = ["encode_rows", "feature_stats", "cross_modal_weights", "sample_scores", "auroc", "patch_colour_labels",
-           "colour_features", "filter_auroc"]
+           "colour_features", "colour_alignment", "filter_auroc"]

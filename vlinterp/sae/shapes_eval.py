@@ -50,6 +50,8 @@ def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_hel
            "splice": splice_effect(adapter, sae, site, n=splice_n)}
     F = A.encode_rows(sae, ho.acts)
     out["colours"] = A.colour_features(F, ho, ho_scenes, getattr(adapter, "tokenizer", None))
+    if getattr(adapter, "tokenizer", None) is not None:
+        out["colour_alignment"] = A.colour_alignment(ho, ho_scenes, adapter.tokenizer)
     Ftr = A.encode_rows(sae, tr.acts)
     omega = A.cross_modal_weights(Ftr, tr.acts, tr.rows["modality"])
     items, bad = swapped_captions(ho_scenes, 0.3, seed)
