@@ -25,8 +25,9 @@ def test_pointing_game_vit_clip(model):
 
 
 def test_llava_colour_questions_pointing_and_deletion():
-    """Floor: pointing game >= 0.90 on the queried object (reached 0.571: the organism answers these
-    right 76% of the time) and deletion AUC >= 30% lower than the random map's (reached: 54% lower)."""
+    """Floor: pointing game >= 0.90 on the queried object (reached 0.619 with the 12000-LM-step
+    organism, which answers these right 90% of the time; 0.571 before) and deletion AUC >= 30% lower
+    than the random map's (reached: 59% lower, 0.273 vs 0.668)."""
     r = bench_saliency("shapes-llava", methods=["relevancy"], n=10, seed=11, steps=12, progress=False)
     rel, rnd = r["rows"]["relevancy"], r["rows"]["random"]
     assert rel["pointing_game"] >= 0.55, rel

@@ -7,10 +7,11 @@ import torch
 import vlinterp
 from vlinterp.zoo import available
 
-# floor -> level the shipped organism reaches (seed 11, 48 scenes); see the issue note
+# floors the shipped organism misses -> the level it reaches; see the issue note
 REACHED = {
-    "object_rr_best": 0.30,          # floor 0.5
-    "iri_adversarial_gain": -0.03,   # floor +0.03 (IRI does not help a 4-layer language model)
+    # floor +0.03; measured +0.002 (0.9395 -> 0.9414 on 512 held-out questions): the organism already
+    # answers 94% of adversarial questions right and its 4-layer LM leaves IRI little to re-inject
+    "iri_adversarial_gain": -0.01,
 }
 
 
@@ -27,7 +28,7 @@ def test_localisation_object_vs_control(organism):
 
     r = localisation(organism, n=48, seed=11)
     assert r["n"] >= 40
-    assert r["object_best"] >= min(0.5, REACHED["object_rr_best"]), r["object"]
+    assert r["object_best"] >= 0.5, r["object"]  # floor met: 0.78 at layer 0 (48 scenes)
     assert r["control_at_best"] <= 0.2 and r["control_max"] <= 0.2, r["control"]
     assert r["object_best"] > r["control_at_best"] + 0.2
     assert abs(r["object"][-1]) < 1e-4  # image patches restored at the last layer cannot reach the last token

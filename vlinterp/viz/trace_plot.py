@@ -56,7 +56,7 @@ def plot_rr_curves(curves: dict[str, np.ndarray], path: str, title: str = "", er
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig, ax = plt.subplots(figsize=(7.4, 3.4))
     for label, y in curves.items():
         y = np.asarray(y, float)
         x = np.arange(len(y))
@@ -69,7 +69,7 @@ def plot_rr_curves(curves: dict[str, np.ndarray], path: str, title: str = "", er
     ax.set_xlabel(xlabel)
     ax.set_ylabel("recovery rate")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return write_bytes_atomic(path, _figure_bytes(fig))
 

@@ -46,15 +46,16 @@ FLOORS: dict[str, tuple[str, float]] = {
 }
 # Levels the SHIPPED weights really reach where they fall short of FLOORS; the shipped-weights
 # test asserts these instead of the floor for those keys. Shipped run: the CPU plan below (2000 tower
-# + 5000 LM steps, batch 32, 12k-scene pool, one thread, 49 min). Held-out "test" split, seed 1 /
-# seed 7: presence 0.84 / 0.86, colour 0.79 / 0.82, count 0.52 / 0.54, text 0.81 / 0.81, rendered
-# words 0.78 / 0.86, adversarial/random false-yes ratio 1.65 / 1.42 (the prior shows: false-yes
-# 0.48 vs 0.29). Bounds = the lower of the two, rounded down.
-REACHED: dict[str, float] = {"presence_random": 0.84, "colour": 0.79, "count": 0.50, "text_presence": 0.80,
-                             "rendered_presence": 0.78, "adversarial_false_yes_ratio": 1.4}
+# + 12000 LM steps, batch 32, 12k-scene pool, one thread, 86 min). Held-out "test" split, seed 1 /
+# seed 7: presence 0.953 / 0.961, colour 0.931 / 0.948, count 0.906 / 0.902, rendered words 0.926 /
+# 0.941 (all floors met); text-only presence 0.930 / 0.930 and the adversarial/random false-yes
+# ratio 1.75 / 2.43 (false-yes 0.11 vs 0.06: the prior shows, less than designed) fall short.
+# Bounds = the lower of the two, rounded down. (The previous 5000-LM-step run reached presence 0.84,
+# colour 0.79, count 0.52, text 0.81: the LM stage was still improving when it stopped.)
+REACHED: dict[str, float] = {"text_presence": 0.92, "adversarial_false_yes_ratio": 1.7}
 
 # full-run plan: (scenes in the pool, tower steps, LM steps, joint steps, batch); fractions of `minutes`
-PLAN = {"cuda": (40000, 6000, 8000, 2000, 256), "cpu": (12000, 2000, 12000, 0, 32)}
+PLAN = {"cuda": (40000, 6000, 8000, 2000, 256), "cpu": (12000, 2000, 12000, 0, 32)}  # cpu: the shipped run
 TIME_SPLIT = (0.42, 0.58, 0.0)
 IMG_MIX = {"presence": 0.45, "colour": 0.2, "count": 0.22, "caption": 0.13}
 TEXT_MIX = {"presence": 0.6, "colour": 0.2, "count": 0.2}
