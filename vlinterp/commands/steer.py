@@ -4,24 +4,26 @@
     vlinterp steer generate IMAGE --prompt "describe the image." --method meandiff [--model M]
 
 Methods are fitted on their own probe / calibration splits, never on the evaluation scenes. The
-table: POPE accuracy, F1, yes rate and false-yes rate per negative type, and colour / count
-accuracy (collateral damage).
+table: POPE accuracy, F1, yes rate and false-yes rate per negative type, colour / count accuracy
+(collateral damage), and CHAIR_S / CHAIR_I on free captions of ``--captions`` scenes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from ..cli import register
 
-METHODS = ("none", "iri", "vcd", "meandiff")
+METHODS = ("none", "iri", "vcd", "meandiff", "save")
 
 
 def _add(p: argparse.ArgumentParser):
     sub = p.add_subparsers(dest="steer_cmd", required=True)
     e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy)")
     e.add_argument("--model", default="shapes-llava")
-    e.add_argument("--methods", default="none,iri,vcd,meandiff")
+    e.add_argument("--methods", default="none,iri,vcd,meandiff,save")
+    e.add_argument("--captions", type=int, default=64, help="scenes captioned for CHAIR (0: skip)")
     e.add_argument("--n", type=int, default=256)
     e.add_argument("--seed", type=int, default=11)
     e.add_argument("--json")
@@ -34,7 +36,7 @@ def _add(p: argparse.ArgumentParser):
 
 
 def fit_method(name: str, m):
-    from ..steering import IRI, VCD, MeanDiff
+    from ..steering import IRI, SAVE, VCD, MeanDiff
 
     if name == "none":
         return None
@@ -44,6 +46,8 @@ def fit_method(name: str, m):
         return VCD()
     if name == "meandiff":
         return MeanDiff.fit(m)
+    if name == "save":
+        return SAVE.fit(m)
     from ..core.errors import UnsupportedError
 
     raise UnsupportedError(f"unknown steering method {name!r}; one of {', '.join(METHODS)}")
@@ -60,7 +64,21 @@ def _answers(method, m, items, candidates):
         return choose(m, items, candidates)
 
 
-def evaluate(m, method, n: int, seed: int) -> dict:
+def captions(method, m, scenes, max_new_tokens: int = 24) -> list[str]:
+    """Free captions (``describe the image.``) with ``method`` on."""
+    out = []
+    for i in range(0, len(scenes), 32):
+        b = m.prepare(images=[s.pil() for s in scenes[i:i + 32]], text=["describe the image."] * len(scenes[i:i + 32]))
+        if method is None:
+            out += m.generate(b, max_new_tokens=max_new_tokens).texts
+        elif hasattr(method, "applied"):
+            out += method.generate(m, b, max_new_tokens=max_new_tokens).texts
+        else:
+            out += method.generate(m, b, max_new_tokens=max_new_tokens)
+    return out
+
+
+def evaluate(m, method, n: int, seed: int, n_captions: int = 0) -> dict:
     from ..data.questions import count_questions, pope_split
     from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
     from ..metrics.pope import yes_no_scores
@@ -82,6 +100,11 @@ def evaluate(m, method, n: int, seed: int) -> dict:
     for key, items, cands in (("colour", col, COLOURS), ("count", cnt, NUM_WORDS)):
         pred = _answers(method, m, [(im, q) for im, q, _ in items], cands)
         row[key] = sum(p == a for p, (_, _, a) in zip(pred, items)) / max(1, len(items))
+    if n_captions:
+        from ..metrics.chair import chair
+
+        scenes = make_split("chair", n_captions, seed)
+        row["chair"] = chair(captions(method, m, scenes), scenes)
     return row
 
 
@@ -92,12 +115,19 @@ def _run(args) -> int:
     if args.steer_cmd == "eval":
         table = {}
         for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
-            table[name] = evaluate(m, fit_method(name, m), args.n, args.seed)
-        print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} {'count':>5s}")
+            t0 = time.perf_counter()
+            method = fit_method(name, m)
+            fit_s = time.perf_counter() - t0
+            table[name] = evaluate(m, method, args.n, args.seed, args.captions)
+            table[name]["fit_seconds"] = fit_s
+        print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} "
+              f"{'count':>5s} {'CHAIR_S':>7s} {'CHAIR_I':>7s}")
         for name, r in table.items():
             a = r["adversarial"]
+            ch = r.get("chair", {})
             print(f"{name:9s} {a['accuracy']:7.3f} {a['f1']:6.3f} {a['false_yes']:13.3f} {r['popular']['accuracy']:7.3f} "
-                  f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f}")
+                  f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f} {ch.get('chair_s', float('nan')):7.3f} "
+                  f"{ch.get('chair_i', float('nan')):7.3f}")
         if args.json:
             from ..viz.overlay import write_bytes_atomic
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 
-import numpy as np
 import torch
 
 from ..core.errors import LayerRangeError, PromptError, UnsupportedError

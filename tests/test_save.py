@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+import vlinterp
+from vlinterp.core.errors import ShapeMismatchError
+from vlinterp.core.hooks import count_hooks
+from vlinterp.zoo import available
+
+
+@pytest.fixture(scope="module")
+def organism():
+    if not available("shapes-llava"):
+        pytest.skip("shapes-llava weights not shipped")
+    torch.set_num_threads(1)
+    return vlinterp.load("shapes-llava")
+
+
+def test_save_fit_apply_round_trip(organism, tmp_path):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from vlinterp.data.questions import pope_split
+    from vlinterp.steering import SAVE
+
+    m = organism
+    sae = SAVE.default_sae(m, "blocks.2.resid", n=120, steps=300)
+    sv = SAVE.fit(m, sae, "blocks.2.resid", n=128, n_features=3, alpha=0.3)
+    assert len(sv.features) == 3 and sv.scores == sorted(sv.scores, reverse=True) and sv.scores[0] > 0
+    assert abs(float(sv.direction.norm()) - 1) < 1e-5
+    s, qa = pope_split("test", 1, 11, "adversarial")[0]
+    b = m.prepare(images=[s.pil()], text=[qa.question])
+    plain = m.run(b).logits
+    before = count_hooks(m.model)
+    with sv.applied(m):
+        steered = m.run(b).logits
+        g = m.generate(b, max_new_tokens=2)
+    assert count_hooks(m.model) == before and len(g.texts) == 1
+    last = int(b.layout.span("last", 0)[0])
+    assert not torch.allclose(plain[0, last], steered[0, last])
+    assert torch.allclose(plain[0, :last - 1], steered[0, :last - 1], atol=1e-5)  # only the last position moves
+    sv.save(str(tmp_path / "sv"))
+    back = SAVE.load(str(tmp_path / "sv"))
+    assert back.site == sv.site and back.features == sv.features and torch.allclose(back.direction, sv.direction)
+    wrong = TopKSAE(TopKSAEConfig(d_in=64, d_sae=16, k=2, dtype="float32", device="cpu"))
+    with pytest.raises(ShapeMismatchError, match="width"):
+        SAVE.fit(m, wrong, "blocks.2.resid", n=32)
