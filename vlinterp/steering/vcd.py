@@ -67,7 +67,12 @@ class VCD:
                 kw = {k: v for k, v in batch.inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
                 lc = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=px, **kw).logits[:, -1]
                 ln = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=pxn, **kw).logits[:, -1]
-                nxt = self.contrast(lc, ln).argmax(-1)
+                scores = self.contrast(lc, ln)
+                img_tok = getattr(adapter.config, "image_token_index", getattr(adapter.config, "image_token_id", None))
+                if img_tok is not None:  # an image placeholder in the text would break the next forward
+                    scores[:, img_tok] = float("-inf")
+                scores[torch.isinf(scores).all(-1), 0] = 0.0  # a row with nothing left: fall back to token 0
+                nxt = scores.argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, eos if eos is not None else 0), nxt)
                 new.append(nxt)
                 done |= nxt == eos
