@@ -45,7 +45,7 @@ def fit_method(name: str, m):
     if name == "vcd":
         return VCD()
     if name == "meandiff":
-        return MeanDiff.fit(m)
+        return MeanDiff.fit(m, alpha="auto")
     if name == "save":
         return SAVE.fit(m)
     from ..core.errors import UnsupportedError
@@ -78,19 +78,19 @@ def captions(method, m, scenes, max_new_tokens: int = 24) -> list[str]:
     return out
 
 
-def evaluate(m, method, n: int, seed: int, n_captions: int = 0) -> dict:
+def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
     from ..data.questions import count_questions, pope_split
     from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
     from ..metrics.pope import yes_no_scores
 
     row = {}
     for neg in ("random", "popular", "adversarial"):
-        items = pope_split("test", n, seed, neg)
+        items = pope_split(split, n, seed, neg)
         pred = _answers(method, m, [(s.pil(), qa.question) for s, qa in items], ["yes", "no"])
         row[neg] = yes_no_scores(pred, [qa.answer for _, qa in items])
     col, cnt = [], []
-    for s in make_split("test", n, seed):
-        rng = scene_rng("test", seed, s.index, 99)
+    for s in make_split(split, n, seed):
+        rng = scene_rng(split, seed, s.index, 99)
         once = [o for o in s.objects if s.count(o.shape) == 1]
         if once:
             o = once[int(rng.integers(len(once)))]

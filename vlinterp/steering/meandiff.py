@@ -31,10 +31,13 @@ class MeanDiff:
         self.alpha, self.positions, self.meta = float(alpha), positions, meta or {}
 
     @classmethod
-    def fit(cls, adapter, n: int = 128, split: str = "steer-probe", seed: int = 0, layers=None, alpha: float = 0.1,
-            pca: bool = False, positions: str = "last") -> "MeanDiff":
+    def fit(cls, adapter, n: int = 128, split: str = "steer-probe", seed: int = 0, layers=None, alpha: float | str = 0.1,
+            pca: bool = False, positions: str = "last", alphas=(0.05, 0.1, 0.15, 0.2, 0.3), max_drop: float = 0.01) -> "MeanDiff":
         """Probe: ``n`` adversarial POPE questions; states of the questions answered right vs
-        wrongly (hallucinated "yes" on negatives, "no" on positives)."""
+        wrongly (hallucinated "yes" on negatives, "no" on positives). ``alpha="auto"``: the grid
+        value of ``alphas`` with the lowest adversarial false-yes rate on a second probe sample
+        (``seed + 1``) whose random-POPE, colour and count accuracies each drop by at most
+        ``max_drop`` (0 when none qualifies)."""
         from ..data.questions import pope_split
 
         if adapter.family != "llava":
@@ -71,7 +74,32 @@ class MeanDiff:
                 u = torch.linalg.svd(diffs.reshape(-1, h.shape[1]) - 0, full_matrices=False).Vh[0]
                 d = u * torch.sign(u @ d)
             vec[l] = d
-        return cls(vec, alpha, positions, {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca})
+        md = cls(vec, 0.0 if alpha == "auto" else float(alpha), positions,
+                 {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca})
+        if alpha == "auto":
+            md.select_alpha(adapter, alphas, n, split, seed + 1, max_drop)
+        return md
+
+    def select_alpha(self, adapter, alphas, n: int, split: str, seed: int, max_drop: float = 0.01) -> float:
+        """Set ``alpha`` from the grid (see :meth:`fit`); the grid's numbers go to ``meta["alpha_grid"]``."""
+        from ..commands.steer import evaluate
+
+        def summary(r):
+            return {"false_yes": r["adversarial"]["false_yes"], "random": r["random"]["accuracy"], "colour": r["colour"],
+                    "count": r["count"]}
+
+        base = summary(evaluate(adapter, None, n, seed, split=split))
+        grid, best = {}, (base["false_yes"], 0.0)
+        for a in alphas:
+            with self.applied(adapter, a):
+                r = summary(evaluate(adapter, None, n, seed, split=split))
+            grid[str(a)] = r
+            ok = all(r[k] >= base[k] - max_drop for k in ("random", "colour", "count"))
+            if ok and r["false_yes"] < best[0]:
+                best = (r["false_yes"], float(a))
+        self.alpha = best[1]
+        self.meta.update({"alpha_grid": grid, "alpha_base": base, "alpha_split": [split, seed]})
+        return self.alpha
 
     def edits(self, adapter, alpha: float | None = None) -> dict:
         a = self.alpha if alpha is None else float(alpha)
