@@ -1,7 +1,12 @@
 """`vlinterp steer eval|generate`: hallucination steering compared on POPE (issue 7, in progress).
 
     vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff [--n 256] [--seed 11] [--json PATH]
+    vlinterp steer eval --model PATH --methods none,vcd --pope-jsonl pope.jsonl [--captions-jsonl caps.jsonl --vocab syn.json] [--image-dir DIR]
     vlinterp steer generate IMAGE --prompt "describe the image." --method meandiff [--model M]
+
+User data (any LLaVA): POPE-format lines ``{"image", "text", "label"}``; caption truth lines
+``{"image", "objects": [...]}`` with a synonym table ``{object: [synonyms]}`` for CHAIR. The
+methods themselves are still fitted on the shapes world's probe splits.
 
 Methods are fitted on their own probe / calibration splits, never on the evaluation scenes. The
 table: POPE accuracy, F1, yes rate and false-yes rate per negative type, colour / count accuracy
@@ -26,6 +31,10 @@ def _add(p: argparse.ArgumentParser):
     e.add_argument("--captions", type=int, default=64, help="scenes captioned for CHAIR (0: skip)")
     e.add_argument("--n", type=int, default=256)
     e.add_argument("--seed", type=int, default=11)
+    e.add_argument("--pope-jsonl", help="your POPE-format file (image, text, label per line) instead of the shapes splits")
+    e.add_argument("--captions-jsonl", help="your caption-truth file (image, objects per line) for CHAIR")
+    e.add_argument("--vocab", help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
+    e.add_argument("--image-dir", help="folder the image paths in those files are relative to")
     e.add_argument("--json")
     g = sub.add_parser("generate", help="answer with a steering method on")
     g.add_argument("image")
@@ -78,6 +87,32 @@ def captions(method, m, scenes, max_new_tokens: int = 24) -> list[str]:
     return out
 
 
+def evaluate_user(m, method, pope_items=None, caption_truth=None, vocab=None) -> dict:
+    """Scores on user data: POPE items ``[(image, question, label)]``, and CHAIR on captions of
+    ``caption_truth = (images, [objects])`` with the synonym ``vocab``."""
+    from ..metrics.chair import chair
+    from ..metrics.pope import yes_no_scores
+
+    row = {}
+    if pope_items:
+        pred = _answers(method, m, [(im, q) for im, q, _ in pope_items], ["yes", "no"])
+        row["pope"] = yes_no_scores(pred, [a for _, _, a in pope_items])
+    if caption_truth:
+        imgs, truths = caption_truth
+        caps = []
+        for i in range(0, len(imgs), 32):
+            b = m.prepare(images=imgs[i:i + 32], text=["describe the image."] * len(imgs[i:i + 32]))
+            if method is None:
+                caps += m.generate(b, max_new_tokens=24).texts
+            elif hasattr(method, "applied"):
+                caps += method.generate(m, b, max_new_tokens=24).texts
+            else:
+                caps += method.generate(m, b, max_new_tokens=24)
+        row["chair"] = chair(caps, truths, vocabulary=vocab)
+        row["captions"] = caps
+    return row
+
+
 def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
     from ..data.questions import count_questions, pope_split
     from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
@@ -112,7 +147,29 @@ def _run(args) -> int:
     from .. import load
 
     m = load(args.model)
-    if args.steer_cmd == "eval":
+    if args.steer_cmd == "eval" and (args.pope_jsonl or args.captions_jsonl):
+        from ..core.errors import PromptError
+        from ..metrics.chair import load_caption_truth, load_vocabulary
+        from ..metrics.pope import load_pope_jsonl
+
+        if args.captions_jsonl and not args.vocab:
+            raise PromptError("--captions-jsonl needs --vocab (the synonym table)")
+        items = load_pope_jsonl(args.pope_jsonl, args.image_dir) if args.pope_jsonl else None
+        truth = load_caption_truth(args.captions_jsonl, args.image_dir) if args.captions_jsonl else None
+        vocab = load_vocabulary(args.vocab) if args.vocab else None
+        table = {}
+        for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
+            table[name] = evaluate_user(m, fit_method(name, m), items, truth, vocab)
+            r = table[name]
+            pp = r.get("pope", {})
+            ch = r.get("chair", {})
+            print(f"{name:9s} POPE acc {pp.get('accuracy', float('nan')):.3f} F1 {pp.get('f1', float('nan')):.3f} "
+                  f"yes {pp.get('yes_rate', float('nan')):.3f}  CHAIR_S {ch.get('chair_s', float('nan')):.3f} CHAIR_I {ch.get('chair_i', float('nan')):.3f}")
+        if args.json:
+            from ..viz.overlay import write_bytes_atomic
+
+            write_bytes_atomic(args.json, json.dumps(table, indent=1).encode())
+    elif args.steer_cmd == "eval":
         table = {}
         for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
             t0 = time.perf_counter()

@@ -58,4 +58,41 @@ def chair(captions: list[str], truths: list, vocabulary: dict[str, str] | None =
     return {"chair_s": n_bad_caps / max(1, n_caps), "chair_i": n_bad / max(1, n_ment), "mentions": n_ment / max(1, n_caps)}
 
 
-__all__ = ["chair", "shapes_mentions", "vocabulary_mentions"]
+def load_caption_truth(path: str, image_dir: str | None = None) -> tuple[list, list[set]]:
+    """COCO-style caption evaluation file: one JSON object per line with ``image`` and ``objects``
+    (canonical object names present) -> ``(PIL images, [set of objects])``."""
+    import json
+    import os
+
+    from ..core.errors import PromptError
+    from ..core.images import load_image
+
+    base = image_dir or os.path.dirname(os.path.abspath(path))
+    imgs, truths = [], []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            if "image" not in d or "objects" not in d:
+                raise PromptError(f"{path}:{ln}: caption-truth lines need image and objects")
+            p = d["image"] if os.path.isabs(d["image"]) else os.path.join(base, d["image"])
+            imgs.append(load_image(p, name=f"{path}:{ln}"))
+            truths.append(set(d["objects"]))
+    return imgs, truths
+
+
+def load_vocabulary(path: str) -> dict[str, str]:
+    """Synonym table: JSON ``{canonical: [synonym, ...]}`` -> ``{word or phrase: canonical}``."""
+    import json
+
+    with open(path) as f:
+        table = json.load(f)
+    vocab = {}
+    for canon, syns in table.items():
+        for w in [canon, *syns]:
+            vocab[w.lower()] = canon
+    return vocab
+
+
+__all__ = ["chair", "shapes_mentions", "vocabulary_mentions", "load_caption_truth", "load_vocabulary"]
