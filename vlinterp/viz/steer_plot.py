@@ -1,0 +1,36 @@
+"""Before/after pictures of steering: scenes with the question, the unsteered answer and the
+steered one (PNG, written atomically)."""
+from __future__ import annotations
+
+import io
+
+from .overlay import write_bytes_atomic
+
+
+def before_after(rows, path: str, title: str = "") -> str:
+    """``rows``: ``[(PIL image, question, truth, unsteered answer, steered answer)]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows)
+    fig, axes = plt.subplots(1, n, figsize=(2.5 * n, 3.3), squeeze=False)
+    for ax, (img, q, truth, a0, a1) in zip(axes[0], rows):
+        ax.imshow(img)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(q, fontsize=8)
+        c0 = "tab:green" if a0 == truth else "tab:red"
+        c1 = "tab:green" if a1 == truth else "tab:red"
+        ax.text(0.0, -0.08, f"unsteered: {a0}", color=c0, fontsize=9, transform=ax.transAxes, va="top")
+        ax.text(0.0, -0.2, f"steered: {a1}", color=c1, fontsize=9, transform=ax.transAxes, va="top")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+__all__ = ["before_after"]
