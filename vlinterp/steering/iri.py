@@ -16,7 +16,6 @@ take every earlier source), weights renormalised to sum to 1. One edit per site,
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -24,21 +23,13 @@ import numpy as np
 import torch
 
 from ..core.errors import LayerRangeError, ShapeMismatchError, UnsupportedError
+from .common import Steerer, last_index
 
 LAMBDAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def _last_index(t: torch.Tensor, layout) -> torch.Tensor:
-    """Position of the last prompt token per row of ``t`` ``[B, T, D]`` (``T == 1``: decoding)."""
-    B, T = t.shape[:2]
-    if T == 1 or layout is None or layout.shape[1] != T:
-        return torch.full((B,), T - 1, dtype=torch.long)
-    rows = layout.shape[0]
-    return torch.tensor([int(layout.span("last", r % rows)[0]) for r in range(B)], dtype=torch.long)
-
-
 @dataclass
-class IRI:
+class IRI(Steerer):
     """``sources``: ``[(component, layer, weight)]``; ``targets``: ``[(component, layer)]``;
     ``lam``: injection strength; ``meta``: the calibration numbers."""
 
@@ -79,7 +70,7 @@ class IRI:
                 if t.shape[1] == 1:  # decoding step: the one position is the last
                     kept[site] = t[:, 0]
                 else:
-                    idx = _last_index(t, layout).to(t.device)
+                    idx = last_index(t, layout).to(t.device)
                     kept[site] = t[torch.arange(t.shape[0], device=t.device), idx]
                 return t
 
@@ -101,7 +92,7 @@ class IRI:
                     y = y * (torch.linalg.vector_norm(x, dim=-1, keepdim=True) / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1e-12))
                     return y[:, None]
                 rows = torch.arange(t.shape[0], device=t.device)
-                idx = _last_index(t, layout).to(t.device)
+                idx = last_index(t, layout).to(t.device)
                 x = t[rows, idx]
                 y = x + lam * v.to(x.dtype)
                 y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
@@ -118,17 +109,6 @@ class IRI:
                 raise LayerRangeError(f"{site} is both an IRI source and a target")
             out[site] = inject(c, l)
         return out
-
-    @contextlib.contextmanager
-    def applied(self, adapter, lam: float | None = None):
-        """Steer every run/generate of ``adapter`` inside the block."""
-        with adapter.edits(self.edits(adapter, lam)):
-            yield adapter
-
-    def generate(self, adapter, batch, lam: float | None = None, **kw):
-        """``adapter.generate`` with the injection on at every decoding step."""
-        with self.applied(adapter, lam):
-            return adapter.generate(batch, **kw)
 
     # ------------------------------------------------------------------- io
     def to_json(self) -> dict:

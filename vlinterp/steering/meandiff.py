@@ -10,16 +10,13 @@ prompt token of layers ``layers``; ``d_l = mean(h_l | answered right) - mean(h_l
 """
 from __future__ import annotations
 
-import contextlib
-import json
-
 import torch
 
 from ..core.errors import LayerRangeError, PromptError, UnsupportedError
-from .iri import _last_index
+from .common import Steerer, add_direction, load_tensors, save_tensors
 
 
-class MeanDiff:
+class MeanDiff(Steerer):
     """``vectors``: ``{layer: [D]}`` unit directions; ``alpha``: strength (relative to the state's norm)."""
 
     def __init__(self, vectors: dict[int, torch.Tensor], alpha: float = 0.1, positions: str = "last", meta: dict | None = None):
@@ -104,60 +101,20 @@ class MeanDiff:
     def edits(self, adapter, alpha: float | None = None) -> dict:
         a = self.alpha if alpha is None else float(alpha)
         L = adapter.num_layers("lm")
-        out = {}
-        for l, v in self.vectors.items():
+        for l in self.vectors:
             if not 0 <= l < L:
                 raise LayerRangeError(f"layer {l} out of range (0..{L - 1})")
-
-            def fn(t, layout, v=v):
-                d = v.to(t.device, t.dtype)
-                if self.positions == "all" or t.shape[1] == 1:
-                    return t + a * t.norm(dim=-1, keepdim=True) * d
-                rows = torch.arange(t.shape[0], device=t.device)
-                idx = _last_index(t, layout).to(t.device)
-                t = t.clone()
-                x = t[rows, idx]
-                t[rows, idx] = x + a * x.norm(dim=-1, keepdim=True) * d
-                return t
-
-            out[f"blocks.{l}.resid"] = fn
-        return out
-
-    @contextlib.contextmanager
-    def applied(self, adapter, alpha: float | None = None):
-        with adapter.edits(self.edits(adapter, alpha)):
-            yield adapter
-
-    def generate(self, adapter, batch, **kw):
-        with self.applied(adapter):
-            return adapter.generate(batch, **kw)
+        return {f"blocks.{l}.resid": add_direction(v, a, self.positions) for l, v in self.vectors.items()}
 
     def save(self, path: str) -> None:
         """``path`` (.safetensors) + ``path`` with ``.json`` (alpha, positions, meta)."""
-        from safetensors.torch import save_file
-
-        from ..viz.overlay import write_bytes_atomic
-
-        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-        import os
-        import tempfile
-
-        d = os.path.dirname(os.path.abspath(base))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        save_file({str(l): v.contiguous() for l, v in self.vectors.items()}, tmp)
-        os.replace(tmp, base + ".safetensors")
-        write_bytes_atomic(base + ".json", json.dumps({"alpha": self.alpha, "positions": self.positions, "meta": self.meta}).encode())
+        save_tensors(path, {str(l): v for l, v in self.vectors.items()},
+                     {"alpha": self.alpha, "positions": self.positions, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str) -> "MeanDiff":
-        from safetensors.torch import load_file
-
-        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-        vec = {int(k): v for k, v in load_file(base + ".safetensors").items()}
-        with open(base + ".json") as f:
-            d = json.load(f)
-        return cls(vec, d["alpha"], d["positions"], d.get("meta"))
+        vec, d = load_tensors(path)
+        return cls({int(k): v for k, v in vec.items()}, d["alpha"], d["positions"], d.get("meta"))
 
 
 __all__ = ["MeanDiff"]

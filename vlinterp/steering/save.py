@@ -9,16 +9,13 @@ and steer along the sum of their unit decoder directions (weighted by ``s_j``): 
 """
 from __future__ import annotations
 
-import contextlib
-import json
-
 import torch
 
 from ..core.errors import PromptError, UnsupportedError
-from .iri import _last_index
+from .common import Steerer, add_direction, load_tensors, save_tensors
 
 
-class SAVE:
+class SAVE(Steerer):
     def __init__(self, direction: torch.Tensor, site: str, alpha: float = 0.2, features=None, scores=None, meta=None):
         self.direction = torch.nn.functional.normalize(direction.float(), dim=0)
         self.site, self.alpha = site, float(alpha)
@@ -75,59 +72,21 @@ class SAVE:
                    {"n": n, "split": split, "seed": seed, "right": float(right.float().mean())})
 
     def edits(self, adapter, alpha: float | None = None) -> dict:
-        a = self.alpha if alpha is None else float(alpha)
-        d0 = self.direction
-
-        def fn(t, layout):
-            d = d0.to(t.device, t.dtype)
-            if t.shape[1] == 1:
-                return t + a * torch.linalg.vector_norm(t, dim=-1, keepdim=True) * d
-            rows = torch.arange(t.shape[0], device=t.device)
-            idx = _last_index(t, layout).to(t.device)
-            t = t.clone()
-            x = t[rows, idx]
-            t[rows, idx] = x + a * torch.linalg.vector_norm(x, dim=-1, keepdim=True) * d
-            return t
-
         if self.site not in adapter.site_table:
             from ..core.errors import UnknownSiteError
 
             raise UnknownSiteError(self.site, adapter.site_table.keys())
-        return {self.site: fn}
-
-    @contextlib.contextmanager
-    def applied(self, adapter, alpha: float | None = None):
-        with adapter.edits(self.edits(adapter, alpha)):
-            yield adapter
-
-    def generate(self, adapter, batch, **kw):
-        with self.applied(adapter):
-            return adapter.generate(batch, **kw)
+        return {self.site: add_direction(self.direction, self.alpha if alpha is None else float(alpha))}
 
     def save(self, path: str) -> None:
         """``path`` + ``.safetensors`` (the direction) and ``.json`` (site, alpha, features, scores)."""
-        import os
-        import tempfile
-
-        from safetensors.torch import save_file
-
-        from ..viz.overlay import write_bytes_atomic
-
-        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(base)), prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        save_file({"direction": self.direction.contiguous()}, tmp)
-        os.replace(tmp, base + ".safetensors")
-        write_bytes_atomic(base + ".json", json.dumps({"site": self.site, "alpha": self.alpha, "features": self.features,
-                                                       "scores": self.scores, "meta": self.meta}).encode())
+        save_tensors(path, {"direction": self.direction}, {"site": self.site, "alpha": self.alpha, "features": self.features,
+                                                           "scores": self.scores, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str) -> "SAVE":
-        from safetensors.torch import load_file
-
-        base = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-        d = json.load(open(base + ".json"))
-        return cls(load_file(base + ".safetensors")["direction"], d["site"], d["alpha"], d["features"], d["scores"], d["meta"])
+        t, d = load_tensors(path)
+        return cls(t["direction"], d["site"], d["alpha"], d["features"], d["scores"], d["meta"])
 
 
 __all__ = ["SAVE"]

@@ -60,6 +60,7 @@ class VCD:
         px = batch.inputs["pixel_values"]
         pxn = self.noised(px)
         eos = adapter.tokenizer.eos_token_id
+        img_tok = getattr(adapter.config, "image_token_index", getattr(adapter.config, "image_token_id", None))
         new = []
         done = torch.zeros(ids.shape[0], dtype=torch.bool)
         with torch.no_grad():
@@ -68,7 +69,6 @@ class VCD:
                 lc = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=px, **kw).logits[:, -1]
                 ln = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=pxn, **kw).logits[:, -1]
                 scores = self.contrast(lc, ln)
-                img_tok = getattr(adapter.config, "image_token_index", getattr(adapter.config, "image_token_id", None))
                 if img_tok is not None:  # an image placeholder in the text would break the next forward
                     scores[:, img_tok] = float("-inf")
                 scores[torch.isinf(scores).all(-1), 0] = 0.0  # a row with nothing left: fall back to token 0

@@ -1,0 +1,87 @@
+"""What the steering methods share: the last-prompt-position index, a norm-scaled direction edit,
+the ``applied`` / ``generate`` pair, and saving vectors as safetensors + JSON, atomically."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+import torch
+
+
+def last_index(t: torch.Tensor, layout) -> torch.Tensor:
+    """Position of the last prompt token per row of ``t`` ``[B, T, D]`` (``T == 1``: decoding)."""
+    B, T = t.shape[:2]
+    if T == 1 or layout is None or layout.shape[1] != T:
+        return torch.full((B,), T - 1, dtype=torch.long)
+    rows = layout.shape[0]
+    return torch.tensor([int(layout.span("last", r % rows)[0]) for r in range(B)], dtype=torch.long)
+
+
+def add_direction(direction: torch.Tensor, alpha: float, positions: str = "last"):
+    """Edit adding ``alpha * |h| * direction`` (``direction`` a unit ``[D]`` vector) to the state at
+    the last prompt position (each decoding step's new token included) or at every position."""
+
+    def fn(t, layout):
+        d = direction.to(t.device, t.dtype)
+        if positions == "all" or t.shape[1] == 1:
+            return t + alpha * torch.linalg.vector_norm(t, dim=-1, keepdim=True) * d
+        rows = torch.arange(t.shape[0], device=t.device)
+        idx = last_index(t, layout).to(t.device)
+        t = t.clone()
+        x = t[rows, idx]
+        t[rows, idx] = x + alpha * torch.linalg.vector_norm(x, dim=-1, keepdim=True) * d
+        return t
+
+    return fn
+
+
+class Steerer:
+    """Mixin: a subclass provides ``edits(adapter, strength=None) -> {site: fn}`` (its strength
+    parameter may have its own name: IRI's ``lam``, MeanDiff's and SAVE's ``alpha``)."""
+
+    @contextlib.contextmanager
+    def applied(self, adapter, *strength, **named):
+        """Steer every run/generate of ``adapter`` inside the block (strength as for ``edits``)."""
+        with adapter.edits(self.edits(adapter, *strength, **named)):
+            yield adapter
+
+    def generate(self, adapter, batch, strength: float | None = None, **kw):
+        """``adapter.generate(batch, **kw)`` with the steering on at every decoding step."""
+        with self.applied(adapter, strength):
+            return adapter.generate(batch, **kw)
+
+
+def _base(path: str) -> str:
+    return path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+
+
+def save_tensors(path: str, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """``path`` (``.safetensors``) + the same name with ``.json`` (``info``), each written atomically."""
+    from safetensors.torch import save_file
+
+    from ..viz.overlay import write_bytes_atomic
+
+    base = _base(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(base)), prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, base + ".safetensors")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    write_bytes_atomic(base + ".json", json.dumps(info).encode())
+
+
+def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    base = _base(path)
+    with open(base + ".json") as f:
+        return load_file(base + ".safetensors"), json.load(f)
+
+
+__all__ = ["last_index", "add_direction", "Steerer", "save_tensors", "load_tensors"]
