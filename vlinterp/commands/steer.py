@@ -73,11 +73,12 @@ def _answers(method, m, items, candidates):
         return choose(m, items, candidates)
 
 
-def captions(method, m, scenes, max_new_tokens: int = 24) -> list[str]:
-    """Free captions (``describe the image.``) with ``method`` on."""
+def captions(method, m, images, max_new_tokens: int = 24) -> list[str]:
+    """Free captions (``describe the image.``) of PIL ``images`` with ``method`` on."""
     out = []
-    for i in range(0, len(scenes), 32):
-        b = m.prepare(images=[s.pil() for s in scenes[i:i + 32]], text=["describe the image."] * len(scenes[i:i + 32]))
+    for i in range(0, len(images), 32):
+        chunk = images[i:i + 32]
+        b = m.prepare(images=chunk, text=["describe the image."] * len(chunk))
         if method is None:
             out += m.generate(b, max_new_tokens=max_new_tokens).texts
         elif hasattr(method, "applied"):
@@ -99,15 +100,7 @@ def evaluate_user(m, method, pope_items=None, caption_truth=None, vocab=None) ->
         row["pope"] = yes_no_scores(pred, [a for _, _, a in pope_items])
     if caption_truth:
         imgs, truths = caption_truth
-        caps = []
-        for i in range(0, len(imgs), 32):
-            b = m.prepare(images=imgs[i:i + 32], text=["describe the image."] * len(imgs[i:i + 32]))
-            if method is None:
-                caps += m.generate(b, max_new_tokens=24).texts
-            elif hasattr(method, "applied"):
-                caps += method.generate(m, b, max_new_tokens=24).texts
-            else:
-                caps += method.generate(m, b, max_new_tokens=24)
+        caps = captions(method, m, imgs)
         row["chair"] = chair(caps, truths, vocabulary=vocab)
         row["captions"] = caps
     return row
@@ -139,7 +132,7 @@ def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "te
         from ..metrics.chair import chair
 
         scenes = make_split("chair", n_captions, seed)
-        row["chair"] = chair(captions(method, m, scenes), scenes)
+        row["chair"] = chair(captions(method, m, [s.pil() for s in scenes]), scenes)
     return row
 
 

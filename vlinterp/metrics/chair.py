@@ -61,25 +61,10 @@ def chair(captions: list[str], truths: list, vocabulary: dict[str, str] | None =
 def load_caption_truth(path: str, image_dir: str | None = None) -> tuple[list, list[set]]:
     """COCO-style caption evaluation file: one JSON object per line with ``image`` and ``objects``
     (canonical object names present) -> ``(PIL images, [set of objects])``."""
-    import json
-    import os
+    from ..data.jsonl import read_jsonl
 
-    from ..core.errors import PromptError
-    from ..core.images import load_image
-
-    base = image_dir or os.path.dirname(os.path.abspath(path))
-    imgs, truths = [], []
-    with open(path) as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            d = json.loads(line)
-            if "image" not in d or "objects" not in d:
-                raise PromptError(f"{path}:{ln}: caption-truth lines need image and objects")
-            p = d["image"] if os.path.isabs(d["image"]) else os.path.join(base, d["image"])
-            imgs.append(load_image(p, name=f"{path}:{ln}"))
-            truths.append(set(d["objects"]))
-    return imgs, truths
+    rows = list(read_jsonl(path, ("image", "objects"), image_dir))
+    return [img for _, img in rows], [set(d["objects"]) for d, _ in rows]
 
 
 def load_vocabulary(path: str) -> dict[str, str]:

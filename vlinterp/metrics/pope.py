@@ -53,30 +53,15 @@ def load_pope_jsonl(path: str, image_dir: str | None = None) -> list[tuple]:
     """POPE-format file (one JSON object per line: ``image``, ``text`` (the question), ``label``
     ``yes``/``no``; ``question_id`` optional) -> ``[(PIL image, question, label)]``. Image paths
     are relative to ``image_dir`` (default: the file's folder)."""
-    import json
-    import os
-
     from ..core.errors import PromptError
-    from ..core.images import load_image
+    from ..data.jsonl import read_jsonl
 
-    base = image_dir or os.path.dirname(os.path.abspath(path))
     out = []
-    with open(path) as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{ln}: not JSON ({e})") from None
-            missing = [k for k in ("image", "text", "label") if k not in d]
-            if missing:
-                raise PromptError(f"{path}:{ln}: missing {', '.join(missing)} (POPE lines need image, text, label)")
-            label = str(d["label"]).strip().lower()
-            if label not in ("yes", "no"):
-                raise PromptError(f"{path}:{ln}: label must be yes or no, got {d['label']!r}")
-            img = d["image"] if os.path.isabs(d["image"]) else os.path.join(base, d["image"])
-            out.append((load_image(img, name=f"{path}:{ln}"), d["text"], label))
+    for d, img in read_jsonl(path, ("image", "text", "label"), image_dir):
+        label = str(d["label"]).strip().lower()
+        if label not in ("yes", "no"):
+            raise PromptError(f"{path}: label must be yes or no, got {d['label']!r} (question {d['text']!r})")
+        out.append((img, d["text"], label))
     if not out:
         raise PromptError(f"{path}: no POPE lines")
     return out

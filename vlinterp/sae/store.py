@@ -26,15 +26,10 @@ from tqdm.auto import tqdm
 
 from ..core.errors import LoadError, ShapeMismatchError
 from ..core.layout import IMAGE, PAD, TEXT
+from ..zoo.common import write_json_atomic
 
 FIELDS = ("acts", "modality", "row", "col", "token", "sample", "position")
 MANIFEST = "manifest.json"
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    from ..zoo.common import write_json_atomic
-
-    write_json_atomic(path, obj)
 
 
 def _save_shard(path: str, rows: dict[str, torch.Tensor]) -> None:
@@ -168,7 +163,7 @@ class ActivationStore:
             meta["shards"].append({"file": name, "rows": int(rows["acts"].shape[0]), "samples": [first, last]})
             meta["samples_done"] = last + 1
             meta["d"] = int(rows["acts"].shape[1])
-            _write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
+            write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
             pending = []
 
         i = start
@@ -196,7 +191,7 @@ class ActivationStore:
         bar.close()
         if out_dir is not None:
             meta["complete"] = True
-            _write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
+            write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
             return cls.open(out_dir)
         rows = _cat(parts)
         meta.update({"samples_done": len(items), "complete": True, "d": int(rows["acts"].shape[1]) if rows else 0})
@@ -257,7 +252,6 @@ def items_from_spec(spec: str) -> list:
     the images again): ``shapes:SPLIT:N[:SEED[:KIND]]`` (:func:`shapes_items`) or
     ``jsonl:PATH`` (one ``{"image": path or null, "text": ..., "answer": ...}`` per line)."""
     from ..core.errors import PromptError
-    from ..core.images import load_image
 
     kind, _, rest = spec.partition(":")
     if kind == "shapes":
@@ -267,22 +261,10 @@ def items_from_spec(spec: str) -> list:
         return shapes_items(parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0,
                             parts[3] if len(parts) > 3 else "caption")
     if kind == "jsonl":
-        out = []
-        base = os.path.dirname(os.path.abspath(rest))
-        with open(rest) as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PromptError(f"{rest}:{ln}: not JSON ({e})") from None
-                if "text" not in d:
-                    raise PromptError(f"{rest}:{ln}: no 'text' field")
-                img = d.get("image")
-                img = load_image(img if os.path.isabs(img) else os.path.join(base, img), name=f"{rest}:{ln}") if img else None
-                out.append((img, d["text"], d["answer"]) if d.get("answer") is not None else (img, d["text"]))
-        return out
+        from ..data.jsonl import read_jsonl
+
+        return [(img, d["text"], d["answer"]) if d.get("answer") is not None else (img, d["text"])
+                for d, img in read_jsonl(rest, ("text",))]
     raise PromptError(f"unknown dataset spec {spec!r}: shapes:SPLIT:N[:SEED[:KIND]] or jsonl:PATH")
 
 
