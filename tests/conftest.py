@@ -28,3 +28,14 @@ def pil_image():
     a[20:50, 20:50] = (220, 40, 40)
     a[70:110, 60:100] = (50, 90, 230)
     return Image.fromarray(a)
+
+
+@pytest.fixture(scope="session")
+def shapes_llava():
+    """The shipped shapes-llava organism, loaded once (its weights ship inside the package)."""
+    import vlinterp
+    from vlinterp.zoo import available, weights_dir
+
+    if not available("shapes-llava"):
+        pytest.fail(f"shapes-llava weights are not shipped in {weights_dir('shapes-llava')}")
+    return vlinterp.load("shapes-llava")

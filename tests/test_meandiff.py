@@ -1,19 +1,13 @@
-import pytest
 import torch
 
-import vlinterp
 from vlinterp.core.hooks import count_hooks
-from vlinterp.zoo import available
 
 
-def test_meandiff_direction_and_sanity(tmp_path):
-    if not available("shapes-llava"):
-        pytest.skip("shapes-llava weights not shipped")
+def test_meandiff_direction_and_sanity(shapes_llava, tmp_path):
     from vlinterp.metrics.pope import pope
     from vlinterp.steering.meandiff import MeanDiff
 
-    torch.set_num_threads(1)
-    m = vlinterp.load("shapes-llava")
+    m = shapes_llava
     md = MeanDiff.fit(m, n=192)
     base = pope(m, "adversarial", "test", 192, 11)["false_yes"]
     before = count_hooks(m.model)

@@ -1,27 +1,17 @@
 import pytest
 import torch
 
-import vlinterp
 from vlinterp.core.errors import ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
-from vlinterp.zoo import available
 
 
-@pytest.fixture(scope="module")
-def organism():
-    if not available("shapes-llava"):
-        pytest.skip("shapes-llava weights not shipped")
-    torch.set_num_threads(1)
-    return vlinterp.load("shapes-llava")
-
-
-def test_save_fit_apply_round_trip(organism, tmp_path):
+def test_save_fit_apply_round_trip(shapes_llava, tmp_path):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     from vlinterp.data.questions import pope_split
     from vlinterp.steering import SAVE
 
-    m = organism
+    m = shapes_llava
     sae = SAVE.default_sae(m, "blocks.2.resid", n=120, steps=300)
     sv = SAVE.fit(m, sae, "blocks.2.resid", n=128, n_features=3, alpha=0.3)
     assert len(sv.features) == 3 and sv.scores == sorted(sv.scores, reverse=True) and sv.scores[0] > 0
