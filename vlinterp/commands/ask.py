@@ -13,14 +13,21 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--model", default="shapes-llava")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--json", action="store_true", help="print the answer with each answer token's probability")
+    p.add_argument("--prune", metavar="METHOD:KEEP", help="answer with visual token pruning on, e.g. hybrid:0.25 (methods: random, fastv, visionzip, info, hybrid)")
 
 
-def answer(m, image, prompt: str, max_new_tokens: int = 12) -> dict:
-    """Greedy answer, its tokens and each token's probability under the model."""
+def answer(m, image, prompt: str, max_new_tokens: int = 12, prune: str | None = None) -> dict:
+    """Greedy answer, its tokens and each token's probability under the model (``prune``: a
+    pruning spec such as ``"hybrid:0.25"``; dropped visual tokens leave the sequence and cache)."""
     import torch
 
     b = m.prepare(images=[image], text=[prompt])
-    g = m.generate(b, max_new_tokens=max_new_tokens, keep_scores=True)
+    if prune:
+        from ..pruning import PrunedLM, make_pruner
+
+        g = PrunedLM(m).generate(b, make_pruner(prune), max_new_tokens=max_new_tokens)
+    else:
+        g = m.generate(b, max_new_tokens=max_new_tokens, keep_scores=True)
     toks, probs = [], []
     eos = m.tokenizer.eos_token_id
     for step, tid in enumerate(g.new_tokens[0].tolist()):
@@ -39,7 +46,9 @@ def _run(args) -> int:
     m = vi.load(args.model)
     if m.family != "llava":
         raise UnsupportedError(f"`ask` needs a LLaVA-family model; {args.model!r} is a {m.family} model")
-    res = answer(m, args.image, args.prompt, args.max_new_tokens)
+    res = answer(m, args.image, args.prompt, args.max_new_tokens, args.prune)
+    if args.prune:
+        res["prune"] = args.prune
     print(json.dumps({"model": args.model, "prompt": args.prompt, **res}, indent=2) if args.json else res["answer"])
     return 0
 

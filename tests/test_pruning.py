@@ -1,0 +1,211 @@
+"""Visual token pruning: exactness at keep=1, kept positions, real removal vs a model fed only the
+kept tokens, FLOPs accounting, errors, on the shapes-llava organism and tiny random LLaVAs."""
+import numpy as np
+import pytest
+import torch
+
+import vlinterp as vi
+from vlinterp.core.errors import LayerRangeError, PromptError, UnsupportedError
+from vlinterp.pruning import REGISTRY, Pruner, PrunedLM, make_pruner
+from vlinterp.pruning.fastv import received_attention
+from vlinterp.pruning.flops import lm_flops
+
+METHODS = ("random", "fastv", "visionzip", "info", "hybrid")
+
+
+def _batch(m, n=4):
+    from vlinterp.data.shapes import make_split
+
+    scenes = make_split("test", n, 77)
+    prompts = ["describe the image.", "is there a red circle?", "how many circles are there?", "what color is the square?"]
+    return m.prepare(images=[s.pil() for s in scenes], text=[prompts[i % 4] for i in range(n)])
+
+
+class _Fixed(Pruner):
+    """Keeps the given grid cells (per row) before layer ``layer``."""
+
+    def __init__(self, cells, layer=0):
+        super().__init__(len(cells[0]) / 100)
+        self.cells, self.layer = torch.tensor(cells), layer
+
+    def at_layer(self, ctx):
+        if ctx.layer != self.layer:
+            return None
+        keep = ~ctx.image
+        for b in range(ctx.image.shape[0]):
+            keep[b] |= ctx.image[b] & torch.isin(ctx.grid[b], self.cells[b])
+        return keep
+
+
+def test_batch_has_padding(shapes_llava):
+    b = _batch(shapes_llava)
+    assert (b.inputs["attention_mask"] == 0).any(), "the test batch must mix prompt lengths (left padding)"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_keep_one_is_bit_identical(shapes_llava, method):
+    m = shapes_llava
+    b = _batch(m)
+    ref = m.run(b).logits[:, -1]
+    pre = PrunedLM(m).prefill(b, make_pruner(f"{method}:1.0", **({"horizon": 2} if method == "hybrid" else {})))
+    assert torch.equal(pre.logits, ref)
+    assert pre.image_kept.shape == (4, 100)
+
+
+def test_unpruned_generation_matches_model_generate(shapes_llava):
+    m = shapes_llava
+    b = _batch(m)
+    ours = PrunedLM(m).generate(b, None, max_new_tokens=5)
+    theirs = m.generate(b, max_new_tokens=5)
+    assert ours.texts == theirs.texts
+
+
+@pytest.mark.parametrize("spec", ["random:0.25", "fastv:0.25", "info:0.1", "visionzip:0.25", "hybrid:0.25:horizon=3"])
+def test_sequence_really_shrinks(shapes_llava, spec):
+    b = _batch(shapes_llava)
+    p = make_pruner(spec)
+    pre = PrunedLM(shapes_llava).prefill(b, p)
+    T = b.inputs["input_ids"].shape[1]
+    n_text = T - 100
+    expect = p.schedule(100, 4)
+    for l, idx in pre.kept.items():
+        assert idx.shape == (4, n_text + expect[l]), (l, idx.shape)
+        assert bool((idx[:, 1:] > idx[:, :-1]).all()), "kept positions must stay in order"
+    assert pre.cache.k[3].shape[2] == n_text + expect[3], "the KV cache holds only the kept tokens"
+
+
+def test_kept_positions_are_the_chosen_ones(shapes_llava):
+    m = shapes_llava
+    b = _batch(m)
+    cells = [[0, 5, 17, 55, 99], [1, 2, 3, 4, 50], [10, 20, 30, 40, 60], [7, 8, 9, 90, 91]]
+    pre = PrunedLM(m).prefill(b, _Fixed(cells, layer=1))
+    assert pre.image_kept.tolist() == cells
+    image_pos = [(b.inputs["input_ids"][r] == m.config.image_token_index).nonzero().flatten() for r in range(4)]
+    for r in range(4):
+        kept = set(pre.kept[2][r].tolist())
+        assert {int(image_pos[r][c]) for c in cells[r]} <= kept
+        assert not ({int(p) for p in image_pos[r]} - {int(image_pos[r][c]) for c in cells[r]}) & kept
+    assert pre.kept[0].shape[1] == b.inputs["input_ids"].shape[1]
+
+
+def test_fastv_keeps_the_most_attended_tokens(shapes_llava):
+    m = shapes_llava
+    b = _batch(m)
+    att = m.attention(b, layers=[1])[1]  # the adapter's own attention path, [B, H, T, T]
+    recv = received_attention(att)
+    image = b.inputs["input_ids"] == m.config.image_token_index
+    want = [sorted(recv[r][image[r]].topk(25).indices.tolist()) for r in range(4)]
+    pre = PrunedLM(m).prefill(b, make_pruner("fastv:0.25:layer=2"))
+    assert [sorted(x) for x in pre.image_kept.tolist()] == want
+
+
+def test_pruned_generation_equals_model_fed_only_kept_tokens(shapes_llava):
+    m = shapes_llava
+    b = _batch(m)
+    runner = PrunedLM(m)
+    p = make_pruner("random:0.3:seed=3")
+    g = runner.generate(b, p, max_new_tokens=4, generator=torch.Generator().manual_seed(5))
+    pre = runner.prefill(b, p, generator=torch.Generator().manual_seed(5))
+    keep = pre.kept[0]  # [B, T'] original indices
+    with torch.no_grad():
+        emb, _, _ = runner.embed(b, runner.features(b.inputs["pixel_values"]))
+        e = torch.gather(emb, 1, keep[..., None].expand(-1, -1, emb.shape[-1]))
+        mask = torch.gather(b.inputs["attention_mask"], 1, keep)
+        pos = keep.clone()
+        toks = []
+        for step in range(4):
+            out = m.model(inputs_embeds=e, attention_mask=mask, position_ids=pos).logits[:, -1]
+            if step == 0:
+                assert torch.allclose(out, pre.logits, atol=1e-4)
+            nxt = out.argmax(-1)
+            toks.append(nxt)
+            e = torch.cat([e, m.model.get_input_embeddings()(nxt)[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+    ref = torch.stack(toks, 1)
+    eos = m.tokenizer.eos_token_id
+    for r in range(4):
+        ours = g.new_tokens[r].tolist()
+        theirs = ref[r].tolist()
+        n = ours.index(eos) + 1 if eos in ours else len(ours)
+        assert ours[:n] == theirs[:n]
+
+
+def test_dropping_equals_hiding_for_kept_positions(shapes_llava):
+    """Dropping tokens before layer 2 gives the same last-position output as keeping them in the
+    sequence but hiding them as keys from layer 2 on (two code paths, one meaning)."""
+    m = shapes_llava
+    b = _batch(m)
+    runner = PrunedLM(m)
+    cells = [[0, 5, 17, 55, 99]] * 4
+    pre = runner.prefill(b, _Fixed(cells, layer=2))
+    image = b.inputs["input_ids"] == m.config.image_token_index
+    grid = image.long().cumsum(1) - 1
+    hide = image & ~torch.isin(grid, torch.tensor(cells[0]))
+    hidden = runner.prefill(b, removed={2: hide})
+    assert torch.allclose(pre.logits, hidden.logits, atol=1e-4)
+    assert not torch.allclose(pre.logits, m.run(b).logits[:, -1], atol=1e-4)
+
+
+def test_flops_accounting():
+    class Cfg:
+        hidden_size, num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size = 8, 2, 1, 4, 16, 10
+
+    full = lm_flops(Cfg, 3, [5, 5])
+    # per layer: params 8*8 + 2*8*4 + 8*8 + 3*8*16 = 576; n = 8 tokens -> 2*8*576 + 2*8*9*8 = 10368
+    assert full["prefill"] == 2 * 10368 + 2 * 8 * 10
+    half = lm_flops(Cfg, 3, [5, 1])
+    assert half["prefill"] < full["prefill"]
+    assert lm_flops(Cfg, 3, [5, 5], decode_steps=2)["decode"] > 0
+    assert make_pruner("fastv:0.25").schedule(100, 4) == [100, 100, 25, 25]
+    assert make_pruner("hybrid:0.5:horizon=3").schedule(100, 4) == [100, 100, 50, 25]
+
+
+def test_errors(shapes_llava):
+    with pytest.raises(PromptError, match="unknown pruning method"):
+        make_pruner("nosuch:0.5")
+    with pytest.raises(PromptError, match="keep ratio"):
+        make_pruner("random:1.5")
+    with pytest.raises(PromptError, match="key=value"):
+        make_pruner("fastv:0.5:2")
+    b = _batch(shapes_llava)
+    with pytest.raises(LayerRangeError, match="outside"):
+        PrunedLM(shapes_llava).prefill(b, make_pruner("fastv:0.5:layer=9"))
+    assert set(METHODS) <= set(REGISTRY)
+
+
+def test_tiny_llava_and_unsupported_layouts(tmp_path):
+    from vlinterp.adapters.llava import LlavaAdapter, save_tiny
+
+    path = save_tiny("llava", str(tmp_path / "tiny"))
+    m = vi.load(path)
+    b = m.prepare(images=[np.zeros((32, 32, 3), np.uint8)] * 2, text=["what is it?", "describe the image please now"])
+    ref = m.run(b).logits[:, -1]
+    runner = PrunedLM(m)
+    assert torch.equal(runner.prefill(b, make_pruner("fastv:1.0:layer=1")).logits, ref)
+    g = runner.generate(b, make_pruner("visionzip:0.5"), max_new_tokens=3)
+    assert g.new_tokens.shape[0] == 2
+    with pytest.raises(UnsupportedError, match="llava-1.5 layout"):
+        PrunedLM(LlavaAdapter.tiny("llava-next"))
+    with pytest.raises(UnsupportedError, match="LLaVA-family"):
+        PrunedLM(vi.load("tiny:vit"))
+
+
+def test_information_by_removal(shapes_llava):
+    from vlinterp.pruning.information import probe_items, summarise, token_information
+
+    info = token_information(shapes_llava, probe_items(2), progress=False)
+    assert info["exact"].shape == (2, 4, 100)
+    assert np.all(info["exact"] >= 0) and np.any(info["exact"] > 0)
+    s = summarise(info)
+    assert 0 <= s["horizon"] <= 4 and len(s["curve"]) == 4
+    assert set(s["spearman"]) == {"attention", "last_attention", "contribution", "combined"}
+    # a token hidden from layer 0 is removed entirely: its information there equals the TV
+    # distance to a run on the sequence without it
+    runner = PrunedLM(shapes_llava)
+    b = shapes_llava.prepare(images=[probe_items(1)[0][0]], text=[probe_items(1)[0][1]])
+    cell = int(info["exact"][0, 0].argmax())
+    out = runner.prefill(b, _Fixed([[c for c in range(100) if c != cell]], layer=0)).logits
+    base = runner.prefill(b).logits
+    tv = 0.5 * (base.softmax(-1) - out.softmax(-1)).abs().sum().item()
+    assert tv == pytest.approx(info["exact"][0, 0, cell], abs=1e-4)

@@ -1,0 +1,124 @@
+"""Pruning benchmark: accuracy retention, prefill latency and FLOPs ratios, side by side in one run.
+
+Items are held-out shapes questions (presence with adversarial negatives, colour, count); each
+answer is the model's choice among the candidates' first tokens at the last prompt position.
+Retention = accuracy with pruning / accuracy unpruned (pooled and per question kind). Latency:
+median over ``repeats`` of the prefill of one batch, every configuration timed in turn inside
+each repeat (so drift hits all alike); ``lm`` is the language-model prefill (what pruning acts on),
+``total`` adds the vision tower, projector and embedding.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .base import make_pruner
+from .flops import lm_flops
+from .runner import PrunedLM
+
+KINDS = ("presence", "colour", "count")
+
+
+def eval_items(split: str = "test", n: int = 128, seed: int = 21) -> list[tuple]:
+    """``[(image, question, answer, candidates, kind)]``: ``n`` POPE-adversarial presence items
+    (half yes), one colour item per scene whose shape is unique, one count item per scene."""
+    from ..data.questions import count_questions, pope_split
+    from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
+
+    items = [(s.pil(), qa.question, qa.answer, ["yes", "no"], "presence") for s, qa in pope_split(split, n, seed, "adversarial")]
+    for s in make_split(split, n, seed):
+        rng = scene_rng(split, seed, s.index, 99)
+        uniq = [o for o in s.objects if s.count(o.shape) == 1]
+        if uniq:
+            o = uniq[int(rng.integers(len(uniq)))]
+            items.append((s.pil(), f"what color is the {o.shape}?", o.colour, list(COLOURS), "colour"))
+        cq = count_questions(s, rng)
+        qa = cq[int(rng.integers(len(cq)))]
+        items.append((s.pil(), qa.question, qa.answer, list(NUM_WORDS), "count"))
+    return items
+
+
+def answers(runner: PrunedLM, items, pruner=None, batch_size: int = 32, seed: int = 0) -> list[bool]:
+    """Whether each item is answered correctly under ``pruner``."""
+    a = runner.adapter
+    ok = []
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        b = a.prepare(images=[it[0] for it in chunk], text=[it[1] for it in chunk])
+        logits = runner.prefill(b, pruner, generator=g).logits.float().cpu()
+        for r, (_, _, ans, cands, _) in enumerate(chunk):
+            ids = [a.token_id(c) for c in cands]
+            ok.append(cands[int(logits[r, ids].argmax())] == ans)
+    return ok
+
+
+def _acc(ok, items) -> dict[str, float]:
+    out = {k: float(np.mean([o for o, it in zip(ok, items) if it[4] == k])) for k in KINDS if any(it[4] == k for it in items)}
+    out["all"] = float(np.mean(ok))
+    return out
+
+
+def latency(runner: PrunedLM, batch, pruners: dict, repeats: int = 7) -> dict[str, dict[str, float]]:
+    """Median prefill seconds ``{name: {"lm", "total"}}``, configurations interleaved per repeat."""
+    times = {k: {"lm": [], "total": []} for k in pruners}
+    for k, p in pruners.items():  # warm-up
+        runner.prefill(batch, p, generator=torch.Generator().manual_seed(0))
+    for _ in range(repeats):
+        for k, p in pruners.items():
+            t0 = time.perf_counter()
+            runner.prefill(batch, p, generator=torch.Generator().manual_seed(0))
+            tot = time.perf_counter() - t0
+            times[k]["lm"].append(runner.timing["lm"])
+            times[k]["total"].append(tot)
+    return {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in times.items()}
+
+
+def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv", "visionzip", "info", "hybrid"), n: int = 128,
+              seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True) -> dict:
+    """The full comparison; returns a JSON-able dict (``rows``: one per method and keep ratio)."""
+    from .information import horizon_for
+
+    runner = PrunedLM(adapter)
+    items = eval_items("test", n, seed)
+    hz = horizon if horizon is not None else horizon_for(adapter, progress=progress)
+    base_ok = answers(runner, items, None, batch_size)
+    base = _acc(base_ok, items)
+    specs = {f"{m}:{k:g}": make_pruner(f"{m}:{k:g}", **({"horizon": hz} if m == "hybrid" else {})) for k in keeps for m in methods}
+    rows = []
+    for name, p in tqdm(specs.items(), desc="pruning bench", disable=not progress):
+        acc = _acc(answers(runner, items, p, batch_size), items)
+        rows.append({"method": name.split(":")[0], "keep": p.keep, "accuracy": acc,
+                     "retention": {k: (acc[k] / base[k] if base[k] else float("nan")) for k in acc}})
+    lat_batch = adapter.prepare(images=[it[0] for it in items[:batch_size]], text=[it[1] for it in items[:batch_size]])
+    lat = latency(runner, lat_batch, {"none": None, **specs}, repeats)
+    cfg = adapter.config.text_config
+    ids = lat_batch.inputs["input_ids"][0]
+    N = int((ids == runner.image_token).sum())
+    n_text = int(lat_batch.inputs["attention_mask"][0].sum()) - N
+    full = lm_flops(cfg, n_text, [N] * runner.L)
+    for r, (name, p) in zip(rows, specs.items()):
+        fl = lm_flops(cfg, n_text, p.schedule(N, runner.L))
+        r["latency_ratio"] = {m: lat[name][m] / lat["none"][m] for m in ("lm", "total")}
+        r["flops_ratio"] = fl["prefill"] / full["prefill"]
+    return {"model": adapter.name, "n_items": len(items), "seed": seed, "batch": batch_size, "repeats": repeats,
+            "horizon": hz, "unpruned": {"accuracy": base, "latency_s": lat["none"]}, "rows": rows}
+
+
+def table(res: dict) -> str:
+    """Plain-text table of :func:`run_bench` output."""
+    lines = [f"unpruned accuracy {res['unpruned']['accuracy']['all']:.3f} ({', '.join(f'{k} {v:.3f}' for k, v in res['unpruned']['accuracy'].items() if k != 'all')}); "
+             f"LM prefill {res['unpruned']['latency_s']['lm'] * 1e3:.1f} ms, total {res['unpruned']['latency_s']['total'] * 1e3:.1f} ms "
+             f"(batch {res['batch']}, median of {res['repeats']}); horizon layer {res['horizon']}",
+             f"{'method':<10}{'keep':>6}{'retain':>8}{'presence':>10}{'colour':>8}{'count':>7}{'lm lat':>8}{'tot lat':>9}{'FLOPs':>7}"]
+    for r in res["rows"]:
+        t = r["retention"]
+        lines.append(f"{r['method']:<10}{r['keep']:>6.2f}{t['all']:>8.3f}{t.get('presence', float('nan')):>10.3f}{t.get('colour', float('nan')):>8.3f}"
+                     f"{t.get('count', float('nan')):>7.3f}{r['latency_ratio']['lm']:>8.2f}{r['latency_ratio']['total']:>9.2f}{r['flops_ratio']:>7.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["eval_items", "answers", "latency", "run_bench", "table", "KINDS"]

@@ -1,0 +1,35 @@
+"""FastV (Chen et al. 2024): after layer ``layer - 1``, keep the image tokens that received the
+most attention, averaged over heads and over every (non-padding) query position."""
+from __future__ import annotations
+
+from .base import Pruner, register
+
+
+def received_attention(attn, valid_q=None):
+    """Mean attention each key receives ``[B, T']`` from ``attn`` ``[B, H, T', T']``."""
+    a = attn.float().mean(1)
+    if valid_q is not None:
+        a = a * valid_q[:, :, None]
+        return a.sum(1) / valid_q.sum(1, keepdim=True).clamp(min=1)
+    return a.mean(1)
+
+
+@register("fastv")
+class FastV(Pruner):
+    def __init__(self, keep: float, layer: int = 2):
+        super().__init__(keep)
+        if int(layer) < 1:
+            raise ValueError("FastV ranks by a previous layer's attention: layer must be >= 1")
+        self.layer = int(layer)
+
+    def wants_attention(self, layer: int) -> bool:
+        return layer == self.layer
+
+    def at_layer(self, ctx):
+        if ctx.layer != self.layer:
+            return None
+        return ctx.keep_top(received_attention(ctx.attn), self.n_keep(ctx.n_image))
+
+    def schedule(self, n_image: int, n_layers: int) -> list[int]:
+        k = self.n_keep(n_image)
+        return [n_image if l < self.layer else k for l in range(n_layers)]

@@ -1,0 +1,83 @@
+"""Information-metric pruning: keep the image tokens with the largest estimated information
+(how much the output would change without them), estimated cheaply before layer ``layer``.
+
+Cheap proxies, read from the previous layer: ``contribution`` (:func:`contribution`), the norm of
+what each token writes into the last position through attention,
+``|| sum_h a_h[last, i] W_o,h v_h,i ||`` (question-specific); ``attention``, the attention it
+receives averaged over all queries (FastV's score, global); ``combined`` (default), the sum of the
+two ranks among the image tokens. :mod:`vlinterp.pruning.information` measures the exact value by
+removal and how well each proxy ranks tokens against it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Pruner, register
+
+
+def contribution(attn: torch.Tensor, attn_in: torch.Tensor, self_attn, query: int = -1) -> torch.Tensor:
+    """``[B, T']`` norm of each key's write into position ``query`` of one attention layer.
+
+    ``attn`` ``[B, H, T', T']`` probabilities, ``attn_in`` ``[B, T', D]`` the normed layer input,
+    ``self_attn`` a transformers attention module with ``v_proj``/``o_proj``."""
+    B, T, _ = attn_in.shape
+    H = attn.shape[1]
+    hd = self_attn.head_dim
+    v = self_attn.v_proj(attn_in).view(B, T, -1, hd)
+    if v.shape[2] != H:
+        v = v.repeat_interleave(H // v.shape[2], dim=2)
+    w = attn[:, :, query, :].permute(0, 2, 1)[..., None] * v  # [B, T', H, hd]
+    out = torch.nn.functional.linear(w.reshape(B, T, H * hd), self_attn.o_proj.weight)
+    return out.float().norm(dim=-1)
+
+
+def _image_rank(scores: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Rank ``[B, T']`` of each image token's score among the row's image tokens (0 = lowest)."""
+    s = scores.float().masked_fill(~image, float("-inf"))
+    return s.argsort(1).argsort(1).float()
+
+
+def proxy_scores(ctx, proxy: str = "combined") -> torch.Tensor:
+    """``[B, T']`` information proxy of each position from a :class:`~.runner.LayerCtx` that holds
+    the previous layer's attention."""
+    from .fastv import received_attention
+
+    if proxy == "attention":
+        return received_attention(ctx.attn)
+    if proxy == "last_attention":
+        return ctx.attn[:, :, -1, :].float().mean(1)
+    c = contribution(ctx.attn, ctx.attn_in, ctx.prev_layer.self_attn)
+    if proxy == "contribution":
+        return c
+    if proxy == "combined":
+        return _image_rank(c, ctx.image) + _image_rank(received_attention(ctx.attn), ctx.image)
+    raise ValueError(f"unknown information proxy {proxy!r}; choose from {PROXIES}")
+
+
+PROXIES = ("attention", "last_attention", "contribution", "combined")
+
+
+@register("info")
+class InfoPruner(Pruner):
+    def __init__(self, keep: float, layer: int = 2, proxy: str = "combined"):
+        super().__init__(keep)
+        if int(layer) < 1:
+            raise ValueError("the information proxy reads a previous layer: layer must be >= 1")
+        if proxy not in PROXIES:
+            raise ValueError(f"unknown information proxy {proxy!r}; choose from {PROXIES}")
+        self.layer, self.proxy = int(layer), proxy
+
+    def wants_attention(self, layer: int) -> bool:
+        return layer == self.layer
+
+    def scores(self, ctx) -> torch.Tensor:
+        return proxy_scores(ctx, self.proxy)
+
+    def at_layer(self, ctx):
+        if ctx.layer != self.layer:
+            return None
+        return ctx.keep_top(self.scores(ctx), self.n_keep(ctx.n_image))
+
+    def schedule(self, n_image: int, n_layers: int) -> list[int]:
+        k = self.n_keep(n_image)
+        return [n_image if l < self.layer else k for l in range(n_layers)]
