@@ -60,7 +60,8 @@ def test_unpruned_generation_matches_model_generate(shapes_llava):
     assert ours.texts == theirs.texts
 
 
-@pytest.mark.parametrize("spec", ["random:0.25", "fastv:0.25", "info:0.1", "visionzip:0.25", "hybrid:0.25:horizon=3"])
+@pytest.mark.parametrize("spec", ["random:0.25", "fastv:0.25", "info:0.1", "visionzip:0.25", "hybrid:0.25:horizon=3",
+                                  "hybrid:0.5:early=info:horizon=3"])
 def test_sequence_really_shrinks(shapes_llava, spec):
     b = _batch(shapes_llava)
     p = make_pruner(spec)
@@ -158,7 +159,9 @@ def test_flops_accounting():
     assert half["prefill"] < full["prefill"]
     assert lm_flops(Cfg, 3, [5, 5], decode_steps=2)["decode"] > 0
     assert make_pruner("fastv:0.25").schedule(100, 4) == [100, 100, 25, 25]
-    assert make_pruner("hybrid:0.5:horizon=3").schedule(100, 4) == [100, 100, 50, 25]
+    assert make_pruner("hybrid:0.5:horizon=3").schedule(100, 4) == [50, 50, 50, 25]
+    assert make_pruner("hybrid:0.5:early=info:horizon=3").schedule(100, 4) == [100, 100, 50, 25]
+    assert make_pruner("hybrid:1.0:horizon=1").schedule(100, 4) == [100] * 4
 
 
 def test_errors(shapes_llava):
@@ -209,3 +212,29 @@ def test_information_by_removal(shapes_llava):
     base = runner.prefill(b).logits
     tv = 0.5 * (base.softmax(-1) - out.softmax(-1)).abs().sum().item()
     assert tv == pytest.approx(info["exact"][0, 0, cell], abs=1e-4)
+
+
+def test_visionzip_merged_tokens_get_proportional_attention(shapes_llava):
+    """VisionZip's prefill equals the model's own forward fed only the kept tokens (original
+    positions) with a 4-D additive mask carrying log(group size) on each merged token."""
+    m = shapes_llava
+    b = _batch(m)
+    runner = PrunedLM(m)
+    p = make_pruner("visionzip:0.25")
+    feats, keep_grid, sizes = p.vision(runner, b)
+    assert bool((sizes > 1).any()) and int(keep_grid.sum(1)[0]) == 25
+    pre = runner.prefill(b, p)
+    with torch.no_grad():
+        emb, image, grid = runner.embed(b, feats)
+        keep = ~image | torch.gather(keep_grid, 1, grid.clamp(min=0))
+        idx = keep.nonzero()[:, 1].reshape(4, -1)
+        e = torch.gather(emb, 1, idx[..., None].expand(-1, -1, emb.shape[-1]))
+        valid = torch.gather(b.inputs["attention_mask"], 1, idx).bool()
+        bias = torch.where(image, torch.gather(sizes, 1, grid.clamp(min=0)).log(), torch.zeros(()))
+        bias = torch.gather(bias, 1, idx)
+        allowed = ((idx[:, None, :] <= idx[:, :, None]) & valid[:, None, :]) | (idx[:, None, :] == idx[:, :, None])
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min) + bias[:, None, :].masked_fill(~allowed, 0)
+        ref = m.model(inputs_embeds=e, attention_mask=mask[:, None], position_ids=idx).logits[:, -1]
+    assert torch.allclose(pre.logits, ref, atol=1e-4)
+    plain = runner.prefill(b, make_pruner("visionzip:0.25:proportional=0")).logits
+    assert not torch.allclose(plain, pre.logits, atol=1e-3)

@@ -79,7 +79,12 @@ def make_pruner(spec: str | Pruner, **kw) -> Pruner:
         if "=" not in p:
             raise PromptError(f"pruning option {p!r} in {spec!r} is not key=value")
         k, v = p.split("=", 1)
-        opts[k] = float(v) if "." in v else int(v)
+        for cast in (int, float, str):
+            try:
+                opts[k] = cast(v)
+                break
+            except ValueError:
+                continue
     return REGISTRY[name](keep, **opts)
 
 

@@ -1,25 +1,38 @@
-"""Hybrid pruning (the information-horizon recipe, arXiv 2512.07580): informed pruning in shallow
-layers (the :mod:`info` proxy before layer ``layer``, down to ``keep``), random pruning beyond the
-information horizon (before layer ``horizon``, a further ``deep`` fraction of the image tokens is
-kept at random), where token information has become uniform and ranking no longer helps.
+"""Hybrid pruning (the information-horizon recipe, arXiv 2512.07580): informed pruning early, random
+pruning beyond the information horizon, where token information has become uniform and ranking
+no longer helps.
+
+The informed stage ``early`` is ``"visionzip"`` (default: vision side, before the language model,
+with proportional attention) or ``"info"`` (the information proxy before layer ``layer``); it keeps
+``keep`` of the image tokens. Before layer ``horizon`` a random ``deep`` fraction of those stays.
 
 ``horizon=None`` takes the horizon the information curve gives (:func:`information.horizon_for`,
 measured once per model on shapes probe items). A horizon at or past the last layer means token
-information never vanishes inside the model: then there is no random stage and the hybrid is the
-informed pruner alone. ``keep=1`` drops nothing (no random stage either)."""
+information never vanishes inside the model: then there is no random stage and the hybrid is its
+informed stage alone. ``keep=1`` drops nothing (no random stage either).
+"""
 from __future__ import annotations
 
 import torch
 
-from .base import register
+from .base import Pruner, register
 from .info import InfoPruner
+from .visionzip import VisionZip
+
+EARLY = ("visionzip", "info")
 
 
 @register("hybrid")
-class HybridPruner(InfoPruner):
-    def __init__(self, keep: float, layer: int = 2, horizon: int | None = None, deep: float = 0.5, seed: int = 0,
-                 proxy: str = "combined"):
-        super().__init__(keep, layer, proxy)
+class HybridPruner(Pruner):
+    def __init__(self, keep: float, early: str = "visionzip", layer: int = 2, horizon: int | None = None, deep: float = 0.5,
+                 seed: int = 0, proxy: str = "combined"):
+        super().__init__(keep)
+        if early not in EARLY:
+            raise ValueError(f"hybrid: early stage must be one of {EARLY}, got {early!r}")
+        self.early_name = early
+        self.early = VisionZip(keep) if early == "visionzip" else InfoPruner(keep, layer, proxy)
+        self.acts_on_vision = self.early.acts_on_vision
+        self.layer = 0 if early == "visionzip" else int(layer)
         self.horizon = None if horizon is None else int(horizon)
         self.deep, self.seed = float(deep), int(seed)
 
@@ -30,10 +43,21 @@ class HybridPruner(InfoPruner):
 
             self.horizon = horizon_for(runner.adapter)
 
+    def _deep_layer(self) -> int | None:
+        if self.keep >= 1 or self.horizon is None:
+            return None
+        return max(self.horizon, self.layer + 1)
+
+    def wants_attention(self, layer: int) -> bool:
+        return self.early.wants_attention(layer)
+
+    def vision(self, runner, batch):
+        return self.early.vision(runner, batch)
+
     def at_layer(self, ctx):
-        if ctx.layer == self.layer:
-            return super().at_layer(ctx)
-        if self.keep < 1 and self.horizon is not None and ctx.layer == max(self.horizon, self.layer + 1):
+        if not self.acts_on_vision and ctx.layer == self.layer:
+            return self.early.at_layer(ctx)
+        if ctx.layer == self._deep_layer():
             n_now = int(ctx.image[0].sum())
             g = ctx.generator or torch.Generator(device="cpu").manual_seed(self.seed)
             return ctx.keep_top(torch.rand(ctx.image.shape, generator=g).to(ctx.h.device), int(round(self.deep * n_now)))
@@ -41,5 +65,5 @@ class HybridPruner(InfoPruner):
 
     def schedule(self, n_image: int, n_layers: int) -> list[int]:
         k = self.n_keep(n_image)
-        h = None if self.horizon is None or self.keep >= 1 else max(self.horizon, self.layer + 1)
-        return [n_image if l < self.layer else (int(round(self.deep * k)) if h is not None and l >= h else k) for l in range(n_layers)]
+        d = self._deep_layer()
+        return [n_image if l < self.layer else (int(round(self.deep * k)) if d is not None and l >= d else k) for l in range(n_layers)]

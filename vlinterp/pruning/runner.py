@@ -69,6 +69,7 @@ class Prefill:
     cache: "_LayerKV" = None
     valid: list = field(default_factory=list)
     positions: torch.Tensor | None = None
+    bias: list = field(default_factory=list)
 
 
 class _LayerKV:
@@ -137,17 +138,24 @@ class PrunedLM:
         return emb, image, grid
 
     # ----------------------------------------------------------------- masks
-    def _mask(self, index: torch.Tensor, valid: torch.Tensor, q_index: torch.Tensor | None = None):
-        """Mask ``[B, 1, Tq, Tk]`` for queries ``q_index`` (default: all keys) over keys ``index``:
-        causal by original index, padding keys excluded, each query sees itself."""
-        q = index if q_index is None else q_index
-        allowed = (index[:, None, :] <= q[:, :, None]) & valid[:, None, :].bool()
-        allowed |= index[:, None, :] == q[:, :, None]
-        allowed = allowed[:, None]
-        if self.impl == "sdpa":
+    def _mask(self, index: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None):
+        """Mask ``[B, 1, T', T']`` over the current positions ``index``: causal by original index,
+        padding keys excluded, each query sees itself; ``bias`` ``[B, T']`` (log group sizes of
+        merged tokens) is added to the keys' attention logits."""
+        allowed = (index[:, None, :] <= index[:, :, None]) & valid[:, None, :].bool()
+        allowed |= index[:, None, :] == index[:, :, None]
+        return self._finish(allowed[:, None], bias)
+
+    def _finish(self, allowed: torch.Tensor, bias: torch.Tensor | None):
+        """Bool ``allowed`` ``[B, 1, Tq, Tk]`` -> the form the attention kernel takes (bool for
+        sdpa without bias, else additive float)."""
+        if self.impl == "sdpa" and bias is None:
             return allowed
         dtype = self.lm.embed_tokens.weight.dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        m = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        if bias is not None:
+            m = m + bias[:, None, None, :].to(dtype).masked_fill(~allowed, 0)
+        return m
 
     def _hf_mask(self, h, valid, pos):
         from transformers.masking_utils import create_causal_mask
@@ -183,9 +191,15 @@ class PrunedLM:
         pos = index
         hidden_keys = torch.zeros(B, T, dtype=torch.bool, device=h.device)
         pruned = False
+        bias = None
         if vis is not None:
             keep = ~image | torch.gather(vis[1].reshape(B, -1), 1, grid.clamp(min=0))
+            if len(vis) > 2 and vis[2] is not None and bool((vis[2] > 1).any()):  # merged tokens: proportional attention
+                sizes = torch.gather(vis[2].reshape(B, -1).float(), 1, grid.clamp(min=0))
+                bias = torch.where(image, sizes.clamp(min=1).log(), torch.zeros_like(sizes))
             h, index, pos, valid, image, grid = _take(keep, h, index, pos, valid, image, grid)
+            if bias is not None:
+                (bias,) = _take(keep, bias)
             hidden_keys = torch.gather(hidden_keys, 1, index)
             pruned = not bool(keep.all())
         n_image = int((ids[0] == self.image_token).sum())
@@ -193,6 +207,7 @@ class PrunedLM:
         cache = _LayerKV(self.L)
         kept: dict[int, torch.Tensor] = {}
         valids: list[torch.Tensor] = []
+        biases: list[torch.Tensor | None] = []
         attn = attn_in = None
         mask = None
         for l, layer in enumerate(self.layers):
@@ -201,6 +216,8 @@ class PrunedLM:
                 keep = pruner.at_layer(ctx)
                 if keep is not None and not bool(keep.all()):
                     h, index, pos, valid, image, grid, hidden_keys = _take(keep, h, index, pos, valid, image, grid, hidden_keys)
+                    if bias is not None:
+                        (bias,) = _take(keep, bias)
                     pruned, mask = True, None
             if removed is not None and l in removed:
                 hidden_keys = hidden_keys | torch.gather(removed[l].to(h.device), 1, index)
@@ -208,8 +225,9 @@ class PrunedLM:
             kept[l] = index
             key_ok = valid.bool() & ~hidden_keys
             valids.append(key_ok)
+            biases.append(bias)
             if mask is None:
-                mask = self._mask(index, key_ok) if (pruned or hidden_keys.any()) else self._hf_mask(h, valid, pos)
+                mask = self._mask(index, key_ok, bias) if (pruned or hidden_keys.any()) else self._hf_mask(h, valid, pos)
             pe = self.lm.rotary_emb(h, position_ids=pos)
             want = pruner is not None and pruner.wants_attention(l + 1)
             if want:
@@ -222,7 +240,7 @@ class PrunedLM:
         logits = self.head(self.lm.norm(h))[:, -1]
         self.timing = {"vision": t1 - t0, "lm": time.perf_counter() - t1}
         img_kept = torch.stack([grid[b][image[b]] for b in range(B)]) if image.any() else grid[:, :0]
-        return Prefill(logits, kept, img_kept, cache, valids, pos[:, -1])
+        return Prefill(logits, kept, img_kept, cache, valids, pos[:, -1], biases)
 
     # -------------------------------------------------------------- generate
     @torch.no_grad()
@@ -236,7 +254,7 @@ class PrunedLM:
         nxt = pre.logits.argmax(-1)
         new, scores = [nxt], [pre.logits]
         done = nxt == eos if eos is not None else torch.zeros(B, dtype=torch.bool, device=nxt.device)
-        valids = list(pre.valid)
+        valids, biases = list(pre.valid), list(pre.bias)
         pos = pre.positions
         for _ in range(max_new_tokens - 1):
             if bool(done.all()):
@@ -247,8 +265,9 @@ class PrunedLM:
             pe = self.lm.rotary_emb(h, position_ids=p)
             for l, layer in enumerate(self.layers):
                 valids[l] = torch.cat([valids[l], torch.ones(B, 1, dtype=torch.bool, device=h.device)], 1)
-                allowed = valids[l][:, None, None, :]
-                mask = allowed if self.impl == "sdpa" else torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, torch.finfo(h.dtype).min)
+                if biases[l] is not None:
+                    biases[l] = torch.cat([biases[l], torch.zeros(B, 1, dtype=biases[l].dtype, device=h.device)], 1)
+                mask = self._finish(valids[l][:, None, None, :], biases[l])
                 out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=p, past_key_values=pre.cache, use_cache=True)
                 h = out[0] if isinstance(out, tuple) else out
             logits = self.head(self.lm.norm(h))[:, -1]

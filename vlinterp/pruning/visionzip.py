@@ -5,7 +5,9 @@ in the layer whose output feeds the projector). Contextual tokens: the remaining
 grouped around ``round(contextual * k)`` evenly spaced targets by cosine similarity of their
 features and each group is averaged into its target's slot. The projector then maps the
 ``k = dominant + contextual`` features; only those enter the language model, each at its own
-position (a merged token at its target's).
+position (a merged token at its target's). ``proportional=1`` (default) adds ``log(group size)``
+to every attention logit on a merged token, so it draws the attention of the tokens it stands
+for (ToMe's proportional attention); ``0`` turns that off.
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from .base import Pruner, register
 class VisionZip(Pruner):
     acts_on_vision = True
 
-    def __init__(self, keep: float, contextual: float = 0.3):
+    def __init__(self, keep: float, contextual: float = 0.3, proportional: int = 1):
         super().__init__(keep)
-        self.contextual = float(contextual)
+        self.contextual, self.proportional = float(contextual), bool(proportional)
 
     def vision(self, runner, batch):
-        """``(features [n, N, D], keep [n, N] bool)`` for the images of ``batch``."""
+        """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None)`` for the images of ``batch``."""
         cfg = runner.adapter.config
         if cfg.vision_feature_select_strategy != "default" or not isinstance(cfg.vision_feature_layer, int):
             raise UnsupportedError("VisionZip here needs one vision feature layer and the 'default' (CLS dropped) strategy")
@@ -51,6 +53,7 @@ class VisionZip(Pruner):
         k_d = k - k_c
         keep = torch.zeros(n, N, dtype=torch.bool, device=hid.device)
         merged = hid.clone()
+        sizes = torch.ones(n, N, device=hid.device)
         for i in range(n):
             dom = cls_attn[i].topk(k_d).indices if k_d else cls_attn[i][:0].long()
             keep[i, dom] = True
@@ -65,5 +68,6 @@ class VisionZip(Pruner):
                     for j, t in enumerate(targets.tolist()):
                         group = torch.cat([hid[i, t:t + 1], hid[i, others[near == j]]])
                         merged[i, t] = group.mean(0)
+                        sizes[i, t] = len(group)
         feats = runner.inner.multi_modal_projector(merged)
-        return feats, keep
+        return feats, keep, (sizes if self.proportional else None)
