@@ -3,6 +3,10 @@ partner objects that the unsteered shapes-llava answers "yes" to, with the answe
 mean-difference steering (strength chosen on the probe split).
 
     python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4]
+    python benchmarks/steering_picture.py --captions 512 [--out assets/steering_captions.png]
+
+``--captions N`` draws free captions instead: of N held-out scenes, those whose unsteered caption
+names an absent object (CHAIR), captioned again with steering on.
 """
 from __future__ import annotations
 
@@ -22,10 +26,13 @@ def main() -> None:
     ap.add_argument("--out", default="assets/steering_before_after.png")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--alpha", default="auto")
+    ap.add_argument("--captions", type=int, default=0, help="draw free captions of this many scenes instead")
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load("shapes-llava")
     md = MeanDiff.fit(m, n=256, alpha="auto" if a.alpha == "auto" else float(a.alpha))
+    if a.captions:
+        return caption_picture(m, md, a.captions, a.k, a.out if a.out != ap.get_default("out") else "assets/steering_captions.png")
     items = [(s, qa) for s, qa in pope_split("test", 256, 11, "adversarial") if qa.answer == "no"]
     q = [(s.pil(), qa.question) for s, qa in items]
     before = choose(m, q, ["yes", "no"])
@@ -39,6 +46,24 @@ def main() -> None:
     before_after(rows, a.out, title=f"absent partner objects: mean-difference steering (α {md.alpha}) fixes "
                                     f"{len(fixed)} of {len(hall)} hallucinated yeses")
     print(f"{len(hall)} hallucinated, {len(fixed)} fixed by steering (alpha {md.alpha}) -> {a.out}")
+
+
+def caption_picture(m, md, n: int, k: int, out: str) -> None:
+    from vlinterp.commands.steer import captions
+    from vlinterp.data.shapes import make_split
+    from vlinterp.metrics.chair import chair
+
+    scenes = make_split("chair", n, 11)
+    plain = captions(None, m, [s.pil() for s in scenes])
+    bad = [i for i, (c, s) in enumerate(zip(plain, scenes)) if chair([c], [s])["chair_s"] > 0]
+    steered = captions(md, m, [scenes[i].pil() for i in bad])
+    clean = lambda c, s: chair([c], [s])["chair_s"] == 0  # noqa: E731
+    fixed = [j for j, i in enumerate(bad) if clean(steered[j], scenes[i])]
+    order = fixed + [j for j in range(len(bad)) if j not in fixed]
+    rows = [(scenes[bad[j]].pil(), "describe the image.", scenes[bad[j]], plain[bad[j]], steered[j]) for j in order[:k]]
+    before_after(rows, out, judge=clean, wrap=30,
+                 title=f"free captions naming an absent object (red): {len(bad)} of {n}; steering (α {md.alpha}) cleans {len(fixed)}")
+    print(f"{len(bad)} of {n} captions hallucinate, {len(fixed)} clean with steering (alpha {md.alpha}) -> {out}")
 
 
 if __name__ == "__main__":
