@@ -66,3 +66,7 @@ class UnsupportedError(VlinterpError, NotImplementedError):
 
 class NaNError(VlinterpError, FloatingPointError):
     """NaN or Inf values were found where finite values are required."""
+
+
+class BackboneMismatchError(VlinterpError, ValueError):
+    """A head (prototypes, probe) trained on one backbone or site is used with another."""

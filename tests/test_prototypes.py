@@ -1,0 +1,110 @@
+"""Prototype heads: push lands exactly on stored training patches, save/load is exact, a head refuses
+another backbone, features come from any image stream (ViT, CLIP, LLaVA's vision tower), CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vlinterp as vi
+from vlinterp.core.errors import BackboneMismatchError, ShapeMismatchError, UnknownSiteError
+from vlinterp.data.shapes import make_split
+from vlinterp.prototypes import ProtoModel, fit_shapes
+from vlinterp.prototypes.features import patch_features
+from vlinterp.prototypes.metrics import evaluate, labels_for
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return vi.load("shapes-vit")
+
+
+@pytest.fixture(scope="module")
+def small(vit):
+    """A quickly trained head (few steps): enough to test mechanics, not quality."""
+    return fit_shapes(vit, site="vision.blocks.2.resid", n=96, warm_steps=40, last_steps=20, progress=False)
+
+
+def test_push_puts_every_prototype_on_a_training_patch(small, vit):
+    pm = small
+    scenes = make_split("train", 96, 0)
+    pf = patch_features(vit, [s.pil() for s in scenes], pm.site)
+    y = labels_for(scenes)
+    head = pm.head
+    with torch.no_grad():
+        for j in range(head.n_prototypes):
+            i = int(pm.sources["image"][j])
+            r, c = pm.sources["cell"][j].tolist()
+            s = int(pm.sources["scale"][j])
+            assert y[i, head.proto_class[j]] == 1, "pushed onto an image of another class"
+            z = head.pooled(head.embed(pf.feats[i:i + 1]), s)[0]
+            assert torch.allclose(head.prototypes[j], z[r, c], atol=1e-6, rtol=0)
+            # and that patch is the nearest one of its class's images
+            d2 = (head.pooled(head.embed(pf.feats[y[:, head.proto_class[j]].bool()]), s) - head.prototypes[j]).pow(2).sum(-1)
+            assert float(d2.min()) <= 1e-10
+    assert pm.sources["crop"].shape == (head.n_prototypes, 48, 48, 3)
+
+
+def test_saved_head_reloads_to_identical_outputs(small, vit, tmp_path):
+    pm = small
+    pm.save(str(tmp_path / "p"))
+    again = ProtoModel.load(str(tmp_path / "p"), vit)
+    feats = patch_features(vit, [s.pil() for s in make_split("test", 6, 3)], pm.site).feats
+    a, b = pm.run(feats), again.run(feats)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(pm.thresholds, again.thresholds)
+    assert torch.equal(pm.sources["crop"], again.sources["crop"])
+    assert torch.equal(pm.probe.weight, again.probe.weight)
+    assert again.classes == pm.classes and again.site == pm.site
+
+
+def test_head_refuses_another_backbone(small, tmp_path):
+    small.save(str(tmp_path / "p"))
+    with pytest.raises(BackboneMismatchError, match="different backbone"):
+        ProtoModel.load(str(tmp_path / "p"), vi.load("shapes-clip"))  # has the same site name, other weights
+    with pytest.raises(BackboneMismatchError, match="no such site"):
+        ProtoModel.load(str(tmp_path / "p"), vi.load("tiny:llava"))
+    with pytest.raises(ShapeMismatchError, match="width"):
+        small.head.embed(torch.zeros(1, 8, 8, 7))
+
+
+def test_patch_features_on_every_image_stream(shapes_llava):
+    imgs = [s.pil() for s in make_split("test", 2, 1)]
+    pf = patch_features(shapes_llava, imgs, "vision.blocks.4.resid")
+    assert pf.feats.shape == (2, 10, 10, 128) and pf.grid == (10, 10)
+    clip = vi.load("shapes-clip")
+    assert patch_features(clip, imgs, "vision.blocks.1.resid").feats.shape == (2, 8, 8, 128)
+    noisy = patch_features(clip, imgs, "vision.blocks.1.resid", noise=0.2)
+    assert not torch.allclose(noisy.feats, patch_features(clip, imgs, "vision.blocks.1.resid").feats)
+    with pytest.raises(UnknownSiteError):
+        patch_features(clip, imgs, "vision.blocks.99.resid")
+
+
+def test_metrics_are_measured(small):
+    res = evaluate(small, make_split("test", 24, 5))
+    for key in ("head", "probe"):
+        assert 0 <= res[key]["mean_label_accuracy"] <= 1
+    assert 0 <= res["consistency"]["share_consistent"] <= 1
+    assert 0 <= res["stability"]["mean"] <= 1 and res["stability"]["prototypes"] > 0
+    assert 0 <= res["localisation"]["pointing_game"] <= 1 and res["localisation"]["pairs"] > 0
+
+
+def test_cli_train_explain_eval(tmp_path, capsys):
+    from vlinterp.cli import main
+
+    out = tmp_path / "protos"
+    assert main(["protos", "train", "--model", "shapes-vit", "--site", "vision.blocks.2.resid", "--n", "48", "--warm-steps", "20",
+                 "--last-steps", "10", "--out", str(out)]) == 0
+    img = tmp_path / "scene.png"
+    make_split("test", 1, 2)[0].pil().save(img)
+    assert main(["protos", "explain", str(img), "--protos", str(out), "--out", str(tmp_path / "ex")]) == 0
+    ex = json.loads((tmp_path / "ex" / "explanation.json").read_text())
+    assert ex["rows"] and all(r["prototype"] >= 0 for r in ex["rows"])
+    from PIL import Image
+
+    assert np.asarray(Image.open(tmp_path / "ex" / "explanation.png")).shape[2] in (3, 4)
+    js = tmp_path / "eval.json"
+    assert main(["protos", "eval", "--protos", str(out), "--n", "12", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["localisation"]["pairs"] > 0
+    assert main(["protos", "eval", "--protos", str(out), "--model", "shapes-clip", "--n", "4"]) == 2

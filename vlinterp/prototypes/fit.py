@@ -1,0 +1,64 @@
+"""One call from images and labels to a trained, pushed prototype model (and its probe baseline)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .features import patch_features
+from .head import ProtoHead
+from .model import ProtoModel
+from .push import push
+from .train import last_layer, linear_probe, warm
+
+
+def default_site(adapter) -> str:
+    """A middle block of the image stream, ``vision.blocks.{(L-1)//2}.resid`` (shapes-vit: 2 of 6,
+    shapes-clip: 1 of 4): patch tokens there are still local, later ones mix in context."""
+    n = adapter.num_layers("vision")
+    return f"vision.blocks.{max(0, (n - 1) // 2)}.resid"
+
+
+def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | None = None, per_class: int = 1, scales=(1, 2),
+        dim: int = 64, warm_steps: int = 1500, last_steps: int = 600, threshold_quantile: float = 0.1, seed: int = 0,
+        progress: bool = True) -> ProtoModel:
+    """Train a prototype head on ``images`` with multi-hot ``labels`` ``[n, K]``.
+
+    Firing threshold of prototype ``j``: the ``threshold_quantile`` quantile of its similarity over
+    the training images of its class (it fires on about 90% of them by default)."""
+    site = site or default_site(adapter)
+    t0 = time.time()
+    pf = patch_features(adapter, images, site)
+    if len(labels) != len(pf.feats) or labels.shape[1] != len(classes):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match {len(pf.feats)} images x {len(classes)} classes")
+    torch.manual_seed(seed)
+    head = ProtoHead(pf.feats.shape[-1], len(classes), per_class, scales, dim, seed=seed)
+    warm(head, pf.feats, labels, steps=warm_steps, seed=seed, progress=progress)
+    rec = push(head, pf.feats, labels)
+    last_layer(head, pf.feats, labels, steps=last_steps, seed=seed + 1, progress=progress)
+    probe = linear_probe(pf.feats, labels, seed=seed, progress=progress)
+    pm = ProtoModel(adapter, site, head, classes, probe=probe)
+    sim = pm.run(pf.feats)["sim"]
+    th = torch.empty(head.n_prototypes)
+    for j in range(head.n_prototypes):
+        own = labels[:, head.proto_class[j]].bool()
+        th[j] = torch.quantile(sim[own, j], threshold_quantile) if own.any() else float("inf")
+    pm.thresholds = th
+    pm.record_sources(rec, images, pf)
+    pm.info = {"n_train": len(images), "seed": seed, "warm_steps": warm_steps, "last_steps": last_steps,
+               "threshold_quantile": threshold_quantile, "train_seconds": round(time.time() - t0, 1)}
+    return pm
+
+
+def fit_shapes(adapter, site: str | None = None, n: int = 2000, seed: int = 0, **kw) -> ProtoModel:
+    """:func:`fit` on ``n`` scenes of the shapes world's ``train`` split (24 colour-shape classes)."""
+    from ..data.shapes import PAIRS, make_split
+    from .metrics import labels_for
+
+    scenes = make_split("train", n, seed)
+    pm = fit(adapter, [s.pil() for s in scenes], labels_for(scenes), [f"{c} {s}" for c, s in PAIRS], site=site, seed=seed, **kw)
+    pm.info["data"] = f"shapes:train:{n}:{seed}"
+    return pm
+
+
+__all__ = ["fit", "fit_shapes", "default_site"]
