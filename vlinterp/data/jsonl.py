@@ -9,11 +9,13 @@ from typing import Iterator
 from ..core.errors import PromptError
 
 
-def read_jsonl(path: str, required: tuple[str, ...] = (), image_dir: str | None = None) -> Iterator[tuple[dict, object]]:
+def read_jsonl(path: str, required: tuple[str, ...] = (), image_dir: str | None = None, on_error=None) -> Iterator[tuple[dict, object]]:
     """Yield ``(record, image)`` per non-blank line: ``image`` is the loaded RGB PIL image of the
     record's ``image`` path (relative to ``image_dir``, default the file's folder), or None
-    when the record has none. Raises :class:`PromptError` naming ``path:line`` for a line that is
-    not JSON or lacks a ``required`` field."""
+    when the record has none. A line that is not JSON, lacks a ``required`` field or names an
+    unreadable image raises :class:`PromptError` naming ``path:line``; with ``on_error(line, message)``
+    given, that line is reported there and skipped instead."""
+    from ..core.errors import VlinterpError
     from ..core.images import load_image
 
     base = image_dir or os.path.dirname(os.path.abspath(path))
@@ -22,15 +24,23 @@ def read_jsonl(path: str, required: tuple[str, ...] = (), image_dir: str | None 
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{ln}: not JSON ({e})") from None
-            missing = [k for k in required if k not in d]
-            if missing:
-                raise PromptError(f"{path}:{ln}: missing {', '.join(missing)} (needs {', '.join(required)})")
-            img = d.get("image")
-            if img:
-                img = load_image(img if os.path.isabs(img) else os.path.join(base, img), name=f"{path}:{ln}")
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PromptError(f"{path}:{ln}: not JSON ({e})") from None
+                if not isinstance(d, dict):
+                    raise PromptError(f"{path}:{ln}: expected a JSON object, got {type(d).__name__}")
+                missing = [k for k in required if k not in d]
+                if missing:
+                    raise PromptError(f"{path}:{ln}: missing {', '.join(missing)} (needs {', '.join(required)})")
+                img = d.get("image")
+                if img:
+                    img = load_image(img if os.path.isabs(img) else os.path.join(base, img), name=f"{path}:{ln}")
+            except (VlinterpError, OSError) as e:
+                if on_error is None:
+                    raise
+                on_error(ln, str(e))
+                continue
             yield d, img or None
 
 

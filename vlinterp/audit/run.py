@@ -1,0 +1,213 @@
+"""Run a LLaVA-family model over every rendering of every audit item and measure how consistently it
+answers the same content.
+
+Answers: the model's choice among the item's candidates (first-token logits at the last prompt
+position), or a greedy answer normalised to lowercase words when an item has no candidates.
+Measures: accuracy per rendering; render-equivalence rate (an item is consistent when its
+``text``, ``image``, ``rendered`` and ``mixed`` renderings, those it has, all give one answer) and
+per-pair agreement; an OCR control (equivalence on the items whose rendered text the model reads);
+each rendering factor's accuracy and agreement with the text answer; the correlation between an
+item's consistency and the similarity of its image and text; and inside the model, per layer, the
+cosine between the last-token states of the text and image renderings and a logit-lens reading of
+the answer's probability per rendering.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .render import BASE, FACTORS, renderings
+
+
+def normalise(s: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", str(s).lower()))
+
+
+def _correct(pred: str, answer: str) -> bool:
+    p, a = normalise(pred), normalise(answer)
+    return p == a or p.startswith(a + " ")
+
+
+def _answers(adapter, tasks, batch_size: int, progress: bool) -> dict:
+    """``tasks``: ``[(key, image or None, prompt, candidates or None)]`` -> ``{key: answer}``."""
+    from ..metrics.pope import choose
+
+    groups: dict = {}
+    for t in tasks:
+        groups.setdefault((t[1] is None, tuple(t[3]) if t[3] else None), []).append(t)
+    out = {}
+    bar = tqdm(total=len(tasks), desc="audit: answering", disable=not progress)
+    for (no_image, cands), ts in groups.items():
+        for i in range(0, len(ts), batch_size):
+            chunk = ts[i:i + batch_size]
+            if cands:
+                preds = choose(adapter, [(t[1], t[2]) for t in chunk], list(cands), batch_size)
+            else:
+                b = adapter.prepare(images=None if no_image else [t[1] for t in chunk], text=[t[2] for t in chunk])
+                preds = adapter.generate(b, max_new_tokens=8).texts
+            for t, p in zip(chunk, preds):
+                out[t[0]] = normalise(p)
+            bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+@torch.no_grad()
+def last_states(adapter, pairs, batch_size: int = 32) -> torch.Tensor:
+    """Residual state at the last prompt position after every LM block: ``[n, L, D]`` for
+    ``pairs`` = ``[(image or None, prompt)]`` (one modality per call)."""
+    L = adapter.num_layers("lm")
+    sites = [f"blocks.{i}.resid" for i in range(L)]
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        b = adapter.prepare(images=None if chunk[0][0] is None else [p[0] for p in chunk], text=[p[1] for p in chunk])
+        cache = adapter.run(b, capture=sites).cache
+        last = [int(b.layout.span("last", r)[0]) for r in range(len(chunk))]
+        out.append(torch.stack([torch.stack([cache[s][r, last[r]] for s in sites]) for r in range(len(chunk))]).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def logit_lens(adapter, states: torch.Tensor, token_ids: list[int]) -> np.ndarray:
+    """Probability of ``token_ids[i]`` read from each layer's state: ``[n, L]`` (final norm + head)."""
+    s = adapter._session
+    norm, head = s.module("norm"), s.module("logits")
+    p = head(norm(states.to(adapter.device, adapter.dtype))).float().softmax(-1).cpu()
+    return p[torch.arange(len(token_ids)), :, torch.tensor(token_ids)].numpy()
+
+
+def _first_token(adapter, answer: str) -> int:
+    tok = adapter.tokenizer
+    ids = tok(" " + answer, add_special_tokens=False)["input_ids"] or tok(answer, add_special_tokens=False)["input_ids"]
+    return int(ids[0])
+
+
+def _ocr_ok(adapter, items, rend, batch_size: int, progress: bool) -> list[bool]:
+    """Whether the model reads each item's default rendered text: shapes items, by answering "yes"
+    to a presence question for every object listed; others, by transcribing (word recall >= 0.8)."""
+    from ..data.questions import presence_question
+
+    tasks, owners = [], []
+    for k, it in enumerate(items):
+        img = next(r.image for r in rend[k] if r.name == "rendered")
+        if it.scene is not None:
+            for j, o in enumerate(it.scene.objects):
+                tasks.append(((k, j), img, presence_question(o.colour, o.shape), ["yes", "no"]))
+        else:
+            tasks.append(((k, 0), img, "what is written in the image?", None))
+        owners.append(k)
+    ans = _answers(adapter, tasks, batch_size, progress)
+    ok = [True] * len(items)
+    for (k, j), a in ans.items():
+        it = items[k]
+        if it.scene is not None:
+            ok[k] &= a == "yes"
+        else:
+            words = normalise(it.context).split()
+            ok[k] = bool(words) and np.mean([w in a.split() for w in words]) >= 0.8
+    return ok
+
+
+def _similarity(embedder, items) -> np.ndarray | None:
+    """Cosine between each item's image and its context under a CLIP-family ``embedder``."""
+    if embedder is None or any(it.image is None for it in items):
+        return None
+    sims = []
+    for i in range(0, len(items), 32):
+        chunk = items[i:i + 32]
+        b = embedder.prepare(images=[it.image for it in chunk], text=[it.context for it in chunk])
+        out = embedder.run(b)
+        scale = out.raw.get("logit_scale") if isinstance(out.raw, dict) else None
+        scale = float(scale) if scale is not None else 1.0
+        sims += (torch.diagonal(out.logits.float()) / scale).tolist()
+    return np.array(sims)
+
+
+def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = True, embedder=None, edits=None,
+          batch_size: int = 32, progress: bool = True) -> dict:
+    """The whole audit of ``items`` (see the module docstring); ``edits`` (site -> fn) stay on for
+    every forward, e.g. to plant an inconsistency. Returns a JSON-able dict."""
+    if adapter.family != "llava":
+        from ..core.errors import UnsupportedError
+
+        raise UnsupportedError(f"the modality audit runs LLaVA-family models, not {adapter.family!r}")
+    rend = [renderings(it, seed, factors) for it in items]
+    ctx = adapter.edits(edits) if edits else contextlib.nullcontext()
+    with ctx:
+        tasks = [((k, r.name), r.image, r.prompt, it.candidates) for k, it in enumerate(items) for r in rend[k]]
+        ans = _answers(adapter, tasks, batch_size, progress)
+        ocr = _ocr_ok(adapter, items, rend, batch_size, progress)
+        inner = _inside(adapter, items, rend, batch_size) if inside else None
+    names = list(dict.fromkeys(r.name for rs in rend for r in rs))
+    acc = {n: float(np.mean([_correct(ans[(k, n)], items[k].answer) for k in range(len(items)) if (k, n) in ans])) for n in names}
+    base = [n for n in BASE if n in names]
+    consistent = []
+    for k in range(len(items)):
+        got = [ans[(k, n)] for n in base if (k, n) in ans]
+        consistent.append(len(set(got)) == 1)
+    pairs = {f"{a}|{b}": float(np.mean([ans[(k, a)] == ans[(k, b)] for k in range(len(items)) if (k, a) in ans and (k, b) in ans]))
+             for a, b in itertools.combinations(base, 2) if any((k, a) in ans and (k, b) in ans for k in range(len(items)))}
+    fac = {}
+    for f, values in FACTORS.items():
+        fac[f] = {}
+        for v in values:
+            n = "rendered" if f"rendered:{f}={v}" not in names else f"rendered:{f}={v}"
+            keys = [k for k in range(len(items)) if (k, n) in ans]
+            fac[f][str(v)] = {"accuracy": float(np.mean([_correct(ans[(k, n)], items[k].answer) for k in keys])),
+                              "agrees_with_text": float(np.mean([ans[(k, n)] == ans[(k, "text")] for k in keys]))}
+    cons = np.array(consistent, float)
+    ocr_idx = [k for k in range(len(items)) if ocr[k]]
+    res = {"n_items": len(items), "renderings": names, "accuracy": acc, "render_equivalence": float(cons.mean()),
+           "pair_agreement": pairs, "ocr": {"correct_rate": float(np.mean(ocr)), "n_correct": len(ocr_idx),
+                                            "render_equivalence_on_ocr_correct": float(cons[ocr_idx].mean()) if ocr_idx else None},
+           "factors": fac, "per_item": [{"id": it.id, "consistent": bool(c), "answers": {n: ans.get((k, n)) for n in base}, "answer": it.answer}
+                                        for k, (it, c) in enumerate(zip(items, consistent))]}
+    sim = _similarity(embedder, items)
+    source = "embedder"
+    if sim is None and inner is not None and "text_image_final_cos" in inner:
+        sim, source = np.array(inner.pop("text_image_final_cos")), "model final-layer last-token cosine (text vs image)"
+    elif inner is not None:
+        inner.pop("text_image_final_cos", None)
+    if sim is not None and len(set(cons.tolist())) > 1:
+        res["similarity_vs_consistency"] = {"source": source, "pearson": float(np.corrcoef(sim, cons)[0, 1]),
+                                            "mean_sim_consistent": float(sim[cons == 1].mean()), "mean_sim_inconsistent": float(sim[cons == 0].mean())}
+    elif sim is not None:
+        res["similarity_vs_consistency"] = {"source": source, "pearson": None, "note": "every item had the same consistency"}
+    if inner is not None:
+        res["inside"] = inner
+    return res
+
+
+def _inside(adapter, items, rend, batch_size: int) -> dict:
+    """Per-layer cosine between last-token states of renderings and logit-lens answer probability."""
+    out: dict = {}
+    states = {}
+    for name in ("text", "image", "rendered", "mixed"):
+        idx = [k for k in range(len(items)) if any(r.name == name for r in rend[k])]
+        if not idx:
+            continue
+        pairs = [next((r.image, r.prompt) for r in rend[k] if r.name == name) for k in idx]
+        st = last_states(adapter, pairs, batch_size)
+        states[name] = dict(zip(idx, st))
+        lens = logit_lens(adapter, st, [_first_token(adapter, items[k].answer) for k in idx])
+        out.setdefault("logit_lens", {})[name] = lens.mean(0).tolist()
+    for other in ("image", "rendered", "mixed"):
+        if other in states and "text" in states:
+            common = sorted(set(states["text"]) & set(states[other]))
+            if common:
+                a = torch.stack([states["text"][k] for k in common])
+                b = torch.stack([states[other][k] for k in common])
+                cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # [n, L]
+                out.setdefault("layer_cosine", {})[f"text|{other}"] = cos.mean(0).tolist()
+                if other == "image" and len(common) == len(items):
+                    out["text_image_final_cos"] = cos[:, -1].tolist()
+    return out
+
+
+__all__ = ["audit", "normalise", "last_states", "logit_lens"]
