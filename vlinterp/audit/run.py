@@ -129,10 +129,11 @@ def _similarity(embedder, items) -> np.ndarray | None:
     return np.array(sims)
 
 
-def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = True, embedder=None, edits=None,
-          batch_size: int = 32, progress: bool = True) -> dict:
-    """The whole audit of ``items`` (see the module docstring); ``edits`` (site -> fn) stay on for
-    every forward, e.g. to plant an inconsistency. Returns a JSON-able dict."""
+def audit_raw(adapter, items, start: int = 0, seed: int = 0, factors: bool = True, inside: bool = True, edits=None,
+              batch_size: int = 32, progress: bool = False) -> list[dict]:
+    """Per-item raw results (answers per rendering, OCR control, and with ``inside`` each rendering's
+    per-layer logit-lens probability and last-token states) for ``items``; ``start`` is the index of
+    ``items[0]`` in the whole set (kept in the results)."""
     if adapter.family != "llava":
         from ..core.errors import UnsupportedError
 
@@ -143,8 +144,37 @@ def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = Tr
         tasks = [((k, r.name), r.image, r.prompt, it.candidates) for k, it in enumerate(items) for r in rend[k]]
         ans = _answers(adapter, tasks, batch_size, progress)
         ocr = _ocr_ok(adapter, items, rend, batch_size, progress)
-        inner = _inside(adapter, items, rend, batch_size) if inside else None
-    names = list(dict.fromkeys(r.name for rs in rend for r in rs))
+        inner = _inside(adapter, items, rend, batch_size) if inside else {}
+    out = []
+    for k, it in enumerate(items):
+        row = {"index": start + k, "id": it.id, "answers": {r.name: ans[(k, r.name)] for r in rend[k]}, "ocr": bool(ocr[k])}
+        if inside:
+            row["lens"] = {n: v[k] for n, v in inner["lens"].items() if k in v}
+            row["states"] = {n: v[k] for n, v in inner["states"].items() if k in v}
+        out.append(row)
+    return out
+
+
+def _raw_worker(adapter, items, start, seed, factors, inside, sigma):
+    from .plant import projector_noise
+
+    return audit_raw(adapter, items, start, seed, factors, inside, projector_noise(sigma) if sigma else None)
+
+
+def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = True, embedder=None, edits=None,
+          batch_size: int = 32, progress: bool = True, raw: list[dict] | None = None) -> dict:
+    """The whole audit of ``items`` (see the module docstring); ``edits`` (site -> fn) stay on for
+    every forward, e.g. to plant an inconsistency. ``raw``: per-item results already computed
+    (:func:`audit_raw`, e.g. by workers); only the summary is computed then. Returns a JSON-able dict."""
+    if raw is None:
+        raw = audit_raw(adapter, items, 0, seed, factors, inside, edits, batch_size, progress)
+    return summarise(raw, items, embedder)
+
+
+def summarise(raw: list[dict], items, embedder=None) -> dict:
+    """Accuracy, equivalence, agreement, OCR, factors, similarity and inside curves from per-item results."""
+    names = list(dict.fromkeys(n for r in raw for n in r["answers"]))
+    ans = {(k, n): a for k, r in enumerate(raw) for n, a in r["answers"].items()}
     acc = {n: float(np.mean([_correct(ans[(k, n)], items[k].answer) for k in range(len(items)) if (k, n) in ans])) for n in names}
     base = [n for n in BASE if n in names]
     consistent = []
@@ -162,12 +192,14 @@ def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = Tr
             fac[f][str(v)] = {"accuracy": float(np.mean([_correct(ans[(k, n)], items[k].answer) for k in keys])),
                               "agrees_with_text": float(np.mean([ans[(k, n)] == ans[(k, "text")] for k in keys]))}
     cons = np.array(consistent, float)
+    ocr = [r["ocr"] for r in raw]
     ocr_idx = [k for k in range(len(items)) if ocr[k]]
     res = {"n_items": len(items), "renderings": names, "accuracy": acc, "render_equivalence": float(cons.mean()),
            "pair_agreement": pairs, "ocr": {"correct_rate": float(np.mean(ocr)), "n_correct": len(ocr_idx),
                                             "render_equivalence_on_ocr_correct": float(cons[ocr_idx].mean()) if ocr_idx else None},
            "factors": fac, "per_item": [{"id": it.id, "consistent": bool(c), "answers": {n: ans.get((k, n)) for n in base}, "answer": it.answer}
                                         for k, (it, c) in enumerate(zip(items, consistent))]}
+    inner = _inside_summary(raw) if raw and "states" in raw[0] else None
     sim = _similarity(embedder, items)
     source = "embedder"
     if sim is None and inner is not None and "text_image_final_cos" in inner:
@@ -184,30 +216,38 @@ def audit(adapter, items, seed: int = 0, factors: bool = True, inside: bool = Tr
     return res
 
 
-def _inside(adapter, items, rend, batch_size: int) -> dict:
-    """Per-layer cosine between last-token states of renderings and logit-lens answer probability."""
+def _inside_summary(raw: list[dict]) -> dict:
     out: dict = {}
-    states = {}
+    for name in ("text", "image", "rendered", "mixed"):
+        vals = [r["lens"][name] for r in raw if name in r["lens"]]
+        if vals:
+            out.setdefault("logit_lens", {})[name] = np.mean(vals, 0).tolist()
+    for other in ("image", "rendered", "mixed"):
+        common = [r for r in raw if "text" in r["states"] and other in r["states"]]
+        if common:
+            a = torch.stack([torch.as_tensor(r["states"]["text"]) for r in common])
+            b = torch.stack([torch.as_tensor(r["states"][other]) for r in common])
+            cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # [n, L]
+            out.setdefault("layer_cosine", {})[f"text|{other}"] = cos.mean(0).tolist()
+            if other == "image" and len(common) == len(raw):
+                out["text_image_final_cos"] = cos[:, -1].tolist()
+    return out
+
+
+def _inside(adapter, items, rend, batch_size: int) -> dict:
+    """Per item and base rendering: last-token states ``[L, D]`` and logit-lens answer probability ``[L]``."""
+    states: dict = {}
+    lens: dict = {}
     for name in ("text", "image", "rendered", "mixed"):
         idx = [k for k in range(len(items)) if any(r.name == name for r in rend[k])]
         if not idx:
             continue
         pairs = [next((r.image, r.prompt) for r in rend[k] if r.name == name) for k in idx]
         st = last_states(adapter, pairs, batch_size)
-        states[name] = dict(zip(idx, st))
-        lens = logit_lens(adapter, st, [_first_token(adapter, items[k].answer) for k in idx])
-        out.setdefault("logit_lens", {})[name] = lens.mean(0).tolist()
-    for other in ("image", "rendered", "mixed"):
-        if other in states and "text" in states:
-            common = sorted(set(states["text"]) & set(states[other]))
-            if common:
-                a = torch.stack([states["text"][k] for k in common])
-                b = torch.stack([states[other][k] for k in common])
-                cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # [n, L]
-                out.setdefault("layer_cosine", {})[f"text|{other}"] = cos.mean(0).tolist()
-                if other == "image" and len(common) == len(items):
-                    out["text_image_final_cos"] = cos[:, -1].tolist()
-    return out
+        lp = logit_lens(adapter, st, [_first_token(adapter, items[k].answer) for k in idx])
+        states[name] = {k: st[i] for i, k in enumerate(idx)}
+        lens[name] = {k: lp[i].tolist() for i, k in enumerate(idx)}
+    return {"states": states, "lens": lens}
 
 
-__all__ = ["audit", "normalise", "last_states", "logit_lens"]
+__all__ = ["audit", "audit_raw", "summarise", "normalise", "last_states", "logit_lens"]

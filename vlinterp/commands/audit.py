@@ -25,20 +25,24 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--embedder", default="auto", help="CLIP model for image-text similarity ('auto': shapes-clip for the shapes dataset; 'none')")
     p.add_argument("--no-factors", action="store_true", help="skip the font-size / colour / resolution variants")
     p.add_argument("--plant-noise", type=float, default=0.0, help="also audit with this much noise on the projector output")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers, each with one model replica (needs vlinterp[scale])")
+    p.add_argument("--address", help="existing Ray cluster (ray://host:port or auto) instead of a local one")
     p.add_argument("--json")
     p.add_argument("--report")
 
 
 def _run(args) -> int:
     import sys
+    from functools import partial
 
     import vlinterp as vi
-    from ..audit import audit, load_items, projector_noise, shapes_items
+    from ..audit import load_items, shapes_items
     from ..audit.report import write_report
+    from ..audit.run import _raw_worker, summarise
     from ..core.errors import PromptError
+    from ..scale import WorkerPool
     from ..zoo.common import write_json_atomic
 
-    m = vi.load(args.model)
     errors = []
     if args.dataset == "shapes":
         items = shapes_items(args.n, args.seed)
@@ -54,11 +58,17 @@ def _run(args) -> int:
         emb = vi.load("shapes-clip")
     elif args.embedder not in ("auto", "none"):
         emb = vi.load(args.embedder)
-    res = audit(m, items, seed=args.seed, factors=not args.no_factors, embedder=emb)
-    res.update(model=args.model, dataset=args.dataset, seed=args.seed, skipped_lines=[{"line": ln, "error": e} for ln, e in errors])
+    ids = [it.id for it in items]
+    with WorkerPool(args.model, args.workers, args.address) as pool:
+        work = partial(_raw_worker, seed=args.seed, factors=not args.no_factors, inside=True)
+        raw = pool.map(partial(work, sigma=0.0), items, shard=32, desc="audit", ids=ids)
+        raw_planted = pool.map(partial(work, sigma=args.plant_noise), items, shard=32, desc="audit (planted)", ids=ids) if args.plant_noise > 0 else None
+    res = summarise(raw, items, emb)
+    res.update(model=args.model, dataset=args.dataset, seed=args.seed, workers=args.workers,
+               skipped_lines=[{"line": ln, "error": e} for ln, e in errors])
     planted = None
-    if args.plant_noise > 0:
-        planted = audit(m, items, seed=args.seed, factors=not args.no_factors, embedder=emb, edits=projector_noise(args.plant_noise))
+    if raw_planted is not None:
+        planted = summarise(raw_planted, items, emb)
         res["planted"] = {k: planted[k] for k in ("accuracy", "render_equivalence", "pair_agreement") if k in planted}
         res["planted"]["sigma"] = args.plant_noise
     print(f"{len(items)} items: render-equivalence {res['render_equivalence']:.3f}; accuracy "

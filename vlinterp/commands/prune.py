@@ -27,6 +27,8 @@ def _add(p: argparse.ArgumentParser):
     b.add_argument("--batch", type=int, default=32)
     b.add_argument("--repeats", type=int, default=7)
     b.add_argument("--horizon", type=int, help="hybrid's horizon layer (default: from the information curve)")
+    b.add_argument("--workers", type=int, default=1, help="Ray workers for the accuracy part (latency is timed here)")
+    b.add_argument("--address", help="existing Ray cluster instead of a local one")
     b.add_argument("--json")
     b.add_argument("--plot", default="prune_retention.png")
     i = sub.add_parser("info", help="per-token information by layer, proxies and the horizon")
@@ -59,7 +61,12 @@ def _run(args) -> int:
         if bad:
             raise PromptError(f"unknown pruning method(s) {bad}; choose from {sorted(REGISTRY)}")
         keeps = [float(x) for x in args.keep.split(",") if x.strip()]
-        res = run_bench(m, keeps, methods, n=args.n, seed=args.seed, batch_size=args.batch, repeats=args.repeats, horizon=args.horizon)
+        from ..scale import WorkerPool
+
+        with WorkerPool(args.model, args.workers, args.address) as pool:
+            res = run_bench(m, keeps, methods, n=args.n, seed=args.seed, batch_size=args.batch, repeats=args.repeats, horizon=args.horizon,
+                            pool=pool if args.workers > 1 else None)
+        res["workers"] = args.workers
         print(table(res))
         if args.plot:
             print(f"plot: {plot_retention(res, args.plot)}")

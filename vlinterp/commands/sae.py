@@ -28,6 +28,8 @@ def _add(p: argparse.ArgumentParser):
     h.add_argument("--keep", default="content", choices=["all", "content", "image", "text"])
     h.add_argument("--batch-size", type=int, default=16)
     h.add_argument("--shard-samples", type=int, default=256)
+    h.add_argument("--workers", type=int, default=1, help="Ray workers writing shards straight into the store (needs vlinterp[scale])")
+    h.add_argument("--address", help="existing Ray cluster instead of a local one")
     t = sub.add_parser("train", help="train an SAE (SAELens) on a store")
     t.add_argument("--store", required=True)
     t.add_argument("--out", required=True, help="SAE directory (SAELens format + vlinterp.json)")
@@ -79,9 +81,16 @@ def _run(args) -> int:
         from .. import load
         from ..sae.store import ActivationStore, items_from_spec
 
-        m = load(args.model)
-        st = ActivationStore.harvest(m, args.site, items_from_spec(args.dataset), out_dir=args.out, batch_size=args.batch_size,
-                                     shard_samples=args.shard_samples, keep=args.keep, dataset=args.dataset)
+        if args.workers > 1:
+            from ..sae.store_parallel import harvest_parallel
+            from ..scale import WorkerPool
+
+            with WorkerPool(args.model, args.workers, args.address) as pool:
+                st = harvest_parallel(pool, args.model, args.site, args.dataset, args.out, args.batch_size, args.shard_samples, args.keep)
+        else:
+            m = load(args.model)
+            st = ActivationStore.harvest(m, args.site, items_from_spec(args.dataset), out_dir=args.out, batch_size=args.batch_size,
+                                         shard_samples=args.shard_samples, keep=args.keep, dataset=args.dataset)
         print(f"{len(st)} rows x {st.d} from {st.meta['samples_done']} samples -> {args.out}")
     elif cmd == "train":
         from ..sae.attach import save_sae

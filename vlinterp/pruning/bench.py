@@ -41,13 +41,15 @@ def eval_items(split: str = "test", n: int = 128, seed: int = 21) -> list[tuple]
     return items
 
 
-def answers(runner: PrunedLM, items, pruner=None, batch_size: int = 32, seed: int = 0) -> list[bool]:
-    """Whether each item is answered correctly under ``pruner``."""
+def answers(runner: PrunedLM, items, pruner=None, batch_size: int = 32, seed: int = 0, start: int = 0) -> list[bool]:
+    """Whether each item is answered correctly under ``pruner``. Random choices are seeded per batch
+    from ``seed`` and the batch's index in the whole set (``start`` = index of ``items[0]``), so any
+    split into shards of whole batches gives the same answers."""
     a = runner.adapter
     ok = []
-    g = torch.Generator().manual_seed(seed)
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + start + i)
         b = a.prepare(images=[it[0] for it in chunk], text=[it[1] for it in chunk])
         logits = runner.prefill(b, pruner, generator=g).logits.float().cpu()
         for r, (_, _, ans, cands, _) in enumerate(chunk):
@@ -77,20 +79,37 @@ def latency(runner: PrunedLM, batch, pruners: dict, repeats: int = 7) -> dict[st
     return {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in times.items()}
 
 
+def _answers_worker(adapter, items, start, spec=None, horizon=None, batch_size=32):
+    p = None if spec is None else make_pruner(spec, **({"horizon": horizon} if spec.startswith("hybrid") else {}))
+    return answers(PrunedLM(adapter), items, p, batch_size, start=start)
+
+
 def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv", "visionzip", "info", "hybrid"), n: int = 128,
-              seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True) -> dict:
-    """The full comparison; returns a JSON-able dict (``rows``: one per method and keep ratio)."""
+              seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True,
+              pool=None) -> dict:
+    """The full comparison; returns a JSON-able dict (``rows``: one per method and keep ratio).
+    ``pool`` (a :class:`~vlinterp.scale.WorkerPool` on the same model) computes the accuracies on
+    its workers; latencies are always timed here, side by side."""
+    from functools import partial
+
     from .information import horizon_for
 
     runner = PrunedLM(adapter)
     items = eval_items("test", n, seed)
     hz = horizon if horizon is not None else horizon_for(adapter, progress=progress)
-    base_ok = answers(runner, items, None, batch_size)
-    base = _acc(base_ok, items)
+
+    def ok_for(spec):
+        if pool is None:
+            p = None if spec is None else make_pruner(spec, **({"horizon": hz} if spec.startswith("hybrid") else {}))
+            return answers(runner, items, p, batch_size)
+        return pool.map(partial(_answers_worker, spec=spec, horizon=hz, batch_size=batch_size), items, shard=4 * batch_size,
+                        desc=spec or "unpruned", progress=False)
+
+    base = _acc(ok_for(None), items)
     specs = {f"{m}:{k:g}": make_pruner(f"{m}:{k:g}", **({"horizon": hz} if m == "hybrid" else {})) for k in keeps for m in methods}
     rows = []
     for name, p in tqdm(specs.items(), desc="pruning bench", disable=not progress):
-        acc = _acc(answers(runner, items, p, batch_size), items)
+        acc = _acc(ok_for(name), items)
         rows.append({"method": name.split(":")[0], "keep": p.keep, "accuracy": acc,
                      "retention": {k: (acc[k] / base[k] if base[k] else float("nan")) for k in acc}})
     lat_batch = adapter.prepare(images=[it[0] for it in items[:batch_size]], text=[it[1] for it in items[:batch_size]])

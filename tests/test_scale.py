@@ -1,0 +1,100 @@
+"""Scale-out on a local Ray cluster with 2 workers: results equal the single-process run; a failing
+worker's error names the items."""
+import json
+
+import pytest
+
+pytest.importorskip("ray")
+
+from vlinterp.cli import main  # noqa: E402
+from vlinterp.scale import WorkerError, WorkerPool  # noqa: E402
+
+
+def test_audit_with_two_workers_equals_one(tmp_path):
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    args = ["audit", "--n", "40", "--seed", "3", "--no-factors", "--embedder", "none", "--plant-noise", "3"]
+    assert main(args + ["--json", str(one)]) == 0
+    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["workers"] == 2
+    for k in ("per_item", "accuracy", "render_equivalence", "pair_agreement", "ocr", "inside", "planted"):
+        assert a[k] == b[k], k
+
+
+def test_prune_bench_with_two_workers_equals_one(tmp_path):
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    args = ["prune", "bench", "--n", "48", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
+            "--batch", "16", "--plot", ""]
+    assert main(args + ["--json", str(one)]) == 0
+    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["unpruned"]["accuracy"] == b["unpruned"]["accuracy"]
+    assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]
+
+
+def _fails_on_seven(adapter, items, start):
+    if 7 in items:
+        raise ValueError("bad item")
+    return [x * 2 for x in items]
+
+
+def test_worker_error_names_the_items():
+    import sys
+
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship this test module's function by value
+    items = list(range(12))
+    with WorkerPool("tiny:vit", workers=2) as pool:
+        assert pool.map(_fails_on_seven, [x for x in items if x != 7], shard=3, progress=False) == [2 * x for x in items if x != 7]
+        with pytest.raises(WorkerError, match="item-6"):
+            pool.map(_fails_on_seven, items, shard=3, ids=[f"item-{i}" for i in items], progress=False)
+    with WorkerPool("tiny:vit", workers=1) as pool:  # in-process path, same results
+        assert pool.map(_fails_on_seven, [1, 2, 3], shard=2, progress=False) == [2, 4, 6]
+
+
+def _dying_worker(adapter, ks, start, **kw):
+    """Like the harvest worker, but the process dies on shard 2 after leaving a stray file."""
+    import os
+
+    from vlinterp.sae import store_parallel
+
+    if 2 in ks:
+        with open(os.path.join(kw["out_dir"], "shard_00002.safetensors"), "wb") as f:
+            f.write(b"half-written")
+        os._exit(1)
+    return [store_parallel.harvest_shard(adapter, k=k, **kw) for k in ks]
+
+
+def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
+    import sys
+
+    import ray
+    import torch
+
+    import vlinterp as vi
+    from vlinterp.sae import store_parallel
+    from vlinterp.sae.store import ActivationStore, items_from_spec
+
+    spec, site = "shapes:sae-train:24:0:caption", "blocks.1.resid"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: same kernels, same numbers
+    try:
+        ref = ActivationStore.harvest(vi.load("shapes-llava"), site, items_from_spec(spec), out_dir=str(tmp_path / "ref"), batch_size=4,
+                                      shard_samples=6, keep="content", dataset=spec, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = str(tmp_path / "par")
+    monkeypatch.setattr(store_parallel, "_worker", _dying_worker)
+    with WorkerPool("shapes-llava", workers=2) as pool:
+        with pytest.raises(WorkerError, match="shard 2"):
+            store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, keep="content", progress=False)
+    monkeypatch.undo()
+    listed = json.loads((tmp_path / "par" / "manifest.json").read_text())["shards"]
+    assert "shard_00002.safetensors" not in {s["file"] for s in listed}
+    with WorkerPool("shapes-llava", workers=2) as pool:
+        st = store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, keep="content", progress=False)
+    assert st.meta["complete"] and [s["samples"] for s in st.meta["shards"]] == [[0, 5], [6, 11], [12, 17], [18, 23]]
+    for k in ref.rows:
+        assert torch.equal(ref.rows[k], st.rows[k]), k
