@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.attention import hf_self_attention
+from ..core.compat import cache_kwarg
 from ..core.errors import PromptError, UnsupportedError
 from ..core.types import Batch, Generation
 
@@ -110,6 +111,7 @@ class PrunedLM:
         if self.impl not in ("sdpa", "eager"):
             raise UnsupportedError(f"pruning builds its own attention masks for sdpa/eager; the model runs {self.impl!r} (load it with attn_implementation='sdpa')")
         self.image_token = cfg.image_token_index
+        self.cache_arg = cache_kwarg(type(self.layers[0]).forward)
         self.timing: dict[str, float] = {}  # seconds of the last prefill: vision side (tower, projector, embedding) and LM
 
     # ---------------------------------------------------------------- inputs
@@ -160,7 +162,8 @@ class PrunedLM:
     def _hf_mask(self, h, valid, pos):
         from transformers.masking_utils import create_causal_mask
 
-        return create_causal_mask(config=self.lm.config, inputs_embeds=h, attention_mask=valid, past_key_values=None, position_ids=pos)
+        return create_causal_mask(config=self.lm.config, inputs_embeds=h, attention_mask=valid, position_ids=pos,
+                                  **{cache_kwarg(create_causal_mask): None})
 
     # --------------------------------------------------------------- prefill
     @torch.no_grad()
@@ -235,7 +238,7 @@ class PrunedLM:
                 attn = hf_self_attention(layer.self_attn, (attn_in,), {"position_embeddings": pe, "attention_mask": mask})
             else:
                 attn = attn_in = None
-            out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, past_key_values=cache, use_cache=True)
+            out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
             h = out[0] if isinstance(out, tuple) else out
         logits = self.head(self.lm.norm(h))[:, -1]
         self.timing = {"vision": t1 - t0, "lm": time.perf_counter() - t1}
@@ -268,7 +271,7 @@ class PrunedLM:
                 if biases[l] is not None:
                     biases[l] = torch.cat([biases[l], torch.zeros(B, 1, dtype=biases[l].dtype, device=h.device)], 1)
                 mask = self._finish(valids[l][:, None, None, :], biases[l])
-                out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=p, past_key_values=pre.cache, use_cache=True)
+                out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=p, use_cache=True, **{self.cache_arg: pre.cache})
                 h = out[0] if isinstance(out, tuple) else out
             logits = self.head(self.lm.norm(h))[:, -1]
             nxt = logits.argmax(-1)

@@ -9,7 +9,8 @@ norm and head at the last position. Hooks and edits at the blocks' sites fire as
 forward but see the suffix ``[n, T - p0, D]`` only.
 
 It needs decoder layers whose attention stores keys/values through the cache protocol
-``past_key_values.update(k, v, layer_idx) -> (k_all, v_all)`` (transformers' decoders) and the
+``cache.update(k, v, layer_idx) -> (k_all, v_all)`` (transformers' decoders; the argument is
+``past_key_values`` before transformers 5.24) and the
 sites ``blocks.{i}.resid`` (the decoder layers), ``norm`` and ``logits``: :func:`supports` says
 whether it applies (the LLaVA language model).
 """
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from ..core.compat import CACHE_NAMES, cache_kwarg
 from ..core.types import Batch
 
-_DROP = ("past_key_values", "past_key_value", "use_cache", "output_attentions", "hidden_states")
+_DROP = CACHE_NAMES + ("use_cache", "output_attentions", "hidden_states")
 
 
 def supports(adapter, stream: str) -> bool:
@@ -77,7 +79,8 @@ class LMResumer:
                 got[i] = h.detach().clone()
                 if i == 0:
                     kw.update({k: v for k, v in kwargs.items() if k not in _DROP})
-                return args, {**kwargs, "past_key_values": rec, "use_cache": False}
+                kw_out = {k: v for k, v in kwargs.items() if k not in CACHE_NAMES}
+                return args, {**kw_out, cache_kwarg(type(module).forward): rec, "use_cache": False}
 
             return pre
 
@@ -125,7 +128,8 @@ class LMResumer:
         kw = self._suffix_kwargs(p0, T, h.device, h.dtype)
         with torch.no_grad(), a._running(batch), a._session.hooks(None, edits):
             for i in range(start, self.L):
-                out = self.layers[i](h, past_key_values=_PrefixKV(self.kv.kv, p0, n), use_cache=False, **kw)
+                cache = {cache_kwarg(type(self.layers[i]).forward): _PrefixKV(self.kv.kv, p0, n)}
+                out = self.layers[i](h, use_cache=False, **cache, **kw)
                 h = out[0] if isinstance(out, tuple) else out
             return self.head(self.norm(h))[:, last - p0]
 
