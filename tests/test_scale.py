@@ -98,3 +98,28 @@ def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path
     assert st.meta["complete"] and [s["samples"] for s in st.meta["shards"]] == [[0, 5], [6, 11], [12, 17], [18, 23]]
     for k in ref.rows:
         assert torch.equal(ref.rows[k], st.rows[k]), k
+
+
+def test_bench_saliency_with_two_workers_equals_one(tmp_path):
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    args = ["bench", "saliency", "--model", "shapes-vit", "--methods", "relevancy,attention", "--n", "6", "--steps", "4"]
+    assert main(args + ["--json", str(one)]) == 0
+    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["items"] == b["items"] > 6
+    for name in ("relevancy", "attention", "random", "centre"):
+        ra, rb = dict(a["rows"][name]), dict(b["rows"][name])
+        ra.pop("seconds"), rb.pop("seconds")  # wall time is not a result
+        # gradients summed by 1 thread (worker) or 2 (this process) differ in the last bits
+        assert ra == pytest.approx(rb, rel=1e-6, abs=1e-9), name
+
+
+def test_steer_eval_with_two_workers_equals_one(tmp_path):
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    args = ["steer", "eval", "--methods", "none,vcd", "--n", "32", "--captions", "8", "--seed", "4"]
+    assert main(args + ["--json", str(one)]) == 0
+    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    for name in ("none", "vcd"):
+        a[name].pop("fit_and_eval_seconds"), b[name].pop("fit_and_eval_seconds")
+        assert a[name] == b[name], name

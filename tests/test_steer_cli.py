@@ -12,7 +12,7 @@ def test_steer_eval_and_generate_on_tiny(tmp_path, capsys):
     table = json.loads(js.read_text())
     assert set(table) == {"none", "vcd"}
     for row in table.values():
-        assert set(row) == {"random", "popular", "adversarial", "colour", "count", "chair", "fit_seconds"}
+        assert set(row) == {"random", "popular", "adversarial", "colour", "count", "chair", "fit_and_eval_seconds"}
         assert 0 <= row["chair"]["chair_s"] <= 1
         assert 0 <= row["adversarial"]["false_yes"] <= 1 and 0 <= row["colour"] <= 1
     assert "adv false-yes" in capsys.readouterr().out

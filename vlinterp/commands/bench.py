@@ -190,67 +190,100 @@ def _applicable(names, m, methods_arg, sample_steps: int = 20):
     return out, skipped
 
 
-def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
-                   progress: bool = True, sample_steps: int = 20) -> dict:
-    """Run the benchmark; returns ``{"rows": {method: {metric: mean}}, ...}`` (see the module doc)."""
-    import numpy as np
+def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20) -> list[dict]:
+    """Measure every method (and the random / centre baselines) on the held-out scenes with these
+    indices. One entry per scene: ``{"per": {method: [measures per item]}, "extras": [...],
+    "skipped": {method: reason}}``. Scenes are independent (the random map's seed comes from the
+    scene index and the item's place in it), so any split of the scenes gives the same entries."""
+    from .. import metrics as M
+    from ..core.errors import UnsupportedError
 
-    from tqdm import tqdm
+    meths, skipped = _applicable(names, m, methods_given, sample_steps)
+    if not meths:
+        raise UnsupportedError(f"no saliency method runs on {m.family} models (tried: {', '.join(names)})")
+    kw = {"steps": sample_steps} if m.family == "diffusion" else {}
+    out = []
+    for si in scene_indices:
+        from ..data import make_scene
+
+        entry = {"per": {k: [] for k in [*meths, "random", "centre"]}, "extras": [], "skipped": {}}
+        for j, item in enumerate(ITEMS[m.family](m, [make_scene(SPLIT, seed, si)], seed, **kw)):
+            entry["extras"].append(item.extra)
+            base = None
+            for name, meth in list(meths.items()):
+                t0 = time.perf_counter()
+                try:
+                    res = meth.attribute(item.batch, target=item.target)
+                except UnsupportedError as e:
+                    if methods_given:
+                        raise
+                    entry["skipped"][name] = skipped[name] = f"UnsupportedError: {e}"
+                    del meths[name]
+                    continue
+                dt = time.perf_counter() - t0
+                if not _is_image_map(res):
+                    if methods_given:
+                        raise UnsupportedError(f"{name} does not return an image map (scores {tuple(res.scores.shape)} over its layout)")
+                    entry["skipped"][name] = skipped[name] = "not an image map"
+                    del meths[name]
+                    continue
+                if item.mask is None:  # diffusion: GT from the generated image
+                    img = _generated(m, item, res)
+                    item.mask = colour_mask(img, item.extra["colour"])
+                    item.extra["mask_pixels"] = int(item.mask.sum())
+                if not item.mask.any():
+                    break
+                entry["per"][name].append({**measure(res, item, item.row, steps if item.score_fn else 0, seed), "seconds": dt})
+                base = base or res
+            if base is None or item.mask is None or not item.mask.any():
+                continue
+            rseed = seed + 1000 * (si + 1) + j
+            for bname, fn in (("random", lambda r: M.random_map(r, seed=rseed)), ("centre", M.centre_map)):
+                entry["per"][bname].append({**measure(fn(base), item, item.row, steps if item.score_fn else 0, seed), "seconds": 0.0})
+        entry["skipped"].update(skipped)
+        out.append(entry)
+    return out
+
+
+def _bench_worker(adapter, scene_indices, start, **kw):
+    return scene_measures(adapter, scene_indices, **kw)
+
+
+def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
+                   progress: bool = True, sample_steps: int = 20, workers: int = 1, address: str | None = None) -> dict:
+    """Run the benchmark; returns ``{"rows": {method: {metric: mean}}, ...}`` (see the module doc).
+    ``workers`` > 1 measures the scenes on Ray workers (one model replica each); the rows equal
+    the single-process run."""
+    from functools import partial
+
+    import numpy as np
 
     import vlinterp as vi
 
-    from .. import metrics as M
     from .. import saliency
     from ..core.errors import UnsupportedError
+    from ..scale import WorkerPool
 
     m = vi.load(model)
     if m.family not in ITEMS:
         raise UnsupportedError(f"bench saliency does not support {m.family} models")
     names = methods or [x for x in saliency.names(m.family) if x not in WRAPPERS]
-    meths, skipped = _applicable(names, m, bool(methods), sample_steps)
-    if not meths:
-        raise UnsupportedError(f"no saliency method runs on {m.family} models (tried: {', '.join(names)})")
-    per: dict[str, list[dict]] = {k: [] for k in [*meths, "random", "centre"]}
-    scenes = _scenes(n, seed)
-    kw = {"steps": sample_steps} if m.family == "diffusion" else {}
-    gen = ITEMS[m.family](m, scenes, seed, **kw)
-    n_items, extras = 0, []
-    bar = tqdm(gen, desc=f"bench {m.name}", unit="item", disable=None if progress else True, leave=False)
-    for item in bar:
-        n_items += 1
-        extras.append(item.extra)
-        base = None
-        for name, meth in list(meths.items()):
-            t0 = time.perf_counter()
-            try:
-                res = meth.attribute(item.batch, target=item.target)
-            except UnsupportedError as e:
-                if methods:
-                    raise
-                skipped[name] = f"UnsupportedError: {e}"
-                del meths[name]
-                continue
-            dt = time.perf_counter() - t0
-            if not _is_image_map(res):
-                if methods:
-                    raise UnsupportedError(f"{name} does not return an image map (scores {tuple(res.scores.shape)} over its layout)")
-                skipped[name] = "not an image map"
-                del meths[name]
-                continue
-            if item.mask is None:  # diffusion: GT from the generated image
-                img = _generated(m, item, res)
-                item.mask = colour_mask(img, item.extra["colour"])
-                item.extra["mask_pixels"] = int(item.mask.sum())
-            if not item.mask.any():
-                break
-            per[name].append({**measure(res, item, item.row, steps if item.score_fn else 0, seed), "seconds": dt})
-            base = base or res
-        if base is None or item.mask is None or not item.mask.any():
-            continue
-        for bname, fn in (("random", lambda r, k=n_items: M.random_map(r, seed=seed + k)), ("centre", M.centre_map)):
-            per[bname].append({**measure(fn(base), item, item.row, steps if item.score_fn else 0, seed), "seconds": 0.0})
+    work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps)
+    with WorkerPool(model, workers, address) as pool:
+        if workers <= 1:
+            pool._local = m
+        entries = pool.map(work, list(range(n)), shard=max(1, -(-n // max(1, 2 * workers))), desc=f"bench {m.name}", progress=progress)
+    skipped: dict = {}
+    for e in entries:
+        skipped.update(e["skipped"])
+    per: dict[str, list[dict]] = {}
+    extras = []
+    for e in entries:
+        extras += e["extras"]
+        for k, v in e["per"].items():
+            per.setdefault(k, []).extend(v)
     rows = {k: _mean(v) for k, v in per.items() if v and k not in skipped}
-    out = {"model": model, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n, "items": n_items,
+    out = {"model": model, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n, "items": len(extras),
            "steps": steps, "rows": rows, "skipped": skipped}
     if m.family == "llava" and extras:
         out["answer_accuracy"] = float(np.mean([e.get("correct", False) for e in extras]))
@@ -298,6 +331,8 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=1, help="held-out scene seed")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (0 = skip them)")
     p.add_argument("--sample-steps", type=int, default=20, help="diffusion: sampler steps per generated image")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers (needs vlinterp[scale]); rows equal the single-process run")
+    p.add_argument("--address", help="existing Ray cluster instead of a local one")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
 
 
@@ -310,7 +345,8 @@ def _saliency(args) -> int:
     if not 0 <= args.steps <= 1000:
         raise PromptError(f"--steps must be in 0..1000, got {args.steps}")
     methods = [x.strip() for x in args.methods.split(",") if x.strip()] if args.methods else None
-    res = bench_saliency(args.model, methods, args.n, args.seed, args.steps, sample_steps=args.sample_steps)
+    res = bench_saliency(args.model, methods, args.n, args.seed, args.steps, sample_steps=args.sample_steps, workers=args.workers,
+                         address=args.address)
     print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} items on {res['scenes']} held-out scenes (seed {res['seed']})")
     print(table(res))
     if res.get("answer_accuracy") is not None:

@@ -35,6 +35,8 @@ def _add(p: argparse.ArgumentParser):
     e.add_argument("--captions-jsonl", help="your caption-truth file (image, objects per line) for CHAIR")
     e.add_argument("--vocab", help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
     e.add_argument("--image-dir", help="folder the image paths in those files are relative to")
+    e.add_argument("--workers", type=int, default=1, help="Ray workers, each fitting the methods once (needs vlinterp[scale])")
+    e.add_argument("--address", help="existing Ray cluster instead of a local one")
     e.add_argument("--json")
     g = sub.add_parser("generate", help="answer with a steering method on")
     g.add_argument("image")
@@ -106,40 +108,93 @@ def evaluate_user(m, method, pope_items=None, caption_truth=None, vocab=None) ->
     return row
 
 
-def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
+def eval_tasks(n: int, seed: int, n_captions: int = 0, split: str = "test") -> list[tuple]:
+    """The evaluation as a flat task list ``(key, image, prompt, candidates or None, truth)``: POPE
+    random / popular / adversarial, colour, count, and free captions (``candidates`` None) for CHAIR."""
     from ..data.questions import count_questions, pope_split
     from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
-    from ..metrics.pope import yes_no_scores
 
-    row = {}
+    tasks = []
     for neg in ("random", "popular", "adversarial"):
-        items = pope_split(split, n, seed, neg)
-        pred = _answers(method, m, [(s.pil(), qa.question) for s, qa in items], ["yes", "no"])
-        row[neg] = yes_no_scores(pred, [qa.answer for _, qa in items])
-    col, cnt = [], []
+        tasks += [(neg, s.pil(), qa.question, ("yes", "no"), qa.answer) for s, qa in pope_split(split, n, seed, neg)]
     for s in make_split(split, n, seed):
         rng = scene_rng(split, seed, s.index, 99)
         once = [o for o in s.objects if s.count(o.shape) == 1]
         if once:
             o = once[int(rng.integers(len(once)))]
-            col.append((s.pil(), f"what color is the {o.shape}?", o.colour))
+            tasks.append(("colour", s.pil(), f"what color is the {o.shape}?", tuple(COLOURS), o.colour))
         qa = count_questions(s, rng)[0]
-        cnt.append((s.pil(), qa.question, qa.answer))
-    for key, items, cands in (("colour", col, COLOURS), ("count", cnt, NUM_WORDS)):
-        pred = _answers(method, m, [(im, q) for im, q, _ in items], cands)
-        row[key] = sum(p == a for p, (_, _, a) in zip(pred, items)) / max(1, len(items))
+        tasks.append(("count", s.pil(), qa.question, tuple(NUM_WORDS), qa.answer))
     if n_captions:
-        from ..metrics.chair import chair
+        tasks += [("chair", s.pil(), "describe the image.", None, s) for s in make_split("chair", n_captions, seed)]
+    return tasks
 
-        scenes = make_split("chair", n_captions, seed)
-        row["chair"] = chair(captions(method, m, [s.pil() for s in scenes]), scenes)
+
+def run_tasks(method, m, tasks) -> list[str]:
+    """Predictions for consecutive runs of tasks with the same candidates (captions: free text)."""
+    out = []
+    i = 0
+    while i < len(tasks):
+        j = i
+        while j < len(tasks) and tasks[j][3] == tasks[i][3]:
+            j += 1
+        run = tasks[i:j]
+        if run[0][3] is None:
+            out += captions(method, m, [t[1] for t in run])
+        else:
+            out += _answers(method, m, [(t[1], t[2]) for t in run], list(run[0][3]))
+        i = j
+    return out
+
+
+def score_tasks(tasks, preds) -> dict:
+    from ..metrics.chair import chair
+    from ..metrics.pope import yes_no_scores
+
+    row = {}
+    for key in ("random", "popular", "adversarial"):
+        got = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == key]
+        row[key] = yes_no_scores([p for p, _ in got], [g for _, g in got])
+    for key in ("colour", "count"):
+        got = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == key]
+        row[key] = sum(p == g for p, g in got) / max(1, len(got))
+    caps = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == "chair"]
+    if caps:
+        row["chair"] = chair([p for p, _ in caps], [s for _, s in caps])
     return row
+
+
+def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
+    tasks = eval_tasks(n, seed, n_captions, split)
+    return score_tasks(tasks, run_tasks(method, m, tasks))
+
+
+_FITTED: dict = {}
+
+
+def _steer_worker(adapter, tasks, start, name: str):
+    key = (id(adapter.model), name)
+    if key not in _FITTED:
+        _FITTED[key] = fit_method(name, adapter)
+    return run_tasks(_FITTED[key], adapter, tasks)
+
+
+def _print_table(table: dict) -> None:
+    print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} "
+          f"{'count':>5s} {'CHAIR_S':>7s} {'CHAIR_I':>7s}")
+    for name, r in table.items():
+        a = r["adversarial"]
+        ch = r.get("chair", {})
+        print(f"{name:9s} {a['accuracy']:7.3f} {a['f1']:6.3f} {a['false_yes']:13.3f} {r['popular']['accuracy']:7.3f} "
+              f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f} {ch.get('chair_s', float('nan')):7.3f} "
+              f"{ch.get('chair_i', float('nan')):7.3f}")
 
 
 def _run(args) -> int:
     from .. import load
 
-    m = load(args.model)
+    shapes_eval = args.steer_cmd == "eval" and not (args.pope_jsonl or args.captions_jsonl)
+    m = None if shapes_eval else load(args.model)
     if args.steer_cmd == "eval" and (args.pope_jsonl or args.captions_jsonl):
         from ..core.errors import PromptError
         from ..metrics.chair import load_caption_truth, load_vocabulary
@@ -162,22 +217,27 @@ def _run(args) -> int:
             from ..viz.overlay import write_bytes_atomic
 
             write_bytes_atomic(args.json, json.dumps(table, indent=1).encode())
-    elif args.steer_cmd == "eval":
+    elif shapes_eval:
+        from functools import partial
+
+        from ..scale import WorkerPool
+
+        names = [x.strip() for x in args.methods.split(",") if x.strip()]
+        bad = [x for x in names if x not in METHODS]
+        if bad:
+            from ..core.errors import UnsupportedError
+
+            raise UnsupportedError(f"unknown steering method(s) {', '.join(bad)}; one of {', '.join(METHODS)}")
+        tasks = eval_tasks(args.n, args.seed, args.captions)
         table = {}
-        for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
-            t0 = time.perf_counter()
-            method = fit_method(name, m)
-            fit_s = time.perf_counter() - t0
-            table[name] = evaluate(m, method, args.n, args.seed, args.captions)
-            table[name]["fit_seconds"] = fit_s
-        print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} "
-              f"{'count':>5s} {'CHAIR_S':>7s} {'CHAIR_I':>7s}")
-        for name, r in table.items():
-            a = r["adversarial"]
-            ch = r.get("chair", {})
-            print(f"{name:9s} {a['accuracy']:7.3f} {a['f1']:6.3f} {a['false_yes']:13.3f} {r['popular']['accuracy']:7.3f} "
-                  f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f} {ch.get('chair_s', float('nan')):7.3f} "
-                  f"{ch.get('chair_i', float('nan')):7.3f}")
+        with WorkerPool(args.model, args.workers, args.address) as pool:
+            for name in names:
+                t0 = time.perf_counter()
+                preds = pool.map(partial(_steer_worker, name=name), tasks, shard=64, desc=f"steer eval {name}",
+                                 ids=[f"{t[0]} item {i}" for i, t in enumerate(tasks)])
+                table[name] = score_tasks(tasks, preds)
+                table[name]["fit_and_eval_seconds"] = time.perf_counter() - t0
+        _print_table(table)
         if args.json:
             from ..viz.overlay import write_bytes_atomic
 

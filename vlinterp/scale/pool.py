@@ -6,7 +6,8 @@ on the workers (each loads the model once, by name or path, with ``vlinterp.load
 per-item results concatenated in item order, exactly as one process calling ``fn`` shard by shard
 would. ``fn`` must be a module-level function (it is shipped to the workers by reference).
 
-``workers <= 1`` runs in this process without Ray. ``address`` connects to an existing cluster
+``workers <= 1`` runs in this process without Ray (torch's thread setting untouched; workers run
+``threads`` each, 1 by default: on the organisms the numbers agree bit for bit either way). ``address`` connects to an existing cluster
 (``ray://host:port`` or ``auto``); otherwise a local Ray instance with ``workers`` CPUs is started and
 shut down on exit. A failed shard raises :class:`WorkerError` naming the first item id of the shard.
 Progress (tqdm) counts finished items across all workers.
@@ -95,19 +96,12 @@ class WorkerPool:
         bar = tqdm(total=len(items), desc=desc, disable=not progress)
         out: list = [None] * len(shards)
         if not self._actors:
-            import torch
-
             ad = self.local_adapter()
-            before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)  # as the workers run: same kernels, same numbers
-            try:
-                for k, (a, chunk) in enumerate(shards):
-                    out[k] = fn(ad, chunk, a)
-                    if on_done is not None:
-                        on_done(out[k])
-                    bar.update(len(chunk))
-            finally:
-                torch.set_num_threads(before)
+            for k, (a, chunk) in enumerate(shards):
+                out[k] = fn(ad, chunk, a)
+                if on_done is not None:
+                    on_done(out[k])
+                bar.update(len(chunk))
         else:
             ray = self._ray
             pending = {}
