@@ -102,9 +102,18 @@ class Adapter:
             yield self
 
     @contextlib.contextmanager
-    def capture(self, sites: str | Iterable[str], positions=None, grad: bool = False):
-        """Record sites for every run/generate inside the block; yields the :class:`Cache`."""
-        with self._session.hooks(sites, None, positions, grad) as cache:
+    def capture(self, sites: str | Iterable[str], positions=None, grad: bool = False, budget_mb: float | None = None,
+                spill_dir: str | None = None):
+        """Record sites for every run/generate inside the block; yields the :class:`Cache`.
+        ``budget_mb``: keep at most that many MB of captures in memory (moved to CPU); the rest
+        stream to raw ``.bin`` files in ``spill_dir`` (default: a temp dir removed with the cache)
+        and come back memory-mapped (:class:`~vlinterp.core.spill.SpillCache`)."""
+        cache = None
+        if budget_mb is not None:
+            from ..core.spill import SpillCache
+
+            cache = SpillCache(budget_mb, spill_dir)
+        with self._session.hooks(sites, None, positions, grad, cache=cache) as cache:
             yield cache
 
     def _on_device(self, batch: Batch) -> Batch:

@@ -150,13 +150,19 @@ class HookSession:
         edits: Mapping[str, EditFn] | None = None,
         positions=None,
         grad: bool = False,
+        cache: "Cache | None" = None,
     ):
-        """Yield a dict ``cache`` filled as the model runs: ``cache[site]`` is the site's
+        """Yield a dict ``cache`` (a new :class:`Cache`, or the one given, e.g. a
+        :class:`~vlinterp.core.spill.SpillCache`) filled as the model runs: ``cache[site]`` is the site's
         output ``[B, T, D]`` (or ``[B, C, H, W]`` for UNet sites), restricted to
         ``positions`` along dim 1 if given. Calls within the block append: a site that
         fires several times (generation steps, sampler steps) keeps a list in
         ``cache.steps[site]`` and its last value in ``cache[site]``."""
-        cache = Cache()
+        cache = Cache() if cache is None else cache
+        if grad and getattr(cache, "spills", False):
+            from .errors import UnsupportedError
+
+            raise UnsupportedError("a capture that spills to disk cannot keep gradients (grad=True)")
         handles = []
         try:
             per_site: dict[str, list[EditFn]] = {}
