@@ -2,6 +2,7 @@
 worker's error names the items."""
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ray")
@@ -123,3 +124,19 @@ def test_steer_eval_with_two_workers_equals_one(tmp_path):
     for name in ("none", "vcd"):
         a[name].pop("fit_and_eval_seconds"), b[name].pop("fit_and_eval_seconds")
         assert a[name] == b[name], name
+
+
+def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
+    one, two = tmp_path / "1.json", tmp_path / "2.json"
+    args = ["trace", "--dataset", "shapes", "--n", "5", "--components", "resid", "--samples", "2", "--seed", "4"]
+    assert main(args + ["--json", str(one)]) == 0
+    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["meta"]["workers"] == 2 and a["meta"]["n"] == b["meta"]["n"] == 5
+    # same items and seeds; the driver's torch threads differ from the workers' (1), so floats agree
+    # to rounding, not bit for bit
+    for x, y in zip(a["items"], b["items"]):
+        assert {k: v for k, v in x.items() if k not in ("p_patch", "rr", "p_clean", "p_corrupt")} == \
+               {k: v for k, v in y.items() if k not in ("p_patch", "rr", "p_clean", "p_corrupt")}
+        assert np.allclose(x["p_patch"], y["p_patch"], rtol=1e-5, atol=1e-7) and x["p_clean"] == pytest.approx(y["p_clean"], rel=1e-6)
+    assert np.allclose(a["rr_of_means"], b["rr_of_means"], rtol=1e-5, atol=1e-6)

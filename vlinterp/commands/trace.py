@@ -9,6 +9,13 @@ component (layers x positions, PNG).
 ``--saliency`` map of the target (its top ``--object-fraction`` of patches); ``text-object``
 tokens from ``--object "red circle"`` (by default the longest run of colour/shape words of the
 shapes world found in the prompt, if any).
+
+Over a dataset: ``vlinterp trace --dataset shapes|FILE.jsonl --json RR.json [--workers N]`` traces
+every item (JSON lines with ``image``, ``prompt`` and optionally ``target``, ``box``, ``object``,
+``id``; ``shapes``: the positive presence questions of ``--n`` held-out scenes, seed
+``--split-seed``, with the ground-truth box of the object asked about) and writes the per-item RR
+tables and the RR of the means over the items (ROME). Item ``i`` uses noise seed ``--seed + i``,
+so ``--workers N`` (Ray, one model per worker) writes the same file as one process.
 """
 from __future__ import annotations
 
@@ -64,7 +71,13 @@ def _saliency_mask(m, b, target, method: str, fraction: float):
 
 
 def _add(p: argparse.ArgumentParser):
-    p.add_argument("image", help="image file")
+    p.add_argument("image", nargs="?", help="image file (or --dataset)")
+    p.add_argument("--dataset", help="trace every item: 'shapes' (held-out presence questions) or a JSON-lines file")
+    p.add_argument("--image-dir", help="folder the image paths in --dataset are relative to (default: the file's folder)")
+    p.add_argument("--n", type=int, default=32, help="--dataset shapes: number of items")
+    p.add_argument("--split-seed", type=int, default=11, help="--dataset shapes: held-out split seed")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers for --dataset (needs vlinterp[scale])")
+    p.add_argument("--address", help="existing Ray cluster for --workers (ray://host:port or auto)")
     p.add_argument("--prompt", help="LLaVA: the question")
     p.add_argument("--target", help="LLaVA: the answer token (default: the greedy answer's first token); ViT: class name or index (default: top class)")
     p.add_argument("--model", default="shapes-llava", help="tiny:<family>, a zoo organism or a local model path")
@@ -86,39 +99,35 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--plot", help="output heat map PNG (one panel per component)")
 
 
-def run_trace(args) -> dict:
-    import numpy as np
-
-    from .. import load
+def _prepare(m, img, prompt, target):
+    """Batch and target for one item (the greedy answer's first token / top class when None)."""
     from ..core.errors import PromptError
-    from ..core.images import load_image
-    from ..tracing import make_corruption, text_positions, trace
-    from ..viz.overlay import write_bytes_atomic
-    from ..viz.trace_plot import plot_trace
 
-    m = load(args.model)
-    img = load_image(args.image, name="IMAGE")
     if m.family == "llava":
-        if not args.prompt:
+        if not prompt:
             raise PromptError("LLaVA models need --prompt (the question whose answer is traced)")
-        b = m.prepare(images=[img], text=[args.prompt])
-        if args.target is None:
+        b = m.prepare(images=[img], text=[prompt])
+        if target is None:
             last = int(b.layout.span("last", 0)[0])
             tid = int(m.run(b).logits[0, last].argmax())
             target = m.tokenizer.decode([tid]).strip() or tid
-        else:
-            target = args.target
-    elif m.family == "vit":
+        return b, target
+    if m.family == "vit":
         b = m.prepare(images=[img])
-        if args.target is None:
-            target = int(m.run(b).logits[0].argmax())
-        else:
-            target = int(args.target) if args.target.isdigit() else args.target
-    else:
-        raise PromptError(f"trace supports LLaVA and ViT models, not {m.family}")
-    obj_words = args.object or (_default_object(args.prompt) if m.family == "llava" and args.prompt else None)
+        if target is None:
+            return b, int(m.run(b).logits[0].argmax())
+        return b, int(target) if str(target).isdigit() else target
+    raise PromptError(f"trace supports LLaVA and ViT models, not {m.family}")
+
+
+def trace_item(m, args, img, prompt=None, target=None, box=None, object_words=None, seed: int = 0, interchange=None,
+               progress: bool = False):
+    """Trace one (image, prompt, target); returns the :class:`~vlinterp.core.result.Result`."""
+    from ..tracing import make_corruption, text_positions, trace
+
+    b, target = _prepare(m, img, prompt, target)
+    obj_words = object_words or (_default_object(prompt) if m.family == "llava" and prompt else None)
     obj_pos = text_positions(m, b, obj_words) if obj_words and m.family == "llava" else None
-    box = _parse_box(args.box)
     stream = args.stream or m.main_stream
     if box is not None:
         mask, source = box, "box"
@@ -126,14 +135,35 @@ def run_trace(args) -> dict:
         mask, source = _saliency_mask(m, b, target, args.saliency, args.object_fraction), f"saliency:{args.saliency}"
     else:
         mask, source = None, "none"
-    corr = make_corruption(args.corruption, args.noise, positions=obj_pos,
-                           image=load_image(args.interchange, name="IMAGE2") if args.interchange else None)
+    corr = make_corruption(args.corruption, args.noise, positions=obj_pos, image=interchange)
     r = trace(m, b, target, components=[c.strip() for c in args.components.split(",") if c.strip()],
-              positions=args.positions, window=args.window, samples=args.samples, seed=args.seed,
+              positions=args.positions, window=args.window, samples=args.samples, seed=seed,
               object_mask=mask, object_positions=obj_pos if args.positions == "groups" else None, stream=stream,
-              corruption=corr, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    r.meta.update({"model": m.name, "image": args.image, "prompt": args.prompt, "object_mask_source": source,
-                   "object_words": obj_words})
+              corruption=corr, batch_size=args.batch_size, progress=progress)
+    r.meta.update({"prompt": prompt, "object_mask_source": source, "object_words": obj_words})
+    return r
+
+
+def run_trace(args) -> dict:
+    import numpy as np
+
+    from .. import load
+    from ..core.errors import PromptError
+    from ..core.images import load_image
+    from ..viz.overlay import write_bytes_atomic
+    from ..viz.trace_plot import plot_trace
+
+    if args.dataset:
+        from .trace_sweep import run_trace_dataset
+
+        return run_trace_dataset(args)
+    if not args.image:
+        raise PromptError("trace needs an IMAGE, or --dataset")
+    m = load(args.model)
+    img = load_image(args.image, name="IMAGE")
+    r = trace_item(m, args, img, args.prompt, args.target, _parse_box(args.box), args.object, args.seed,
+                   load_image(args.interchange, name="IMAGE2") if args.interchange else None, sys.stderr.isatty())
+    r.meta.update({"model": m.name, "image": args.image})
     out = r.to_json()
     write_bytes_atomic(args.json, json.dumps(out, indent=1).encode())
     if args.plot:
@@ -144,6 +174,15 @@ def run_trace(args) -> dict:
 
 def _run(args) -> int:
     out = run_trace(args)
+    if args.dataset:
+        meta, rr = out["meta"], out["rr_of_means"]
+        print(f"{meta['n']} items: P clean {meta['p_clean']:.4f}, corrupted {meta['p_corrupt']:.4f} (RR of the means)")
+        for c, comp in enumerate(meta["components"]):
+            best = max((rr[c][l][g], meta["layers"][l], meta["positions"][g]) for l in range(len(meta["layers"]))
+                       for g in range(len(meta["positions"])))
+            print(f"  {comp:5s} best RR {best[0]:.3f} at layer {best[1]}, positions {best[2]}")
+        print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
+        return 0
     rr = out["arrays"]["rr"]
     meta = out["meta"]
     print(f"target {meta['target']!r}: P clean {out['arrays']['p_clean'][0]:.4f}, corrupted {sum(out['arrays']['p_corrupt']) / len(out['arrays']['p_corrupt']):.4f}")
