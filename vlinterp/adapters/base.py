@@ -50,6 +50,14 @@ class Adapter:
     # ------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the first parameter's device, or for a model dispatched by accelerate
+        (``device_map``) the execution device of its first entry (CPU for ``"cpu"`` / ``"disk"``)."""
+        dm = getattr(self.model, "hf_device_map", None)
+        if dm:
+            first = next(iter(dm.values()))
+            if isinstance(first, int):
+                return torch.device("cuda", first)
+            return torch.device("cpu" if first in ("cpu", "disk") else first)
         return next(self.model.parameters()).device
 
     @property
