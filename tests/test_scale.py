@@ -140,3 +140,38 @@ def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
                {k: v for k, v in y.items() if k not in ("p_patch", "rr", "p_clean", "p_corrupt")}
         assert np.allclose(x["p_patch"], y["p_patch"], rtol=1e-5, atol=1e-7) and x["p_clean"] == pytest.approx(y["p_clean"], rel=1e-6)
     assert np.allclose(a["rr_of_means"], b["rr_of_means"], rtol=1e-5, atol=1e-6)
+
+
+def test_sae_train_data_parallel_equals_one_process_and_shares_its_checkpoints(tmp_path):
+    """Single-process run killed after step 17 (checkpoint 10 on disk); `sae train --workers 2
+    --resume` continues it on Ray Train and ends where the uninterrupted single-process run ends.
+    Without the gradient all-reduce each replica would learn from half the batch and differ."""
+    import torch
+
+    import vlinterp
+    from vlinterp.core.errors import NaNError
+    from vlinterp.sae import ActivationStore, shapes_items
+    from vlinterp.sae.attach import load_sae
+    from vlinterp.sae.train import _checkpoints, train_sae
+
+    m = vlinterp.load("tiny:llava")
+    store_dir = str(tmp_path / "store")
+    st = ActivationStore.harvest(m, "blocks.1.resid", shapes_items("sae-test", 20, 0, "mixed"), out_dir=store_dir, batch_size=8,
+                                 progress=False, keep="content")
+    kw = dict(d_sae=48, k=4, steps=30, batch_size=32, checkpoint_every=10, progress=False)
+    full = train_sae(st, checkpoint_dir=str(tmp_path / "full"), **kw)
+    ck = str(tmp_path / "ck")
+    train_sae(st, checkpoint_dir=ck, stop_after=17, **kw)
+    assert [s for s, _ in _checkpoints(ck)] == [10]
+    assert main(["sae", "train", "--store", store_dir, "--out", str(tmp_path / "sae"), "--d-sae", "48", "--k", "4", "--steps", "30",
+                 "--batch-size", "32", "--checkpoint-every", "10", "--checkpoint-dir", ck, "--resume", "--workers", "2"]) == 0
+    assert [s for s, _ in _checkpoints(ck)] == [10, 20, 30]
+    dp = load_sae(str(tmp_path / "sae"))
+    a, b = full.state_dict(), dp.state_dict()
+    assert {"W_enc", "W_dec"} <= set(a) and set(a) == set(b)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-7), (name, float((a[name] - b[name]).abs().max()))
+
+    bad = ActivationStore({**st.rows, "acts": st.acts.clone().index_fill_(0, torch.tensor([3]), float("nan"))}, dict(st.meta))
+    with pytest.raises(NaNError, match="non-finite"):
+        train_sae(bad, workers=2, **kw)

@@ -45,6 +45,8 @@ def _add(p: argparse.ArgumentParser):
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--checkpoint-dir", help="default: OUT.ckpt")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    t.add_argument("--workers", type=int, default=1, help="data-parallel on Ray Train, gradients all-reduced (needs vlinterp[scale])")
+    t.add_argument("--address", help="existing Ray cluster instead of a local one")
     e = sub.add_parser("eval", help="FVU, L0, dead/dense fractions; answer accuracy with the SAE spliced in")
     e.add_argument("--sae", required=True)
     e.add_argument("--store", required=True, help="held-out store")
@@ -99,7 +101,8 @@ def _run(args) -> int:
         st = _store(args.store)
         sae = train_sae(st, args.arch, args.d_sae, args.k, args.steps, args.batch_size, args.lr,
                         None if args.image_fraction < 0 else args.image_fraction, args.seed,
-                        args.checkpoint_dir or args.out.rstrip("/") + ".ckpt", args.checkpoint_every, args.resume, l1=args.l1)
+                        args.checkpoint_dir or args.out.rstrip("/") + ".ckpt", args.checkpoint_every, args.resume, l1=args.l1,
+                        workers=args.workers, address=args.address)
         save_sae(sae, args.out, {"store": args.store, "dataset": st.meta.get("dataset")})
         print(f"SAE {args.arch} {st.d}->{args.d_sae} -> {args.out}")
     elif cmd == "eval":

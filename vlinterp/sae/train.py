@@ -92,14 +92,11 @@ def _checkpoints(d: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
-              lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
-              checkpoint_every: int = 500, resume: bool = False, progress: bool = True, l1: float = 5.0,
-              stop_after: int | None = None, data=None):
-    """Train an SAE on ``store`` rows and return it (a SAELens training SAE; ``.encode`` /
-    ``.decode``). Schedule: linear warm-up (10% up to 100 steps), constant ``lr``, linear decay
-    to 0 over the last 20% (SAELens's scheduler). ``stop_after``: stop after that many steps of this call (to test resuming);
-    ``data``: replace the batch source (``fn(i) -> [B, D]``)."""
+def setup(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
+          lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
+          resume: bool = False, l1: float = 5.0, data=None):
+    """``(sae, trainer, batches, meta, start)``: a fresh SAE and SAELens trainer (or the newest
+    checkpoint's, with ``resume``), the batch source and the first step to run."""
     from sae_lens import LoggingConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
 
@@ -123,9 +120,32 @@ def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: 
     meta = {"arch": arch, "d_in": store.d, "d_sae": d_sae, "k": k, "steps": steps, "batch_size": batch_size, "lr": lr,
             "image_fraction": image_fraction, "seed": seed, "site": store.meta.get("site"), "model": store.meta.get("model"),
             "keep": store.meta.get("keep")}
+    return sae, trainer, batches, meta, start
+
+
+def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
+              lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
+              checkpoint_every: int = 500, resume: bool = False, progress: bool = True, l1: float = 5.0,
+              stop_after: int | None = None, data=None, workers: int = 1, address: str | None = None):
+    """Train an SAE on ``store`` rows and return it (a SAELens training SAE; ``.encode`` /
+    ``.decode``). Schedule: linear warm-up (10% up to 100 steps), constant ``lr``, linear decay
+    to 0 over the last 20% (SAELens's scheduler). ``stop_after``: stop after that many steps of this call (to test resuming);
+    ``data``: replace the batch source (``fn(i) -> [B, D]``). ``workers > 1``: data-parallel on Ray
+    Train (:mod:`vlinterp.sae.train_dp`; same checkpoints, so either kind of run resumes the other)."""
+    if workers > 1:
+        from .train_dp import train_data_parallel
+
+        if data is not None:
+            raise ValueError("data= replaces the store's batches; it cannot be shipped to data-parallel workers")
+        return train_data_parallel(store, arch, d_sae, k, steps, batch_size, lr, image_fraction, seed, checkpoint_dir,
+                                   checkpoint_every, resume, progress, l1, stop_after, workers, address)
+    sae, trainer, batches, meta, start = setup(store, arch, d_sae, k, steps, batch_size, lr, image_fraction, seed,
+                                               checkpoint_dir, resume, l1, data)
     bar = tqdm(total=steps, initial=start, desc="SAE", disable=not progress)
     done = 0
     for i in range(start, steps):
+        if stop_after is not None and done >= stop_after:
+            break
         x = batches(i)
         if not torch.isfinite(x).all():
             raise NaNError(f"non-finite activations in SAE batch {i}; the last good checkpoint is kept")
@@ -138,9 +158,12 @@ def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: 
         if checkpoint_dir and ((i + 1) % checkpoint_every == 0 or i + 1 == steps):
             save_checkpoint(trainer, checkpoint_dir, i + 1, meta)
         done += 1
-        if stop_after is not None and done >= stop_after:
-            break
     bar.close()
+    return finish(sae, trainer, meta)
+
+
+def finish(sae, trainer, meta: dict):
+    """Fold the activation scaling into the weights; eval mode; ``sae.vlinterp_meta``."""
     sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     sae.eval()
     sae.vlinterp_meta = meta
