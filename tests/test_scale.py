@@ -11,24 +11,26 @@ from vlinterp.cli import main  # noqa: E402
 from vlinterp.scale import WorkerError, WorkerPool  # noqa: E402
 
 
-def test_audit_with_two_workers_equals_one(tmp_path):
+def _one_and_two(tmp_path, args):
+    """The command's JSON run in this process and on 2 Ray workers."""
     one, two = tmp_path / "1.json", tmp_path / "2.json"
-    args = ["audit", "--n", "40", "--seed", "3", "--no-factors", "--embedder", "none", "--plant-noise", "3"]
     assert main(args + ["--json", str(one)]) == 0
     assert main(args + ["--workers", "2", "--json", str(two)]) == 0
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    return json.loads(one.read_text()), json.loads(two.read_text())
+
+
+def test_audit_with_two_workers_equals_one(tmp_path):
+    args = ["audit", "--n", "40", "--seed", "3", "--no-factors", "--embedder", "none", "--plant-noise", "3"]
+    a, b = _one_and_two(tmp_path, args)
     assert b["workers"] == 2
     for k in ("per_item", "accuracy", "render_equivalence", "pair_agreement", "ocr", "inside", "planted"):
         assert a[k] == b[k], k
 
 
 def test_prune_bench_with_two_workers_equals_one(tmp_path):
-    one, two = tmp_path / "1.json", tmp_path / "2.json"
     args = ["prune", "bench", "--n", "48", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
             "--batch", "16", "--plot", ""]
-    assert main(args + ["--json", str(one)]) == 0
-    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b = _one_and_two(tmp_path, args)
     assert a["unpruned"]["accuracy"] == b["unpruned"]["accuracy"]
     assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]
 
@@ -102,11 +104,8 @@ def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path
 
 
 def test_bench_saliency_with_two_workers_equals_one(tmp_path):
-    one, two = tmp_path / "1.json", tmp_path / "2.json"
     args = ["bench", "saliency", "--model", "shapes-vit", "--methods", "relevancy,attention", "--n", "6", "--steps", "4"]
-    assert main(args + ["--json", str(one)]) == 0
-    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b = _one_and_two(tmp_path, args)
     assert a["items"] == b["items"] > 6
     for name in ("relevancy", "attention", "random", "centre"):
         ra, rb = dict(a["rows"][name]), dict(b["rows"][name])
@@ -116,22 +115,16 @@ def test_bench_saliency_with_two_workers_equals_one(tmp_path):
 
 
 def test_steer_eval_with_two_workers_equals_one(tmp_path):
-    one, two = tmp_path / "1.json", tmp_path / "2.json"
     args = ["steer", "eval", "--methods", "none,vcd", "--n", "32", "--captions", "8", "--seed", "4"]
-    assert main(args + ["--json", str(one)]) == 0
-    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b = _one_and_two(tmp_path, args)
     for name in ("none", "vcd"):
         a[name].pop("fit_and_eval_seconds"), b[name].pop("fit_and_eval_seconds")
         assert a[name] == b[name], name
 
 
 def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
-    one, two = tmp_path / "1.json", tmp_path / "2.json"
     args = ["trace", "--dataset", "shapes", "--n", "5", "--components", "resid", "--samples", "2", "--seed", "4"]
-    assert main(args + ["--json", str(one)]) == 0
-    assert main(args + ["--workers", "2", "--json", str(two)]) == 0
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b = _one_and_two(tmp_path, args)
     assert b["meta"]["workers"] == 2 and a["meta"]["n"] == b["meta"]["n"] == 5
     # same items and seeds; the driver's torch threads differ from the workers' (1), so floats agree
     # to rounding, not bit for bit
