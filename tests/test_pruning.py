@@ -238,3 +238,42 @@ def test_visionzip_merged_tokens_get_proportional_attention(shapes_llava):
     assert torch.allclose(pre.logits, ref, atol=1e-4)
     plain = runner.prefill(b, make_pruner("visionzip:0.25:proportional=0")).logits
     assert not torch.allclose(plain, pre.logits, atol=1e-3)
+
+
+def test_visionzip_inside_the_tower(shapes_llava):
+    """``tower_layer=m``: tokens chosen after tower layer m; the later tower layers see only CLS and
+    the kept tokens. Checked against the HF tower's own hidden state at m, run on through those
+    layers by hand; at the feature depth it is the default, exactly; out of range is an error."""
+    from vlinterp.pruning.flops import tower_flops
+
+    m = shapes_llava
+    b = _batch(m)
+    runner = PrunedLM(m)
+    vcfg, Lv, depth = runner.tower_shape()
+    assert (Lv, depth) == (6, 5)
+    f0, k0, s0 = make_pruner("visionzip:0.25").vision(runner, b)
+    f1, k1, s1 = make_pruner(f"visionzip:0.25:tower_layer={depth}").vision(runner, b)
+    assert torch.equal(f0, f1) and torch.equal(k0, k1) and torch.equal(s0, s1)
+
+    feats, keep, sizes = make_pruner("visionzip:0.25:tower_layer=2:contextual=0").vision(runner, b)
+    assert int(keep.sum(1).min()) == int(keep.sum(1).max()) == 25 and bool((sizes == 1).all())
+    tower = runner.inner.vision_tower
+    layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
+    with torch.no_grad():
+        hs = tower(b.inputs["pixel_values"], output_hidden_states=True).hidden_states[2]  # after tower layer 2
+        for i in range(feats.shape[0]):
+            pos = keep[i].nonzero().flatten()
+            x = torch.cat([hs[i:i + 1, :1], hs[i:i + 1, 1:][:, pos]], 1)
+            for j in range(2, depth):
+                out = layers[j](x, None)
+                x = out[0] if isinstance(out, tuple) else out
+            ref = runner.inner.multi_modal_projector(x[0, 1:])
+            assert torch.allclose(feats[i, pos], ref, atol=1e-5)
+    # and the selection is the top CLS attention after layer 2, not the feature layer's
+    assert not torch.equal(keep, make_pruner("visionzip:0.25:contextual=0").vision(runner, b)[1])
+    with pytest.raises(LayerRangeError, match="tower_layer"):
+        make_pruner(f"visionzip:0.25:tower_layer={depth + 1}").vision(runner, b)
+    # compute: the whole tower for other methods; the feature depth, then 26 tokens, for this one
+    assert make_pruner("fastv:0.25").tower_schedule(100, Lv, depth) == [101] * 6
+    assert make_pruner("hybrid:0.25:tower_layer=3").tower_schedule(100, Lv, depth) == [101] * 3 + [26] * 2
+    assert tower_flops(vcfg, [101] * 3 + [26] * 2) < 0.7 * tower_flops(vcfg, [101] * 6)

@@ -11,7 +11,6 @@ and the information horizon.
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..cli import register
 
@@ -21,7 +20,8 @@ def _add(p: argparse.ArgumentParser):
     b = sub.add_parser("bench", help="retention / latency / FLOPs of pruning methods at several keep ratios")
     b.add_argument("--model", default="shapes-llava")
     b.add_argument("--keep", default="0.1,0.25,0.5,0.75")
-    b.add_argument("--methods", default="random,fastv,visionzip,info,hybrid")
+    b.add_argument("--methods", default="random,fastv,visionzip,info,hybrid",
+                   help="comma-separated; options in brackets, e.g. visionzip[tower_layer=3] (select inside the vision tower)")
     b.add_argument("--n", type=int, default=128, help="held-out scenes (presence, colour and count items from each)")
     b.add_argument("--seed", type=int, default=21)
     b.add_argument("--batch", type=int, default=32)
@@ -56,8 +56,11 @@ def _run(args) -> int:
         from ..viz.prune_plot import plot_retention
 
         make_pruner("random:1")  # fills the registry
-        methods = [x.strip() for x in args.methods.split(",") if x.strip()]
-        bad = [x for x in methods if x not in REGISTRY]
+        import re
+
+        # commas inside [...] separate a method's options: visionzip[tower_layer=3,contextual=0.2]
+        methods = [x.strip() for x in re.split(r",(?![^\[]*\])", args.methods) if x.strip()]
+        bad = [x for x in methods if x.split("[")[0] not in REGISTRY]
         if bad:
             raise PromptError(f"unknown pruning method(s) {bad}; choose from {sorted(REGISTRY)}")
         keeps = [float(x) for x in args.keep.split(",") if x.strip()]

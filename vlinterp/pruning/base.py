@@ -59,6 +59,11 @@ class Pruner:
         """Image tokens each LM layer computes (for FLOPs accounting), ``[L]``."""
         return [self.n_keep(n_image)] * n_layers
 
+    def tower_schedule(self, n_image: int, n_tower_layers: int, feature_depth: int) -> list[int]:
+        """Tokens (CLS included) each vision-tower layer computes, ``[n_tower_layers]``: the whole
+        tower, as the model's own forward runs it (also the layers after the feature layer)."""
+        return [n_image + 1] * n_tower_layers
+
     def __repr__(self) -> str:
         return f"{self.name}:{self.keep:g}"
 

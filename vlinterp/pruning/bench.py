@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import make_pruner
-from .flops import lm_flops
+from .flops import lm_flops, tower_flops
 from .runner import PrunedLM
 
 KINDS = ("presence", "colour", "count")
@@ -84,6 +84,13 @@ def _answers_worker(adapter, items, start, spec=None, horizon=None, batch_size=3
     return answers(PrunedLM(adapter), items, p, batch_size, start=start)
 
 
+def method_spec(method: str, keep: float) -> str:
+    """``"visionzip[tower_layer=3]"`` at keep 0.25 -> ``"visionzip:0.25:tower_layer=3"``."""
+    name, _, opts = method.partition("[")
+    return ":".join([name, f"{keep:g}", *(o.strip() for o in opts.rstrip("]").split(",") if o.strip())])
+
+
+
 def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv", "visionzip", "info", "hybrid"), n: int = 128,
               seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True,
               pool=None) -> dict:
@@ -106,11 +113,16 @@ def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv",
                         desc=spec or "unpruned", progress=False)
 
     base = _acc(ok_for(None), items)
-    specs = {f"{m}:{k:g}": make_pruner(f"{m}:{k:g}", **({"horizon": hz} if m == "hybrid" else {})) for k in keeps for m in methods}
+    specs, labels = {}, {}
+    for k in keeps:
+        for m in methods:
+            spec = method_spec(m, k)
+            specs[spec] = make_pruner(spec, **({"horizon": hz} if m.startswith("hybrid") else {}))
+            labels[spec] = m
     rows = []
     for name, p in tqdm(specs.items(), desc="pruning bench", disable=not progress):
         acc = _acc(ok_for(name), items)
-        rows.append({"method": name.split(":")[0], "keep": p.keep, "accuracy": acc,
+        rows.append({"method": labels[name], "keep": p.keep, "accuracy": acc,
                      "retention": {k: (acc[k] / base[k] if base[k] else float("nan")) for k in acc}})
     lat_batch = adapter.prepare(images=[it[0] for it in items[:batch_size]], text=[it[1] for it in items[:batch_size]])
     lat = latency(runner, lat_batch, {"none": None, **specs}, repeats)
@@ -119,10 +131,14 @@ def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv",
     N = int((ids == runner.image_token).sum())
     n_text = int(lat_batch.inputs["attention_mask"][0].sum()) - N
     full = lm_flops(cfg, n_text, [N] * runner.L)
+    vcfg, Lv, depth = runner.tower_shape()
+    full_tower = tower_flops(vcfg, [N + 1] * Lv)
     for r, (name, p) in zip(rows, specs.items()):
         fl = lm_flops(cfg, n_text, p.schedule(N, runner.L))
+        tw = tower_flops(vcfg, p.tower_schedule(N, Lv, depth))
         r["latency_ratio"] = {m: lat[name][m] / lat["none"][m] for m in ("lm", "total")}
         r["flops_ratio"] = fl["prefill"] / full["prefill"]
+        r["flops_ratio_total"] = (fl["prefill"] + tw) / (full["prefill"] + full_tower)
     return {"model": adapter.name, "n_items": len(items), "seed": seed, "batch": batch_size, "repeats": repeats,
             "horizon": hz, "unpruned": {"accuracy": base, "latency_s": lat["none"]}, "rows": rows}
 
@@ -132,12 +148,12 @@ def table(res: dict) -> str:
     lines = [f"unpruned accuracy {res['unpruned']['accuracy']['all']:.3f} ({', '.join(f'{k} {v:.3f}' for k, v in res['unpruned']['accuracy'].items() if k != 'all')}); "
              f"LM prefill {res['unpruned']['latency_s']['lm'] * 1e3:.1f} ms, total {res['unpruned']['latency_s']['total'] * 1e3:.1f} ms "
              f"(batch {res['batch']}, median of {res['repeats']}); horizon layer {res['horizon']}",
-             f"{'method':<10}{'keep':>6}{'retain':>8}{'presence':>10}{'colour':>8}{'count':>7}{'lm lat':>8}{'tot lat':>9}{'FLOPs':>7}"]
+             f"{'method':<24}{'keep':>6}{'retain':>8}{'presence':>10}{'colour':>8}{'count':>7}{'lm lat':>8}{'tot lat':>9}{'FLOPs':>7}{'tot FLOPs':>10}"]
     for r in res["rows"]:
         t = r["retention"]
-        lines.append(f"{r['method']:<10}{r['keep']:>6.2f}{t['all']:>8.3f}{t.get('presence', float('nan')):>10.3f}{t.get('colour', float('nan')):>8.3f}"
-                     f"{t.get('count', float('nan')):>7.3f}{r['latency_ratio']['lm']:>8.2f}{r['latency_ratio']['total']:>9.2f}{r['flops_ratio']:>7.2f}")
+        lines.append(f"{r['method']:<24}{r['keep']:>6.2f}{t['all']:>8.3f}{t.get('presence', float('nan')):>10.3f}{t.get('colour', float('nan')):>8.3f}"
+                     f"{t.get('count', float('nan')):>7.3f}{r['latency_ratio']['lm']:>8.2f}{r['latency_ratio']['total']:>9.2f}{r['flops_ratio']:>7.2f}{r.get('flops_ratio_total', float('nan')):>10.2f}")
     return "\n".join(lines)
 
 
-__all__ = ["eval_items", "answers", "latency", "run_bench", "table", "KINDS"]
+__all__ = ["eval_items", "answers", "latency", "run_bench", "table", "method_spec", "KINDS"]

@@ -34,4 +34,13 @@ def lm_flops(cfg, n_text: int, image_per_layer: list[int], decode_steps: int = 0
     return {"prefill": pre, "decode": dec, "total": pre + dec}
 
 
-__all__ = ["layer_params", "lm_flops"]
+def tower_flops(vcfg, tokens_per_layer: list[int]) -> float:
+    """Prefill FLOPs of a CLIP-style vision tower (bidirectional attention, q/k/v/o and a two-matrix
+    MLP per layer) computing ``tokens_per_layer[l]`` tokens (CLS included) in layer ``l``; ``vcfg``
+    the vision config. Embeddings and norms are left out (small next to the layers)."""
+    D, I = vcfg.hidden_size, vcfg.intermediate_size
+    P = 4 * D * D + 2 * D * I
+    return float(sum(2 * n * P + 4 * n * n * D for n in tokens_per_layer))
+
+
+__all__ = ["layer_params", "lm_flops", "tower_flops"]

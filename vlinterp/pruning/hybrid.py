@@ -9,7 +9,8 @@ with proportional attention) or ``"info"`` (the information proxy before layer `
 ``horizon=None`` takes the horizon the information curve gives (:func:`information.horizon_for`,
 measured once per model on shapes probe items). A horizon at or past the last layer means token
 information never vanishes inside the model: then there is no random stage and the hybrid is its
-informed stage alone. ``keep=1`` drops nothing (no random stage either).
+informed stage alone. ``keep=1`` drops nothing (no random stage either). ``tower_layer`` goes to
+the VisionZip stage (select inside the vision tower, see :mod:`.visionzip`).
 """
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ EARLY = ("visionzip", "info")
 @register("hybrid")
 class HybridPruner(Pruner):
     def __init__(self, keep: float, early: str = "visionzip", layer: int = 2, horizon: int | None = None, deep: float = 0.5,
-                 seed: int = 0, proxy: str = "combined"):
+                 seed: int = 0, proxy: str = "combined", tower_layer: int | None = None):
         super().__init__(keep)
         if early not in EARLY:
             raise ValueError(f"hybrid: early stage must be one of {EARLY}, got {early!r}")
         self.early_name = early
-        self.early = VisionZip(keep) if early == "visionzip" else InfoPruner(keep, layer, proxy)
+        self.early = VisionZip(keep, tower_layer=tower_layer) if early == "visionzip" else InfoPruner(keep, layer, proxy)
         self.acts_on_vision = self.early.acts_on_vision
         self.layer = 0 if early == "visionzip" else int(layer)
         self.horizon = None if horizon is None else int(horizon)
@@ -62,6 +63,9 @@ class HybridPruner(Pruner):
             g = ctx.generator or torch.Generator(device="cpu").manual_seed(self.seed)
             return ctx.keep_top(torch.rand(ctx.image.shape, generator=g).to(ctx.h.device), int(round(self.deep * n_now)))
         return None
+
+    def tower_schedule(self, n_image: int, n_tower_layers: int, feature_depth: int) -> list[int]:
+        return self.early.tower_schedule(n_image, n_tower_layers, feature_depth)
 
     def schedule(self, n_image: int, n_layers: int) -> list[int]:
         k = self.n_keep(n_image)

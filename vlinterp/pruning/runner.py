@@ -114,6 +114,16 @@ class PrunedLM:
         self.cache_arg = cache_kwarg(type(self.layers[0]).forward)
         self.timing: dict[str, float] = {}  # seconds of the last prefill: vision side (tower, projector, embedding) and LM
 
+    def tower_shape(self):
+        """``(vision config, tower layers, feature depth)``: the depth is how many tower layers
+        feed the projector (``vision_feature_layer`` -2 of 24 layers: 23)."""
+        cfg = self.adapter.config
+        vcfg = cfg.vision_config
+        Lv = vcfg.num_hidden_layers
+        fl = cfg.vision_feature_layer
+        depth = fl if isinstance(fl, int) and fl >= 0 else Lv + 1 + (fl if isinstance(fl, int) else -1)
+        return vcfg, Lv, depth
+
     # ---------------------------------------------------------------- inputs
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features ``[n_images, N, D]`` as the model's own forward makes them."""

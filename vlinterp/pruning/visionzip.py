@@ -11,20 +11,36 @@ for (ToMe's proportional attention); ``0`` turns that off.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..core.attention import hf_self_attention
-from ..core.errors import UnsupportedError
+from ..core.errors import LayerRangeError, UnsupportedError
 from .base import Pruner, register
+
+
+def _run_layer(layer, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One CLIP/SigLIP encoder layer on ``h`` ``[n, T, D]``; ``mask``: additive ``[n, 1, T, T]`` or
+    None (transformers 4.x and 5.x)."""
+    params = inspect.signature(layer.forward).parameters
+    out = layer(h, mask, None) if "causal_attention_mask" in params else layer(h, mask)
+    return out[0] if isinstance(out, tuple) else out
 
 
 @register("visionzip")
 class VisionZip(Pruner):
     acts_on_vision = True
 
-    def __init__(self, keep: float, contextual: float = 0.3, proportional: int = 1):
+    def __init__(self, keep: float, contextual: float = 0.3, proportional: int = 1, tower_layer: int | None = None):
         super().__init__(keep)
         self.contextual, self.proportional = float(contextual), bool(proportional)
+        self.tower_layer = None if tower_layer is None else int(tower_layer)
+
+    def tower_schedule(self, n_image: int, n_tower_layers: int, feature_depth: int) -> list[int]:
+        """Up to the feature layer only; after ``tower_layer`` the CLS token and the kept tokens."""
+        m = feature_depth if self.tower_layer is None else self.tower_layer
+        return [n_image + 1] * m + [self.n_keep(n_image) + 1] * (feature_depth - m)
 
     def vision(self, runner, batch):
         """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None)`` for the images of ``batch``."""
@@ -35,17 +51,24 @@ class VisionZip(Pruner):
         layers = tower.vision_model.encoder.layers if hasattr(tower, "vision_model") else tower.encoder.layers
         fl = cfg.vision_feature_layer
         li = fl if fl >= 0 else len(layers) + 1 + fl  # hidden_states[fl] is the output of encoder layer li - 1
+        vm = tower.vision_model if hasattr(tower, "vision_model") else tower
+        m = li if self.tower_layer is None else self.tower_layer
+        if not 1 <= m <= li:
+            raise LayerRangeError(f"visionzip: tower_layer {m} must be in 1..{li} (the feature layer's depth)")
         got = {}
 
         def hook(module, args, kwargs, output):
             got["attn"] = hf_self_attention(module, args, kwargs)
 
-        hnd = layers[li - 1].self_attn.register_forward_hook(hook, with_kwargs=True)
+        hnd = layers[m - 1].self_attn.register_forward_hook(hook, with_kwargs=True)
         try:
-            out = tower(batch.inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+            h = vm.embeddings(batch.inputs["pixel_values"].to(vm.embeddings.patch_embedding.weight.dtype))
+            h = vm.pre_layrnorm(h) if hasattr(vm, "pre_layrnorm") else h
+            for j in range(m):
+                h = _run_layer(layers[j], h)
         finally:
             hnd.remove()
-        hid = out.hidden_states[fl][:, 1:]                       # [n, N, Dv]
+        hid = h[:, 1:]                                           # [n, N, Dv] after tower layer m
         cls_attn = got["attn"][:, :, 0, 1:].float().mean(1)     # [n, N]
         n, N, _ = hid.shape
         k = self.n_keep(N)
@@ -69,5 +92,19 @@ class VisionZip(Pruner):
                         group = torch.cat([hid[i, t:t + 1], hid[i, others[near == j]]])
                         merged[i, t] = group.mean(0)
                         sizes[i, t] = len(group)
+        if m < li:  # the rest of the tower on CLS + the kept tokens
+            cnt = keep.sum(1)
+            rows = [torch.arange(n)] if int(cnt.min()) == int(cnt.max()) else [torch.tensor([i]) for i in range(n)]
+            for r in rows:  # rows keeping different counts (rare) go one at a time
+                pos = keep[r].nonzero()[:, 1].view(len(r), -1)                      # [r, k] grid indices
+                idx = pos[..., None].expand(-1, -1, merged.shape[-1])
+                x = torch.cat([h[r, :1], torch.gather(merged[r], 1, idx)], 1)       # [r, 1 + k, Dv]
+                mask = None
+                if self.proportional:  # merged tokens draw the attention of the tokens they stand for
+                    bias = torch.cat([torch.zeros(len(r), 1), torch.gather(sizes[r], 1, pos).log()], 1).to(x.dtype)
+                    mask = bias[:, None, None, :].expand(-1, 1, x.shape[1], -1)
+                for j in range(m, li):
+                    x = _run_layer(layers[j], x, mask)
+                merged[r] = merged[r].scatter(1, idx, x[:, 1:])
         feats = runner.inner.multi_modal_projector(merged)
         return feats, keep, (sizes if self.proportional else None)
