@@ -11,7 +11,6 @@ Gaussian noise on the projector output (the image pathway) and overlays both in 
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..cli import register
 

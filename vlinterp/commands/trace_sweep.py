@@ -89,7 +89,6 @@ def rr_of_means(entries: list[dict]) -> np.ndarray:
 
 
 def run_trace_dataset(args) -> dict:
-    from .. import load
     from ..core.errors import PromptError
     from ..core.result import Result
     from ..scale import WorkerPool

@@ -3,7 +3,6 @@ that contributed most (similarity x last-layer weight), each with its map on the
 training patch it was pushed onto."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..viz.overlay import overlay, write_bytes_atomic
