@@ -59,6 +59,37 @@ def test_saved_head_reloads_to_identical_outputs(small, vit, tmp_path):
     assert again.classes == pm.classes and again.site == pm.site
 
 
+def test_pruning_drops_only_unused_prototypes(vit, small):
+    """After the sparse last layer, prototypes with own-class weight <= min_weight go; every class
+    keeps one; the pruned head's logits equal the unpruned head with those columns zeroed; the
+    push sources follow the kept prototypes; the saved shape rebuilds."""
+    from vlinterp.prototypes.head import ProtoHead
+    from vlinterp.prototypes.train import prune_unused
+
+    head = ProtoHead(8, 3, per_class=2, scales=(1, 2), dim=4, seed=0)
+    with torch.no_grad():
+        head.last.weight.zero_()
+        own = torch.tensor([0.9, 0.01, 0.02, 0.6, 0.03, 0.04, 0.5, 0.0, 0.7, 0.01, 0.02, 0.03])  # P = 3 classes x 2 x 2 scales
+        head.last.weight[head.proto_class, torch.arange(12)] = own
+        head.last.weight[1, 1] = 0.3  # an off-class weight on a dropped prototype (class 0)
+    feats = torch.randn(5, 4, 4, 8)
+    before = head(feats)
+    full_w = head.last.weight.detach().clone()
+    kept = prune_unused(head, 0.05)
+    # class 2 (prototypes 4, 5, 10, 11: all weak) keeps its strongest, 5 (0.04), alongside 0, 3, 6, 8
+    assert kept == [0, 3, 5, 6, 8] and head.kept == kept and head.n_prototypes == 5
+    assert sorted(set(head.proto_class.tolist())) == [0, 1, 2]
+    after = head(feats)
+    assert torch.allclose(after["logits"], before["score"][:, kept] @ full_w[:, kept].T, atol=1e-6)
+    assert torch.allclose(after["sim"], before["sim"][:, kept], atol=1e-6)
+    again = ProtoHead.from_config(head.config())
+    again.load_state_dict(head.state_dict())
+    assert torch.equal(again(feats)["logits"], after["logits"])
+    # the fitted model was pruned the same way, its sources with it
+    assert small.head.kept is not None and small.info["prototypes_kept"] == small.head.n_prototypes <= small.info["prototypes_trained"]
+    assert len(small.sources["image"]) == small.head.n_prototypes
+
+
 def test_head_refuses_another_backbone(small, tmp_path):
     small.save(str(tmp_path / "p"))
     with pytest.raises(BackboneMismatchError, match="different backbone"):

@@ -29,6 +29,8 @@ def _add(p: argparse.ArgumentParser):
     t.add_argument("--scales", default="1,2", help="pooled grid scales, e.g. 1,2")
     t.add_argument("--warm-steps", type=int, default=1500)
     t.add_argument("--last-steps", type=int, default=600)
+    t.add_argument("--min-weight", type=float, default=0.05,
+                   help="prune prototypes whose own-class last-layer weight is at most this (negative: keep all)")
     t.add_argument("--out", required=True)
     e = sub.add_parser("explain", help="'this looks like that' figure for one image")
     e.add_argument("image")
@@ -65,9 +67,11 @@ def _run(args) -> int:
         m = vi.load(args.model)
         scales = tuple(int(s) for s in args.scales.split(","))
         pm = fit_shapes(m, site=args.site, n=args.n, seed=args.seed, per_class=args.per_class, scales=scales,
-                        warm_steps=args.warm_steps, last_steps=args.last_steps)
+                        warm_steps=args.warm_steps, last_steps=args.last_steps, min_weight=None if args.min_weight < 0 else args.min_weight)
         pm.save(args.out)
-        print(f"{pm.head.n_prototypes} prototypes at {pm.site} of {m.name} ({pm.info['train_seconds']} s) -> {args.out}")
+        per_scale = {int(s): int((pm.head.proto_scale == s).sum()) for s in pm.head.scales}
+        print(f"{pm.head.n_prototypes} prototypes kept of {pm.info['prototypes_trained']} (per scale {per_scale}) "
+              f"at {pm.site} of {m.name} ({pm.info['train_seconds']} s) -> {args.out}")
         return 0
     pm = ProtoModel.load(args.protos, _model_for(args))
     if args.protos_cmd == "explain":

@@ -9,7 +9,7 @@ from .features import patch_features
 from .head import ProtoHead
 from .model import ProtoModel
 from .push import push
-from .train import last_layer, linear_probe, warm
+from .train import last_layer, linear_probe, prune_unused, warm
 
 
 def default_site(adapter) -> str:
@@ -21,8 +21,10 @@ def default_site(adapter) -> str:
 
 def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | None = None, per_class: int = 1, scales=(1, 2),
         dim: int = 64, warm_steps: int = 1500, last_steps: int = 600, threshold_quantile: float = 0.1, seed: int = 0,
-        progress: bool = True) -> ProtoModel:
-    """Train a prototype head on ``images`` with multi-hot ``labels`` ``[n, K]``.
+        min_weight: float | None = 0.05, progress: bool = True) -> ProtoModel:
+    """Train a prototype head on ``images`` with multi-hot ``labels`` ``[n, K]``: warm-up, push,
+    sparse last layer, then pruning of the prototypes the last layer does not use (own-class
+    weight <= ``min_weight``; ``None`` keeps all).
 
     Firing threshold of prototype ``j``: the ``threshold_quantile`` quantile of its similarity over
     the training images of its class (it fires on about 90% of them by default)."""
@@ -36,6 +38,10 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     warm(head, pf.feats, labels, steps=warm_steps, seed=seed, progress=progress)
     rec = push(head, pf.feats, labels)
     last_layer(head, pf.feats, labels, steps=last_steps, seed=seed + 1, progress=progress)
+    n_before = head.n_prototypes
+    if min_weight is not None:
+        kept = torch.as_tensor(prune_unused(head, min_weight))
+        rec = {k: (v[kept] if torch.is_tensor(v) and len(v) == n_before else v) for k, v in rec.items()}
     probe = linear_probe(pf.feats, labels, seed=seed, progress=progress)
     pm = ProtoModel(adapter, site, head, classes, probe=probe)
     sim = pm.run(pf.feats)["sim"]
@@ -46,7 +52,8 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     pm.thresholds = th
     pm.record_sources(rec, images, pf)
     pm.info = {"n_train": len(images), "seed": seed, "warm_steps": warm_steps, "last_steps": last_steps,
-               "threshold_quantile": threshold_quantile, "train_seconds": round(time.time() - t0, 1)}
+               "threshold_quantile": threshold_quantile, "min_weight": min_weight, "prototypes_trained": n_before,
+               "prototypes_kept": head.n_prototypes, "train_seconds": round(time.time() - t0, 1)}
     return pm
 
 

@@ -11,6 +11,8 @@ With ``focal=True`` (default) the evidence is the focal similarity ``max - mean`
 settle on the parts that are rare within an image. The last layer maps the ``P`` evidences to
 class logits (sparse: own class +1, others -0.5 at
 start; off-class weights pushed to zero, and per-class scale groups made sparse, in training).
+:meth:`ProtoHead.keep` removes prototypes (ProtoPNet's pruning step), remembering which of the
+original ones are left (``kept``) so a saved head rebuilds to the same shape.
 """
 from __future__ import annotations
 
@@ -37,6 +39,24 @@ class ProtoHead(nn.Module):
         self.register_buffer("class_mask", F.one_hot(cls, n_classes).T.float())  # [K, P]
         with torch.no_grad():
             self.last.weight.copy_(self.class_mask - 0.5 * (1 - self.class_mask))
+        self.kept: list[int] | None = None  # original indices of the prototypes left after keep()
+
+    @torch.no_grad()
+    def keep(self, idx) -> None:
+        """Keep only prototypes ``idx`` (indices into the current ones, in order), everywhere:
+        prototype vectors, class and scale buffers, last-layer columns."""
+        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        if not len(idx):
+            raise ValueError("a prototype head needs at least one prototype")
+        orig = torch.arange(self.n_prototypes) if self.kept is None else torch.as_tensor(self.kept)
+        self.kept = orig[idx].tolist()
+        self.prototypes = nn.Parameter(self.prototypes.data[idx].clone())
+        self.proto_class = self.proto_class[idx].clone()
+        self.proto_scale = self.proto_scale[idx].clone()
+        self.class_mask = self.class_mask[:, idx].clone()
+        last = nn.Linear(len(idx), self.n_classes, bias=False)
+        last.weight.copy_(self.last.weight[:, idx])
+        self.last = last
 
     @property
     def n_prototypes(self) -> int:
@@ -89,7 +109,17 @@ class ProtoHead(nn.Module):
 
     def config(self) -> dict:
         return {"in_dim": self.in_dim, "n_classes": self.n_classes, "per_class": self.per_class, "scales": list(self.scales),
-                "dim": self.dim, "eps": self.eps, "focal": self.focal}
+                "dim": self.dim, "eps": self.eps, "focal": self.focal, "kept": self.kept}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ProtoHead":
+        """An untrained head of the saved shape (pruned as recorded in ``kept``)."""
+        cfg = dict(cfg)
+        kept = cfg.pop("kept", None)
+        head = cls(**cfg)
+        if kept is not None:
+            head.keep(kept)
+        return head
 
 
 __all__ = ["ProtoHead"]

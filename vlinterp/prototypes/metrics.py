@@ -79,12 +79,13 @@ def evaluate(pm, scenes, noise: float = 0.2, seed: int = 0, consistent_at: float
     fires = pm.fires(out["sim"]).numpy()
     hits = _hits(scenes, pf, out, pm.head)
     # consistency
-    cons, n_fire = [], []
+    cons, n_fire, cons_scale = [], [], []
     for j in range(pm.head.n_prototypes):
         idx = np.nonzero(fires[:, j])[0]
         n_fire.append(len(idx))
         if len(idx) < min_fires:
             continue
+        cons_scale.append(int(pm.head.proto_scale[j]))
         kinds = [(scenes[i].objects[hits[i, j]].colour, scenes[i].objects[hits[i, j]].shape) if hits[i, j] >= 0 else (None, None) for i in idx]
         best = 0.0
         for part in (0, 1):
@@ -95,7 +96,10 @@ def evaluate(pm, scenes, noise: float = 0.2, seed: int = 0, consistent_at: float
         cons.append(best)
     res["consistency"] = {"share_consistent": float(np.mean([c > consistent_at for c in cons])) if cons else 0.0,
                           "mean": float(np.mean(cons)) if cons else 0.0, "evaluated": len(cons),
-                          "never_or_rarely_fire": int(sum(f < min_fires for f in n_fire))}
+                          "never_or_rarely_fire": int(sum(f < min_fires for f in n_fire)),
+                          "share_consistent_by_scale": {str(sc): float(np.mean([c > consistent_at for c, s2 in zip(cons, cons_scale) if s2 == sc]))
+                                                        for sc in sorted(set(cons_scale))}}
+    res["prototypes_by_scale"] = {str(int(sc)): int((pm.head.proto_scale == sc).sum()) for sc in pm.head.scales}
     # stability under input noise
     pn = pm.features(images, noise=noise, seed=seed)
     out_n = pm.run(pn.feats)
@@ -113,7 +117,7 @@ def _localisation(pm, scenes, pf) -> dict:
 
     z = pm.head.embed(pf.feats)
     scores, chance = [], []
-    per_proto = {}
+    per_proto, by_scale = {}, {}
     for j in range(pm.head.n_prototypes):
         colour, shape = PAIRS[int(pm.head.proto_class[j])]
         pts = []
@@ -129,8 +133,10 @@ def _localisation(pm, scenes, pf) -> dict:
         if pts:
             per_proto[j] = float(np.mean(pts))
             scores += pts
+            by_scale.setdefault(str(int(pm.head.proto_scale[j])), []).extend(pts)
     return {"pointing_game": float(np.mean(scores)) if scores else 0.0,
             "per_prototype_mean": float(np.mean(list(per_proto.values()))) if per_proto else 0.0, "pairs": len(scores),
+            "pointing_game_by_scale": {k: float(np.mean(v)) for k, v in sorted(by_scale.items())},
             "random_map_baseline": float(np.mean(chance)) if chance else 0.0}
 
 

@@ -89,7 +89,7 @@ class ProtoModel:
             raise BackboneMismatchError(f"prototype head was trained on {cfg.get('model')!r} (fingerprint {cfg.get('fingerprint')}); "
                                         f"{adapter.name!r} is a different backbone (fingerprint {fp})")
         t = load_file(os.path.join(path, "prototypes.safetensors"))
-        head = ProtoHead(**cfg["head"])
+        head = ProtoHead.from_config(cfg["head"])
         head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("head.")})
         probe = None
         if "probe.weight" in t:

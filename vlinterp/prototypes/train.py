@@ -103,4 +103,21 @@ def linear_probe(feats: torch.Tensor, labels: torch.Tensor, steps: int = 1500, l
     return out
 
 
-__all__ = ["losses", "warm", "last_layer", "linear_probe"]
+def prune_unused(head: ProtoHead, min_weight: float = 0.05) -> list[int]:
+    """ProtoPNet's pruning step after the sparse last layer: drop prototypes whose weight on their own
+    class is at most ``min_weight`` (they add no evidence to any decision and so appear in no
+    explanation); a class whose prototypes would all go keeps its strongest. Returns the indices
+    kept (into the prototypes before pruning)."""
+    W = head.last.weight.detach()
+    own = W[head.proto_class, torch.arange(head.n_prototypes)]
+    keep = own > min_weight
+    for k in range(head.n_classes):
+        mine = (head.proto_class == k).nonzero().flatten()
+        if len(mine) and not keep[mine].any():
+            keep[mine[own[mine].argmax()]] = True
+    idx = keep.nonzero().flatten().tolist()
+    head.keep(idx)
+    return idx
+
+
+__all__ = ["losses", "warm", "last_layer", "linear_probe", "prune_unused"]
