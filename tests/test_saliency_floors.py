@@ -25,12 +25,13 @@ def test_pointing_game_vit_clip(model):
 
 
 def test_llava_colour_questions_pointing_and_deletion():
-    """Floor: pointing game >= 0.90 on the queried object (reached 0.619 with the 12000-LM-step
-    organism, which answers these right 90% of the time; 0.571 before) and deletion AUC >= 30% lower
-    than the random map's (reached: 59% lower, 0.273 vs 0.668)."""
-    r = bench_saliency("shapes-llava", methods=["relevancy"], n=10, seed=11, steps=12, progress=False)
+    """Floor: pointing game >= 0.90 on the queried object, not met: reached 0.782 on these 30 scenes
+    (55 items) and 0.860 on 60 scenes of seed 13 (95 items; the 0.619 noted before came from 10
+    scenes, 21 items). Deletion AUC >= 30% lower than the random map's: met, 64% lower here (0.236
+    vs 0.650), 61% on seed 13."""
+    r = bench_saliency("shapes-llava", methods=["relevancy"], n=30, seed=11, steps=12, progress=False)
     rel, rnd = r["rows"]["relevancy"], r["rows"]["random"]
-    assert rel["pointing_game"] >= 0.55, rel
+    assert rel["pointing_game"] >= 0.75, rel
     assert rel["pointing_game"] > rnd["pointing_game"] + 0.3
     assert rel["deletion_auc"] <= 0.7 * rnd["deletion_auc"], (rel["deletion_auc"], rnd["deletion_auc"])
     assert rel["insertion_auc"] > rnd["insertion_auc"]
