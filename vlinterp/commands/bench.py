@@ -286,7 +286,11 @@ def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, see
     out = {"model": model, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n, "items": len(extras),
            "steps": steps, "rows": rows, "skipped": skipped}
     if m.family == "llava" and extras:
-        out["answer_accuracy"] = float(np.mean([e.get("correct", False) for e in extras]))
+        correct = [bool(e.get("correct", False)) for e in extras]
+        out["answer_accuracy"] = float(np.mean(correct))
+        # a faithful map of a wrong answer points at the object the model used, not the queried one
+        out["pointing_game_correct_answers"] = {k: float(np.mean([v["pointing_game"] for v, c in zip(per[k], correct) if c]))
+                                                for k in rows if len(per[k]) == len(extras) and any(correct)}
     return out
 
 
@@ -351,6 +355,9 @@ def _saliency(args) -> int:
     print(table(res))
     if res.get("answer_accuracy") is not None:
         print(f"answer accuracy: {res['answer_accuracy']:.3f}")
+        pc = res.get("pointing_game_correct_answers") or {}
+        if pc:
+            print("pointing game on correctly answered items: " + ", ".join(f"{k} {v:.3f}" for k, v in pc.items()))
     for k, why in res["skipped"].items():
         print(f"skipped {k}: {why}")
     if args.json:
