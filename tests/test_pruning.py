@@ -277,3 +277,26 @@ def test_visionzip_inside_the_tower(shapes_llava):
     assert make_pruner("fastv:0.25").tower_schedule(100, Lv, depth) == [101] * 6
     assert make_pruner("hybrid:0.25:tower_layer=3").tower_schedule(100, Lv, depth) == [101] * 3 + [26] * 2
     assert tower_flops(vcfg, [101] * 3 + [26] * 2) < 0.7 * tower_flops(vcfg, [101] * 6)
+
+
+def test_visionzip_batched_selection_equals_the_per_image_loop():
+    """The batched dominant/contextual selection and merge equal a plain loop over images."""
+    from vlinterp.pruning.visionzip import _select_and_merge
+
+    g = torch.Generator().manual_seed(0)
+    hid, attn = torch.randn(3, 30, 8, generator=g), torch.rand(3, 30, generator=g)
+    keep, merged, sizes = _select_and_merge(hid, attn, 5, 3)
+    for i in range(3):
+        k = torch.zeros(30, dtype=torch.bool)
+        k[attn[i].topk(5).indices] = True
+        rest = (~k).nonzero().flatten()
+        targets = rest[torch.linspace(0, len(rest) - 1, 3).round().long()]
+        others = rest[~torch.isin(rest, targets)]
+        k[targets] = True
+        f = torch.nn.functional.normalize(hid[i], dim=-1)
+        near = (f[others] @ f[targets].T).argmax(1)
+        assert torch.equal(keep[i], k)
+        for j, t in enumerate(targets.tolist()):
+            group = torch.cat([hid[i, t:t + 1], hid[i, others[near == j]]])
+            assert torch.allclose(merged[i, t], group.mean(0), atol=1e-6) and sizes[i, t] == len(group)
+        assert torch.equal(merged[i, ~k], hid[i, ~k]) and bool((sizes[i, ~k] == 1).all())

@@ -28,6 +28,41 @@ def _run_layer(layer, h: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     return out[0] if isinstance(out, tuple) else out
 
 
+def _select_and_merge(hid: torch.Tensor, cls_attn: torch.Tensor, k_d: int, k_c: int):
+    """All images at once: ``hid`` ``[n, N, D]``, ``cls_attn`` ``[n, N]`` -> ``(keep [n, N] bool,
+    merged [n, N, D], sizes [n, N])``. Dominant: the ``k_d`` patches CLS attends to most. Of the
+    rest (in grid order), ``k_c`` evenly spaced ones are context targets; every other remaining
+    patch joins the target its feature is most cosine-similar to, and each target's slot holds
+    its group's mean (``sizes``: group sizes, 1 elsewhere)."""
+    n, N, D = hid.shape
+    dev = hid.device
+    keep = torch.zeros(n, N, dtype=torch.bool, device=dev)
+    if k_d:
+        keep.scatter_(1, cls_attn.topk(k_d, dim=1).indices, True)
+    merged = hid.clone()
+    sizes = torch.ones(n, N, device=dev)
+    rest = (~keep).nonzero()[:, 1].view(n, N - k_d)                      # [n, N - k_d], grid order
+    if not k_c or not rest.shape[1]:
+        return keep, merged, sizes
+    pick = torch.linspace(0, rest.shape[1] - 1, k_c, device=dev).round().long().unique()
+    is_t = torch.zeros(rest.shape[1], dtype=torch.bool, device=dev)
+    is_t[pick] = True
+    targets, others = rest[:, is_t], rest[:, ~is_t]                       # [n, k_c'], [n, o]
+    keep.scatter_(1, targets, True)
+    if not others.shape[1]:
+        return keep, merged, sizes
+    f = torch.nn.functional.normalize(hid.float(), dim=-1)
+    ft = torch.gather(f, 1, targets[..., None].expand(-1, -1, D))
+    fo = torch.gather(f, 1, others[..., None].expand(-1, -1, D))
+    near = torch.einsum("nod,ntd->not", fo, ft).argmax(-1)                # [n, o] group of each other patch
+    sums = torch.gather(hid, 1, targets[..., None].expand(-1, -1, D)).clone()
+    sums.scatter_add_(1, near[..., None].expand(-1, -1, D), torch.gather(hid, 1, others[..., None].expand(-1, -1, D)))
+    count = torch.ones(n, targets.shape[1], device=dev).scatter_add_(1, near, torch.ones(near.shape, device=dev))
+    merged.scatter_(1, targets[..., None].expand(-1, -1, D), sums / count[..., None].to(sums.dtype))
+    sizes.scatter_(1, targets, count)
+    return keep, merged, sizes
+
+
 @register("visionzip")
 class VisionZip(Pruner):
     acts_on_vision = True
@@ -74,37 +109,17 @@ class VisionZip(Pruner):
         k = self.n_keep(N)
         k_c = min(k, int(round(self.contextual * k))) if k > 1 else 0
         k_d = k - k_c
-        keep = torch.zeros(n, N, dtype=torch.bool, device=hid.device)
-        merged = hid.clone()
-        sizes = torch.ones(n, N, device=hid.device)
-        for i in range(n):
-            dom = cls_attn[i].topk(k_d).indices if k_d else cls_attn[i][:0].long()
-            keep[i, dom] = True
-            rest = (~keep[i]).nonzero().flatten()
-            if k_c and len(rest):
-                targets = rest[torch.linspace(0, len(rest) - 1, k_c, device=hid.device).round().long().unique()]
-                others = rest[~torch.isin(rest, targets)]
-                keep[i, targets] = True
-                if len(others):
-                    f = torch.nn.functional.normalize(hid[i].float(), dim=-1)
-                    near = (f[others] @ f[targets].T).argmax(1)
-                    for j, t in enumerate(targets.tolist()):
-                        group = torch.cat([hid[i, t:t + 1], hid[i, others[near == j]]])
-                        merged[i, t] = group.mean(0)
-                        sizes[i, t] = len(group)
-        if m < li:  # the rest of the tower on CLS + the kept tokens
-            cnt = keep.sum(1)
-            rows = [torch.arange(n)] if int(cnt.min()) == int(cnt.max()) else [torch.tensor([i]) for i in range(n)]
-            for r in rows:  # rows keeping different counts (rare) go one at a time
-                pos = keep[r].nonzero()[:, 1].view(len(r), -1)                      # [r, k] grid indices
-                idx = pos[..., None].expand(-1, -1, merged.shape[-1])
-                x = torch.cat([h[r, :1], torch.gather(merged[r], 1, idx)], 1)       # [r, 1 + k, Dv]
-                mask = None
-                if self.proportional:  # merged tokens draw the attention of the tokens they stand for
-                    bias = torch.cat([torch.zeros(len(r), 1), torch.gather(sizes[r], 1, pos).log()], 1).to(x.dtype)
-                    mask = bias[:, None, None, :].expand(-1, 1, x.shape[1], -1)
-                for j in range(m, li):
-                    x = _run_layer(layers[j], x, mask)
-                merged[r] = merged[r].scatter(1, idx, x[:, 1:])
+        keep, merged, sizes = _select_and_merge(hid, cls_attn, k_d, k_c)
+        if m < li:  # the rest of the tower on CLS + the kept tokens (every row keeps the same count)
+            pos = keep.nonzero()[:, 1].view(n, -1)                                  # [n, k] grid indices
+            idx = pos[..., None].expand(-1, -1, merged.shape[-1])
+            x = torch.cat([h[:, :1], torch.gather(merged, 1, idx)], 1)               # [n, 1 + k, Dv]
+            mask = None
+            if self.proportional:  # merged tokens draw the attention of the tokens they stand for
+                bias = torch.cat([torch.zeros(n, 1), torch.gather(sizes, 1, pos).log()], 1).to(x.dtype)
+                mask = bias[:, None, None, :].expand(-1, 1, x.shape[1], -1)
+            for j in range(m, li):
+                x = _run_layer(layers[j], x, mask)
+            merged = merged.scatter(1, idx, x[:, 1:])
         feats = runner.inner.multi_modal_projector(merged)
         return feats, keep, (sizes if self.proportional else None)
