@@ -7,17 +7,19 @@ import pytest
 
 from vlinterp.commands.bench import bench_saliency
 
-# organism: (method, floor on pointing game, level reached by the shipped weights)
+# organism: (method, floor on pointing game, level reached by the shipped weights). On 60 scenes
+# (165 items) of seed 11: vit 0.902, clip 0.885; seed 13 (142 items): vit 0.884, clip 0.965. The
+# 0.816 / 0.779 noted before came from 12 scenes.
 POINTING = {
-    "shapes-vit": ("relevancy", 0.85, 0.80),    # measured 0.816 (38 labels, 12 scenes)
-    "shapes-clip": ("relevancy", 0.85, 0.75),   # measured 0.779 (38 caption objects, 12 scenes)
+    "shapes-vit": ("relevancy", 0.85, 0.85),
+    "shapes-clip": ("relevancy", 0.85, 0.85),
 }
 
 
 @pytest.mark.parametrize("model", sorted(POINTING))
 def test_pointing_game_vit_clip(model):
     method, floor, reached = POINTING[model]
-    r = bench_saliency(model, methods=[method], n=12, seed=11, steps=0, progress=False)
+    r = bench_saliency(model, methods=[method], n=60, seed=11, steps=0, progress=False)
     pg = r["rows"][method]["pointing_game"]
     assert pg >= min(floor, reached), (model, method, pg)
     assert pg > 3 * r["rows"]["random"]["pointing_game"]
