@@ -174,18 +174,13 @@ def run_trace(args) -> dict:
 
 def _run(args) -> int:
     out = run_trace(args)
-    if args.dataset:
-        meta, rr = out["meta"], out["rr_of_means"]
-        print(f"{meta['n']} items: P clean {meta['p_clean']:.4f}, corrupted {meta['p_corrupt']:.4f} (RR of the means)")
-        for c, comp in enumerate(meta["components"]):
-            best = max((rr[c][l][g], meta["layers"][l], meta["positions"][g]) for l in range(len(meta["layers"]))
-                       for g in range(len(meta["positions"])))
-            print(f"  {comp:5s} best RR {best[0]:.3f} at layer {best[1]}, positions {best[2]}")
-        print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
-        return 0
-    rr = out["arrays"]["rr"]
     meta = out["meta"]
-    print(f"target {meta['target']!r}: P clean {out['arrays']['p_clean'][0]:.4f}, corrupted {sum(out['arrays']['p_corrupt']) / len(out['arrays']['p_corrupt']):.4f}")
+    if args.dataset:
+        rr = out["rr_of_means"]
+        print(f"{meta['n']} items: P clean {meta['p_clean']:.4f}, corrupted {meta['p_corrupt']:.4f} (RR of the means)")
+    else:
+        rr = out["arrays"]["rr"]
+        print(f"target {meta['target']!r}: P clean {out['arrays']['p_clean'][0]:.4f}, corrupted {sum(out['arrays']['p_corrupt']) / len(out['arrays']['p_corrupt']):.4f}")
     for c, comp in enumerate(meta["components"]):
         best = max(((rr[c][l][g], meta["layers"][l], meta["positions"][g]) for l in range(len(meta["layers"])) for g in range(len(meta["positions"]))), default=None)
         if best:

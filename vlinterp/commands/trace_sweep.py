@@ -22,9 +22,9 @@ TRACE_ARGS = ("stream", "saliency", "object_fraction", "corruption", "noise", "c
 def shapes_items(n: int, seed: int) -> list[dict]:
     """The positive presence questions of ``n`` held-out scenes (split ``test``, ``seed``): target
     ``yes``, ``box`` the asked object's ground-truth box, ``object`` its words."""
-    from ..data.questions import pope_split
+    from ..data.questions import positive_presence
 
-    pairs = [(s, qa) for s, qa in pope_split("test", 2 * n, seed, "random") if qa.answer == "yes"][:n]
+    pairs = positive_presence("test", n, seed)
     out = []
     for s, qa in pairs:
         o = s.objects[qa.obj_index]
@@ -124,8 +124,8 @@ def run_trace_dataset(args) -> dict:
     out = {"meta": meta, "rr_of_means": rr.tolist(), "items": entries}
     write_bytes_atomic(args.json, json.dumps(out, indent=1).encode())
     if args.plot:
-        r = Result("trace", {"rr": rr, "p_clean": np.array([meta["p_clean"]]), "p_corrupt": np.array([meta["p_corrupt"]])}, meta={"components": meta["components"], "layers": meta["layers"],
-                                              "positions": meta["positions"]})
+        arrays = {"rr": rr, "p_clean": np.array([meta["p_clean"]]), "p_corrupt": np.array([meta["p_corrupt"]])}
+        r = Result("trace", arrays, meta={k: meta[k] for k in ("components", "layers", "positions")})
         plot_trace(r, args.plot, title=f"{name}: RR of the means over {len(entries)} items "
                                        f"(P clean {meta['p_clean']:.3f}, corrupted {meta['p_corrupt']:.3f})")
     return out

@@ -27,7 +27,7 @@ from .shapes import (NUM_WORDS, PAIRS, SHAPES, Obj, Scene, make_scene, pair_freq
 __all__ = ["QA", "KINDS", "NEG_TYPES", "plural", "object_phrase", "objects_phrase",
            "caption", "presence_question", "colour_question", "count_question",
            "CAPTION_QUESTION", "presence_questions", "negatives", "make_questions",
-           "pope_split", "popular_order"]
+           "pope_split", "positive_presence", "popular_order"]
 
 KINDS = ("presence", "colour", "count", "caption")
 NEG_TYPES = ("random", "popular", "adversarial")
@@ -213,3 +213,9 @@ def pope_split(name: str, n: int, seed: int = 0, neg_type: str = "random",
             qa = QA("presence", presence_question(*p), "no", p, neg_type, None)
         out.append((scene, qa))
     return out
+
+
+def positive_presence(name: str, n: int, seed: int = 0) -> list[tuple[Scene, QA]]:
+    """The first ``n`` "yes" presence questions of :func:`pope_split` (random negatives) on
+    ``name``/``seed``: one per even scene, ``qa.obj_index`` the object asked about."""
+    return [(s, qa) for s, qa in pope_split(name, 2 * n, seed, "random") if qa.answer == "yes"][:n]

@@ -90,7 +90,6 @@ def method_spec(method: str, keep: float) -> str:
     return ":".join([name, f"{keep:g}", *(o.strip() for o in opts.rstrip("]").split(",") if o.strip())])
 
 
-
 def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv", "visionzip", "info", "hybrid"), n: int = 128,
               seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True,
               pool=None) -> dict:

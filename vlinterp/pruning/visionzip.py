@@ -83,10 +83,9 @@ class VisionZip(Pruner):
         if cfg.vision_feature_select_strategy != "default" or not isinstance(cfg.vision_feature_layer, int):
             raise UnsupportedError("VisionZip here needs one vision feature layer and the 'default' (CLS dropped) strategy")
         tower = runner.inner.vision_tower
-        layers = tower.vision_model.encoder.layers if hasattr(tower, "vision_model") else tower.encoder.layers
-        fl = cfg.vision_feature_layer
-        li = fl if fl >= 0 else len(layers) + 1 + fl  # hidden_states[fl] is the output of encoder layer li - 1
         vm = tower.vision_model if hasattr(tower, "vision_model") else tower
+        layers = vm.encoder.layers
+        li = runner.tower_shape()[2]  # the feature layer is the output of encoder layer li - 1
         m = li if self.tower_layer is None else self.tower_layer
         if not 1 <= m <= li:
             raise LayerRangeError(f"visionzip: tower_layer {m} must be in 1..{li} (the feature layer's depth)")

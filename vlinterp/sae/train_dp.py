@@ -14,6 +14,7 @@ single-process run, so either kind of run resumes the other.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import torch
@@ -129,8 +130,6 @@ def train_data_parallel(store, arch, d_sae, k, steps, batch_size, lr, image_frac
                 raise NaNError(_first_line_with(msg, "non-finite")) from e
             raise WorkerError(f"data-parallel SAE training failed: {msg[-2000:]}") from e
         finally:
-            import shutil
-
             shutil.rmtree(runs, ignore_errors=True)
     finally:
         if started:
@@ -140,8 +139,6 @@ def train_data_parallel(store, arch, d_sae, k, steps, batch_size, lr, image_frac
                     resume=True, progress=False, l1=l1, stop_after=0)
     sae.vlinterp_meta["workers"] = workers
     if own:
-        import shutil
-
         shutil.rmtree(ckpt, ignore_errors=True)
     return sae
 

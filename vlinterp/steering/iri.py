@@ -133,10 +133,10 @@ class IRI(Steerer):
         over the positive presence questions of ``n`` calibration scenes (answer ``yes``)."""
         from tqdm.auto import tqdm
 
-        from ..data.questions import pope_split
+        from ..data.questions import positive_presence
         from ..tracing import trace
 
-        items = [(s, qa) for s, qa in pope_split(split, 2 * n, seed, "random") if qa.answer == "yes"][:n]
+        items = positive_presence(split, n, seed)
         rr = []
         for s, qa in tqdm(items, desc="IRI: tracing", disable=not progress):
             b = adapter.prepare(images=[s.pil()], text=[qa.question])

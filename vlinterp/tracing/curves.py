@@ -11,7 +11,7 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.questions import pope_split
+from ..data.questions import positive_presence
 from .localise import localisation
 from .trace import trace
 
@@ -20,7 +20,7 @@ def last_token_curves(adapter, n: int = 48, split: str = "test", seed: int = 11,
                       components=("attn", "mlp", "resid"), progress: bool = False) -> dict:
     """RR of the means per layer ``{component: [L]}`` for restoring each component at the last
     token, over the positive presence questions of ``n`` scenes that the model answers right."""
-    items = [(s, qa) for s, qa in pope_split(split, 2 * n, seed, "random") if qa.answer == "yes"][:n]
+    items = positive_presence(split, n, seed)
     pp, pc, pk = [], [], []
     for s, qa in tqdm(items, desc="curves", disable=not progress):
         b = adapter.prepare(images=[s.pil()], text=[qa.question])

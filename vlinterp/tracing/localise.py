@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.questions import pope_split
+from ..data.questions import positive_presence
 from ..data.shapes import patch_coverage
 from .trace import trace
 
@@ -41,7 +41,7 @@ def localisation(adapter, n: int = 32, split: str = "test", seed: int = 11, samp
     Returns ``{"object": [L], "control": [L], "best_layer", "object_best", "control_at_best",
     "control_max", "n", "skipped_wrong", "p_clean", "p_corrupt", "per_scene": {"object": [n, L]
     P_patch, "control": [n, L], "p_clean": [n], "p_corrupt": [n]}}``."""
-    items = [(s, qa) for s, qa in pope_split(split, 2 * n, seed, "random") if qa.answer == "yes"][:n]
+    items = positive_presence(split, n, seed)
     rng = np.random.default_rng(seed)
     rows = {"object": [], "control": [], "p_clean": [], "p_corrupt": []}
     skipped = 0
