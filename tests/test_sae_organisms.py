@@ -68,3 +68,21 @@ def test_diffusion_hspace_steering_moves_samples():
     steered = steer_colour(m, sae, feats, "red", prompts, alpha=30.0, steps=4)
     assert count_hooks(m.model) == before
     assert (steered - plain).abs().mean() > 1e-3
+
+
+def test_swap_edit_replaces_the_source_feature_only_where_it_fires():
+    import torch
+
+    from vlinterp.sae.diffusion import swap_edit
+
+    class Relu:  # a two-feature SAE whose codes are the first two channels, rectified
+        W_dec = torch.eye(2, 3)
+
+        def encode(self, x):
+            return torch.relu(x[:, :2])
+
+    t = torch.tensor([[[[2.0, -1.0]], [[0.5, 0.0]], [[7.0, 7.0]]]])     # [B=1, C=3, h=1, w=2]
+    out = swap_edit(Relu(), src=0, tgt=1, gain=3.0)(t, None)
+    # position 0: feature 0 fires at 2 -> channel 0 loses 2, channel 1 gains 3 * 2; position 1: untouched
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.0, 6.5, 7.0]))
+    assert torch.equal(out[0, :, 0, 1], t[0, :, 0, 1])

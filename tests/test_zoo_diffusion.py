@@ -43,11 +43,11 @@ def test_shipped_is_real_sd_layout_pixel_model(m):
 
     assert isinstance(m.unet, UNet2DConditionModel) and isinstance(m.model.text_encoder, CLIPTextModel)
     assert isinstance(m.scheduler, DDIMScheduler) and m.scheduler.config.steps_offset == 1
-    assert m.vae is None and m.image_size == 32 and m.unet.config.in_channels == 3
-    assert set(m.unet.config.down_block_types) == {"CrossAttnDownBlock2D"}
-    assert set(m.unet.config.up_block_types) == {"CrossAttnUpBlock2D"}
+    assert m.vae is None and m.image_size == 64 and m.unet.config.in_channels == 3
+    assert set(m.unet.config.down_block_types) == {"DownBlock2D", "CrossAttnDownBlock2D"}
+    assert set(m.unet.config.up_block_types) == {"CrossAttnUpBlock2D", "UpBlock2D"}
     assert m.unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"
-    # cross-attention at every resolution the UNet works at (DAAM maps need 32x32 and 16x16)
+    # cross-attention at every resolution below 64x64 (DAAM maps need 32x32 and 16x16)
     grids = {m.xattn_grid(k) for k in m.attention_sites("xattn")}
     assert {(32, 32), (16, 16), (8, 8)} <= grids
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(zoo.weights_dir(recipe.NAME)) for f in fs)
@@ -63,7 +63,7 @@ def test_shipped_sample_is_seeded_and_in_range(m):
     b = m.prepare(text=["a red circle."], seed=3)
     imgs, x = m.sample(b, steps=5, guidance_scale=3.0, progress=False, return_tensor=True)
     _, x2 = m.sample(m.prepare(text=["a red circle."], seed=3), steps=5, guidance_scale=3.0, progress=False, return_tensor=True)
-    assert imgs[0].size == (32, 32) and x.shape == (1, 3, 32, 32)
+    assert imgs[0].size == (64, 64) and x.shape == (1, 3, 64, 64)
     assert torch.equal(x, x2) and 0 <= float(x.min()) and float(x.max()) <= 1
 
 
@@ -92,6 +92,6 @@ def test_train_from_scratch_writes_loadable_dir(tmp_path):
     assert card["steps"] == 2 and set(card["floors"]) == set(recipe.FLOORS) and "prompt_match" in card["metrics"]
     m2 = vi.load(str(out))
     imgs = m2.sample(m2.prepare(text=["a blue square."]), steps=2, progress=False)
-    assert imgs[0].size == (32, 32)
+    assert imgs[0].size == (recipe.IMAGE_SIZE, recipe.IMAGE_SIZE) == (64, 64)
     if before is not None:
         assert _hashes(d) == before

@@ -19,6 +19,7 @@ from ..core.layout import IMAGE
 from ..data.shapes import COLOURS, PAIRS
 
 SITE = "unet.mid.0"
+GUIDANCE = 2.0  # the shapes-diffusion organism's sampling guidance (recipe_diffusion.SAMPLING)
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def _from_rows(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def harvest_hspace(adapter, n: int = 96, steps: int = 10, seed: int = 0, batch_size: int = 48, progress: bool = True,
                    site: str = SITE):
     """An :class:`~vlinterp.sae.store.ActivationStore` of h-space rows from sampling ``n``
-    single-object prompts (all 24 pairs cycled) with ``steps`` sampler steps (guidance 3).
+    single-object prompts (all 24 pairs cycled) with ``steps`` sampler steps (guidance ``GUIDANCE``).
     ``meta["colour"]`` ``[n]``: colour index of sample ``i``'s prompt."""
     from ..zoo.diffusion_data import caption
     from .store import ActivationStore
@@ -46,7 +47,7 @@ def harvest_hspace(adapter, n: int = 96, steps: int = 10, seed: int = 0, batch_s
         chunk = pairs[i:i + batch_size]
         b = adapter.prepare(text=[caption([p]) for p in chunk], seed=seed * 100003 + i)
         with adapter.capture([site]) as cache:
-            adapter.sample(b, steps=steps, guidance_scale=3.0, progress=False)
+            adapter.sample(b, steps=steps, guidance_scale=GUIDANCE, progress=False)
         for s, t in enumerate(cache.steps[site]):
             r = _to_rows(t)
             r = r.view(len(chunk), 2, *r.shape[1:])[:, 1] if r.shape[0] == 2 * len(chunk) else r  # the conditional rows
@@ -100,12 +101,35 @@ def steer_edit(sae, add: int, strength: float, remove: int | None = None):
     return fn
 
 
+def swap_edit(sae, src: int, tgt: int, gain: float):
+    """Edit for a UNet site ``[B, C, h, w]``: a feature swap. Wherever feature ``src`` fires with
+    activation ``a`` (per position), its decoded contribution ``a * W_dec[src]`` is replaced by
+    ``gain * a * W_dec[tgt]``; positions where ``src`` is silent are left alone."""
+    W = sae.W_dec.detach()
+
+    def fn(t, layout):
+        r = _to_rows(t).float()
+        a = sae.encode(r.reshape(-1, r.shape[-1]))[:, src].view(*r.shape[:2], 1)
+        r = r - a * W[src] + (float(gain) * a) * W[tgt]
+        return _from_rows(r.to(t.dtype), t)
+
+    return fn
+
+
 @torch.no_grad()
-def steer_colour(adapter, sae, features: dict, target: str, prompts: list, alpha: float = 2.0, steps: int = 25,
-                 seed: int = 0) -> torch.Tensor:
-    """Samples ``[n, 3, S, S]`` for ``prompts`` (``(colour, shape)`` pairs) steered to ``target``."""
+def steer_colour(adapter, sae, features: dict, target: str, prompts: list, alpha: float = 2.0, steps: int = 20,
+                 seed: int = 0, mode: str = "add", site: str | None = None) -> torch.Tensor:
+    """Samples ``[n, 3, S, S]`` for ``prompts`` (``(colour, shape)`` pairs) steered to ``target``.
+
+    ``mode="add"``: :func:`steer_edit` (target direction at every position, strength ``alpha`` x
+    its mean activation; the prompt colour's feature switched off). ``mode="swap"``:
+    :func:`swap_edit` from the prompt colour's feature to the target's, gain ``alpha`` x the
+    ratio of their mean activations (needs one prompt colour per chunk of 48). ``site``: where the
+    SAE was trained (default: its ``vlinterp_meta`` site, else ``unet.mid.0``)."""
     from ..zoo.diffusion_data import caption
 
+    if mode not in ("add", "swap"):
+        raise ValueError(f"unknown steering mode {mode!r}; 'add' or 'swap'")
     f_t = features[target]
     xs = []
     for i in range(0, len(prompts), 48):
@@ -113,14 +137,21 @@ def steer_colour(adapter, sae, features: dict, target: str, prompts: list, alpha
         src = {p[0] for p in chunk}
         remove = features[next(iter(src))]["feature"] if len(src) == 1 else None
         b = adapter.prepare(text=[caption([p]) for p in chunk], seed=seed + i)
-        site = getattr(sae, "vlinterp_meta", {}).get("site") or SITE
-        with adapter.edits({site: steer_edit(sae, f_t["feature"], alpha * f_t["mean_active"], remove)}):
-            xs.append(adapter.sample(b, steps=steps, guidance_scale=3.0, progress=False, return_tensor=True)[1].cpu())
+        site = site or getattr(sae, "vlinterp_meta", {}).get("site") or SITE
+        if mode == "swap":
+            if remove is None:
+                raise ValueError("swap steering needs one prompt colour per chunk of 48 prompts")
+            f_s = features[next(iter(src))]
+            edit = swap_edit(sae, remove, f_t["feature"], alpha * f_t["mean_active"] / max(f_s["mean_active"], 1e-6))
+        else:
+            edit = steer_edit(sae, f_t["feature"], alpha * f_t["mean_active"], remove)
+        with adapter.edits({site: edit}):
+            xs.append(adapter.sample(b, steps=steps, guidance_scale=GUIDANCE, progress=False, return_tensor=True)[1].cpu())
     return torch.cat(xs)
 
 
-def steering_success(adapter, sae, features: dict, judge, n_per_target: int = 16, alpha: float = 2.0, steps: int = 25,
-                     seed: int = 5, progress: bool = True) -> dict:
+def steering_success(adapter, sae, features: dict, judge, n_per_target: int = 16, alpha: float = 2.0, steps: int = 20,
+                     seed: int = 5, progress: bool = True, mode: str = "add", site: str | None = None) -> dict:
     """For each target colour: prompts of other colours (cycled pairs), steered; the share of
     samples the judge (``shapes-vit``) sees in the target colour, and the unsteered share."""
     from ..zoo.recipe_diffusion import sample_prompts, vit_judge
@@ -130,13 +161,14 @@ def steering_success(adapter, sae, features: dict, judge, n_per_target: int = 16
     for ci, target in enumerate(tqdm(COLOURS, desc="steering", disable=not progress)):
         src = COLOURS[(ci + 1) % len(COLOURS)]  # one source colour per target, so its feature can be removed
         prompts = [(src, PAIRS[j % len(PAIRS)][1]) for j in range(n_per_target)]
-        x = steer_colour(adapter, sae, features, target, prompts, alpha, steps, seed)
-        x0 = sample_prompts(adapter, prompts, seed=seed, steps=steps, guidance_scale=3.0)
+        x = steer_colour(adapter, sae, features, target, prompts, alpha, steps, seed, mode, site)
+        x0 = sample_prompts(adapter, prompts, seed=seed, steps=steps, guidance_scale=GUIDANCE)
         got = [p is not None and p[0] == target for p in vit_judge(judge, x)]
         got0 = [p is not None and p[0] == target for p in vit_judge(judge, x0)]
         rows[target] = {"from": src, "steered": float(np.mean(got)), "unsteered": float(np.mean(got0))}
         hit, base_hit, total = hit + sum(got), base_hit + sum(got0), total + len(got)
-    return {"success": hit / total, "unsteered": base_hit / total, "per_colour": rows, "alpha": alpha, "n": total}
+    return {"success": hit / total, "unsteered": base_hit / total, "per_colour": rows, "alpha": alpha, "mode": mode,
+            "n": total}
 
 
-__all__ = ["harvest_hspace", "colour_feature", "steer_edit", "steer_colour", "steering_success"]
+__all__ = ["harvest_hspace", "colour_feature", "steer_edit", "swap_edit", "steer_colour", "steering_success"]
