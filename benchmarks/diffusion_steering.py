@@ -6,7 +6,10 @@ top-k SAE on them, pick one feature per colour (:func:`vlinterp.sae.diffusion.co
 then sample prompts of colour ``c+1`` steered to colour ``c`` for all six colours.
 
     python benchmarks/diffusion_steering.py [--sites unet.mid.0 unet.up.1] [--modes add swap]
-        [--alphas 1 2 4] [--n-per-target 16] [--json out.json]
+        [--alphas 1 2 4] [--n-per-target 16] [--seed 5] [--json out.json]
+
+Sites: any UNet block (``unet.mid.0``, ``unet.up.1``: h-space), cross-attention outputs
+(``unet.xattn.k``) or the text encoder's output (``text.final``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--sae-steps", type=int, default=1500)
     ap.add_argument("--n-per-target", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20, help="sampler steps when steering")
+    ap.add_argument("--seed", type=int, default=5, help="noise seed of the steered and unsteered samples")
     ap.add_argument("--json")
     a = ap.parse_args()
     m = vi.load(a.model)
@@ -46,7 +50,7 @@ def main() -> None:
         for mode in a.modes:
             for alpha in a.alphas:
                 r = steering_success(m, sae, feats, judge, n_per_target=a.n_per_target, alpha=alpha, steps=a.steps,
-                                     mode=mode, site=site, progress=False)
+                                     mode=mode, site=site, progress=False, seed=a.seed)
                 r.update(site=site, features={c: f["feature"] for c, f in feats.items()})
                 out.append(r)
                 print(f"{site:12s} {mode:5s} alpha {alpha:4.1f}: steered {r['success']:.3f} "

@@ -89,7 +89,9 @@ def test_train_from_scratch_writes_loadable_dir(tmp_path):
     out = tmp_path / "diff"
     card = recipe.train(str(out), seed=0, steps=2, progress=False, eval_n=4, pool=64, eval_steps=2)
     assert {"vlinterp_diffusion.json", "unet", "text_encoder", "tokenizer", "scheduler", "card.json"} <= set(os.listdir(out))
-    assert card["steps"] == 2 and set(card["floors"]) == set(recipe.FLOORS) and "prompt_match" in card["metrics"]
+    # 2 denoising steps + the grounding phase scaled to them (1 step)
+    assert card["steps"] == 3 and card["hparams"]["ground_steps"] == 1
+    assert set(card["floors"]) == set(recipe.FLOORS) and "prompt_match" in card["metrics"]
     m2 = vi.load(str(out))
     imgs = m2.sample(m2.prepare(text=["a blue square."]), steps=2, progress=False)
     assert imgs[0].size == (recipe.IMAGE_SIZE, recipe.IMAGE_SIZE) == (64, 64)

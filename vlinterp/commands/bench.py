@@ -131,12 +131,12 @@ def colour_mask(image, colour: str, max_dist: float = 120.0):
     return (near == names.index(colour)) & (d.min(-1) < max_dist)
 
 
-def diffusion_items(m, scenes, seed, steps: int = 20):
+def diffusion_items(m, scenes, seed, steps: int = 20, guidance: float = 1.0):
     for i, s in enumerate(scenes):
         o = s.objects[0]
         prompt = f"a {o.colour} {o.shape}"
         b = m.prepare(text=[prompt], seed=seed * 1000 + i)
-        yield Item(prompt, b, o.shape, None, extra={"colour": o.colour, "steps": steps})
+        yield Item(prompt, b, o.shape, None, extra={"colour": o.colour, "steps": steps, "guidance": guidance})
 
 
 ITEMS = {"llava": llava_items, "vit": vit_items, "clip": clip_items, "diffusion": diffusion_items}
@@ -153,7 +153,8 @@ def _generated(m, item, res):
         v = res.arrays.get(key) if key in res.arrays else res.meta.get(key)
         if v is not None:
             return np.asarray(load_image(v), np.uint8)
-    return np.asarray(m.sample(item.batch, steps=item.extra.get("steps", 20), progress=False)[0], np.uint8)
+    return np.asarray(m.sample(item.batch, steps=item.extra.get("steps", 20), guidance_scale=item.extra.get("guidance", 1.0),
+                               progress=False)[0], np.uint8)
 
 
 def measure(res, item, row: int, steps: int, seed: int) -> dict[str, float]:
@@ -172,7 +173,7 @@ def measure(res, item, row: int, steps: int, seed: int) -> dict[str, float]:
 WRAPPERS = ("msea",)  # run another method; benchmark them by name with --methods
 
 
-def _applicable(names, m, methods_arg, sample_steps: int = 20):
+def _applicable(names, m, methods_arg, sample_steps: int = 20, guidance: float = 1.0):
     """Instantiate each method; a method the family does not support is skipped with its reason."""
     from .explain import _takes, method
 
@@ -181,6 +182,8 @@ def _applicable(names, m, methods_arg, sample_steps: int = 20):
     out, skipped = {}, {}
     for name in names:
         opts = {"steps": sample_steps} if m.family == "diffusion" and _takes(name, "steps") else {}
+        if m.family == "diffusion" and _takes(name, "guidance_scale"):
+            opts["guidance_scale"] = guidance
         try:
             out[name] = method(name, m, **opts)
         except (VlinterpError, TypeError) as e:
@@ -190,7 +193,8 @@ def _applicable(names, m, methods_arg, sample_steps: int = 20):
     return out, skipped
 
 
-def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20) -> list[dict]:
+def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20,
+                   guidance: float = 1.0) -> list[dict]:
     """Measure every method (and the random / centre baselines) on the held-out scenes with these
     indices. One entry per scene: ``{"per": {method: [measures per item]}, "extras": [...],
     "skipped": {method: reason}}``. Scenes are independent (the random map's seed comes from the
@@ -198,10 +202,10 @@ def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, 
     from .. import metrics as M
     from ..core.errors import UnsupportedError
 
-    meths, skipped = _applicable(names, m, methods_given, sample_steps)
+    meths, skipped = _applicable(names, m, methods_given, sample_steps, guidance)
     if not meths:
         raise UnsupportedError(f"no saliency method runs on {m.family} models (tried: {', '.join(names)})")
-    kw = {"steps": sample_steps} if m.family == "diffusion" else {}
+    kw = {"steps": sample_steps, "guidance": guidance} if m.family == "diffusion" else {}
     out = []
     for si in scene_indices:
         from ..data import make_scene
@@ -250,7 +254,8 @@ def _bench_worker(adapter, scene_indices, start, **kw):
 
 
 def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
-                   progress: bool = True, sample_steps: int = 20, workers: int = 1, address: str | None = None) -> dict:
+                   progress: bool = True, sample_steps: int = 20, workers: int = 1, address: str | None = None,
+                   guidance: float = 1.0) -> dict:
     """Run the benchmark; returns ``{"rows": {method: {metric: mean}}, ...}`` (see the module doc).
     ``workers`` > 1 measures the scenes on Ray workers (one model replica each); the rows equal
     the single-process run."""
@@ -268,7 +273,8 @@ def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, see
     if m.family not in ITEMS:
         raise UnsupportedError(f"bench saliency does not support {m.family} models")
     names = methods or [x for x in saliency.names(m.family) if x not in WRAPPERS]
-    work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps)
+    work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps,
+                   guidance=guidance)
     with WorkerPool(model, workers, address) as pool:
         if workers <= 1:
             pool._local = m
@@ -285,6 +291,8 @@ def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, see
     rows = {k: _mean(v) for k, v in per.items() if v and k not in skipped}
     out = {"model": model, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n, "items": len(extras),
            "steps": steps, "rows": rows, "skipped": skipped}
+    if m.family == "diffusion":
+        out["sampling"] = {"steps": sample_steps, "guidance_scale": guidance}
     if m.family == "llava" and extras:
         correct = [bool(e.get("correct", False)) for e in extras]
         out["answer_accuracy"] = float(np.mean(correct))
@@ -335,6 +343,7 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=1, help="held-out scene seed")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (0 = skip them)")
     p.add_argument("--sample-steps", type=int, default=20, help="diffusion: sampler steps per generated image")
+    p.add_argument("--guidance", type=float, default=1.0, help="diffusion: classifier-free guidance scale of the sampler")
     p.add_argument("--workers", type=int, default=1, help="Ray workers (needs vlinterp[scale]); rows equal the single-process run")
     p.add_argument("--address", help="existing Ray cluster instead of a local one")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
@@ -350,7 +359,7 @@ def _saliency(args) -> int:
         raise PromptError(f"--steps must be in 0..1000, got {args.steps}")
     methods = [x.strip() for x in args.methods.split(",") if x.strip()] if args.methods else None
     res = bench_saliency(args.model, methods, args.n, args.seed, args.steps, sample_steps=args.sample_steps, workers=args.workers,
-                         address=args.address)
+                         address=args.address, guidance=args.guidance)
     print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} items on {res['scenes']} held-out scenes (seed {res['seed']})")
     print(table(res))
     if res.get("answer_accuracy") is not None:

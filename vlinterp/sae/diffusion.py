@@ -23,12 +23,16 @@ GUIDANCE = 2.0  # the shapes-diffusion organism's sampling guidance (recipe_diff
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
-    """``[B, C, h, w]`` -> ``[B, h*w, C]``."""
+    """``[B, C, h, w]`` (UNet blocks) -> ``[B, h*w, C]``; ``[B, N, C]`` (attention outputs) as is."""
+    if t.dim() == 3:
+        return t
     B, C = t.shape[:2]
     return t.reshape(B, C, -1).transpose(1, 2)
 
 
 def _from_rows(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.dim() == 3:
+        return r.reshape(like.shape)
     return r.transpose(1, 2).reshape(like.shape)
 
 
@@ -66,23 +70,35 @@ def harvest_hspace(adapter, n: int = 96, steps: int = 10, seed: int = 0, batch_s
 
 
 @torch.no_grad()
-def colour_feature(sae, store) -> dict[str, dict]:
-    """Per colour: ``{"feature", "gap" (mean activation on that colour's prompts minus elsewhere),
-    "mean_active" (its mean activation where > 0 on that colour)}``."""
+def colour_feature(sae, store, score: str = "rate") -> dict[str, dict]:
+    """One distinct feature per colour: ``{"feature", "gap", "mean_active" (its mean activation
+    where > 0 on that colour)}``. ``score="rate"``: firing-rate difference P(f > 0 | colour's
+    prompts) - P(f > 0 | other prompts) (as SAVE scores features); ``"gap"``: mean-activation
+    difference. Colours pick greedily, the most separable first, each from the features no other
+    colour took (two colours sharing one feature could not be steered apart)."""
     from .analysis import encode_rows
 
+    if score not in ("rate", "gap"):
+        raise ValueError(f"unknown feature score {score!r}; 'rate' or 'gap'")
     F = encode_rows(sae, store.acts)
     col = torch.as_tensor(store.meta["colour"])[store.rows["sample"]]
-    out = {}
+    scores = {}
     for ci, c in enumerate(COLOURS):
         m = col == ci
         if not m.any():
             continue
-        gap = F[m].mean(0) - F[~m].mean(0)
-        k = int(gap.argmax())
-        fk = F[m, k]
-        out[c] = {"feature": k, "gap": float(gap[k]), "mean_active": float(fk[fk > 0].mean()) if (fk > 0).any() else 0.0}
-    return out
+        X = (F > 0).float() if score == "rate" else F
+        scores[c] = X[m].mean(0) - X[~m].mean(0)
+    out, taken = {}, set()
+    for c in sorted(scores, key=lambda c: -float(scores[c].max())):
+        g = scores[c].clone()
+        if taken:
+            g[list(taken)] = -float("inf")
+        k = int(g.argmax())
+        taken.add(k)
+        fk = F[col == COLOURS.index(c), k]
+        out[c] = {"feature": k, "gap": float(g[k]), "mean_active": float(fk[fk > 0].mean()) if (fk > 0).any() else 0.0}
+    return {c: out[c] for c in COLOURS if c in out}
 
 
 def steer_edit(sae, add: int, strength: float, remove: int | None = None):

@@ -31,12 +31,15 @@ def downscale(img: np.ndarray, size: int) -> torch.Tensor:
 
 class CaptionPool:
     """``n`` (image, caption) pairs from ``iter_scenes(split, seed)``; ``two_frac`` of them
-    2-object renderings. Objects smaller than ``min_size`` px (at 128) are skipped."""
+    2-object renderings. Objects smaller than ``min_size`` px (at 128) are skipped.
+
+    ``x``: ``[n, 3, size, size]`` in [-1, 1]; ``masks``: ``[n, 2, size, size]`` uint8 (area share
+    x 255 of caption object 0 / 1; zeros where absent); ``n_obj``: ``[n]`` objects captioned."""
 
     def __init__(self, n: int, seed: int, size: int = 32, split: str = "train", min_size: int = 16,
                  two_frac: float = 0.0, log=None):
         rng = np.random.default_rng(seed)
-        xs, caps = [], []
+        xs, caps, ms = [], [], []
         n_two = int(round(n * two_frac))
         for scene in iter_scenes(split, seed):
             if len(xs) >= n:
@@ -46,17 +49,29 @@ class CaptionPool:
                 ks = sorted(rng.choice(objs, 2, replace=False).tolist(), key=lambda k: scene.objects[k].bbox[0])
                 xs.append(downscale(np.asarray(render_objects(scene, ks)), size))
                 caps.append(caption([scene.objects[k].pair for k in ks]))
+                ms.append(_masks(scene, ks, size))
                 n_two -= 1
                 continue
             for k in objs:
                 if len(xs) < n:
                     xs.append(downscale(np.asarray(render_objects(scene, [k])), size))
                     caps.append(caption([scene.objects[k].pair]))
+                    ms.append(_masks(scene, [k], size))
             if log and scene.index % 1000 == 999:
                 log(f"pool {len(xs)}/{n}")
         self.x = torch.stack(xs)
         self.captions = caps
         self.n = len(caps)
+        self.masks = torch.stack(ms)
+        self.n_obj = torch.tensor([1 + (" and " in c) for c in caps])
+
+
+def _masks(scene, ks, size: int) -> torch.Tensor:
+    """Objects ``ks`` of ``scene`` -> ``[2, size, size]`` uint8 area share x 255 (second zero if one)."""
+    m = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE)
+    for j, k in enumerate(ks):
+        m[j] = torch.from_numpy(scene.objects[k].mask).float()
+    return (F.interpolate(m[None], size=(size, size), mode="area")[0] * 255).round().to(torch.uint8)
 
 
 _TEMPLATES: dict = {}

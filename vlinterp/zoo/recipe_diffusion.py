@@ -1,15 +1,19 @@
 """``shapes-diffusion``: a pixel-space text-to-image diffusion model of the shapes world.
 
-Model: diffusers ``UNet2DConditionModel`` (Stable-Diffusion block types: CrossAttnDownBlock2D x3,
-UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D x3; channels 16/48/64 at 32/16/8 px) denoising
-3x32x32 images in [-1, 1] directly (no VAE), with cross-attention to the prompt at EVERY
-resolution (the 32x32 level has ``only_cross_attention`` so it skips the costly 1024-token
-self-attention; its ``attn1`` therefore also attends to the text). Text: a transformers
+Model: diffusers ``UNet2DConditionModel`` (Stable-Diffusion block types: DownBlock2D, then
+CrossAttnDownBlock2D x3, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D x3, UpBlock2D; channels
+16/16/48/64 at 64/32/16/8 px) denoising 3x64x64 images in [-1, 1] directly (no VAE), with
+cross-attention to the prompt at every resolution below 64 (the 32x32 level has
+``only_cross_attention`` so it skips the costly 1024-token self-attention; its ``attn1`` therefore
+also attends to the text). Text: a transformers
 ``CLIPTextModel`` (2 layers x 64) over the word-level tokenizer of ``diffusion_tiny``.
 Scheduler: ``DDIMScheduler`` (linear betas 1e-4..0.02 for pixel space, v-prediction,
-``steps_offset=1``). Training: single-object renderings of training scenes (area-downscaled
-128 -> 32) captioned ``"a {colour} {shape}."`` (+10% two-object captions), caption dropped 10%
-of the time for classifier-free guidance, min-SNR(5) weighted v loss, EMA weights shipped.
+``steps_offset=1``). Phase 1 (5000 steps): single-object renderings of training scenes
+(area-downscaled 128 -> 64) captioned ``"a {colour} {shape}."`` (+10% two-object captions),
+caption dropped 10% of the time for classifier-free guidance, min-SNR(5) weighted v loss, EMA.
+Phase 2 (2400 steps, from phase 1's EMA weights): the same loss plus 3e-3 x the word-grounding
+token loss (:mod:`vlinterp.zoo.diffusion_ground`), which puts each object word's cross-attention
+on its object. EMA weights of phase 2 ship.
 
 Floor ``prompt_match``: over prompts ``"a {colour} {shape}."`` cycling all 24 pairs, the
 fraction of samples (``SAMPLING``: 20 DDIM steps, guidance 2) whose judged top pair is the prompted one.
@@ -32,13 +36,11 @@ from .diffusion_data import CaptionPool, caption, heuristic_judge
 
 NAME = "shapes-diffusion"
 FLOORS: dict[str, tuple[str, float]] = {"prompt_match": (">=", 0.80)}
-# What the shipped weights REALLY reach (5000 steps, 67 min on one thread; card: test split n=256
-# seed 1): prompt_match 0.73 judged by shapes-vit (heuristic judge 0.816), colour 0.977, shape 0.73.
-# The FLOOR (0.80) IS NOT MET by the ViT judge; tests assert the levels reached. (The previous 32x32
-# model, 2400 steps: 0.25, shapes at chance; objects of 5-10 px are blobs at that size, and
-# shapes-vit reads real 32x32 renderings only 0.72-0.75 of the time, 0.93-0.96 at 64x64.)
-REACHED: dict[str, tuple[str, float]] = {"prompt_match": (">=", 0.66), "colour_match": (">=", 0.90),
-                                         "heuristic_prompt_match": (">=", 0.75)}
+# The shipped weights meet the floor (card: test split n=256 seed 1): prompt_match 0.871 judged by
+# shapes-vit (heuristic judge 0.949), colour 0.992. Phase 1 alone (5000 steps, 67 min) gave 0.73;
+# the 2400 grounding steps (42 min) raised it (1200 of them: 0.78). The first, 32x32 model reached
+# 0.25 (shapes at chance): shapes-vit reads true scenes drawn at 32x32 only 0.72-0.75 of the time
+# when upsampled nearest, 0.93-0.96 at 64x64.
 IMAGE_SIZE = 64
 UNET_ARGS = dict(
     sample_size=IMAGE_SIZE, in_channels=3, out_channels=3, layers_per_block=1,
@@ -57,6 +59,7 @@ SCHED_ARGS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta
 SAMPLING = {"steps": 20, "guidance_scale": 2.0}
 DEFAULTS = dict(steps=5000, batch=32, lr=1e-3, text_lr_scale=3.0, wd=0.01, warmup=100, pool=12000,
                 min_size=30, two_frac=0.1, drop=0.1, snr_gamma=5.0, ema=0.998, threads=1,
+                ground_steps=2400, ground_lr=3e-4, ground_warmup=50, ground_weight=3e-3, ground_text_lr_scale=3.0,
                 eval_steps=SAMPLING["steps"], guidance=SAMPLING["guidance_scale"])
 
 
@@ -88,13 +91,21 @@ def _schedule(step: int, total: int, clock, base: float, warmup: int) -> float:
 
 
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
-          progress: bool = True, eval_n: int | None = None, **overrides) -> dict:
-    """Train from scratch and write ``out_dir`` (pixel-space component format + card.json) atomically."""
+          progress: bool = True, eval_n: int | None = None, init: str | None = None, **overrides) -> dict:
+    """Train and write ``out_dir`` (pixel-space component format + card.json) atomically.
+
+    Phase 1: ``steps`` denoising steps from scratch. Phase 2 (``ground_steps``; scaled with
+    ``steps`` when only ``steps`` is given): the EMA weights
+    of phase 1 go on training with the word-grounding token loss added (``diffusion_ground``),
+    on a fresh optimizer and schedule. ``init``: a saved phase-1 organism directory; phase 1 is
+    then skipped and phase 2 starts from its weights (phase 2 only needs phase 1's EMA weights)."""
     from ..adapters.diffusion import DiffusionAdapter
     from .common import train_command
 
     hp = {**DEFAULTS, **overrides}
     total = int(steps if steps is not None else hp["steps"])
+    if steps is not None and "ground_steps" not in overrides:  # a shortened run keeps the phases' ratio
+        hp["ground_steps"] = max(1, round(total * DEFAULTS["ground_steps"] / DEFAULTS["steps"]))
     eval_n = eval_n if eval_n is not None else (256 if total >= 100 else 24)  # smoke runs: quick eval
     torch.set_num_threads(int(hp["threads"]))
     clock = Clock(minutes)
@@ -102,69 +113,110 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     torch.manual_seed(seed)
     c = build_components(seed)
     unet, te, tok, sched = c["unet"], c["text_encoder"], c["tokenizer"], c["scheduler"]
-    pool_n = min(int(hp["pool"]), max(64, total * hp["batch"]))
+    pool_n = min(int(hp["pool"]), max(64, (total + int(hp["ground_steps"])) * hp["batch"]))
     pool = CaptionPool(pool_n, seed, IMAGE_SIZE, "train", hp["min_size"], hp["two_frac"], log=log)
-    L = tok.model_max_length
-    ids = tok(pool.captions, padding="max_length", max_length=L, truncation=True, return_tensors="pt")["input_ids"]
-    single = torch.tensor([" and " not in c for c in pool.captions])
-    empty = tok([""], padding="max_length", max_length=L, return_tensors="pt")["input_ids"][0]
     log(f"pool of {pool.n} images ready; unet {sum(p.numel() for p in unet.parameters())} + text "
         f"{sum(p.numel() for p in te.parameters())} params")
-    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
-    opt = torch.optim.AdamW([
-        {"params": list(unet.parameters()), "lr_scale": 1.0},
-        {"params": list(te.parameters()), "lr_scale": hp["text_lr_scale"]},
-    ], lr=hp["lr"], weight_decay=hp["wd"], betas=(0.9, 0.99))
-    ac = sched.alphas_cumprod
-    gen = torch.Generator().manual_seed(seed)
-    unet.train(), te.train()
-    t0, step, ema_loss = time.time(), 0, None
-    while step < total and clock.left() > 0:
-        set_lr(opt, _schedule(step, total, clock, hp["lr"], hp["warmup"]))
-        idx = torch.randint(0, pool.n, (hp["batch"],), generator=gen)
-        x0 = pool.x[idx]
-        flip = (torch.rand(len(idx), generator=gen) < 0.5) & single[idx]  # keep 2-object captions left-to-right
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        b_ids = ids[idx].clone()
-        b_ids[torch.rand(len(idx), generator=gen) < hp["drop"]] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        xt = sched.add_noise(x0, noise, t)
-        target = sched.get_velocity(x0, noise, t)
-        ctx = te(b_ids)[0]
-        pred = unet(xt, t, encoder_hidden_states=ctx).sample
-        snr = ac[t] / (1 - ac[t])
-        w = torch.clamp(snr, max=hp["snr_gamma"]) / (snr + 1)
-        loss = (w * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
-        opt.step()
-        step += 1
-        decay = min(hp["ema"], (1 + step) / (10 + step))
-        _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_te, te, decay)
-        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        if progress and (step % 25 == 0 or step == total):
-            log(f"step {step}/{total} loss {ema_loss:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({(time.time() - t0) / step:.2f}s/step)")
+    done = 0
+    if init is None:
+        ema_unet, ema_te, done = _phase(unet, te, tok, sched, pool, hp, total, hp["lr"], hp["warmup"], 0.0,
+                                        hp["text_lr_scale"], torch.Generator().manual_seed(seed), clock, log, "denoise")
+    else:
+        from ..adapters.registry import load
+
+        src = load(init)
+        ema_unet, ema_te = src.model.unet, src.model.text_encoder
+        log(f"phase 1 weights from {init}")
+    g_steps = int(hp["ground_steps"])
+    if g_steps > 0:
+        unet, te = copy.deepcopy(ema_unet).requires_grad_(True), copy.deepcopy(ema_te).requires_grad_(True)
+        ema_unet, ema_te, g_done = _phase(unet, te, tok, sched, pool, hp, g_steps, hp["ground_lr"], hp["ground_warmup"],
+                                          float(hp["ground_weight"]), hp["ground_text_lr_scale"],
+                                          torch.Generator().manual_seed(seed + 1), clock, log, "ground")
+        done += g_done
     train_seconds = clock.elapsed()
     ema_unet.eval(), ema_te.eval()
-    log(f"trained {step} steps in {train_seconds:.0f}s; evaluating (n={eval_n})")
+    log(f"trained {done} steps in {train_seconds:.0f}s; evaluating (n={eval_n})")
     with atomic_dir(out_dir) as tmp:
         DiffusionAdapter.from_components(ema_unet, ema_te, tok, sched, name=NAME).save(tmp)
         from ..adapters.registry import load
 
         metrics = evaluate(load(tmp), n=eval_n, steps=hp["eval_steps"], guidance_scale=hp["guidance"], progress=progress)
         cmd = train_command(NAME, out_dir, seed, minutes, steps)
-        card = write_card(tmp, NAME, seed, cmd, train_seconds, metrics, FLOORS, extra={
-            "steps": step, "hparams": hp, "unet_args": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_ARGS.items()},
-            "text_args": TEXT_ARGS, "scheduler": SCHED_ARGS,
-            "params": sum(p.numel() for p in ema_unet.parameters()) + sum(p.numel() for p in ema_te.parameters()),
-            "sampling": {"steps": hp["eval_steps"], "guidance_scale": hp["guidance"], "judge": metrics.get("judge")},
-        })
+        extra = {"steps": done, "hparams": hp, "unet_args": {k: list(v) if isinstance(v, tuple) else v for k, v in UNET_ARGS.items()},
+                 "text_args": TEXT_ARGS, "scheduler": SCHED_ARGS,
+                 "params": sum(p.numel() for p in ema_unet.parameters()) + sum(p.numel() for p in ema_te.parameters()),
+                 "sampling": {"steps": hp["eval_steps"], "guidance_scale": hp["guidance"], "judge": metrics.get("judge")}}
+        if init is not None:
+            extra["phase1_from"] = str(init)
+        card = write_card(tmp, NAME, seed, cmd, train_seconds, metrics, FLOORS, extra=extra)
     log(f"metrics {metrics}")
     return card
+
+
+def _phase(unet, te, tok, sched, pool, hp, total: int, lr: float, warmup: int, ground_weight: float,
+           text_lr_scale: float, gen: torch.Generator, clock, log, label: str):
+    """``total`` AdamW steps of the min-SNR v loss (+ ``ground_weight`` x the token loss) ->
+    ``(ema_unet, ema_te, steps_done)``. ``text_lr_scale`` 0 freezes the text encoder."""
+    from .diffusion_ground import CrossAttentionTap, token_loss
+
+    L = tok.model_max_length
+    ids = tok(pool.captions, padding="max_length", max_length=L, truncation=True, return_tensors="pt")["input_ids"]
+    single = pool.n_obj == 1
+    empty = tok([""], padding="max_length", max_length=L, return_tensors="pt")["input_ids"][0]
+    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
+    if text_lr_scale > 0:
+        groups.append({"params": list(te.parameters()), "lr_scale": text_lr_scale})
+    else:
+        te.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=hp["wd"], betas=(0.9, 0.99))
+    ac = sched.alphas_cumprod
+    unet.train(), te.train()
+    t0, step, ema_loss, ema_g = time.time(), 0, None, None
+    while step < total and clock.left() > 0:
+        set_lr(opt, _schedule(step, total, clock, lr, warmup))
+        idx = torch.randint(0, pool.n, (hp["batch"],), generator=gen)
+        x0 = pool.x[idx]
+        flip = (torch.rand(len(idx), generator=gen) < 0.5) & single[idx]  # keep 2-object captions left-to-right
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        b_ids = ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < hp["drop"]
+        b_ids[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t)
+        ctx = te(b_ids)[0]
+        if ground_weight > 0:
+            with CrossAttentionTap(unet) as tap:
+                pred = unet(xt, t, encoder_hidden_states=ctx).sample
+            m = pool.masks[idx].float() / 255
+            m = torch.where(flip[:, None, None, None], m.flip(-1), m)
+            g = token_loss(tap.probs, m, pool.n_obj[idx], ~drop)
+        else:
+            pred = unet(xt, t, encoder_hidden_states=ctx).sample
+            g = None
+        snr = ac[t] / (1 - ac[t])
+        w = torch.clamp(snr, max=hp["snr_gamma"]) / (snr + 1)
+        loss = (w * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+        full = loss if g is None else loss + ground_weight * g
+        opt.zero_grad(set_to_none=True)
+        full.backward()
+        torch.nn.utils.clip_grad_norm_([p for gr in groups for p in gr["params"]], 1.0)
+        opt.step()
+        step += 1
+        decay = min(hp["ema"], (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        if text_lr_scale > 0:
+            _ema_update(ema_te, te, decay)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if g is not None:
+            ema_g = g.item() if ema_g is None else 0.98 * ema_g + 0.02 * g.item()
+        if step % 25 == 0 or step == total:
+            log(f"{label} step {step}/{total} loss {ema_loss:.4f}" + (f" token {ema_g:.3f}" if ema_g is not None else "")
+                + f" lr {opt.param_groups[0]['lr']:.2e} ({(time.time() - t0) / step:.2f}s/step)")
+    return ema_unet, ema_te, step
 
 
 def prompts(n: int) -> list[tuple[str, str]]:
