@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from ..core.layout import IMAGE
 from ..data.shapes import COLOURS, PAIRS
+from ..zoo.recipe_diffusion import SAMPLING
 
 SITE = "unet.mid.0"
-GUIDANCE = 2.0  # the shapes-diffusion organism's sampling guidance (recipe_diffusion.SAMPLING)
+GUIDANCE = SAMPLING["guidance_scale"]  # sample as the organism does
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
@@ -82,13 +83,12 @@ def colour_feature(sae, store, score: str = "rate") -> dict[str, dict]:
         raise ValueError(f"unknown feature score {score!r}; 'rate' or 'gap'")
     F = encode_rows(sae, store.acts)
     col = torch.as_tensor(store.meta["colour"])[store.rows["sample"]]
+    X = (F > 0).float() if score == "rate" else F
     scores = {}
     for ci, c in enumerate(COLOURS):
         m = col == ci
-        if not m.any():
-            continue
-        X = (F > 0).float() if score == "rate" else F
-        scores[c] = X[m].mean(0) - X[~m].mean(0)
+        if m.any():
+            scores[c] = X[m].mean(0) - X[~m].mean(0)
     out, taken = {}, set()
     for c in sorted(scores, key=lambda c: -float(scores[c].max())):
         g = scores[c].clone()

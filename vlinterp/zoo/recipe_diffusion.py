@@ -95,9 +95,8 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     """Train and write ``out_dir`` (pixel-space component format + card.json) atomically.
 
     Phase 1: ``steps`` denoising steps from scratch. Phase 2 (``ground_steps``; scaled with
-    ``steps`` when only ``steps`` is given): the EMA weights
-    of phase 1 go on training with the word-grounding token loss added (``diffusion_ground``),
-    on a fresh optimizer and schedule. ``init``: a saved phase-1 organism directory; phase 1 is
+    ``steps`` when only ``steps`` is given): the EMA weights of phase 1 go on training with the
+    word-grounding token loss added (``diffusion_ground``), on a fresh optimizer and schedule. ``init``: a saved phase-1 organism directory; phase 1 is
     then skipped and phase 2 starts from its weights (phase 2 only needs phase 1's EMA weights)."""
     from ..adapters.diffusion import DiffusionAdapter
     from .common import train_command
