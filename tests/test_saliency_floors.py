@@ -27,15 +27,16 @@ def test_pointing_game_vit_clip(model):
 
 
 def test_llava_colour_questions_pointing_and_deletion():
-    """Floor: pointing game >= 0.90 on the queried object, not met: reached 0.782 on these 30 scenes
-    (55 items) and 0.860 on 60 scenes of seed 13 (95 items; the 0.619 noted before came from 10
-    scenes, 21 items). Deletion AUC >= 30% lower than the random map's: met, 64% lower here (0.236
-    vs 0.650), 61% on seed 13. On the correctly answered items alone (a faithful map of a wrong
-    answer points at the object the model used): 0.827 here, 0.897 on seed 13."""
+    """Floor: pointing game >= 0.90 on the queried object, not met. Relevancy explains the answer
+    token's log-probability (logit before: seed 11 / 13 / 23 read 0.782 / 0.860 / 0.824); now 0.818
+    on these 30 scenes (55 items), 0.891 on 60 scenes of seed 13, 0.835 on seed 23. On the
+    correctly answered items alone (a faithful map of a wrong answer points at the object the model
+    used): 0.865 here, 0.930 on seed 13. Deletion AUC >= 30% lower than the random map's: met, 66%
+    lower here (0.223 vs 0.650)."""
     r = bench_saliency("shapes-llava", methods=["relevancy"], n=30, seed=11, steps=12, progress=False)
     rel, rnd = r["rows"]["relevancy"], r["rows"]["random"]
-    assert rel["pointing_game"] >= 0.75, rel
-    assert r["pointing_game_correct_answers"]["relevancy"] >= 0.8, r["pointing_game_correct_answers"]
+    assert rel["pointing_game"] >= 0.8, rel
+    assert r["pointing_game_correct_answers"]["relevancy"] >= 0.85, r["pointing_game_correct_answers"]
     assert rel["pointing_game"] > rnd["pointing_game"] + 0.3
     assert rel["deletion_auc"] <= 0.7 * rnd["deletion_auc"], (rel["deletion_auc"], rnd["deletion_auc"])
     assert rel["insertion_auc"] > rnd["insertion_auc"]
