@@ -25,8 +25,15 @@ def small(vit):
     return fit_shapes(vit, site="vision.blocks.2.resid", n=96, warm_steps=40, last_steps=20, progress=False)
 
 
-def test_push_puts_every_prototype_on_a_training_patch(small, vit):
-    pm = small
+@pytest.fixture(scope="module")
+def small_nearest(vit):
+    return fit_shapes(vit, site="vision.blocks.2.resid", n=96, warm_steps=40, last_steps=20, push_mode="nearest", progress=False)
+
+
+@pytest.mark.parametrize("mode", ["discriminative", "nearest"])
+def test_push_puts_every_prototype_on_a_training_patch(small, small_nearest, vit, mode):
+    pm = small if mode == "discriminative" else small_nearest
+    assert pm.info["push"] == mode
     scenes = make_split("train", 96, 0)
     pf = patch_features(vit, [s.pil() for s in scenes], pm.site)
     y = labels_for(scenes)
@@ -39,10 +46,17 @@ def test_push_puts_every_prototype_on_a_training_patch(small, vit):
             assert y[i, head.proto_class[j]] == 1, "pushed onto an image of another class"
             z = head.pooled(head.embed(pf.feats[i:i + 1]), s)[0]
             assert torch.allclose(head.prototypes[j], z[r, c], atol=1e-6, rtol=0)
-            # and that patch is the nearest one of its class's images
-            d2 = (head.pooled(head.embed(pf.feats[y[:, head.proto_class[j]].bool()]), s) - head.prototypes[j]).pow(2).sum(-1)
-            assert float(d2.min()) <= 1e-10
+            if mode == "nearest":  # and that patch is the nearest one of its class's images
+                d2 = (head.pooled(head.embed(pf.feats[y[:, head.proto_class[j]].bool()]), s) - head.prototypes[j]).pow(2).sum(-1)
+                assert float(d2.min()) <= 1e-10
     assert pm.sources["crop"].shape == (head.n_prototypes, 48, 48, 3)
+    assert ("auroc" in pm.sources) == (mode == "discriminative")
+
+
+def test_own_class_weights_stay_non_negative(small, small_nearest):
+    for pm in (small, small_nearest):
+        W = pm.head.last.weight.detach()
+        assert float(W[pm.head.proto_class, torch.arange(pm.head.n_prototypes)].min()) >= 0
 
 
 def test_saved_head_reloads_to_identical_outputs(small, vit, tmp_path):

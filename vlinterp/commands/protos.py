@@ -1,6 +1,6 @@
 """`vlinterp protos train|explain|eval`: prototype heads ("this looks like that") over a frozen backbone.
 
-    vlinterp protos train --model shapes-vit [--site vision.blocks.2.resid] [--n 2000] [--scales 1,2] --out DIR
+    vlinterp protos train --model shapes-vit [--site vision.blocks.2.resid] [--n 2000] [--scales 1,2] [--push discriminative|nearest] --out DIR
     vlinterp protos explain IMAGE --protos DIR [--model shapes-vit] --out DIR2
     vlinterp protos eval --protos DIR [--model shapes-vit] [--n 300] [--seed 71] [--json PATH]
 
@@ -31,6 +31,8 @@ def _add(p: argparse.ArgumentParser):
     t.add_argument("--last-steps", type=int, default=600)
     t.add_argument("--min-weight", type=float, default=0.05,
                    help="prune prototypes whose own-class last-layer weight is at most this (negative: keep all)")
+    t.add_argument("--push", choices=["discriminative", "nearest"], default="discriminative",
+                   help="push each prototype onto its class's most label-separating training window (default) or the nearest one (ProtoPNet)")
     t.add_argument("--out", required=True)
     e = sub.add_parser("explain", help="'this looks like that' figure for one image")
     e.add_argument("image")
@@ -67,7 +69,7 @@ def _run(args) -> int:
         m = vi.load(args.model)
         scales = tuple(int(s) for s in args.scales.split(","))
         pm = fit_shapes(m, site=args.site, n=args.n, seed=args.seed, per_class=args.per_class, scales=scales,
-                        warm_steps=args.warm_steps, last_steps=args.last_steps, min_weight=None if args.min_weight < 0 else args.min_weight)
+                        warm_steps=args.warm_steps, last_steps=args.last_steps, min_weight=None if args.min_weight < 0 else args.min_weight, push_mode=args.push)
         pm.save(args.out)
         per_scale = {int(s): int((pm.head.proto_scale == s).sum()) for s in pm.head.scales}
         print(f"{pm.head.n_prototypes} prototypes kept of {pm.info['prototypes_trained']} (per scale {per_scale}) "

@@ -43,7 +43,8 @@ class ProtoModel:
 
     # -------------------------------------------------------------- sources
     def record_sources(self, record: dict, images, pf) -> None:
-        """Keep the push record with a crop of each source cell (``[P, 48, 48, 3]`` uint8)."""
+        """Keep the push record with a crop of each source cell (``[P, 48, 48, 3]`` uint8) and, from a
+        discriminative push, each source window's class AUROC (``[P]``)."""
         crops = []
         for j in range(self.head.n_prototypes):
             i = int(record["image"][j])
@@ -51,6 +52,8 @@ class ProtoModel:
             crops.append(crop(images[i], cell_box(pf.boxes[i], pf.grid, r, c, int(record["scale"][j]))))
         self.sources = {"image": record["image"], "cell": record["cell"], "scale": record["scale"],
                         "crop": torch.from_numpy(np.stack(crops))}
+        if "auroc" in record:  # discriminative push: how well the source window separates its class
+            self.sources["auroc"] = record["auroc"].float()
 
     # -------------------------------------------------------------- save/load
     def save(self, out_dir: str) -> str:

@@ -61,11 +61,14 @@ def warm(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, steps: int 
 def last_layer(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, steps: int = 600, batch: int = 128, lr: float = 1e-2,
                l1: float = 1e-3, group: float = 1e-3, seed: int = 1, progress: bool = True) -> list[float]:
     """Fit only the last layer on fixed similarities: BCE + ``l1`` * |off-class weights| +
-    ``group`` * sum over (class, scale) of ||own-class weights at that scale||_2."""
+    ``group`` * sum over (class, scale) of ||own-class weights at that scale||_2. Own-class weights
+    are kept >= 0 (projected after each step): a prototype is evidence FOR its class, so "this
+    looks like that" never reads as "and so it is not that"."""
     with torch.no_grad():
         sims = torch.cat([head(feats[i:i + 256])["score"] for i in range(0, len(feats), 256)])
     opt = torch.optim.Adam([head.last.weight], lr=lr)
     off = 1 - head.class_mask
+    own = head.class_mask.bool()
     hist = []
     for idx in tqdm(_batches(len(feats), batch, steps, seed), total=steps, desc="prototypes: last layer", disable=not progress):
         W = head.last.weight
@@ -76,6 +79,8 @@ def last_layer(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, steps
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            W.copy_(torch.where(own, W.clamp(min=0), W))
         hist.append(float(loss.detach()))
     return hist
 
