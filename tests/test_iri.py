@@ -37,6 +37,28 @@ def test_injection_is_norm_preserving_and_only_at_last(llava):
         assert torch.allclose(y[r, last], want, atol=1e-5)
 
 
+def test_decoding_step_injects_like_the_prompt_pass(llava):
+    """The one-position (KV-cache decoding) path of the edit equals the prompt-pass path at the last
+    position, for one source and for two weighted sources."""
+    m, _ = llava
+    g = torch.Generator().manual_seed(0)
+    for sources in ([("attn", 0, 1.0)], [("attn", 0, 1.0), ("mlp", 0, 3.0)]):
+        iri = IRI(sources, [("attn", 1)], lam=1.5)
+        ed = iri.edits(m)
+        src = {f"blocks.{l}.{c}": torch.randn(2, 5, 16, generator=g) for c, l, _ in sources}
+        tgt = torch.randn(2, 5, 16, generator=g)
+        for site, t in src.items():  # prompt pass (no layout: last position = T - 1)
+            ed[site](t, None)
+        full = ed["blocks.1.attn"](tgt, None)
+        assert torch.equal(full[:, :4], tgt[:, :4])
+        for site, t in src.items():  # decoding step with the same last states
+            ed[site](t[:, 4:].clone(), None)
+        step = ed["blocks.1.attn"](tgt[:, 4:].clone(), None)
+        assert step.shape == (2, 1, 16)
+        assert torch.allclose(step[:, 0], full[:, 4], atol=1e-6)
+        assert torch.allclose(step.norm(dim=-1), tgt[:, 4:].norm(dim=-1), atol=1e-5)
+
+
 def test_zero_lambda_is_identity_and_generate_works(llava):
     m, b = llava
     iri = IRI([("attn", 0, 1.0), ("mlp", 0, 1.0)], [("attn", 1), ("mlp", 1)], lam=0.0)

@@ -184,15 +184,17 @@ class HookSession:
         stream = self.table[name].stream
 
         def hook(module, args, out):
-            t = get_tensor(out)
+            t0 = t = get_tensor(out)
             layout = self.layouts(stream)
             for fn in fns:
                 new = fn(t, layout)
+                if new is t:  # a read-only edit (it kept a value): nothing to check or replace
+                    continue
                 if not isinstance(new, torch.Tensor) or new.shape != t.shape:
                     shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                     raise ShapeMismatchError(f"edit at {name!r} returned {shape}, expected {tuple(t.shape)}")
                 t = new
-            return set_tensor(out, t)
+            return None if t is t0 else set_tensor(out, t)  # None: PyTorch keeps the module's output
 
         return hook
 

@@ -63,15 +63,15 @@ class IRI(Steerer):
         """``{site: fn}`` for :meth:`Adapter.edits` / ``run(edits=...)``."""
         self.check(adapter)
         lam = self.lam if lam is None else float(lam)
-        kept: dict[str, torch.Tensor] = {}
+        kept: dict[str, torch.Tensor] = {}  # site -> last-position state [B, 1, D]
 
         def keep(site):
             def fn(t, layout):
-                if t.shape[1] == 1:  # decoding step: the one position is the last
-                    kept[site] = t[:, 0]
+                if t.shape[1] == 1:  # decoding step: the one position is the last; keep the view as is
+                    kept[site] = t
                 else:
                     idx = last_index(t, layout).to(t.device)
-                    kept[site] = t[torch.arange(t.shape[0], device=t.device), idx]
+                    kept[site] = t[torch.arange(t.shape[0], device=t.device), idx][:, None]
                 return t
 
             return fn
@@ -86,15 +86,14 @@ class IRI(Steerer):
                 if any(s not in kept for s, _ in srcs):
                     raise ShapeMismatchError("IRI: a source layer did not run before its target")
                 v = kept[srcs[0][0]] if len(srcs) == 1 else sum(w * kept[s] for s, w in srcs)  # one source: weight 1
-                if t.shape[1] == 1:  # decoding step: few ops, this runs once per token per target
-                    x = t[:, 0]
-                    y = torch.add(x, v.to(x.dtype), alpha=lam)
-                    y = y * (torch.linalg.vector_norm(x, dim=-1, keepdim=True) / torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min(1e-12))
-                    return y[:, None]
+                if t.shape[1] == 1:  # decoding step, once per token per target: as few tensor ops as we can
+                    y = torch.add(t, v, alpha=lam)
+                    scale = torch.linalg.vector_norm(t, dim=-1, keepdim=True).div_(torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min_(1e-12))
+                    return y.mul_(scale)
                 rows = torch.arange(t.shape[0], device=t.device)
                 idx = last_index(t, layout).to(t.device)
                 x = t[rows, idx]
-                y = x + lam * v.to(x.dtype)
+                y = x + lam * v[:, 0].to(x.dtype)
                 y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
                 t = t.clone()
                 t[rows, idx] = y
