@@ -43,12 +43,14 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     torch.manual_seed(seed)
     head = ProtoHead(pf.feats.shape[-1], len(classes), per_class, scales, dim, seed=seed)
     warm(head, pf.feats, labels, steps=warm_steps, seed=seed, progress=progress)
+    t_push = time.time()
     if push_mode == "discriminative":
         rec = discriminative_push(head, pf.feats, labels, seed=seed, progress=progress)
     elif push_mode == "nearest":
         rec = push(head, pf.feats, labels)
     else:
         raise ValueError(f"push_mode must be 'discriminative' or 'nearest', got {push_mode!r}")
+    t_push = time.time() - t_push
     last_layer(head, pf.feats, labels, steps=last_steps, seed=seed + 1, progress=progress)
     n_before = head.n_prototypes
     if min_weight is not None:
@@ -67,7 +69,7 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     pm.record_sources(rec, images, pf)
     pm.info = {"n_train": len(images), "seed": seed, "warm_steps": warm_steps, "last_steps": last_steps, "push": push_mode,
                "threshold_quantile": threshold_quantile, "min_weight": min_weight, "prototypes_trained": n_before,
-               "prototypes_kept": head.n_prototypes, "train_seconds": round(time.time() - t0, 1)}
+               "prototypes_kept": head.n_prototypes, "push_seconds": round(t_push, 3), "train_seconds": round(time.time() - t0, 1)}
     return pm
 
 
