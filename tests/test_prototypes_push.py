@@ -56,3 +56,14 @@ def test_discriminative_push_leaves_the_partner_for_the_own_pattern():
     assert float(rd["auroc"][0]) > 0.99 and float(rd["auroc"][0]) > float(rd["auroc_nearest"][0]) + 0.1
     with torch.no_grad():  # exactly on the stored training window
         assert torch.equal(head.prototypes[0], head.embed(feats[i_d:i_d + 1])[0, r, c])
+
+
+def test_both_pushes_refuse_a_class_without_images():
+    feats, y, *_ = _world(n=40)
+    y[:, 1] = 0  # no image of class 1
+    for fn in (push, lambda h, f, lab: discriminative_push(h, f, lab, progress=False)):
+        head = ProtoHead(6, 2, per_class=1, scales=(1,), dim=8, seed=3)
+        before = head.prototypes.detach().clone()
+        with pytest.raises(ValueError, match=r"prototype\(s\) \[1\]"):
+            fn(head, feats, y)
+        assert torch.equal(head.prototypes, before)  # nothing half-pushed

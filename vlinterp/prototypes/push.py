@@ -7,12 +7,20 @@ import torch
 from .head import ProtoHead
 
 
+def check_classes(head: ProtoHead, labels: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the prototypes whose class has no image in ``labels`` ``[n, K]``."""
+    missing = (labels[:, head.proto_class].sum(0) == 0).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"no training image of the class of prototype(s) {missing}: add images of every class before pushing")
+
+
 @torch.no_grad()
 def push(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> dict:
     """Replace ``head.prototypes`` in place. ``feats`` ``[n, R, C, D]``, ``labels`` ``[n, K]``.
 
     Returns ``{"image": [P], "cell": [P, 2], "scale": [P], "d2": [P]}``: the source training image
     index, the cell on the prototype's own (pooled) grid and the distance moved."""
+    check_classes(head, labels)
     P = head.n_prototypes
     best = torch.full((P,), float("inf"))
     src_img = torch.full((P,), -1, dtype=torch.long)
@@ -38,11 +46,8 @@ def push(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, chunk: int 
                     src_img[j] = a + int(img_local)
                     src_cell[j] = torch.tensor([cell // Cs, cell % Cs])
                     new[j] = flat[img_local, cell]
-    missing = (src_img < 0).nonzero().flatten().tolist()
-    if missing:
-        raise ValueError(f"no training image of the class of prototype(s) {missing}: add images of every class before pushing")
     head.prototypes.data.copy_(new)
     return {"image": src_img, "cell": src_cell, "scale": head.proto_scale.clone(), "d2": best}
 
 
-__all__ = ["push"]
+__all__ = ["push", "check_classes"]
