@@ -88,3 +88,42 @@ def test_train_from_scratch_smoke(tmp_path):
     assert m.run(b).logits.shape[0] == 1
     if before is not None:
         assert _tree_hash(shipped) == before
+    assert on_disk["tune"]["steps"] == 2 and on_disk["tune"]["pool_start"] == 12000
+
+
+def test_tune_negatives_test_binding_not_the_prior():
+    """The tune stage's "near" negatives: absent, sharing colour or shape with a present object, and
+    never the absent partner of a present object (so the stage does not argue against the prior)."""
+    import numpy as np
+
+    from vlinterp.data.shapes import partner
+    from vlinterp.zoo.llava_data import near_negative, sample_presence
+
+    rng = np.random.default_rng(0)
+    n_partner_scenes = 0
+    for i in range(200):
+        s = make_scene("train", 0, i)
+        present = set(s.pairs())
+        partners = {partner(*p) for p in present} - {None} - present
+        n_partner_scenes += bool(partners)
+        for _ in range(5):
+            c, sh = near_negative(s, rng)
+            assert (c, sh) not in present and (c, sh) not in partners
+            assert any(c == pc or sh == ps for pc, ps in present)
+    assert n_partner_scenes > 10
+    # a dict of negative types reaches near_negative; the tuple form keeps the LM stage's POPE types
+    qs = [sample_presence(make_scene("train", 0, 1), rng, {"near": 1.0}) for _ in range(20)]
+    assert {a for _, a in qs} == {"yes", "no"}
+
+
+def test_tune_on_saved_weights_cli(tmp_path):
+    """``python -m vlinterp.zoo.llava_tune IN OUT``: tunes saved weights, writes a new card, leaves IN as it was."""
+    from vlinterp.zoo import llava_tune
+
+    src = zoo.weights_dir(R.NAME)
+    before = _tree_hash(src)
+    card = llava_tune.main([src, str(tmp_path / "t"), "--steps", "2"])
+    assert card["tune"]["steps"] == 2 and "llava_tune" in card["command"]
+    assert card["train_seconds"] > zoo.card(R.NAME)["train_seconds"] - 1e-6
+    assert (tmp_path / "t" / "model.safetensors").is_file()
+    assert _tree_hash(src) == before

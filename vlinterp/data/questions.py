@@ -12,7 +12,8 @@ Grammar (exact strings):
 Negatives for presence questions follow POPE: ``random`` (any absent pair),
 ``popular`` (absent pairs, most frequent in training first) and
 ``adversarial`` (the prior partner of a present object when absent; fallback:
-an absent pair sharing the colour or shape of a present object).
+an absent pair sharing the colour or shape of a present object). :func:`pope_split`'s
+adversarial negatives are always absent partners (it picks scenes that have one).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .shapes import (NUM_WORDS, PAIRS, SHAPES, Obj, Scene, make_scene, pair_freq
 __all__ = ["QA", "KINDS", "NEG_TYPES", "plural", "object_phrase", "objects_phrase",
            "caption", "presence_question", "colour_question", "count_question",
            "CAPTION_QUESTION", "presence_questions", "negatives", "make_questions",
-           "pope_split", "positive_presence", "popular_order"]
+           "pope_split", "partner_scenes", "positive_presence", "popular_order"]
 
 KINDS = ("presence", "colour", "count", "caption")
 NEG_TYPES = ("random", "popular", "adversarial")
@@ -195,14 +196,36 @@ def make_questions(scene: Scene, rng: np.random.Generator,
     return out
 
 
+ADV_STREAM = 1_000_000  # first scene index of pope_split's adversarial-negative stream
+
+
+def partner_scenes(name: str, seed: int = 0, prior: bool = True):
+    """Scenes ``ADV_STREAM, ADV_STREAM + 1, ...`` of ``name``/``seed`` that hold an object whose prior
+    partner is absent (about one scene in eight with the prior on); an endless generator."""
+    j = ADV_STREAM
+    while True:
+        s = make_scene(name, seed, j, prior)
+        j += 1
+        present = set(s.pairs())
+        if any(partner(*p) is not None and partner(*p) not in present for p in present):
+            yield s
+
+
 def pope_split(name: str, n: int, seed: int = 0, neg_type: str = "random",
                prior: bool = True) -> list[tuple[Scene, QA]]:
-    """POPE-style benchmark: scene i gets one presence question; even i -> "yes"
-    (a random present pair), odd i -> "no" (the first ``neg_type`` negative)."""
+    """POPE-style benchmark, half "yes", half "no": item i asks one presence question.
+
+    Even i: scene i of ``name``/``seed`` and a random present pair ("yes"). Odd i, ``random`` /
+    ``popular``: scene i and its first negative of that type. Odd i, ``adversarial``: the absent prior
+    partner of a present object, asked on the next scene of :func:`partner_scenes` (a stream starting at
+    index 10**6, so it never meets the positives' scenes). POPE's adversarial negative is the absent object
+    that co-occurs most with what is present; in this world that is the partner, and most scenes have no
+    absent partner (a fallback to other absent pairs would measure binding errors, not the prior)."""
     out = []
+    stream = partner_scenes(name, seed, prior) if neg_type == "adversarial" else None
     for i in range(n):
-        scene = make_scene(name, seed, i, prior)
-        rng = scene_rng(name, seed, i, NEG_TYPES.index(neg_type) + 1, 7)
+        scene = next(stream) if (stream is not None and i % 2) else make_scene(name, seed, i, prior)
+        rng = scene_rng(name, seed, scene.index, NEG_TYPES.index(neg_type) + 1, 7)
         if i % 2 == 0:
             pos = list(dict.fromkeys(scene.pairs()))
             p = pos[int(rng.integers(len(pos)))]

@@ -16,7 +16,7 @@ from ..adapters.wordtok import BASE_WORDS
 from ..data.questions import (CAPTION_QUESTION, NEG_TYPES, caption, colour_question, count_question, negatives,
                               presence_question)
 from ..data.renderings import as_text, render_words
-from ..data.shapes import COLOURS, NUM_WORDS, PAIRS, SHAPES, Scene, make_scene, patch_coverage, scene_rng
+from ..data.shapes import COLOURS, NUM_WORDS, PAIRS, SHAPES, Scene, make_scene, partner, patch_coverage, scene_rng
 
 WORDS = list(dict.fromkeys(BASE_WORDS + ["shows", "also", "has", "nothing", "else"]))
 IMAGE_SIZE, PATCH = 120, 12
@@ -79,12 +79,31 @@ def make_pool(name: str, seed: int, n: int, start: int = 0, workers: int | None 
 
 
 # ------------------------------------------------------------------------ questions
+def near_negative(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """An absent pair sharing its colour or its shape with a present object (a binding test), never the
+    prior partner of a present object; falls back to any absent pair."""
+    present = set(scene.pairs())
+    partners = {partner(*p) for p in present}
+    absent = [p for p in PAIRS if p not in present and p not in partners]
+    near = [p for p in absent if any(p[0] == c or p[1] == s for c, s in present)] or absent
+    return near[int(rng.integers(len(near)))]
+
+
 def sample_presence(scene: Scene, rng: np.random.Generator, neg_p=(0.45, 0.3, 0.25)) -> tuple[str, str]:
-    """A balanced presence question: 50% a present pair, 50% a POPE negative (random/popular/adversarial)."""
+    """A balanced presence question: 50% a present pair, 50% a negative.
+
+    ``neg_p``: probabilities of the POPE negative types (random, popular, adversarial), or a dict that may
+    also name ``"near"`` (:func:`near_negative`: shares colour or shape, never a prior partner)."""
     if rng.random() < 0.5:
         pos = list(dict.fromkeys(scene.pairs()))
         return presence_question(*pos[int(rng.integers(len(pos)))]), "yes"
-    nt = NEG_TYPES[int(rng.choice(3, p=neg_p))]
+    if isinstance(neg_p, dict):
+        kinds = list(neg_p)
+        nt = kinds[int(rng.choice(len(kinds), p=np.array([neg_p[k] for k in kinds]) / sum(neg_p.values())))]
+        if nt == "near":
+            return presence_question(*near_negative(scene, rng)), "no"
+    else:
+        nt = NEG_TYPES[int(rng.choice(3, p=neg_p))]
     return presence_question(*negatives(scene, rng, nt, 1)[0]), "no"
 
 
@@ -104,7 +123,7 @@ def sample_count(scene: Scene, rng) -> tuple[str, str]:
     return count_question(sh), NUM_WORDS[scene.count(sh)]
 
 
-def sample_question(scene: Scene, rng, mix: dict[str, float]) -> tuple[str, str]:
+def sample_question(scene: Scene, rng, mix: dict[str, float], neg_p=(0.45, 0.3, 0.25)) -> tuple[str, str]:
     kinds = list(mix)
     k = kinds[int(rng.choice(len(kinds), p=np.array([mix[x] for x in kinds]) / sum(mix.values())))]
     if k == "colour":
@@ -116,7 +135,7 @@ def sample_question(scene: Scene, rng, mix: dict[str, float]) -> tuple[str, str]
         return sample_count(scene, rng)
     if k == "caption":
         return CAPTION_QUESTION, caption(scene)
-    return sample_presence(scene, rng)
+    return sample_presence(scene, rng, neg_p)
 
 
 class Tokens:
