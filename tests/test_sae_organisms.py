@@ -22,7 +22,7 @@ def saev():
     torch.set_num_threads(1)
     from vlinterp.sae.shapes_eval import shapes_saev
 
-    return shapes_saev(vlinterp.load("shapes-llava"), "blocks.2.resid", n_train=800, n_heldout=200, steps=2000)
+    return shapes_saev(vlinterp.load("shapes-llava"), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
 
 
 def test_sae_reconstructs_and_splices(saev):

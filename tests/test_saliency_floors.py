@@ -27,19 +27,26 @@ def test_pointing_game_vit_clip(model):
 
 
 def test_llava_colour_questions_pointing_and_deletion():
-    """Floor: pointing game >= 0.90 on the queried object, not met. Relevancy explains the answer
-    token's log-probability (logit before: seed 11 / 13 / 23 read 0.782 / 0.860 / 0.824); now 0.818
-    on these 30 scenes (55 items), 0.891 on 60 scenes of seed 13, 0.835 on seed 23. On the
-    correctly answered items alone (a faithful map of a wrong answer points at the object the model
-    used): 0.865 here, 0.930 on seed 13. Deletion AUC >= 30% lower than the random map's: met, 66%
-    lower here (0.223 vs 0.650)."""
-    r = bench_saliency("shapes-llava", methods=["relevancy"], n=30, seed=11, steps=12, progress=False)
+    """Floor: pointing game >= 0.90 on the queried object, met since the organism's tune stage on the
+    README's evaluation seed (21, never used for choosing anything; 40 scenes, 61 items): 0.918, answers
+    all right. Other held-out seeds (60 scenes each): 13 -> 0.964, 23 -> 0.912, 11 -> 0.899; pooled over
+    the four, 0.924. Before the tune stage: 0.817 on seed 21. Deletion AUC >= 30% lower than the random
+    map's: met (0.228 vs 0.628 on seed 21)."""
+    r = bench_saliency("shapes-llava", methods=["relevancy"], n=40, seed=21, steps=12, progress=False)
     rel, rnd = r["rows"]["relevancy"], r["rows"]["random"]
-    assert rel["pointing_game"] >= 0.8, rel
-    assert r["pointing_game_correct_answers"]["relevancy"] >= 0.85, r["pointing_game_correct_answers"]
+    assert rel["n"] >= 55, rel
+    assert rel["pointing_game"] >= 0.90, rel
     assert rel["pointing_game"] > rnd["pointing_game"] + 0.3
     assert rel["deletion_auc"] <= 0.7 * rnd["deletion_auc"], (rel["deletion_auc"], rnd["deletion_auc"])
     assert rel["insertion_auc"] > rnd["insertion_auc"]
+
+
+def test_llava_pointing_second_seed():
+    """The same on 30 scenes of seed 11 (55 items), the seed where it is lowest: 0.836 (0.868 on the
+    correctly answered items); asserted at the level reached."""
+    r = bench_saliency("shapes-llava", methods=["relevancy"], n=30, seed=11, steps=0, progress=False)
+    assert r["rows"]["relevancy"]["pointing_game"] >= 0.83, r["rows"]["relevancy"]
+    assert r["pointing_game_correct_answers"]["relevancy"] >= 0.86, r["pointing_game_correct_answers"]
 
 
 def test_diffusion_daam_shape_word_iou():

@@ -39,7 +39,7 @@ def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
 
 
 def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_heldout: int = 200, d_sae: int = 512,
-                k: int = 32, steps: int = 2000, seed: int = 0, splice_n: int = 256, progress: bool = False) -> dict:
+                k: int = 32, steps: int = 4000, seed: int = 0, splice_n: int = 256, progress: bool = False) -> dict:
     tr = ActivationStore.harvest(adapter, site, shapes_items("sae-train", n_train, seed, "mixed"), batch_size=32,
                                  progress=progress, keep="content")
     ho_scenes = make_split("sae-heldout", n_heldout, seed + 1)

@@ -7,6 +7,12 @@ prompt token of layers ``layers``; ``d_l = mean(h_l | answered right) - mean(h_l
 (optionally the top principal direction of the per-pair differences, as VTI does); apply
 ``h_l += alpha * |h_l| * d_l / |d_l|`` at the last position (``positions="last"``) or every position.
 ``alpha < 0`` steers toward hallucination (a sanity check).
+
+``protect``: groups of answer words (e.g. the colour words, the count words) whose answers the steering
+must leave alone. The direction loses its component along every within-group difference of those
+words' effective readouts (``norm.weight * lm_head.weight[word]``, each group centred), so at the last
+layer adding it cannot change which word of a group wins (the final RMSNorm rescales all logits alike);
+at earlier layers it only removes the direct path.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ class MeanDiff(Steerer):
 
     @classmethod
     def fit(cls, adapter, n: int = 128, split: str = "steer-probe", seed: int = 0, layers=None, alpha: float | str = 0.1,
-            pca: bool = False, positions: str = "last", alphas=(0.05, 0.1, 0.15, 0.2, 0.3), max_drop: float = 0.01) -> "MeanDiff":
+            pca: bool = False, positions: str = "last", alphas=(0.05, 0.1, 0.15, 0.2, 0.3), max_drop: float = 0.01,
+            protect: tuple | list | None = None) -> "MeanDiff":
         """Probe: ``n`` adversarial POPE questions; states of the questions answered right vs
         wrongly (hallucinated "yes" on negatives, "no" on positives). ``alpha="auto"``: the grid
         value of ``alphas`` with the lowest adversarial false-yes rate on a second probe sample
@@ -71,8 +78,12 @@ class MeanDiff(Steerer):
                 u = torch.linalg.svd(diffs.reshape(-1, h.shape[1]) - 0, full_matrices=False).Vh[0]
                 d = u * torch.sign(u @ d)
             vec[l] = d
+        if protect:
+            Q = readout_basis(adapter, protect)
+            vec = {l: d - Q @ (Q.T @ d.to(Q.dtype)) for l, d in vec.items()}
         md = cls(vec, 0.0 if alpha == "auto" else float(alpha), positions,
-                 {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca})
+                 {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca,
+                  "protect": [list(g) for g in protect] if protect else None})
         if alpha == "auto":
             md.select_alpha(adapter, alphas, n, split, seed + 1, max_drop)
         return md
@@ -117,4 +128,22 @@ class MeanDiff(Steerer):
         return cls({int(k): v for k, v in vec.items()}, d["alpha"], d["positions"], d.get("meta"))
 
 
-__all__ = ["MeanDiff"]
+def readout_basis(adapter, groups) -> torch.Tensor:
+    """Orthonormal ``[D, r]`` basis of the within-group differences of the words' effective readouts
+    (``final_norm.weight * lm_head.weight[word]``, centred per group); ``groups``: lists of single-token words."""
+    model = adapter.model
+    W = model.get_output_embeddings().weight.detach().float()
+    lm = getattr(model, "model", model)
+    lm = getattr(lm, "language_model", lm)
+    g = lm.norm.weight.detach().float() if getattr(lm, "norm", None) is not None else torch.ones(W.shape[1])
+    cols = []
+    for group in groups:
+        if len(group) < 2:
+            raise ValueError(f"a protected group needs at least two words, got {list(group)}")
+        R = W[[adapter.token_id(w) for w in group]] * g
+        cols.append((R - R.mean(0, keepdim=True)).T)
+    U, S, _ = torch.linalg.svd(torch.cat(cols, 1), full_matrices=False)  # centring costs a rank per group
+    return U[:, S > S[0] * 1e-5]
+
+
+__all__ = ["MeanDiff", "readout_basis"]
