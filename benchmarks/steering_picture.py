@@ -6,7 +6,8 @@ mean-difference steering (strength chosen on the probe split).
     python benchmarks/steering_picture.py --captions 512 [--out assets/steering_captions.png]
 
 ``--captions N`` draws free captions instead: of N held-out scenes, those whose unsteered caption
-names an absent object (CHAIR), captioned again with steering on.
+names an absent object (CHAIR), captioned again with steering on. ``--method save`` steers with SAVE
+(its default strength) instead of mean-difference steering.
 """
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--alpha", default="auto")
     ap.add_argument("--captions", type=int, default=0, help="draw free captions of this many scenes instead")
+    ap.add_argument("--method", default="meandiff", choices=["meandiff", "save"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load("shapes-llava")
-    md = MeanDiff.fit(m, n=256, alpha="auto" if a.alpha == "auto" else float(a.alpha))
+    if a.method == "save":
+        from vlinterp.steering import SAVE
+
+        md = SAVE.fit(m)
+    else:
+        md = MeanDiff.fit(m, n=256, alpha="auto" if a.alpha == "auto" else float(a.alpha))
     if a.captions:
         return caption_picture(m, md, a.captions, a.k, a.out if a.out != ap.get_default("out") else "assets/steering_captions.png")
     items = [(s, qa) for s, qa in pope_split("test", 256, 11, "adversarial") if qa.answer == "no"]
@@ -62,8 +69,9 @@ def caption_picture(m, md, n: int, k: int, out: str) -> None:
     order = fixed + [j for j in range(len(bad)) if j not in fixed]
     rows = [(scenes[bad[j]].pil(), "describe the image.", scenes[bad[j]], plain[bad[j]], steered[j]) for j in order[:k]]
     before_after(rows, out, judge=clean, wrap=30,
-                 title=f"free captions naming an absent object (red): {len(bad)} of {n}; steering (α {md.alpha}) cleans {len(fixed)}")
-    print(f"{len(bad)} of {n} captions hallucinate, {len(fixed)} clean with steering (alpha {md.alpha}) -> {out}")
+                 title=f"free captions naming an absent object (red): {len(bad)} of {n}; "
+                       f"{type(md).__name__} steering (α {md.alpha}) cleans {len(fixed)}")
+    print(f"{len(bad)} of {n} captions hallucinate, {len(fixed)} clean with {type(md).__name__} (alpha {md.alpha}) -> {out}")
 
 
 if __name__ == "__main__":

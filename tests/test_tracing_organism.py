@@ -2,8 +2,9 @@
 reached where they fall short of the floors (see REACHED)."""
 # floors the shipped organism misses -> the level it reaches; see the issue note
 REACHED = {
-    # floor +0.03; measured +0.002 (0.9395 -> 0.9414 on 512 held-out questions): the organism already
-    # answers 94% of adversarial questions right and its 4-layer LM leaves IRI little to re-inject
+    # floor +0.03 with random accuracy within 1 point; measured +0.000 (0.881 on 512 held-out questions about
+    # absent partners): on calibration, strengths that lift adversarial accuracy (lambda 2: +1.6, 4: +2.3
+    # points) cost 1.6-3.1 points of random accuracy, so the fit picks lambda 0
     "iri_adversarial_gain": -0.01,
 }
 
@@ -13,7 +14,7 @@ def test_localisation_object_vs_control(shapes_llava):
 
     r = localisation(shapes_llava, n=48, seed=11)
     assert r["n"] >= 40
-    assert r["object_best"] >= 0.5, r["object"]  # floor met: 0.78 at layer 0 (48 scenes)
+    assert r["object_best"] >= 0.5, r["object"]  # floor met: 0.79 at layer 0 (47 of 48 scenes)
     assert r["control_at_best"] <= 0.2 and r["control_max"] <= 0.2, r["control"]
     assert r["object_best"] > r["control_at_best"] + 0.2
     assert abs(r["object"][-1]) < 1e-4  # image patches restored at the last layer cannot reach the last token
