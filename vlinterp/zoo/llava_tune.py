@@ -31,8 +31,9 @@ TUNE = {
 }
 
 
-def cache_features(tower, pool: dict, dev, layer: int) -> dict:
-    """Frozen-tower patch features of the pool's scenes and rendered words: ``{"px"|"rpx": [N, P, D] fp16}``."""
+def cache_features(tower, pool: dict, dev, layer: int, chunk: int = 256) -> dict:
+    """Frozen-tower patch features of the pool's scenes and rendered words: ``{"px"|"rpx": [N, P, D] fp16}``,
+    computed ``chunk`` images at a time (the LM stage used 512, the tune stage 256)."""
     from .llava_data import normalise
     from .recipe_llava import _features
 
@@ -40,8 +41,8 @@ def cache_features(tower, pool: dict, dev, layer: int) -> dict:
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for key in ("px", "rpx"):
             src = torch.as_tensor(pool[key])
-            cache[key] = torch.cat([_features(tower, normalise(src[i:i + 256].to(dev)), layer).to(torch.float16)
-                                    for i in range(0, len(src), 256)])
+            cache[key] = torch.cat([_features(tower, normalise(src[i:i + chunk].to(dev)), layer).to(torch.float16)
+                                    for i in range(0, len(src), chunk)])
     return cache
 
 

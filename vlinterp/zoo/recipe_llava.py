@@ -197,12 +197,9 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     # 2. projector + LM from cached features, tower frozen
     tower.requires_grad_(False)
     tower.eval()
-    cache = {}
-    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        for key in ("px", "rpx"):
-            src = torch.as_tensor(pool[key])
-            cache[key] = torch.cat([_features(tower, normalise(src[i:i + 512].to(dev)), layer).to(torch.float16)
-                                    for i in range(0, len(src), 512)])
+    from .llava_tune import cache_features
+
+    cache = cache_features(tower, pool, dev, layer, chunk=512)
     log(f"cached tower features {tuple(cache['px'].shape)} ({clock.elapsed():.0f}s)")
     toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
     batches = _Batches(pool, toks, seed)
