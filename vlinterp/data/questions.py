@@ -207,7 +207,7 @@ def partner_scenes(name: str, seed: int = 0, prior: bool = True):
         s = make_scene(name, seed, j, prior)
         j += 1
         present = set(s.pairs())
-        if any(partner(*p) is not None and partner(*p) not in present for p in present):
+        if {partner(*p) for p in present} - {None} - present:
             yield s
 
 

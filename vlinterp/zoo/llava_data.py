@@ -89,7 +89,10 @@ def near_negative(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     return near[int(rng.integers(len(near)))]
 
 
-def sample_presence(scene: Scene, rng: np.random.Generator, neg_p=(0.45, 0.3, 0.25)) -> tuple[str, str]:
+POPE_NEG_P = (0.45, 0.3, 0.25)  # the LM stage's presence negatives: random, popular, adversarial
+
+
+def sample_presence(scene: Scene, rng: np.random.Generator, neg_p=POPE_NEG_P) -> tuple[str, str]:
     """A balanced presence question: 50% a present pair, 50% a negative.
 
     ``neg_p``: probabilities of the POPE negative types (random, popular, adversarial), or a dict that may
@@ -123,7 +126,7 @@ def sample_count(scene: Scene, rng) -> tuple[str, str]:
     return count_question(sh), NUM_WORDS[scene.count(sh)]
 
 
-def sample_question(scene: Scene, rng, mix: dict[str, float], neg_p=(0.45, 0.3, 0.25)) -> tuple[str, str]:
+def sample_question(scene: Scene, rng, mix: dict[str, float], neg_p=POPE_NEG_P) -> tuple[str, str]:
     kinds = list(mix)
     k = kinds[int(rng.choice(len(kinds), p=np.array([mix[x] for x in kinds]) / sum(mix.values())))]
     if k == "colour":

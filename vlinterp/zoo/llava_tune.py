@@ -46,6 +46,15 @@ def cache_features(tower, pool: dict, dev, layer: int, chunk: int = 256) -> dict
     return cache
 
 
+def cached_lookup(cache: dict):
+    """``fn(idx [B], rendered [B] bool) -> [B, P, D]`` float features from :func:`cache_features`'s cache."""
+
+    def fn(idx, rend):
+        return torch.where(rend[:, None, None], cache["rpx"][idx], cache["px"][idx]).float()
+
+    return fn
+
+
 def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m: None, **over) -> dict:
     """Run the tune stage in place on ``model`` (a LlavaForConditionalGeneration on ``dev``); returns its record.
 
@@ -66,9 +75,7 @@ def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m
     toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
     batches = _Batches(pool, toks, seed + 3, source_p=cfg["source_p"], neg_p=list(cfg["neg_p"]))
 
-    def cached(idx, rend):
-        return torch.where(rend[:, None, None], cache["rpx"][idx], cache["px"][idx]).float()
-
+    cached = cached_lookup(cache)
     params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     for p in params:
         p.requires_grad_(True)
@@ -123,4 +130,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["TUNE", "tune", "cache_features", "main"]
+__all__ = ["TUNE", "tune", "cache_features", "cached_lookup", "main"]

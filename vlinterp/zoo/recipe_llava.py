@@ -92,9 +92,11 @@ class _Batches:
     def __init__(self, pool, toks, seed: int, source_p=None, neg_p=None):
         """``source_p``: (image, text only, rendered words) probabilities; ``neg_p``: per-source presence
         negatives, as :func:`~vlinterp.zoo.llava_data.sample_presence` takes them (defaults: the LM stage's)."""
+        from .llava_data import POPE_NEG_P
+
         self.pool, self.toks, self.rng = pool, toks, np.random.default_rng(seed + 202)
         self.source_p = source_p or SOURCE_P
-        self.neg_p = neg_p or [(0.45, 0.3, 0.25)] * 3
+        self.neg_p = neg_p or [POPE_NEG_P] * 3
 
     def __call__(self, B: int):
         from .llava_data import build_batch, sample_question, text_prompt
@@ -197,16 +199,14 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
     # 2. projector + LM from cached features, tower frozen
     tower.requires_grad_(False)
     tower.eval()
-    from .llava_tune import cache_features
+    from .llava_tune import cache_features, cached_lookup
 
     cache = cache_features(tower, pool, dev, layer, chunk=512)
     log(f"cached tower features {tuple(cache['px'].shape)} ({clock.elapsed():.0f}s)")
     toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
     batches = _Batches(pool, toks, seed)
 
-    def cached(idx, rend):
-        return torch.where(rend[:, None, None], cache["rpx"][idx], cache["px"][idx]).float()
-
+    cached = cached_lookup(cache)
     lm_params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     _train_lm(model, batches, dev, s_lm, B, budget[1] + max(0.0, budget[0] - clock.elapsed()), 2e-3, cached,
               lm_params, log, "lm")
