@@ -3,8 +3,8 @@ side (interleaved repeats) in one run on shapes-llava.
 
     python benchmarks/steering_overhead.py [--model shapes-llava] [--tokens 32] [--repeats 40]
 
-Issue 7 asks SAVE and IRI to stay within 1.05x plain; VCD (two forwards per token, no KV cache in
-our greedy loop) is reported.
+Issue 7 asks SAVE and IRI to stay within 1.05x plain; probe steering, mean-difference and VCD (two
+forwards per token, no KV cache in our greedy loop) are reported.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 import vlinterp as vi
 from vlinterp.data.shapes import make_split
-from vlinterp.steering import IRI, SAVE, VCD, MeanDiff
+from vlinterp.steering import IRI, SAVE, VCD, MeanDiff, ProbeSteer
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     torch.set_num_threads(1)
     m = vi.load(a.model)
     methods = {"iri": IRI.fit(m, n=16, n_eval=32, lambdas=(1.0,)), "meandiff": MeanDiff.fit(m, n=128, alpha=0.1),
-               "save": SAVE.fit(m, n=128), "vcd": VCD()}
+               "save": SAVE.fit(m, n=128), "probe": ProbeSteer.fit(m, n=256, captions=128, alpha=0.2), "vcd": VCD()}
     b = m.prepare(images=[make_split("bench", 1, 3)[0].pil()], text=["describe the image."])
     T = a.tokens
 

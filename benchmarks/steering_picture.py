@@ -1,13 +1,13 @@
 """Draw ``assets/steering_before_after.png``: held-out POPE-adversarial questions about absent
 partner objects that the unsteered shapes-llava answers "yes" to, with the answers under
-mean-difference steering (strength chosen on the probe split).
+steering (probe steering by default; strength chosen on the probe split).
 
     python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4]
     python benchmarks/steering_picture.py --captions 512 [--out assets/steering_captions.png]
 
 ``--captions N`` draws free captions instead: of N held-out scenes, those whose unsteered caption
-names an absent object (CHAIR), captioned again with steering on. ``--method save`` steers with SAVE
-(its default strength) instead of mean-difference steering.
+names an absent object (CHAIR), captioned again with steering on. ``--method save|meandiff`` steers
+with SAVE (its default strength) or mean-difference steering instead.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--alpha", default="auto")
     ap.add_argument("--captions", type=int, default=0, help="draw free captions of this many scenes instead")
-    ap.add_argument("--method", default="meandiff", choices=["meandiff", "save"])
+    ap.add_argument("--method", default="probe", choices=["probe", "meandiff", "save"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load("shapes-llava")
@@ -36,6 +36,10 @@ def main() -> None:
         from vlinterp.steering import SAVE
 
         md = SAVE.fit(m)
+    elif a.method == "probe":
+        from vlinterp.steering import ProbeSteer
+
+        md = ProbeSteer.fit(m, alpha="auto" if a.alpha == "auto" else float(a.alpha))
     else:
         md = MeanDiff.fit(m, n=256, alpha="auto" if a.alpha == "auto" else float(a.alpha))
     if a.captions:
@@ -50,7 +54,7 @@ def main() -> None:
     kept = [i for i in hall if after[i] == "yes"]
     pick = (fixed + kept)[: a.k]
     rows = [(items[i][0].pil(), items[i][1].question, "no", before[i], after[i]) for i in pick]
-    before_after(rows, a.out, title=f"absent partner objects: mean-difference steering (α {md.alpha}) fixes "
+    before_after(rows, a.out, title=f"absent partner objects: {type(md).__name__} steering (α {md.alpha}) fixes "
                                     f"{len(fixed)} of {len(hall)} hallucinated yeses")
     print(f"{len(hall)} hallucinated, {len(fixed)} fixed by steering (alpha {md.alpha}) -> {a.out}")
 

@@ -1,6 +1,6 @@
-"""`vlinterp steer eval|generate`: hallucination steering compared on POPE (issue 7, in progress).
+"""`vlinterp steer eval|generate`: hallucination steering compared on POPE.
 
-    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff [--n 256] [--seed 11] [--json PATH]
+    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff,save,probe [--n 256] [--seed 11] [--json PATH]
     vlinterp steer eval --model PATH --methods none,vcd --pope-jsonl pope.jsonl [--captions-jsonl caps.jsonl --vocab syn.json] [--image-dir DIR]
     vlinterp steer generate IMAGE --prompt "describe the image." --method meandiff [--model M]
 
@@ -20,14 +20,14 @@ import time
 
 from ..cli import register
 
-METHODS = ("none", "iri", "vcd", "meandiff", "save")
+METHODS = ("none", "iri", "vcd", "meandiff", "save", "probe")
 
 
 def _add(p: argparse.ArgumentParser):
     sub = p.add_subparsers(dest="steer_cmd", required=True)
     e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy)")
     e.add_argument("--model", default="shapes-llava")
-    e.add_argument("--methods", default="none,iri,vcd,meandiff,save")
+    e.add_argument("--methods", default="none,iri,vcd,meandiff,save,probe")
     e.add_argument("--captions", type=int, default=64, help="scenes captioned for CHAIR (0: skip)")
     e.add_argument("--n", type=int, default=256)
     e.add_argument("--seed", type=int, default=11)
@@ -47,7 +47,7 @@ def _add(p: argparse.ArgumentParser):
 
 
 def fit_method(name: str, m):
-    from ..steering import IRI, SAVE, VCD, MeanDiff
+    from ..steering import IRI, SAVE, VCD, MeanDiff, ProbeSteer
 
     if name == "none":
         return None
@@ -59,6 +59,8 @@ def fit_method(name: str, m):
         return MeanDiff.fit(m, alpha="auto")
     if name == "save":
         return SAVE.fit(m)
+    if name == "probe":
+        return ProbeSteer.fit(m)
     from ..core.errors import UnsupportedError
 
     raise UnsupportedError(f"unknown steering method {name!r}; one of {', '.join(METHODS)}")

@@ -3,11 +3,13 @@
 
 :class:`IRI` (intermediate representation injection, fitted from causal-tracing recovery rates),
 :class:`MeanDiff` (VTI-style mean-difference vectors), :class:`SAVE` (SAE features separating
-correct from hallucinated answers), :class:`VCD` (visual contrastive decoding;
+correct from hallucinated answers), :class:`ProbeSteer` (linear presence probes whose log-odds are
+written onto the answer words' readouts; ITI family), :class:`VCD` (visual contrastive decoding;
 a decoding rule, so ``choose`` / ``generate`` instead of ``applied``)."""
 from .iri import IRI
 from .meandiff import MeanDiff
+from .probe import ProbeSteer
 from .save import SAVE
 from .vcd import VCD
 
-__all__ = ["IRI", "MeanDiff", "SAVE", "VCD"]
+__all__ = ["IRI", "MeanDiff", "ProbeSteer", "SAVE", "VCD"]

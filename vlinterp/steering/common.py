@@ -53,6 +53,30 @@ class Steerer:
             return adapter.generate(batch, **kw)
 
 
+def select_alpha(steerer, adapter, alphas, n: int, split: str, seed: int, max_drop: float = 0.01) -> float:
+    """Set ``steerer.alpha`` to the grid value of ``alphas`` with the lowest POPE-adversarial false-yes
+    rate on ``n`` questions of ``split``/``seed`` whose random-POPE, colour and count accuracies each
+    drop by at most ``max_drop`` (0 when none qualifies); the grid's numbers go to ``steerer.meta``."""
+    from ..commands.steer import evaluate
+
+    def summary(r):
+        return {"false_yes": r["adversarial"]["false_yes"], "random": r["random"]["accuracy"], "colour": r["colour"],
+                "count": r["count"]}
+
+    base = summary(evaluate(adapter, None, n, seed, split=split))
+    grid, best = {}, (base["false_yes"], 0.0)
+    for a in alphas:
+        with steerer.applied(adapter, a):
+            r = summary(evaluate(adapter, None, n, seed, split=split))
+        grid[str(a)] = r
+        ok = all(r[k] >= base[k] - max_drop for k in ("random", "colour", "count"))
+        if ok and r["false_yes"] < best[0]:
+            best = (r["false_yes"], float(a))
+    steerer.alpha = best[1]
+    steerer.meta.update({"alpha_grid": grid, "alpha_base": base, "alpha_split": [split, seed]})
+    return steerer.alpha
+
+
 def _base(path: str) -> str:
     return path[: -len(".safetensors")] if path.endswith(".safetensors") else path
 
@@ -84,4 +108,4 @@ def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         return load_file(base + ".safetensors"), json.load(f)
 
 
-__all__ = ["last_index", "add_direction", "Steerer", "save_tensors", "load_tensors"]
+__all__ = ["last_index", "add_direction", "Steerer", "select_alpha", "save_tensors", "load_tensors"]

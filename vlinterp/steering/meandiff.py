@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import LayerRangeError, PromptError, UnsupportedError
-from .common import Steerer, add_direction, load_tensors, save_tensors
+from .common import Steerer, add_direction, load_tensors, save_tensors, select_alpha
 
 
 class MeanDiff(Steerer):
@@ -89,25 +89,8 @@ class MeanDiff(Steerer):
         return md
 
     def select_alpha(self, adapter, alphas, n: int, split: str, seed: int, max_drop: float = 0.01) -> float:
-        """Set ``alpha`` from the grid (see :meth:`fit`); the grid's numbers go to ``meta["alpha_grid"]``."""
-        from ..commands.steer import evaluate
-
-        def summary(r):
-            return {"false_yes": r["adversarial"]["false_yes"], "random": r["random"]["accuracy"], "colour": r["colour"],
-                    "count": r["count"]}
-
-        base = summary(evaluate(adapter, None, n, seed, split=split))
-        grid, best = {}, (base["false_yes"], 0.0)
-        for a in alphas:
-            with self.applied(adapter, a):
-                r = summary(evaluate(adapter, None, n, seed, split=split))
-            grid[str(a)] = r
-            ok = all(r[k] >= base[k] - max_drop for k in ("random", "colour", "count"))
-            if ok and r["false_yes"] < best[0]:
-                best = (r["false_yes"], float(a))
-        self.alpha = best[1]
-        self.meta.update({"alpha_grid": grid, "alpha_base": base, "alpha_split": [split, seed]})
-        return self.alpha
+        """Set ``alpha`` from the grid (see :meth:`fit` and :func:`select_alpha`)."""
+        return select_alpha(self, adapter, alphas, n, split, seed, max_drop)
 
     def edits(self, adapter, alpha: float | None = None) -> dict:
         a = self.alpha if alpha is None else float(alpha)

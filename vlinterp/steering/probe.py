@@ -1,0 +1,263 @@
+"""Probe steering (ITI family, input-dependent): linear probes read what the residual stream knows
+about object presence, and their log-odds are written back onto the readout of the answer words.
+
+Why: on shapes-llava a logistic probe on the last layer's state at the question's last token tells
+true "yes" from hallucinated "yes" (absent prior partner) with AUROC ~0.99, while the model's own
+yes/no margin does it at ~0.89 (README). Adding a constant vector (mean-difference, SAVE) moves
+every answer alike and trades one true yes per false yes; scaling the added vector by the probe's
+log-odds moves hallucinations toward "no" and true objects toward "yes".
+
+A head holds ``W`` ``[K, D]``, ``b`` ``[K]`` (probe), ``R`` ``[K, D]`` (unit write directions) and
+optionally a gate ``G`` ``[1, D]``, ``g`` ``[1]`` (a probe for "this state is where the head applies").
+At site ``blocks.{layer}.resid``, at the last prompt position and at each decoding step, the state
+``h`` ``[B, D]`` becomes ``h + alpha * |h| * sum_heads sigmoid(G h + g) * (W h + b) @ R`` (gate 1 when absent).
+
+Heads fitted by :meth:`ProbeSteer.fit` on the shapes world's probe split (never the evaluation scenes):
+
+- ``question``: ``K = 1``; label "the asked object is present" on POPE questions (adversarial and random);
+  ``R`` = the effective readout of ``yes`` minus ``no``. With a caption head, its gate is a probe for
+  "the last token of a yes/no question" against every caption state (without it, its log-odds on caption
+  states, where it means nothing, shortened the captions: 2.57 -> 1.75 objects named).
+- ``caption``: ``K = 4`` (one per shape); on the model's own greedy captions, at each state that is
+  about to name a shape after a colour word, label "an object of that colour and shape ``s`` is in
+  the image"; ``R_s`` = the shapes' effective readouts, centred. Its gate is a probe for "the next
+  token is a shape named after a colour word" on every caption state, so it acts only there.
+
+Each ``R`` loses its component along the within-group readout differences of the other answer groups
+(colour words, count words, the other head's words; :func:`readout_basis`), so at the last layer
+the question head cannot change which colour, count or shape word wins, and the caption head cannot
+change yes vs no, colour or count answers.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError, UnsupportedError
+from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
+from .meandiff import readout_basis
+
+ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def fit_logistic(X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-4, steps: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised logistic regression, one output per column of ``Y`` ``[N, K]`` (0/1) on
+    ``X`` ``[N, D]``; returns ``W`` ``[K, D]``, ``b`` ``[K]`` in the units of ``X``."""
+    X, Y = X.double(), Y.double()
+    mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
+    Z = (X - mu) / sd
+    W = torch.zeros(Y.shape[1], X.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(Y.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Z @ W.T + b, Y) + l2 * (W ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    W, b = W.detach() / sd, b.detach() - (W.detach() / sd) @ mu
+    return W.float(), b.float()
+
+
+def _readouts(adapter, words) -> torch.Tensor:
+    """Effective readouts ``final_norm.weight * lm_head.weight[word]`` ``[len(words), D]``."""
+    model = adapter.model
+    W = model.get_output_embeddings().weight.detach().float()
+    lm = getattr(model, "model", model)
+    lm = getattr(lm, "language_model", lm)
+    g = lm.norm.weight.detach().float() if getattr(lm, "norm", None) is not None else torch.ones(W.shape[1])
+    return W[[adapter.token_id(w) for w in words]] * g
+
+
+def _protect(R: torch.Tensor, adapter, groups) -> torch.Tensor:
+    Q = readout_basis(adapter, groups)
+    R = R - (R @ Q) @ Q.T
+    return torch.nn.functional.normalize(R, dim=-1)
+
+
+class ProbeSteer(Steerer):
+    """``heads``: ``{name: (W [K, D], b [K], R [K, D])}`` or ``(W, b, R, G [1, D], g [1])`` with a gate;
+    ``layer``: the residual site; ``alpha``: strength."""
+
+    def __init__(self, heads: dict, layer: int, alpha: float = 0.1, meta: dict | None = None):
+        if not heads:
+            raise ValueError("ProbeSteer needs at least one head")
+        self.heads = {}
+        for name, head in heads.items():
+            if len(head) not in (3, 5):
+                raise ValueError(f"head {name!r}: (W, b, R) or (W, b, R, G, g), got {len(head)} tensors")
+            W, b, R = head[0].float(), head[1].float().reshape(-1), head[2].float()
+            if W.ndim != 2 or W.shape != R.shape or b.shape[0] != W.shape[0]:
+                raise ShapeMismatchError(f"head {name!r}: W {tuple(W.shape)}, b {tuple(b.shape)}, R {tuple(R.shape)} "
+                                         "must be [K, D], [K], [K, D]")
+            if len(head) == 5:
+                G, g = head[3].float().reshape(1, -1), head[4].float().reshape(1)
+                if G.shape[1] != W.shape[1]:
+                    raise ShapeMismatchError(f"head {name!r}: gate width {G.shape[1]} != probe width {W.shape[1]}")
+            else:  # no gate: a zero probe with a huge bias, sigmoid 1
+                G, g = torch.zeros(1, W.shape[1]), torch.full((1,), 60.0)
+            self.heads[name] = (W, b, R, G, g)
+        dims = {h[0].shape[1] for h in self.heads.values()}
+        if len(dims) != 1:
+            raise ShapeMismatchError(f"ProbeSteer heads disagree on the state width: {sorted(dims)}")
+        self.dim = dims.pop()
+        self.layer, self.alpha, self.meta = int(layer), float(alpha), meta or {}
+        # two matmuls per step: probes and gates stacked [sum K + H, D]; write directions [sum K, D]
+        hs = list(self.heads.values())
+        self._k = [h[0].shape[0] for h in hs]
+        self._P = torch.cat([h[0] for h in hs] + [h[3] for h in hs])
+        self._p = torch.cat([h[1] for h in hs] + [h[4] for h in hs])
+        self._R = torch.cat([h[2] for h in hs])
+        self._rep = torch.repeat_interleave(torch.arange(len(hs)), torch.tensor(self._k))  # gate index per probe row
+
+    def edits(self, adapter, alpha: float | None = None) -> dict:
+        a = self.alpha if alpha is None else float(alpha)
+        if adapter.family != "llava":
+            raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
+        L = adapter.num_layers("lm")
+        if not 0 <= self.layer < L:
+            raise LayerRangeError(f"probe layer {self.layer} out of range (0..{L - 1})")
+        Pt, p, R, rep, K = self._P.T.contiguous(), self._p, self._R, self._rep, sum(self._k)
+
+        def delta(x):  # [B, D] float -> the added [B, D]
+            z = torch.addmm(p.to(x.device), x, Pt.to(x.device))
+            z = z[:, :K] * torch.sigmoid(z[:, K:])[:, rep.to(x.device)]
+            return a * torch.linalg.vector_norm(x, dim=-1, keepdim=True) * (z @ R.to(x.device))
+
+        def fn(t, layout):
+            if t.shape[-1] != self.dim:
+                raise ShapeMismatchError(f"probe width {self.dim} does not match the state width {t.shape[-1]}")
+            if t.shape[1] == 1:  # decoding step
+                return t + delta(t[:, 0].float())[:, None].to(t.dtype)
+            rows = torch.arange(t.shape[0], device=t.device)
+            idx = last_index(t, layout).to(t.device)
+            x = t[rows, idx].float()
+            t = t.clone()
+            t[rows, idx] = (x + delta(x)).to(t.dtype)
+            return t
+
+        return {f"blocks.{self.layer}.resid": fn}
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, adapter, n: int = 1024, split: str = "steer-probe", seed: int = 0, layer: int | None = None,
+            captions: int = 512, alpha: float | str = "auto", alphas=ALPHAS, max_drop: float = 0.01,
+            n_select: int = 512, progress: bool = False) -> "ProbeSteer":
+        """Question head on ``n`` adversarial + ``n // 2`` random POPE questions of ``split``/``seed``;
+        caption head on greedy captions of ``captions`` scenes (0: no caption head). ``layer``:
+        default the last (where the readout protection is exact). ``alpha="auto"``: the grid value
+        with the lowest adversarial false-yes rate on ``n_select`` questions per task of ``split``/``seed + 1``
+        whose random-POPE, colour and count accuracies each drop by at most ``max_drop``
+        (:func:`select_alpha`; at 256 one question is 0.4 points, too coarse for a 1-point tolerance)."""
+        from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
+
+        if adapter.family != "llava":
+            raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
+        L = adapter.num_layers("lm")
+        layer = L - 1 if layer is None else int(layer)
+        if not 0 <= layer < L:
+            raise LayerRangeError(f"probe layer {layer} out of range (0..{L - 1})")
+        X, y = question_states(adapter, layer, n, split, seed, progress)
+        if y.all() or not y.any():
+            raise PromptError("the probe questions need both present and absent objects")
+        W, b = fit_logistic(X, y[:, None].float())
+        R = _protect(_readouts(adapter, ["yes"]) - _readouts(adapter, ["no"]), adapter, (COLOURS, NUM_WORDS, SHAPES))
+        heads = {"question": (W, b, R)}
+        meta = {"n": n, "split": split, "seed": seed, "layer": layer, "captions": captions}
+        if captions:
+            Xc, Yc, Xg, yg = caption_states(adapter, layer, captions, split, seed, progress)
+            if len(Xc) < 8 or Yc.all() or not Yc.any():
+                raise PromptError(f"the greedy captions named too few colour-shape objects ({len(Xc)}) to fit a caption probe")
+            Wc, bc = fit_logistic(Xc, Yc.float())
+            Gc, gc = fit_logistic(Xg, yg[:, None].float())
+            Rc = _readouts(adapter, SHAPES)
+            Rc = Rc - Rc.mean(0, keepdim=True)
+            heads["caption"] = (Wc, bc, _protect(Rc, adapter, (COLOURS, NUM_WORDS, ("yes", "no"))), Gc, gc)
+            # the question head's gate: yes/no question states against every caption state, so that
+            # free generation (where its probe means nothing) is left alone
+            Gq, gq = fit_logistic(torch.cat([X, Xg]), torch.cat([torch.ones(len(X)), torch.zeros(len(Xg))])[:, None])
+            heads["question"] = (W, b, R, Gq, gq)
+            meta.update(caption_states=len(Xc), gate_states=len(Xg))
+        ps = cls(heads, layer, 0.0 if alpha == "auto" else float(alpha), meta)
+        if alpha == "auto":
+            select_alpha(ps, adapter, alphas, n_select, split, seed + 1, max_drop)
+        return ps
+
+    # ------------------------------------------------------------------- io
+    def save(self, path: str) -> None:
+        """``path`` (.safetensors: ``{head}.W|b|R``) + ``path`` with ``.json`` (layer, alpha, meta)."""
+        t = {f"{h}.{k}": v for h, hd in self.heads.items() for k, v in zip("WbRGg", hd)}
+        save_tensors(path, t, {"layer": self.layer, "alpha": self.alpha, "heads": list(self.heads), "meta": self.meta})
+
+    @classmethod
+    def load(cls, path: str) -> "ProbeSteer":
+        t, d = load_tensors(path)
+        return cls({h: tuple(t[f"{h}.{k}"] for k in "WbRGg") for h in d["heads"]}, d["layer"], d["alpha"], d.get("meta"))
+
+
+def question_states(adapter, layer: int, n: int, split: str, seed: int, progress: bool = False):
+    """States ``[N, D]`` at the last prompt token of POPE presence questions (``n`` adversarial +
+    ``n // 2`` random) and their truth ``[N]`` (bool: object present)."""
+    from tqdm.auto import tqdm
+
+    from ..data.questions import pope_split
+
+    items = pope_split(split, n, seed, "adversarial") + pope_split(split, n // 2, seed, "random")
+    site = f"blocks.{layer}.resid"
+    X, y = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(items), 32), desc="probe: questions", disable=not progress):
+            ch = items[i:i + 32]
+            bt = adapter.prepare(images=[s.pil() for s, _ in ch], text=[qa.question for _, qa in ch])
+            out = adapter.run(bt, capture=[site])
+            last = torch.tensor([int(bt.layout.span("last", r)[0]) for r in range(len(ch))])
+            X.append(out.cache[site][torch.arange(len(ch)), last].float())
+            y += [qa.answer == "yes" for _, qa in ch]
+    return torch.cat(X), torch.tensor(y)
+
+
+def caption_states(adapter, layer: int, n: int, split: str, seed: int, progress: bool = False):
+    """On greedy captions (``describe the image.``) of ``n`` scenes: the states ``[N, D]`` that
+    predict a shape word right after a colour word, and ``[N, 4]`` (bool): is an object of that
+    colour and each shape (``SHAPES`` order) in the scene; then every caption state up to the end of
+    its caption ``[M, D]`` and ``[M]`` (bool): is it one of the former (the gate's data)."""
+    from tqdm.auto import tqdm
+
+    from ..data.shapes import COLOURS, SHAPES, make_split
+
+    scenes = make_split(split, n, seed)
+    site = f"blocks.{layer}.resid"
+    colour_id = {adapter.token_id(c): c for c in COLOURS}
+    shape_ids = {adapter.token_id(s) for s in SHAPES}
+    X, Y, Xg, yg = [], [], [], []
+    eos = adapter.tokenizer.eos_token_id
+    for i in tqdm(range(0, len(scenes), 32), desc="probe: captions", disable=not progress):
+        ch = scenes[i:i + 32]
+        steps: list[torch.Tensor] = []
+
+        def keep(t, layout):
+            steps.append(t[torch.arange(t.shape[0]), last_index(t, layout)].detach().float())
+            return t
+
+        bt = adapter.prepare(images=[s.pil() for s in ch], text=["describe the image."] * len(ch))
+        with adapter.edits({site: keep}):
+            new = adapter.generate(bt, max_new_tokens=24).new_tokens
+        for r, s in enumerate(ch):
+            present = {(o.colour, o.shape) for o in s.objects}
+            for j in range(min(new.shape[1], len(steps))):
+                prev, tok = (int(new[r, j - 1]) if j else -1), int(new[r, j])
+                hit = prev in colour_id and tok in shape_ids
+                Xg.append(steps[j][r])
+                yg.append(hit)
+                if hit:
+                    X.append(steps[j][r])
+                    Y.append([(colour_id[prev], sh) in present for sh in SHAPES])
+                if tok == eos:
+                    break
+    D = adapter.model.config.text_config.hidden_size
+    st = (lambda xs: torch.stack(xs) if xs else torch.zeros(0, D))
+    return st(X), torch.tensor(Y, dtype=torch.bool).reshape(-1, len(SHAPES)), st(Xg), torch.tensor(yg, dtype=torch.bool)
+
+
+__all__ = ["ProbeSteer", "fit_logistic", "question_states", "caption_states"]
