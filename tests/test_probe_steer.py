@@ -101,6 +101,13 @@ def test_probe_steer_save_load_and_errors(shapes_llava, fitted, tmp_path):
         ProbeSteer({"q": (W, bb, R)}, 99).edits(m)
     with pytest.raises(LayerRangeError, match="out of range"):
         ProbeSteer.fit(m, n=32, captions=0, layer=-1, alpha=0.1)
+    from vlinterp.core.errors import NaNError
+    from vlinterp.steering.probe import fit_logistic
+
+    X = torch.randn(20, 8)
+    X[3, 2] = float("nan")
+    with pytest.raises(NaNError, match="NaN"):
+        fit_logistic(X, (torch.arange(20) % 2)[:, None].float())
 
 
 def test_probe_steer_on_tiny_llava():

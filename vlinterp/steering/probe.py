@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError, UnsupportedError
+from ..core.errors import LayerRangeError, NaNError, PromptError, ShapeMismatchError, UnsupportedError
 from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
 from .meandiff import readout_basis
 
@@ -42,6 +42,8 @@ ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 def fit_logistic(X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-4, steps: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised logistic regression, one output per column of ``Y`` ``[N, K]`` (0/1) on
     ``X`` ``[N, D]``; returns ``W`` ``[K, D]``, ``b`` ``[K]`` in the units of ``X``."""
+    if not torch.isfinite(X).all():
+        raise NaNError(f"probe states hold {int((~torch.isfinite(X)).any(1).sum())} rows with NaN or inf")
     X, Y = X.double(), Y.double()
     mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
     Z = (X - mu) / sd
