@@ -111,22 +111,28 @@ class MeanDiff(Steerer):
         return cls({int(k): v for k, v in vec.items()}, d["alpha"], d["positions"], d.get("meta"))
 
 
-def readout_basis(adapter, groups) -> torch.Tensor:
-    """Orthonormal ``[D, r]`` basis of the within-group differences of the words' effective readouts
-    (``final_norm.weight * lm_head.weight[word]``, centred per group); ``groups``: lists of single-token words."""
+def effective_readouts(adapter, words) -> torch.Tensor:
+    """``final_norm.weight * lm_head.weight[word]`` ``[len(words), D]`` for single-token ``words``: the
+    direction in the last residual state that raises each word's logit."""
     model = adapter.model
     W = model.get_output_embeddings().weight.detach().float()
     lm = getattr(model, "model", model)
     lm = getattr(lm, "language_model", lm)
     g = lm.norm.weight.detach().float() if getattr(lm, "norm", None) is not None else torch.ones(W.shape[1])
+    return W[[adapter.token_id(w) for w in words]] * g
+
+
+def readout_basis(adapter, groups) -> torch.Tensor:
+    """Orthonormal ``[D, r]`` basis of the within-group differences of the words' effective readouts
+    (:func:`effective_readouts`, centred per group); ``groups``: lists of single-token words."""
     cols = []
     for group in groups:
         if len(group) < 2:
             raise ValueError(f"a protected group needs at least two words, got {list(group)}")
-        R = W[[adapter.token_id(w) for w in group]] * g
+        R = effective_readouts(adapter, group)
         cols.append((R - R.mean(0, keepdim=True)).T)
     U, S, _ = torch.linalg.svd(torch.cat(cols, 1), full_matrices=False)  # centring costs a rank per group
     return U[:, S > S[0] * 1e-5]
 
 
-__all__ = ["MeanDiff", "readout_basis"]
+__all__ = ["MeanDiff", "effective_readouts", "readout_basis"]

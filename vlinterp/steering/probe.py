@@ -34,7 +34,7 @@ import torch
 
 from ..core.errors import LayerRangeError, NaNError, PromptError, ShapeMismatchError, UnsupportedError
 from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
-from .meandiff import readout_basis
+from .meandiff import effective_readouts, readout_basis
 
 ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
@@ -60,16 +60,6 @@ def fit_logistic(X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-4, steps: int 
     opt.step(closure)
     W, b = W.detach() / sd, b.detach() - (W.detach() / sd) @ mu
     return W.float(), b.float()
-
-
-def _readouts(adapter, words) -> torch.Tensor:
-    """Effective readouts ``final_norm.weight * lm_head.weight[word]`` ``[len(words), D]``."""
-    model = adapter.model
-    W = model.get_output_embeddings().weight.detach().float()
-    lm = getattr(model, "model", model)
-    lm = getattr(lm, "language_model", lm)
-    g = lm.norm.weight.detach().float() if getattr(lm, "norm", None) is not None else torch.ones(W.shape[1])
-    return W[[adapter.token_id(w) for w in words]] * g
 
 
 def _protect(R: torch.Tensor, adapter, groups) -> torch.Tensor:
@@ -164,7 +154,7 @@ class ProbeSteer(Steerer):
         if y.all() or not y.any():
             raise PromptError("the probe questions need both present and absent objects")
         W, b = fit_logistic(X, y[:, None].float())
-        R = _protect(_readouts(adapter, ["yes"]) - _readouts(adapter, ["no"]), adapter, (COLOURS, NUM_WORDS, SHAPES))
+        R = _protect(effective_readouts(adapter, ["yes"]) - effective_readouts(adapter, ["no"]), adapter, (COLOURS, NUM_WORDS, SHAPES))
         heads = {"question": (W, b, R)}
         meta = {"n": n, "split": split, "seed": seed, "layer": layer, "captions": captions}
         if captions:
@@ -173,7 +163,7 @@ class ProbeSteer(Steerer):
                 raise PromptError(f"the greedy captions named too few colour-shape objects ({len(Xc)}) to fit a caption probe")
             Wc, bc = fit_logistic(Xc, Yc.float())
             Gc, gc = fit_logistic(Xg, yg[:, None].float())
-            Rc = _readouts(adapter, SHAPES)
+            Rc = effective_readouts(adapter, SHAPES)
             Rc = Rc - Rc.mean(0, keepdim=True)
             heads["caption"] = (Wc, bc, _protect(Rc, adapter, (COLOURS, NUM_WORDS, ("yes", "no"))), Gc, gc)
             # the question head's gate: yes/no question states against every caption state, so that
