@@ -39,6 +39,11 @@ def test_probe_steer_halves_false_yes_and_chair_on_held_out(shapes_llava, fitted
     ch = [chair(captions(s, m, [x.pil() for x in scenes]), scenes) for s in (None, fitted)]
     assert ch[0]["chair_s"] > 0 and ch[1]["chair_s"] <= 0.7 * ch[0]["chair_s"], ch
     assert ch[1]["mentions"] >= ch[0]["mentions"] - 0.05, ch  # not by naming fewer objects (CHAIR ignores omissions)
+    # another fresh seed (37): the false-yes cut is smaller there (-46% with 256 per split in the README run)
+    base37 = pope(m, "adversarial", "test", 256, 37)["false_yes"]
+    with fitted.applied(m):
+        steered37 = pope(m, "adversarial", "test", 256, 37)["false_yes"]
+    assert base37 >= 0.1 and steered37 <= 0.6 * base37, (base37, steered37)
 
 
 def test_probe_heads_leave_other_answer_groups_alone(shapes_llava, fitted):
