@@ -8,7 +8,7 @@ import vlinterp
 from vlinterp.core.errors import LoadError, NaNError, ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
 from vlinterp.sae import ActivationStore, shapes_items
-from vlinterp.sae.analysis import auroc, cross_modal_weights, sample_scores
+from vlinterp.sae.analysis import auroc, cross_modal_weights, reference_activations, sample_scores
 from vlinterp.sae.attach import feature_edit, load_sae, save_sae, splice_edit
 from vlinterp.sae.quality import reconstruction
 from vlinterp.sae.train import _checkpoints, train_sae
@@ -141,6 +141,28 @@ def test_analysis_on_synthetic_codes():
     assert om[1] == 0 and om[0] == pytest.approx(float(torch.nn.functional.cosine_similarity(acts[0], acts[1], dim=0)), abs=1e-6)
     sc = sample_scores(F, modality, torch.tensor([0, 0, 1, 1]), om)
     assert sc[0] == pytest.approx(om[0]) and sc[1] == 0.0
+
+
+def test_balanced_omega_and_relative_activity_by_hand():
+    """A feature firing hard on image rows and weakly on text: its plain top-2 is image only (omega 0);
+    per modality it is cross-modal, with omega the mean cosine of its top text and top image inputs.
+    With ``min_rel``, a sample whose image barely fires it no longer counts it."""
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(7, 3, generator=g)
+    modality = torch.tensor([2, 2, 2, 2, 2, 1, 1], dtype=torch.int8)  # 5 image rows, 2 text rows
+    F = torch.tensor([[10.0, 3.0], [9.0, 0.0], [8.0, 0.0], [7.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
+    assert cross_modal_weights(F, acts, modality, top=2).tolist() == [0.0, 0.0]
+    om = cross_modal_weights(F, acts, modality, top=2, balanced=True)
+    x = torch.nn.functional.normalize(acts, dim=-1)
+    want = float((x[[5, 6]] @ x[[0, 1]].T).mean())
+    assert om[0] == pytest.approx(want, abs=1e-6) and om[1] == 0.0  # feature 1 never fires on text
+    ref_i, ref_t = reference_activations(F, modality, top=2)
+    assert ref_i.tolist() == pytest.approx([9.5, 1.5]) and ref_t.tolist() == pytest.approx([0.75, 0.0])
+    sample = torch.tensor([0, 2, 2, 2, 1, 0, 1])  # sample 0: rows 0 + 5; sample 1: rows 4 + 6; sample 2: image only
+    loose = sample_scores(F, modality, sample, om)
+    strict = sample_scores(F, modality, sample, om, (ref_i, ref_t), min_rel=0.5)
+    assert loose == pytest.approx({0: want, 1: want, 2: 0.0})
+    assert strict == pytest.approx({0: want, 1: 0.0, 2: 0.0})  # image max 1.0 < 0.5 * 9.5
 
 
 def test_cli_round_trip(tmp_path, capsys):

@@ -8,7 +8,9 @@ image-text sample agrees in feature space.
   image-token activations (the inputs, not the codes); 0 otherwise.
 - :func:`sample_scores`: per sample, ``sum_k omega_k`` over the features active on both its image
   tokens and its text tokens: high when the text names what the image shows. Used to rank and
-  filter image-text data (:func:`filter_auroc`).
+  filter image-text data (:func:`filter_auroc`). Optionally "active" means above a fraction of the
+  feature's own scale in that modality (:func:`reference_activations`), and ``omega`` takes each
+  feature's top activations per modality (``balanced``).
 - :func:`colour_features`: per shapes-world colour, the feature best detecting "this patch covers
   an object of that colour" (AUROC on image patches) and how it fires on the colour word.
 """
@@ -39,13 +41,27 @@ def feature_stats(F: torch.Tensor, modality: torch.Tensor, top: int = 32) -> dic
             "top_rows": torch.topk(F, k, dim=0).indices.T.numpy()}
 
 
-def cross_modal_weights(F: torch.Tensor, acts: torch.Tensor, modality: torch.Tensor, top: int = 32) -> np.ndarray:
-    """``omega`` ``[K]`` (see the module doc)."""
-    k = min(top, len(F))
-    vals, rows = torch.topk(F, k, dim=0)  # [k, K]
-    is_img = (modality == IMAGE)
+def cross_modal_weights(F: torch.Tensor, acts: torch.Tensor, modality: torch.Tensor, top: int = 32,
+                        balanced: bool = False) -> np.ndarray:
+    """``omega`` ``[K]`` (see the module doc). ``balanced=True`` takes a feature's top ``top``
+    activations within each modality instead of over all rows: it counts as cross-modal when all of
+    them fire in both (image rows outnumber text rows ~7:1 in the shapes store and activation scales
+    differ by modality, so the plain top ``top`` of a feature that does fire on both is often one
+    modality only)."""
     x = torch.nn.functional.normalize(acts.float(), dim=-1)
     omega = np.zeros(F.shape[1])
+    is_img = modality == IMAGE
+    if balanced:
+        Fi, Ft = F[is_img], F[~is_img]
+        if not len(Fi) or not len(Ft):
+            return omega
+        vi, ri = torch.topk(Fi, min(top, len(Fi)), dim=0)  # [k, K]
+        vt, rt = torch.topk(Ft, min(top, len(Ft)), dim=0)
+        xi, xt = x[is_img], x[~is_img]
+        for j in torch.nonzero((vi.min(0).values > 0) & (vt.min(0).values > 0)).squeeze(1).tolist():
+            omega[j] = float((xt[rt[:, j]] @ xi[ri[:, j]].T).mean())
+        return omega
+    vals, rows = torch.topk(F, min(top, len(F)), dim=0)  # [k, K]
     for j in range(F.shape[1]):
         r = rows[:, j][vals[:, j] > 0]
         im, tx = r[is_img[r]], r[~is_img[r]]
@@ -54,15 +70,34 @@ def cross_modal_weights(F: torch.Tensor, acts: torch.Tensor, modality: torch.Ten
     return omega
 
 
-def sample_scores(F: torch.Tensor, modality: torch.Tensor, sample: torch.Tensor, omega: np.ndarray) -> dict[int, float]:
-    """``{sample id: sum of omega_k over features active on both its image and its text tokens}``."""
+def reference_activations(F: torch.Tensor, modality: torch.Tensor, top: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per feature, the mean of its top ``top`` activations on image rows and on text rows:
+    ``(ref_image [K], ref_text [K])``, the scales :func:`sample_scores`'s ``min_rel`` is relative to."""
+    is_img = modality == IMAGE
+    out = []
+    for rows in (F[is_img], F[~is_img]):
+        out.append(torch.topk(rows, min(top, len(rows)), dim=0).values.mean(0) if len(rows) else torch.zeros(F.shape[1]))
+    return out[0], out[1]
+
+
+def sample_scores(F: torch.Tensor, modality: torch.Tensor, sample: torch.Tensor, omega: np.ndarray,
+                  ref: tuple[torch.Tensor, torch.Tensor] | None = None, min_rel: float = 0.0) -> dict[int, float]:
+    """``{sample id: sum of omega_k over features active on both its image and its text tokens}``.
+
+    Active: some token of that modality has activation > 0 or, with ``ref`` (from
+    :func:`reference_activations`) and ``min_rel > 0``, above ``min_rel`` times the feature's
+    reference activation in that modality. A TopK SAE gives every token exactly ``k`` active
+    features, most of them weak; the relative threshold keeps those that really fire."""
     om = torch.as_tensor(omega, dtype=torch.float32)
     out = {}
     is_img = modality == IMAGE
+    th_i = th_t = torch.zeros(F.shape[1])
+    if ref is not None and min_rel > 0:
+        th_i, th_t = min_rel * ref[0], min_rel * ref[1]
     for s in torch.unique(sample).tolist():
         m = sample == s
-        fi = (F[m & is_img] > 0).any(0)
-        ft = (F[m & ~is_img] > 0).any(0)
+        fi = (F[m & is_img] > th_i).any(0)
+        ft = (F[m & ~is_img] > th_t).any(0)
         out[int(s)] = float(om[fi & ft].sum())
     return out
 
@@ -177,5 +212,5 @@ def filter_auroc(sample_score: dict[int, float], mismatched: set[int]) -> float:
     return auroc([sample_score[i] for i in ids], [i not in mismatched for i in ids])
 
 
-__all__ = ["encode_rows", "feature_stats", "cross_modal_weights", "sample_scores", "auroc", "patch_colour_labels",
+__all__ = ["encode_rows", "feature_stats", "cross_modal_weights", "reference_activations", "sample_scores", "auroc", "patch_colour_labels",
            "colour_features", "colour_alignment", "filter_auroc"]

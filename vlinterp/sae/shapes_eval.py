@@ -5,8 +5,9 @@ Harvest a site over training scenes (captions and POPE questions alternating) an
 scenes, train a TopK SAE through SAELens, then measure on held-out data: FVU and L0, the POPE
 accuracy with the SAE spliced in, the best patch-colour feature per colour (AUROC), how many
 colours have a cross-modal feature (patch AUROC and colour-word AUROC both >= 0.9), and the
-SAE-V data-filtering AUROC on a caption set with ``swap`` of the captions moved to the wrong
-image, beside a baseline with random feature weights.
+SAE-V data-filtering AUROC on a caption set with 30% of the captions moved to the wrong image,
+beside a baseline with random feature weights (:func:`filter_eval`: as the issue defines the
+score, and a modality-balanced variant whose one setting is chosen on a validation split).
 """
 from __future__ import annotations
 
@@ -38,6 +39,38 @@ def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
     return items, bad
 
 
+MIN_REL_GRID = (0.0, 0.25, 0.5, 0.75)
+
+
+def _filter_set(adapter, sae, site, scenes, seed):
+    items, bad = swapped_captions(scenes, 0.3, seed)
+    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, keep="content")
+    return A.encode_rows(sae, fs.acts), fs.rows["modality"], fs.rows["sample"], bad
+
+
+def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0) -> dict:
+    """SAE-V data filtering on ``scenes`` with 30% of captions swapped: AUROC of the sample score
+    (matched vs mismatched) as the issue defines it (``omega`` over all rows' top activations,
+    "active" = fires at all), and the balanced variant (``omega`` from each modality's top
+    activations; "active" = above ``min_rel`` of the feature's own scale, ``min_rel`` chosen on
+    ``val_scenes``, another split), each beside random feature weights."""
+    mod = tr.rows["modality"]
+    omega = A.cross_modal_weights(Ftr, tr.acts, mod)
+    omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
+    ref = A.reference_activations(Ftr, mod)
+    rand = np.random.default_rng(seed + 7).random(len(omega))
+    Fv, mv, sv, bad_v = _filter_set(adapter, sae, site, val_scenes, seed + 1)
+    grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, omega_b, ref, r), bad_v) for r in MIN_REL_GRID}
+    min_rel = max(grid, key=lambda r: (grid[r], -r))
+    Ff, mf, sf, bad = _filter_set(adapter, sae, site, scenes, seed)
+    auc = lambda w, r=0.0: A.filter_auroc(A.sample_scores(Ff, mf, sf, w, ref, r), bad)  # noqa: E731
+    return {"auroc": auc(omega), "random_weights_auroc": auc(rand),
+            "balanced_auroc": auc(omega_b, min_rel), "balanced_random_weights_auroc": auc(rand, min_rel),
+            "min_rel": min_rel, "val_grid": {str(k): v for k, v in grid.items()},
+            "cross_modal_features": int((omega > 0).sum()), "cross_modal_features_balanced": int((omega_b > 0).sum()),
+            "mismatched": len(bad), "n": len(scenes)}
+
+
 def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_heldout: int = 200, d_sae: int = 512,
                 k: int = 32, steps: int = 4000, seed: int = 0, splice_n: int = 256, progress: bool = False) -> dict:
     tr = ActivationStore.harvest(adapter, site, shapes_items("sae-train", n_train, seed, "mixed"), batch_size=32,
@@ -53,17 +86,9 @@ def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_hel
     if getattr(adapter, "tokenizer", None) is not None:
         out["colour_alignment"] = A.colour_alignment(ho, ho_scenes, adapter.tokenizer)
     Ftr = A.encode_rows(sae, tr.acts)
-    omega = A.cross_modal_weights(Ftr, tr.acts, tr.rows["modality"])
-    items, bad = swapped_captions(ho_scenes, 0.3, seed)
-    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=progress, keep="content")
-    Ff = A.encode_rows(sae, fs.acts)
-    score = A.sample_scores(Ff, fs.rows["modality"], fs.rows["sample"], omega)
-    rand = np.random.default_rng(seed + 7).random(len(omega))
-    out["filter"] = {"auroc": A.filter_auroc(score, bad),
-                     "random_weights_auroc": A.filter_auroc(A.sample_scores(Ff, fs.rows["modality"], fs.rows["sample"], rand), bad),
-                     "cross_modal_features": int((omega > 0).sum()), "mismatched": len(bad), "n": len(items)}
+    out["filter"] = filter_eval(adapter, sae, site, Ftr, tr, ho_scenes, make_split("sae-val", n_heldout, seed + 5), seed)
     out["sae"] = sae
     return out
 
 
-__all__ = ["shapes_saev", "swapped_captions"]
+__all__ = ["shapes_saev", "swapped_captions", "filter_eval", "MIN_REL_GRID"]

@@ -19,6 +19,7 @@ ORGANISMS: dict[str, str] = {
     "shapes-vit": "vlinterp.zoo.recipe_vit",
     "shapes-clip": "vlinterp.zoo.recipe_clip",
     "shapes-llava": "vlinterp.zoo.recipe_llava",
+    "shapes-llava-aligned": "vlinterp.zoo.llava_align",  # shapes-llava + the align stage (SAE-V)
     "shapes-diffusion": "vlinterp.zoo.recipe_diffusion",
 }
 
