@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vlinterp
-from vlinterp.core.errors import LoadError, NaNError, ShapeMismatchError
+from vlinterp.core.errors import LoadError, NaNError, PromptError, ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
 from vlinterp.sae import ActivationStore, shapes_items
 from vlinterp.sae.analysis import auroc, cross_modal_weights, reference_activations, sample_scores
@@ -52,6 +52,23 @@ def test_harvest_rows_and_resume_equals_uninterrupted(llava, items, store, tmp_p
     assert len(store) == len(full)  # in memory (batch 8) == on disk (batch 4) row count
     with pytest.raises(LoadError):  # a different harvest in the same directory
         ActivationStore.harvest(llava, "blocks.0.resid", items, out_dir=str(tmp_path / "b"), progress=False, keep="content")
+
+
+def test_keep_answer_is_image_plus_the_answer_tokens(llava, items, store):
+    """``keep="answer"``: the image patches and exactly the teacher-forced answer's tokens, with the same
+    activations as in the ``content`` store (the instruction's tokens are left out)."""
+    ans = ActivationStore.harvest(llava, SITE, items[:6], batch_size=3, progress=False, keep="answer")
+    for i, (img, prompt, answer) in enumerate(items[:6]):
+        b = llava.prepare(images=[img], text=[prompt], answer=[answer])
+        want = b.inputs["input_ids"][0, b.layout.span("answer", 0)].tolist()
+        got = ans.rows["sample"] == i
+        txt = got & (ans.rows["modality"] != 2)
+        assert ans.rows["token"][txt].tolist() == want  # exactly the answer's tokens, in order
+        assert int((got & (ans.rows["modality"] == 2)).sum()) == len(b.layout.span("image", 0))
+        full = (store.rows["sample"] == i) & (store.rows["modality"] != 2)  # prompt text, then the answer
+        assert torch.allclose(ans.acts[txt], store.acts[full][-len(want):], atol=1e-5)
+    with pytest.raises(PromptError, match="answer"):
+        ActivationStore.harvest(llava, SITE, [(img, p) for img, p, _ in items[:2]], progress=False, keep="answer")
 
 
 def test_training_resume_equals_uninterrupted(store, tmp_path):

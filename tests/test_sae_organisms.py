@@ -16,9 +16,9 @@ REACHED = {
 
 
 # shapes-llava-aligned (shapes-llava + the align stage): cross-modal features are there (floor met);
-# data filtering reaches 0.822 with the balanced score (min_rel 0.75 chosen on the val split; random
-# feature weights 0.775 under the same rule) and 0.607 with the plain score (floor 0.85)
-REACHED_ALIGNED = {"filter_auroc_balanced": 0.80}
+# data filtering (floor 0.85) reaches 0.838 with the balanced score (min_rel 0.75 chosen on the val
+# split; random feature weights 0.810 under the same rule) and 0.644 with the plain score
+REACHED_ALIGNED = {"filter_auroc_balanced": 0.82}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_aligned_organism_data_filtering(saev, saev_aligned):
     f, f0 = saev_aligned["filter"], saev["filter"]
     assert f["n"] == 200 and f["mismatched"] == 60 and f["min_rel"] in (0.0, 0.25, 0.5, 0.75)
     assert f["balanced_auroc"] >= REACHED_ALIGNED["filter_auroc_balanced"]
-    assert f["balanced_auroc"] > f["balanced_random_weights_auroc"] + 0.02  # omega carries signal beyond co-activity
+    assert f["keep"] == "answer"
+    assert f["balanced_auroc"] > f["balanced_random_weights_auroc"] + 0.01  # omega adds a little beyond co-activity
     assert f["balanced_auroc"] > f0["balanced_auroc"] + 0.15  # alignment is what makes filtering work
 
 

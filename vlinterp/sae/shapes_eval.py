@@ -42,33 +42,35 @@ def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
 MIN_REL_GRID = (0.0, 0.25, 0.5, 0.75)
 
 
-def _filter_set(adapter, sae, site, scenes, seed):
+def _filter_set(adapter, sae, site, scenes, seed, keep="answer"):
     items, bad = swapped_captions(scenes, 0.3, seed)
-    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, keep="content")
+    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, keep=keep)
     return A.encode_rows(sae, fs.acts), fs.rows["modality"], fs.rows["sample"], bad
 
 
-def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0) -> dict:
+def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, keep: str = "answer") -> dict:
     """SAE-V data filtering on ``scenes`` with 30% of captions swapped: AUROC of the sample score
     (matched vs mismatched) as the issue defines it (``omega`` over all rows' top activations,
     "active" = fires at all), and the balanced variant (``omega`` from each modality's top
     activations; "active" = above ``min_rel`` of the feature's own scale, ``min_rel`` chosen on
-    ``val_scenes``, another split), each beside random feature weights."""
+    ``val_scenes``, another split), each beside random feature weights. A sample's text tokens are
+    its caption's (``keep="answer"``: the pair without our instruction around it, whose tokens
+    read the image and so carry its content whatever the caption says; ``"content"`` keeps them)."""
     mod = tr.rows["modality"]
     omega = A.cross_modal_weights(Ftr, tr.acts, mod)
     omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
     ref = A.reference_activations(Ftr, mod)
     rand = np.random.default_rng(seed + 7).random(len(omega))
-    Fv, mv, sv, bad_v = _filter_set(adapter, sae, site, val_scenes, seed + 1)
+    Fv, mv, sv, bad_v = _filter_set(adapter, sae, site, val_scenes, seed + 1, keep)
     grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, omega_b, ref, r), bad_v) for r in MIN_REL_GRID}
     min_rel = max(grid, key=lambda r: (grid[r], -r))
-    Ff, mf, sf, bad = _filter_set(adapter, sae, site, scenes, seed)
+    Ff, mf, sf, bad = _filter_set(adapter, sae, site, scenes, seed, keep)
     auc = lambda w, r=0.0: A.filter_auroc(A.sample_scores(Ff, mf, sf, w, ref, r), bad)  # noqa: E731
     return {"auroc": auc(omega), "random_weights_auroc": auc(rand),
             "balanced_auroc": auc(omega_b, min_rel), "balanced_random_weights_auroc": auc(rand, min_rel),
             "min_rel": min_rel, "val_grid": {str(k): v for k, v in grid.items()},
             "cross_modal_features": int((omega > 0).sum()), "cross_modal_features_balanced": int((omega_b > 0).sum()),
-            "mismatched": len(bad), "n": len(scenes)}
+            "keep": keep, "mismatched": len(bad), "n": len(scenes)}
 
 
 def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_heldout: int = 200, d_sae: int = 512,

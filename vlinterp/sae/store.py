@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.errors import LoadError, ShapeMismatchError
+from ..core.errors import LoadError, PromptError, ShapeMismatchError
 from ..core.layout import IMAGE, PAD, TEXT
 from ..zoo.common import write_json_atomic
 
@@ -51,7 +51,8 @@ def rows_from_batch(adapter, batch, site: str, sample_ids: Sequence[int], keep: 
                     dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Run ``batch`` capturing ``site`` and return the row tensors of the kept tokens
     (``keep``: ``all`` non-padding tokens, ``content`` = image patches and text tokens without
-    specials (BOS, role markers, image newlines), ``image`` or ``text``)."""
+    specials (BOS, role markers, image newlines), ``image``, ``text``, or ``answer`` = image patches
+    and the teacher-forced answer's tokens: an image-caption pair without the instruction around it)."""
     stream = adapter.site_table[site].stream
     out = adapter.run(batch, capture=[site])
     a = out.cache[site]
@@ -66,8 +67,15 @@ def rows_from_batch(adapter, batch, site: str, sample_ids: Sequence[int], keep: 
         mask &= (mod != IMAGE)
     elif keep == "content":
         mask &= (mod == IMAGE) | (mod == TEXT)
+    elif keep == "answer":
+        if "answer" not in lay.spans:
+            raise PromptError("keep='answer' needs (image, text, answer) items: this batch has no answers")
+        ans = np.zeros_like(mask)
+        for r in range(mask.shape[0]):
+            ans[r, lay.span("answer", r).numpy()] = True
+        mask &= (mod == IMAGE) | (ans & (mod == TEXT))
     elif keep != "all":
-        raise ValueError(f"keep must be all, content, image or text, got {keep!r}")
+        raise ValueError(f"keep must be all, content, image, text or answer, got {keep!r}")
     R, T = mask.shape
     row = np.full((R, T), -1, np.int16)
     col = np.full((R, T), -1, np.int16)
