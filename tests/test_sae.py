@@ -197,6 +197,16 @@ def test_cli_round_trip(tmp_path, capsys):
     assert "top image patches" in page and "data:image/png;base64" in page
     assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "s.json")]) == 0
     assert len(json.load(open(tmp_path / "s.json"))["scores"]) == 12
+    # the balanced score with a relative activity threshold, recorded in the output
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "b.json"),
+                 "--balanced", "--min-rel", "0.5"]) == 0
+    bal = json.load(open(tmp_path / "b.json"))
+    assert bal["balanced"] and bal["min_rel"] == 0.5 and len(bal["scores"]) == 12
+    with pytest.raises(SystemExit):
+        main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "c.json"), "--min-rel", "1.5"])
+    assert not (tmp_path / "c.json").exists()
+    st2 = str(tmp_path / "st2")
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:4:0:caption", "--out", st2, "--keep", "answer"]) == 0
     assert main(["sae", "harvest", "--model", "tiny:llava", "--site", "blocks.99.resid", "--dataset", "shapes:sae:2", "--out", str(tmp_path / "x")]) == 2
     assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "nope:1", "--out", str(tmp_path / "y")]) == 2
     assert "unknown dataset spec" in capsys.readouterr().err

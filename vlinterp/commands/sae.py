@@ -18,6 +18,13 @@ import json
 from ..cli import register
 
 
+def _fraction(v: str) -> float:
+    x = float(v)
+    if not 0.0 <= x < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return x
+
+
 def _add(p: argparse.ArgumentParser):
     sub = p.add_subparsers(dest="sae_cmd", required=True)
     h = sub.add_parser("harvest", help="harvest a site's activations over a dataset into a store")
@@ -25,7 +32,8 @@ def _add(p: argparse.ArgumentParser):
     h.add_argument("--site", required=True, help="adapter site, e.g. blocks.2.resid")
     h.add_argument("--dataset", required=True, help="shapes:SPLIT:N[:SEED[:KIND]] or jsonl:PATH")
     h.add_argument("--out", required=True, help="store directory (resumable)")
-    h.add_argument("--keep", default="content", choices=["all", "content", "image", "text"])
+    h.add_argument("--keep", default="content", choices=["all", "content", "image", "text", "answer"],
+                   help="answer: image patches + the answer's tokens (pairs to score, without the instruction)")
     h.add_argument("--batch-size", type=int, default=16)
     h.add_argument("--shard-samples", type=int, default=256)
     h.add_argument("--workers", type=int, default=1, help="Ray workers writing shards straight into the store (needs vlinterp[scale])")
@@ -65,6 +73,10 @@ def _add(p: argparse.ArgumentParser):
     s.add_argument("--calib-store", required=True, help="store the cross-modal weights are computed on")
     s.add_argument("--store", required=True, help="store of the pairs to score")
     s.add_argument("--out", required=True, help="JSON: sample id -> score, plus the weights' summary")
+    s.add_argument("--balanced", action="store_true",
+                   help="omega from each feature's top activations within each modality (see the README's SAE-V section)")
+    s.add_argument("--min-rel", type=_fraction, default=0.0,
+                   help="active = above this fraction of the feature's top-activation scale in that modality (calib store)")
 
 
 def _store(path):
@@ -137,15 +149,18 @@ def _run(args) -> int:
         path = write_dashboards(m, sae, st, items_from_spec(st.meta["dataset"]), args.out, feats, F=F, omega=omega)
         print(f"wrote {len(feats)} feature pages and {path}")
     elif cmd == "score-data":
-        from ..sae.analysis import cross_modal_weights, encode_rows, sample_scores
+        from ..sae.analysis import cross_modal_weights, encode_rows, reference_activations, sample_scores
         from ..sae.attach import load_sae
 
         sae = load_sae(args.sae)
         cal, st = _store(args.calib_store), _store(args.store)
-        omega = cross_modal_weights(encode_rows(sae, cal.acts), cal.acts, cal.rows["modality"])
-        sc = sample_scores(encode_rows(sae, st.acts), st.rows["modality"], st.rows["sample"], omega)
+        Fc = encode_rows(sae, cal.acts)
+        omega = cross_modal_weights(Fc, cal.acts, cal.rows["modality"], balanced=args.balanced)
+        ref = reference_activations(Fc, cal.rows["modality"]) if args.min_rel > 0 else None
+        sc = sample_scores(encode_rows(sae, st.acts), st.rows["modality"], st.rows["sample"], omega, ref, args.min_rel)
         out = {"scores": {str(k): v for k, v in sc.items()}, "cross_modal_features": int((omega > 0).sum()),
-               "omega_mean": float(omega[omega > 0].mean()) if (omega > 0).any() else 0.0}
+               "omega_mean": float(omega[omega > 0].mean()) if (omega > 0).any() else 0.0,
+               "balanced": args.balanced, "min_rel": args.min_rel}
         write_bytes_atomic(args.out, json.dumps(out, indent=1).encode())
         print(f"scored {len(sc)} samples with {out['cross_modal_features']} cross-modal features -> {args.out}")
     return 0
