@@ -54,8 +54,12 @@ def test_discriminative_push_leaves_the_partner_for_the_own_pattern():
     i_d, (r, c) = int(rd["image"][0]), rd["cell"][0].tolist()
     assert y[i_d, 0] == 1 and where[i_d] == r * 2 + c, "discriminative push should land on pattern A"
     assert float(rd["auroc"][0]) > 0.99 and float(rd["auroc"][0]) > float(rd["auroc_nearest"][0]) + 0.1
-    with torch.no_grad():  # exactly on the stored training window
-        assert torch.equal(head.prototypes[0], head.embed(feats[i_d:i_d + 1])[0, r, c])
+    with torch.no_grad():  # on the stored training window: the push embeds in chunks, this one image alone, and
+        # the BLAS kernel (so the last bit) can differ with the batch; any other window is far off
+        one = head.embed(feats[i_d:i_d + 1])[0, r, c]
+        assert torch.allclose(head.prototypes[0], one, rtol=0, atol=1e-6)
+        others = head.embed(feats[i_d:i_d + 1])[0].reshape(-1, one.shape[0])
+        assert sorted(float((o - head.prototypes[0]).abs().max()) for o in others)[1] > 1e-3
 
 
 def test_both_pushes_refuse_a_class_without_images():
