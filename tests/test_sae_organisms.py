@@ -21,14 +21,18 @@ REACHED = {
 REACHED_ALIGNED = {"filter_auroc_balanced": 0.82}
 
 
-@pytest.fixture(scope="module")
-def saev():
-    if not available("shapes-llava"):
-        pytest.skip("shapes-llava weights not shipped")
+def _saev(name: str) -> dict:
+    if not available(name):
+        pytest.skip(f"{name} weights not shipped")
     torch.set_num_threads(1)
     from vlinterp.sae.shapes_eval import shapes_saev
 
-    return shapes_saev(vlinterp.load("shapes-llava"), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
+    return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
+
+
+@pytest.fixture(scope="module")
+def saev():
+    return _saev("shapes-llava")
 
 
 def test_sae_reconstructs_and_splices(saev):
@@ -58,12 +62,7 @@ def test_data_filtering_against_random(saev):
 
 @pytest.fixture(scope="module")
 def saev_aligned():
-    if not available("shapes-llava-aligned"):
-        pytest.skip("shapes-llava-aligned weights not shipped")
-    torch.set_num_threads(1)
-    from vlinterp.sae.shapes_eval import shapes_saev
-
-    return shapes_saev(vlinterp.load("shapes-llava-aligned"), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
+    return _saev("shapes-llava-aligned")
 
 
 def test_aligned_organism_reconstructs_and_has_cross_modal_colour_features(saev_aligned):

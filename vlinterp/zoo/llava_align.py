@@ -107,8 +107,8 @@ def align(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda 
     ``steps`` caps the step count (tests); ``over`` overrides keys of :data:`ALIGN`."""
     from ..data.shapes import COLOURS, SHAPES
     from .common import cosine_lr, set_lr
-    from .llava_data import Tokens, make_pool
-    from .llava_tune import TUNE, cache_features, cached_lookup
+    from .llava_data import Tokens
+    from .llava_tune import TUNE, cached_lookup, frozen_pool
     from .recipe_llava import _Batches, _lm_loss
 
     cfg = {**ALIGN, **over}
@@ -117,11 +117,7 @@ def align(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda 
     n_pool = min(cfg["pool"], 64) if small else cfg["pool"]
     B, Bc = (min(cfg["batch"], 8), min(cfg["caption_batch"], 4)) if small else (cfg["batch"], cfg["caption_batch"])
     t0 = time.time()
-    pool = make_pool("train", seed, n_pool, start=cfg["start"])
-    tower = model.model.vision_tower
-    tower.requires_grad_(False)
-    tower.eval()
-    cache = cache_features(tower, pool, dev, model.config.vision_feature_layer)
+    pool, cache = frozen_pool(model, dev, seed, n_pool, cfg["start"])
     feats = cached_lookup(cache)
     toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
     batches = _Batches(pool, toks, seed + 5, source_p=TUNE["source_p"], neg_p=list(TUNE["neg_p"]))

@@ -46,6 +46,18 @@ def cache_features(tower, pool: dict, dev, layer: int, chunk: int = 256) -> dict
     return cache
 
 
+def frozen_pool(model, dev, seed: int, n_pool: int, start: int) -> tuple[dict, dict]:
+    """Scenes ``start..start+n_pool-1`` of the training split and their frozen-tower features: the
+    vision tower is set to eval with no gradients; returns ``(pool, cache)`` (see :func:`cache_features`)."""
+    from .llava_data import make_pool
+
+    pool = make_pool("train", seed, n_pool, start=start)
+    tower = model.model.vision_tower
+    tower.requires_grad_(False)
+    tower.eval()
+    return pool, cache_features(tower, pool, dev, model.config.vision_feature_layer)
+
+
 def cached_lookup(cache: dict):
     """``fn(idx [B], rendered [B] bool) -> [B, P, D]`` float features from :func:`cache_features`'s cache."""
 
@@ -59,18 +71,14 @@ def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m
     """Run the tune stage in place on ``model`` (a LlavaForConditionalGeneration on ``dev``); returns its record.
 
     ``steps`` caps the step count (tests); ``over`` overrides keys of :data:`TUNE`."""
-    from .llava_data import Tokens, make_pool
+    from .llava_data import Tokens
     from .recipe_llava import _Batches, _train_lm
 
     cfg = {**TUNE, **over}
     n_steps = cfg["steps"] if steps is None else min(steps, cfg["steps"])
     n_pool, B = (cfg["pool"], cfg["batch"]) if steps is None else (min(cfg["pool"], 64), min(cfg["batch"], 8))
     t0 = time.time()
-    pool = make_pool("train", seed, n_pool, start=cfg["start"])
-    tower = model.model.vision_tower
-    tower.requires_grad_(False)
-    tower.eval()
-    cache = cache_features(tower, pool, dev, model.config.vision_feature_layer)
+    pool, cache = frozen_pool(model, dev, seed, n_pool, cfg["start"])
     log(f"tune: pool of {n_pool} fresh scenes and features ready ({time.time() - t0:.0f}s)")
     toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
     batches = _Batches(pool, toks, seed + 3, source_p=cfg["source_p"], neg_p=list(cfg["neg_p"]))
@@ -130,4 +138,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["TUNE", "tune", "cache_features", "cached_lookup", "main"]
+__all__ = ["TUNE", "tune", "cache_features", "frozen_pool", "cached_lookup", "main"]
