@@ -33,9 +33,9 @@ def _run(args) -> int:
             if zoo.available(n):
                 c = zoo.card(n)
                 ok = all(c.get("floors_met", {}).values())
-                print(f"{n:<18} shipped   trained {c['train_seconds'] / 60:5.1f} min, seed {c['seed']}, floors {'met' if ok else 'NOT all met'}")
+                print(f"{n:<21} shipped   trained {c['train_seconds'] / 60:5.1f} min, seed {c['seed']}, floors {'met' if ok else 'NOT all met'}")
             else:
-                print(f"{n:<18} not shipped (train with: vlinterp zoo train {n} --out DIR)")
+                print(f"{n:<21} not shipped (train with: vlinterp zoo train {n} --out DIR)")
         return 0
     rec = zoo.recipe(args.name)
     if args.zoo_cmd == "eval":
