@@ -1,5 +1,6 @@
-"""shapes-llava's optional fifth stage, "align": tie each colour and shape word to the image patches
-that show it, inside the language model.
+"""The ``shapes-llava-aligned`` organism: shapes-llava plus a fifth stage, "align", that ties each
+colour and shape word to the image patches that show it, inside the language model (shapes-llava
+itself ships without it, so every measurement made on it stands).
 
 Why: after stages 1-4 the organism answers well but keeps a colour's patch direction and its word
 direction nearly orthogonal at every LM residual site (cosine -0.17 to 0.17), so no SAE feature can
