@@ -111,3 +111,32 @@ def test_fit_on_tiny_llava_records_calibration():
     assert set(cal["unsteered"]) == {"adversarial", "random"} and "0.5" in cal["grid"]
     assert iri.lam in (0.0, 0.5)
     assert len(iri.meta["rr"]["attn"]) == m.num_layers()
+
+
+class _Layout:
+    """Just enough of a TokenLayout for the edit: its shape and each row's last prompt position."""
+
+    def __init__(self, last, T):
+        self.last, self.shape = last, (len(last), T)
+
+    def span(self, name, r):
+        assert name == "last"
+        return torch.tensor([self.last[r]])
+
+
+@pytest.mark.parametrize("last", [[4, 4], [2, 4]])  # one shared last position (a view), or a gather per row
+def test_prompt_pass_edits_each_rows_last_position(llava, last):
+    m, _ = llava
+    iri = IRI([("attn", 0, 1.0)], [("attn", 1)], lam=1.5)
+    ed = iri.edits(m)
+    g = torch.Generator().manual_seed(1)
+    lay = _Layout(last, 5)
+    src, tgt = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
+    assert ed["blocks.0.attn"](src, lay) is src  # a source only reads
+    out = ed["blocks.1.attn"](tgt, lay)
+    for r, p in enumerate(last):
+        want = tgt[r, p] + 1.5 * src[r, p]
+        want = want * tgt[r, p].norm() / want.norm()
+        assert torch.allclose(out[r, p], want, atol=1e-6)
+        other = [q for q in range(5) if q != p]
+        assert torch.equal(out[r, other], tgt[r, other])
