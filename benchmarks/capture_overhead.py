@@ -22,14 +22,16 @@ import vlinterp as vi  # noqa: E402
 from vlinterp.commands.info import sample_inputs  # noqa: E402
 
 
-def _time(fn) -> float:
+def _time(fn, device="cpu") -> float:
     t0 = time.perf_counter()
     fn()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def bench(name: str, repeats: int, batch: int) -> dict:
-    m = vi.load(name)
+def bench(name: str, repeats: int, batch: int, device: str = "cpu") -> dict:
+    m = vi.load(name, device=device)
     inp = sample_inputs(m.family)
     inp = {k: v * batch for k, v in inp.items()}
     b = m.prepare(**inp)
@@ -41,12 +43,12 @@ def bench(name: str, repeats: int, batch: int) -> dict:
         plain(), capt()
     tp, tc, ratios = [], [], []
     for _ in range(repeats):
-        a, c = _time(plain), _time(capt)
+        a, c = _time(plain, device), _time(capt, device)
         tp.append(a)
         tc.append(c)
         ratios.append(c / a)
     return {
-        "model": name, "sites": pattern, "n_sites": n_sites, "batch": batch,
+        "model": name, "device": device, "sites": pattern, "n_sites": n_sites, "batch": batch,
         "plain_ms": 1e3 * statistics.median(tp), "capture_ms": 1e3 * statistics.median(tc),
         "ratio_median": statistics.median(ratios),
         "ratio_of_medians": statistics.median(tc) / statistics.median(tp),
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--models", default="")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--json")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'model':<16} {'sites':<26} {'plain ms':>9} {'capture ms':>11} {'pair ratio':>11} {'ratio of medians':>17}")
     for n in names:
-        r = bench(n, a.repeats, a.batch)
+        r = bench(n, a.repeats, a.batch, a.device)
         rows.append(r)
         print(f"{r['model']:<16} {r['sites'] + ' x' + str(r['n_sites']):<26} {r['plain_ms']:9.2f} {r['capture_ms']:11.2f} {r['ratio_median']:11.3f} {r['ratio_of_medians']:17.3f}")
     if a.json:

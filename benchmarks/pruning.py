@@ -22,9 +22,10 @@ def main():
     p.add_argument("--keep", default="0.1,0.25,0.5,0.75")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--methods", default="random;fastv;visionzip;visionzip[tower_layer=3];info;hybrid", help="';'-separated")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
     torch.set_num_threads(1)
-    m = vi.load("shapes-llava")
+    m = vi.load("shapes-llava", device=a.device)
     res = run_bench(m, [float(k) for k in a.keep.split(",")], methods=a.methods.split(";"), n=a.n, seed=a.seed, repeats=a.repeats)
     print(table(res))
     at = [r for r in res["rows"] if abs(r["keep"] - 0.25) < 1e-9]

@@ -1,7 +1,7 @@
 """Per-token generation time of each steering method against plain generation, measured side by
 side (interleaved repeats) in one run on shapes-llava.
 
-    python benchmarks/steering_overhead.py [--model shapes-llava] [--tokens 32] [--repeats 40]
+    python benchmarks/steering_overhead.py [--model shapes-llava] [--tokens 32] [--repeats 40] [--methods iri,save] [--device cuda]
 
 Issue 7 asks SAVE and IRI to stay within 1.05x plain; probe steering, mean-difference and VCD (two
 forwards per token, no KV cache in our greedy loop) are reported.
@@ -25,11 +25,14 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--methods", default="iri,meandiff,save,probe,vcd")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    m = vi.load(a.model)
-    methods = {"iri": IRI.fit(m, n=16, n_eval=32, lambdas=(1.0,)), "meandiff": MeanDiff.fit(m, n=128, alpha=0.1),
-               "save": SAVE.fit(m, n=128), "probe": ProbeSteer.fit(m, n=256, captions=128, alpha=0.2), "vcd": VCD()}
+    m = vi.load(a.model, device=a.device)
+    fits = {"iri": lambda: IRI.fit(m, n=16, n_eval=32, lambdas=(1.0,)), "meandiff": lambda: MeanDiff.fit(m, n=128, alpha=0.1),
+            "save": lambda: SAVE.fit(m, n=128), "probe": lambda: ProbeSteer.fit(m, n=256, captions=128, alpha=0.2), "vcd": VCD}
+    methods = {k: fits[k]() for k in a.methods.split(",")}
     b = m.prepare(images=[make_split("bench", 1, 3)[0].pil()], text=["describe the image."])
     T = a.tokens
 
@@ -47,6 +50,8 @@ def main() -> None:
     def timed(fn):
         t0 = time.perf_counter()
         n = fn()
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
         return (time.perf_counter() - t0) / max(n, 1)
 
     # each method's run is bracketed by two plain runs; its ratio is against their mean, so slow

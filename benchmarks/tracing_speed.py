@@ -4,7 +4,7 @@ Prints the median time of each over a few repeats and the speed-up, on shapes-ll
 FCCT groups, resid/mlp/attn, 3 noise samples), tiny LLaVA and tiny ViT (every token); also how far
 the two agree (max |diff| of P_patch and of RR). Goal on shapes-llava: >= 5x, RR diff <= 1e-5.
 
-    python benchmarks/tracing_speed.py [--repeats 3] [--batch-size 32]
+    python benchmarks/tracing_speed.py [--repeats 3] [--batch-size 32] [--device cuda]
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--models", default="tiny:llava,tiny:vit,shapes-llava",
                     help="tiny models trace every token; organisms trace the seven FCCT groups on a shapes scene")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(1)
     img = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8"))
     for name in a.models.split(","):
-        m = vi.load(name)
+        m = vi.load(name, device=a.device)
         organism = not name.startswith("tiny:")
         im = Image.open(os.path.join(os.path.dirname(__file__), "..", "assets", "example_scene.png")) if organism else img
         b = m.prepare(images=[im], text=["is there a yellow circle?"]) if m.family == "llava" else m.prepare(images=[im])

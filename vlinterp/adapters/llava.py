@@ -213,10 +213,12 @@ class LlavaAdapter(Adapter):
         return cls(model, proc, name=os.path.basename(os.path.normpath(path)))
 
     @classmethod
-    def tiny(cls, variant: str = "llava", **kw) -> "LlavaAdapter":
+    def tiny(cls, variant: str = "llava", device=None, dtype=None, **kw) -> "LlavaAdapter":
         from .llava_tiny import build_tiny
 
         model, proc = build_tiny(variant, **kw)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
         return cls(model, proc, name=f"tiny:{variant}")
 
 

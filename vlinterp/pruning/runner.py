@@ -251,6 +251,8 @@ class PrunedLM:
             out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
             h = out[0] if isinstance(out, tuple) else out
         logits = self.head(self.lm.norm(h))[:, -1]
+        if logits.is_cuda:  # the timings are of finished work, not of queued kernels (t1 follows a sync: int(...))
+            torch.cuda.synchronize(logits.device)
         self.timing = {"vision": t1 - t0, "lm": time.perf_counter() - t1}
         img_kept = torch.stack([grid[b][image[b]] for b in range(B)]) if image.any() else grid[:, :0]
         return Prefill(logits, kept, img_kept, cache, valids, pos[:, -1], biases)
