@@ -88,6 +88,31 @@ def checks(scene, q):
 
         return p(m, "adversarial", "dev", 32, 1)["accuracy"]
 
+    def probe(m, b):
+        from vlinterp.steering import ProbeSteer
+
+        s = ProbeSteer.fit(m, n=64, captions=32, alpha=0.2)
+        with s.applied(m):
+            return m.generate(b, max_new_tokens=8).texts
+
+    def deletion(m, b):
+        from vlinterp import saliency
+        from vlinterp.metrics.faithfulness import deletion_auc, llava_score_fn
+
+        res = saliency.get("relevancy")(m).attribute(b, target="yes")
+        return deletion_auc(scene.pil(), res, llava_score_fn(m, q, "yes"), steps=8)
+
+    def audit(m, b):
+        from vlinterp.audit.run import last_states
+
+        return last_states(m, [(scene.pil(), q)]), last_states(m, [(None, q)])
+
+    def protos(m, b):
+        from vlinterp.prototypes.features import patch_features
+        from vlinterp.prototypes.fit import default_site
+
+        return patch_features(m, [scene.pil()] * 2, default_site(m), noise=0.1).feats
+
     L = "shapes-llava"
     return {
         "forward + capture": (L, lambda m, b: m.run(b, capture=["blocks.*.resid"]).cache.get("blocks.3.resid")),
@@ -107,7 +132,11 @@ def checks(scene, q):
         "MeanDiff fit + generate": (L, meandiff),
         "pruning fastv 25%": (L, prune("fastv:0.25")),
         "pruning hybrid 25%": (L, prune("hybrid:0.25")),
+        "ProbeSteer fit + generate": (L, probe),
         "SAE store harvest": (L, harvest),
+        "deletion AUC (relevancy)": (L, deletion),
+        "audit last states": (L, audit),
+        "prototype patch features": ("shapes-vit", protos),
         "POPE adversarial (32)": (L, pope),
         "tiny:vit relevancy": ("tiny:vit", lambda m, b: __import__("vlinterp").saliency.get("relevancy")(m).attribute(b, target=0).scores),
         "tiny:llava-next generate": ("tiny:llava-next", lambda m, b: m.generate(b, max_new_tokens=4).texts),

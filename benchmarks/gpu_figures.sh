@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures, in one go, where a GPU machine is lent (the tests never need one):
-#   bash benchmarks/gpu_figures.sh OUTDIR
+#   bash benchmarks/gpu_figures.sh OUTDIR      (ONLY="tracing_speed pruning" for some steps)
 # Runs device_check (every path on cuda against the CPU) and the benchmarks that take --device,
 # each under its own time limit, into OUTDIR/all.log (sections) and OUTDIR/device_check.json.
 # Extra pure-Python packages the machine lacks (captum, pytorch-grad-cam) may sit in .devpkgs/.
@@ -15,8 +15,9 @@ LOG="$OUT/all.log"
   $PY -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 } > "$LOG" 2>&1
 
-run() {  # run NAME SECONDS CMD...
+run() {  # run NAME SECONDS CMD... (skipped unless NAME is in $ONLY, when ONLY is set)
   local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "=== $name ($*)" >> "$LOG"
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | grep -v "Loading weights\|it/s\]$" >> "$LOG"

@@ -128,6 +128,7 @@ class PrunedLM:
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features ``[n_images, N, D]`` as the model's own forward makes them."""
         cfg = self.adapter.config
+        pixel_values = pixel_values.to(self.adapter.device)  # callers may pass a prepared (CPU) batch's pixels
         out = self.inner.get_image_features(pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
                                             vision_feature_select_strategy=cfg.vision_feature_select_strategy)
         feats = out.pooler_output if hasattr(out, "pooler_output") else out

@@ -37,7 +37,7 @@ class IntegratedGradientsMethod(SaliencyMethod):
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import IntegratedGradients
 
-        x = pixels(t).detach()
+        x = pixels(t).detach().to(self.adapter.device)  # captum compares f(x) with x's attributions: one device
         ig = IntegratedGradients(pixel_forward(self.adapter, t, grad=True))
         base = _baseline(x, self.opts["baseline"])
         rows, deltas = [], []
@@ -60,7 +60,7 @@ class OcclusionMethod(SaliencyMethod):
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import Occlusion
 
-        x = pixels(t).detach()
+        x = pixels(t).detach().to(self.adapter.device)  # captum compares f(x) with x's attributions: one device
         rows_, cols = t.layout.grid(t.image_index)
         C, H, W = x.shape[1:]
         ph, pw = H // rows_, W // cols

@@ -44,7 +44,7 @@ def fit_logistic(X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-4, steps: int 
     ``X`` ``[N, D]``; returns ``W`` ``[K, D]``, ``b`` ``[K]`` in the units of ``X``."""
     if not torch.isfinite(X).all():
         raise NaNError(f"probe states hold {int((~torch.isfinite(X)).any(1).sum())} rows with NaN or inf")
-    X, Y = X.double(), Y.double()
+    X, Y = X.detach().cpu().double(), Y.detach().cpu().double()  # a small convex fit: on the CPU, the same on any device
     mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
     Z = (X - mu) / sd
     W = torch.zeros(Y.shape[1], X.shape[1], dtype=torch.float64, requires_grad=True)
@@ -79,7 +79,8 @@ class ProbeSteer(Steerer):
         for name, head in heads.items():
             if len(head) not in (3, 5):
                 raise ValueError(f"head {name!r}: (W, b, R) or (W, b, R, G, g), got {len(head)} tensors")
-            W, b, R = head[0].float(), head[1].float().reshape(-1), head[2].float()
+            head = tuple(h.detach().float().cpu() for h in head)  # kept on the CPU; edits() places copies
+            W, b, R = head[0], head[1].reshape(-1), head[2]
             if W.ndim != 2 or W.shape != R.shape or b.shape[0] != W.shape[0]:
                 raise ShapeMismatchError(f"head {name!r}: W {tuple(W.shape)}, b {tuple(b.shape)}, R {tuple(R.shape)} "
                                          "must be [K, D], [K], [K, D]")
@@ -110,12 +111,19 @@ class ProbeSteer(Steerer):
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
             raise LayerRangeError(f"probe layer {self.layer} out of range (0..{L - 1})")
-        Pt, p, R, rep, K = self._P.T.contiguous(), self._p, self._R, self._rep, sum(self._k)
+        K = sum(self._k)
+        placed: dict = {}  # device -> (Pt, p, R, rep), moved once, not at every decoding step
+
+        def on(device):
+            if device not in placed:
+                placed[device] = tuple(v.to(device) for v in (self._P.T.contiguous(), self._p, self._R, self._rep))
+            return placed[device]
 
         def delta(x):  # [B, D] float -> the added [B, D]
-            z = torch.addmm(p.to(x.device), x, Pt.to(x.device))
-            z = z[:, :K] * torch.sigmoid(z[:, K:])[:, rep.to(x.device)]
-            return a * torch.linalg.vector_norm(x, dim=-1, keepdim=True) * (z @ R.to(x.device))
+            Pt, p, R, rep = on(x.device)
+            z = torch.addmm(p, x, Pt)
+            z = z[:, :K] * torch.sigmoid(z[:, K:])[:, rep]
+            return a * torch.linalg.vector_norm(x, dim=-1, keepdim=True) * (z @ R)
 
         def fn(t, layout):
             if t.shape[-1] != self.dim:

@@ -55,7 +55,7 @@ class SAVE(Steerer):
                 last = torch.tensor([int(b.layout.span("last", r)[0]) for r in range(len(ch))])
                 h = out.cache[site][rows, last].float()
                 _check_width(sae, h, site)
-                fired.append(sae.encode(h) > 0)
+                fired.append((sae.encode(h.to(sae.W_dec.device)) > 0).cpu())
                 lg = out.logits[rows, last][:, ids]
                 right += [("yes" if a > c else "no") == qa.answer for (a, c), (_, qa) in zip(lg.tolist(), ch)]
         fired = torch.cat(fired).float()
@@ -64,7 +64,7 @@ class SAVE(Steerer):
             raise PromptError(f"the probe set has {'no hallucinated' if right.all() else 'no correct'} answers; use more items")
         s = fired[right].mean(0) - fired[~right].mean(0)
         top = torch.topk(s, n_features).indices
-        W = torch.nn.functional.normalize(sae.W_dec.detach().float()[top], dim=-1)
+        W = torch.nn.functional.normalize(sae.W_dec.detach().float().cpu()[top], dim=-1)
         d = (s[top, None].clamp_min(0) * W).sum(0)
         if float(d.norm()) == 0:
             d = W[0]

@@ -56,13 +56,14 @@ class VCD:
 
     def generate(self, adapter, batch, max_new_tokens: int = 8) -> list[str]:
         """Greedy VCD decoding (full recompute per step; for short answers)."""
+        batch = adapter._on_device(batch)
         ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
         px = batch.inputs["pixel_values"]
         pxn = self.noised(px)
         eos = adapter.tokenizer.eos_token_id
         img_tok = getattr(adapter.config, "image_token_index", getattr(adapter.config, "image_token_id", None))
         new = []
-        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         with torch.no_grad():
             for _ in range(max_new_tokens):
                 kw = {k: v for k, v in batch.inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
@@ -80,7 +81,7 @@ class VCD:
                 mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
                 if done.all():
                     break
-        toks = torch.stack(new, 1)
+        toks = torch.stack(new, 1).cpu()
         return [adapter.tokenizer.decode(r, skip_special_tokens=True).strip() for r in toks]
 
 
