@@ -132,6 +132,7 @@ def checks(scene, q):
         "MeanDiff fit + generate": (L, meandiff),
         "pruning fastv 25%": (L, prune("fastv:0.25")),
         "pruning hybrid 25%": (L, prune("hybrid:0.25")),
+        "pruning visionzip tower 25%": (L, prune("visionzip:0.25:tower_layer=3")),
         "ProbeSteer fit + generate": (L, probe),
         "SAE store harvest": (L, harvest),
         "deletion AUC (relevancy)": (L, deletion),

@@ -115,7 +115,7 @@ class VisionZip(Pruner):
             x = torch.cat([h[:, :1], torch.gather(merged, 1, idx)], 1)               # [n, 1 + k, Dv]
             mask = None
             if self.proportional:  # merged tokens draw the attention of the tokens they stand for
-                bias = torch.cat([torch.zeros(n, 1), torch.gather(sizes, 1, pos).log()], 1).to(x.dtype)
+                bias = torch.cat([torch.zeros(n, 1, device=sizes.device), torch.gather(sizes, 1, pos).log()], 1).to(x.dtype)
                 mask = bias[:, None, None, :].expand(-1, 1, x.shape[1], -1)
             for j in range(m, li):
                 x = _run_layer(layers[j], x, mask)
