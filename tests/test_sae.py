@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,6 +183,21 @@ def test_balanced_omega_and_relative_activity_by_hand():
     assert strict == pytest.approx({0: want, 1: 0.0, 2: 0.0})  # image max 1.0 < 0.5 * 9.5
 
 
+def test_overlap_score_is_a_weighted_jaccard_index():
+    """Overlap: omega of the features active on both sides over omega of those active on either."""
+    modality = torch.tensor([2, 2, 1, 2, 1, 1], dtype=torch.int8)
+    sample = torch.tensor([0, 0, 0, 1, 1, 1])
+    # features 0..3; sample 0: image fires 0, 1, text fires 0, 2; sample 1: image fires 3, text fires 3
+    F = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [3.0, 0, 1.0, 0], [0, 0, 0, 1.0], [0, 0, 0, 2.0], [0, 0, 0, 0]])
+    om = np.array([0.5, 0.25, 0.25, 0.8])
+    plain = sample_scores(F, modality, sample, om)
+    over = sample_scores(F, modality, sample, om, overlap=True)
+    assert plain == pytest.approx({0: 0.5, 1: 0.8})
+    assert over == pytest.approx({0: 0.5 / (0.5 + 0.25 + 0.25), 1: 1.0})
+    none = sample_scores(torch.zeros(6, 4), modality, sample, om, overlap=True)
+    assert none == {0: 0.0, 1: 0.0}  # nothing active: 0, not a division by zero
+
+
 def test_cli_round_trip(tmp_path, capsys):
     from vlinterp.cli import main
 
@@ -201,7 +217,11 @@ def test_cli_round_trip(tmp_path, capsys):
     assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "b.json"),
                  "--balanced", "--min-rel", "0.5"]) == 0
     bal = json.load(open(tmp_path / "b.json"))
-    assert bal["balanced"] and bal["min_rel"] == 0.5 and len(bal["scores"]) == 12
+    assert bal["balanced"] and bal["min_rel"] == 0.5 and len(bal["scores"]) == 12 and not bal["overlap"]
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "o.json"),
+                 "--balanced", "--min-rel", "0.5", "--overlap"]) == 0
+    ov = json.load(open(tmp_path / "o.json"))
+    assert ov["overlap"] and all(0.0 <= v <= 1.0 for v in ov["scores"].values())
     with pytest.raises(SystemExit):
         main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "c.json"), "--min-rel", "1.5"])
     assert not (tmp_path / "c.json").exists()

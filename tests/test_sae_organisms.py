@@ -15,10 +15,10 @@ REACHED = {
 }
 
 
-# shapes-llava-aligned (shapes-llava + the align stage): cross-modal features are there (floor met);
-# data filtering (floor 0.85) reaches 0.838 with the balanced score (min_rel 0.75 chosen on the val
-# split; random feature weights 0.810 under the same rule) and 0.644 with the plain score
-REACHED_ALIGNED = {"filter_auroc_balanced": 0.82}
+# shapes-llava-aligned (shapes-llava + the align stage): cross-modal features are there and data
+# filtering meets its floor (0.85) with the overlap score chosen on the validation split: 0.938 (seed 0;
+# 0.966 / 0.951 on seeds 1 / 2), against 0.895 for random feature weights and 0.884 for an untrained
+# SAE under the same rule; the plain score reads 0.644 and the balanced sum 0.838
 
 
 def _saev(name: str) -> dict:
@@ -81,11 +81,14 @@ def test_aligned_organism_reconstructs_and_has_cross_modal_colour_features(saev_
 
 def test_aligned_organism_data_filtering(saev, saev_aligned):
     f, f0 = saev_aligned["filter"], saev["filter"]
-    assert f["n"] == 200 and f["mismatched"] == 60 and f["min_rel"] in (0.0, 0.25, 0.5, 0.75)
-    assert f["balanced_auroc"] >= REACHED_ALIGNED["filter_auroc_balanced"]
-    assert f["keep"] == "answer"
-    assert f["balanced_auroc"] > f["balanced_random_weights_auroc"] + 0.01  # omega adds a little beyond co-activity
-    assert f["balanced_auroc"] > f0["balanced_auroc"] + 0.15  # alignment is what makes filtering work
+    assert f["n"] == 200 and f["mismatched"] == 60 and f["keep"] == "answer"
+    assert f["overlap_min_rel"] in (0.0, 0.25, 0.5, 0.75)
+    assert f["chosen"] == "overlap" and f["val_auroc"]["overlap"] > f["val_auroc"]["balanced"]  # chosen on the val split
+    assert f["chosen_auroc"] >= 0.85  # the floor
+    assert f["chosen_auroc"] > f["chosen_random_weights_auroc"] + 0.02  # omega adds to co-activity ...
+    assert f["chosen_auroc"] > f["chosen_random_sae_auroc"] + 0.02  # ... and trained features to random ones
+    assert f["overlap_auroc"] > f["balanced_auroc"] > f["auroc"]
+    assert f["chosen_auroc"] > f0["chosen_auroc"] + 0.2  # alignment is what makes filtering work
 
 
 def test_diffusion_hspace_steering_moves_samples():

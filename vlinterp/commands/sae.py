@@ -77,6 +77,8 @@ def _add(p: argparse.ArgumentParser):
                    help="omega from each feature's top activations within each modality (see the README's SAE-V section)")
     s.add_argument("--min-rel", type=_fraction, default=0.0,
                    help="active = above this fraction of the feature's top-activation scale in that modality (calib store)")
+    s.add_argument("--overlap", action="store_true",
+                   help="divide by the omega mass active on either side (a weighted Jaccard index in [0, 1])")
 
 
 def _store(path):
@@ -157,10 +159,11 @@ def _run(args) -> int:
         Fc = encode_rows(sae, cal.acts)
         omega = cross_modal_weights(Fc, cal.acts, cal.rows["modality"], balanced=args.balanced)
         ref = reference_activations(Fc, cal.rows["modality"]) if args.min_rel > 0 else None
-        sc = sample_scores(encode_rows(sae, st.acts), st.rows["modality"], st.rows["sample"], omega, ref, args.min_rel)
+        sc = sample_scores(encode_rows(sae, st.acts), st.rows["modality"], st.rows["sample"], omega, ref, args.min_rel,
+                           overlap=args.overlap)
         out = {"scores": {str(k): v for k, v in sc.items()}, "cross_modal_features": int((omega > 0).sum()),
                "omega_mean": float(omega[omega > 0].mean()) if (omega > 0).any() else 0.0,
-               "balanced": args.balanced, "min_rel": args.min_rel}
+               "balanced": args.balanced, "min_rel": args.min_rel, "overlap": args.overlap}
         write_bytes_atomic(args.out, json.dumps(out, indent=1).encode())
         print(f"scored {len(sc)} samples with {out['cross_modal_features']} cross-modal features -> {args.out}")
     return 0

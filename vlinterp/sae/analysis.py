@@ -9,8 +9,9 @@ image-text sample agrees in feature space.
 - :func:`sample_scores`: per sample, ``sum_k omega_k`` over the features active on both its image
   tokens and its text tokens: high when the text names what the image shows. Used to rank and
   filter image-text data (:func:`filter_auroc`). Optionally "active" means above a fraction of the
-  feature's own scale in that modality (:func:`reference_activations`), and ``omega`` takes each
-  feature's top activations per modality (``balanced``).
+  feature's own scale in that modality (:func:`reference_activations`), ``omega`` takes each
+  feature's top activations per modality (``balanced``), and the sum is divided by the ``omega``
+  mass active on either side (``overlap``: a weighted Jaccard index).
 - :func:`colour_features`: per shapes-world colour, the feature best detecting "this patch covers
   an object of that colour" (AUROC on image patches) and how it fires on the colour word.
 """
@@ -81,8 +82,14 @@ def reference_activations(F: torch.Tensor, modality: torch.Tensor, top: int = 32
 
 
 def sample_scores(F: torch.Tensor, modality: torch.Tensor, sample: torch.Tensor, omega: np.ndarray,
-                  ref: tuple[torch.Tensor, torch.Tensor] | None = None, min_rel: float = 0.0) -> dict[int, float]:
+                  ref: tuple[torch.Tensor, torch.Tensor] | None = None, min_rel: float = 0.0,
+                  overlap: bool = False) -> dict[int, float]:
     """``{sample id: sum of omega_k over features active on both its image and its text tokens}``.
+
+    ``overlap=True`` divides that sum by the ``omega`` mass of the features active on either
+    (an omega-weighted Jaccard index of the two active sets, in [0, 1]; 0 when none is active): the
+    plain sum grows with how much a scene and its caption hold, whatever they say, while a caption
+    that names what is not there adds text features with no image support.
 
     Active: some token of that modality has activation > 0 or, with ``ref`` (from
     :func:`reference_activations`) and ``min_rel > 0``, above ``min_rel`` times the feature's
@@ -98,7 +105,11 @@ def sample_scores(F: torch.Tensor, modality: torch.Tensor, sample: torch.Tensor,
         m = sample == s
         fi = (F[m & is_img] > th_i).any(0)
         ft = (F[m & ~is_img] > th_t).any(0)
-        out[int(s)] = float(om[fi & ft].sum())
+        both = float(om[fi & ft].sum())
+        if overlap:
+            either = float(om[fi | ft].sum())
+            both = both / either if either > 0 else 0.0
+        out[int(s)] = both
     return out
 
 

@@ -7,7 +7,8 @@ accuracy with the SAE spliced in, the best patch-colour feature per colour (AURO
 colours have a cross-modal feature (patch AUROC and colour-word AUROC both >= 0.9), and the
 SAE-V data-filtering AUROC on a caption set with 30% of the captions moved to the wrong image,
 beside a baseline with random feature weights (:func:`filter_eval`: as the issue defines the
-score, and a modality-balanced variant whose one setting is chosen on a validation split).
+score, and modality-balanced variants, summed or as an overlap, whose settings are chosen on a
+validation split).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..data.shapes import make_split
 from . import analysis as A
 from .quality import reconstruction, splice_effect
 from .store import ActivationStore, shapes_items
-from .train import train_sae
+from .train import make_sae, train_sae
 
 
 def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
@@ -42,35 +43,65 @@ def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
 MIN_REL_GRID = (0.0, 0.25, 0.5, 0.75)
 
 
-def _filter_set(adapter, sae, site, scenes, seed, keep="answer"):
+def _filter_set(adapter, site, scenes, seed, keep="answer"):
+    """Activations ``[N, D]``, modality and sample id per row, and the mismatched ids of ``scenes``
+    with 30% of their captions swapped."""
     items, bad = swapped_captions(scenes, 0.3, seed)
     fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, keep=keep)
-    return A.encode_rows(sae, fs.acts), fs.rows["modality"], fs.rows["sample"], bad
+    return fs.acts, fs.rows["modality"], fs.rows["sample"], bad
 
 
-def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, keep: str = "answer") -> dict:
+def _variants(sae, Ftr, tr, val, test, weights=None) -> dict:
+    """The balanced and overlap scores' AUROC on ``test`` = ``(acts, modality, sample, bad)``, each
+    with ``min_rel`` chosen on ``val`` (same form); ``weights``: feature weights instead of omega."""
+    mod = tr.rows["modality"]
+    w = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True) if weights is None else weights
+    ref = A.reference_activations(Ftr, mod)
+    (Xv, mv, sv, bad_v), (Xf, mf, sf, bad) = val, test
+    Fv, Ff = A.encode_rows(sae, Xv), A.encode_rows(sae, Xf)
+    out = {}
+    for name, overlap in (("balanced", False), ("overlap", True)):
+        grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, w, ref, r, overlap), bad_v) for r in MIN_REL_GRID}
+        r = max(grid, key=lambda r: (grid[r], -r))
+        out[name] = {"auroc": A.filter_auroc(A.sample_scores(Ff, mf, sf, w, ref, r, overlap), bad), "min_rel": r,
+                     "val": grid[r], "val_grid": {str(k): v for k, v in grid.items()}}
+    return out
+
+
+def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, keep: str = "answer",
+                random_sae=None) -> dict:
     """SAE-V data filtering on ``scenes`` with 30% of captions swapped: AUROC of the sample score
     (matched vs mismatched) as the issue defines it (``omega`` over all rows' top activations,
-    "active" = fires at all), and the balanced variant (``omega`` from each modality's top
-    activations; "active" = above ``min_rel`` of the feature's own scale, ``min_rel`` chosen on
-    ``val_scenes``, another split), each beside random feature weights. A sample's text tokens are
-    its caption's (``keep="answer"``: the pair without our instruction around it, whose tokens
-    read the image and so carry its content whatever the caption says; ``"content"`` keeps them)."""
+    "active" = fires at all), and two variants with ``omega`` from each modality's top activations
+    and "active" = above ``min_rel`` of the feature's own scale: ``balanced`` (the sum) and
+    ``overlap`` (the sum over the omega mass active on either side). ``min_rel`` per variant, and
+    which variant is ``chosen``, are picked on ``val_scenes`` (another split). Baselines under the
+    same rules: random feature weights in place of omega, and (``random_sae``: an untrained SAE of
+    the same shape) random features. A sample's text tokens are its caption's (``keep="answer"``:
+    the pair without our instruction around it, whose tokens read the image and so carry its
+    content whatever the caption says; ``"content"`` keeps them)."""
     mod = tr.rows["modality"]
     omega = A.cross_modal_weights(Ftr, tr.acts, mod)
-    omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
-    ref = A.reference_activations(Ftr, mod)
     rand = np.random.default_rng(seed + 7).random(len(omega))
-    Fv, mv, sv, bad_v = _filter_set(adapter, sae, site, val_scenes, seed + 1, keep)
-    grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, omega_b, ref, r), bad_v) for r in MIN_REL_GRID}
-    min_rel = max(grid, key=lambda r: (grid[r], -r))
-    Ff, mf, sf, bad = _filter_set(adapter, sae, site, scenes, seed, keep)
-    auc = lambda w, r=0.0: A.filter_auroc(A.sample_scores(Ff, mf, sf, w, ref, r), bad)  # noqa: E731
-    return {"auroc": auc(omega), "random_weights_auroc": auc(rand),
-            "balanced_auroc": auc(omega_b, min_rel), "balanced_random_weights_auroc": auc(rand, min_rel),
-            "min_rel": min_rel, "val_grid": {str(k): v for k, v in grid.items()},
-            "cross_modal_features": int((omega > 0).sum()), "cross_modal_features_balanced": int((omega_b > 0).sum()),
-            "keep": keep, "mismatched": len(bad), "n": len(scenes)}
+    val = _filter_set(adapter, site, val_scenes, seed + 1, keep)
+    test = _filter_set(adapter, site, scenes, seed, keep)
+    Ff = A.encode_rows(sae, test[0])
+    out = {"auroc": A.filter_auroc(A.sample_scores(Ff, test[1], test[2], omega), test[3]),
+           "random_weights_auroc": A.filter_auroc(A.sample_scores(Ff, test[1], test[2], rand), test[3])}
+    ours, rw = _variants(sae, Ftr, tr, val, test), _variants(sae, Ftr, tr, val, test, rand)
+    for name in ours:
+        out.update({f"{name}_auroc": ours[name]["auroc"], f"{name}_random_weights_auroc": rw[name]["auroc"],
+                    f"{name}_min_rel": ours[name]["min_rel"], f"{name}_val_grid": ours[name]["val_grid"]})
+    chosen = max(ours, key=lambda k: ours[k]["val"])
+    out.update({"chosen": chosen, "chosen_auroc": ours[chosen]["auroc"], "chosen_random_weights_auroc": rw[chosen]["auroc"],
+                "val_auroc": {k: v["val"] for k, v in ours.items()}, "min_rel": ours["balanced"]["min_rel"]})
+    if random_sae is not None:
+        rs = _variants(random_sae, A.encode_rows(random_sae, tr.acts), tr, val, test)
+        out["chosen_random_sae_auroc"] = rs[chosen]["auroc"]
+    omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
+    out.update({"cross_modal_features": int((omega > 0).sum()), "cross_modal_features_balanced": int((omega_b > 0).sum()),
+                "keep": keep, "mismatched": len(test[3]), "n": len(scenes)})
+    return out
 
 
 def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_heldout: int = 200, d_sae: int = 512,
@@ -88,7 +119,9 @@ def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_hel
     if getattr(adapter, "tokenizer", None) is not None:
         out["colour_alignment"] = A.colour_alignment(ho, ho_scenes, adapter.tokenizer)
     Ftr = A.encode_rows(sae, tr.acts)
-    out["filter"] = filter_eval(adapter, sae, site, Ftr, tr, ho_scenes, make_split("sae-val", n_heldout, seed + 5), seed)
+    random_sae = make_sae("topk", tr.d, d_sae, k, seed=seed + 11)  # untrained: the random-feature baseline
+    out["filter"] = filter_eval(adapter, sae, site, Ftr, tr, ho_scenes, make_split("sae-val", n_heldout, seed + 5), seed,
+                                random_sae=random_sae)
     out["sae"] = sae
     return out
 
