@@ -31,12 +31,17 @@ def pil_image():
     return Image.fromarray(a)
 
 
-@pytest.fixture(scope="session")
-def shapes_llava():
-    """The shipped shapes-llava organism, loaded once (its weights ship inside the package)."""
+def load_shipped(name: str):
+    """A shipped organism, loaded; the test fails (not skips) when its weights are missing."""
     import vlinterp
     from vlinterp.zoo import available, weights_dir
 
-    if not available("shapes-llava"):
-        pytest.fail(f"shapes-llava weights are not shipped in {weights_dir('shapes-llava')}")
-    return vlinterp.load("shapes-llava")
+    if not available(name):
+        pytest.fail(f"{name} weights are not shipped in {weights_dir(name)}")
+    return vlinterp.load(name)
+
+
+@pytest.fixture(scope="session")
+def shapes_llava():
+    """The shipped shapes-llava organism, loaded once (its weights ship inside the package)."""
+    return load_shipped("shapes-llava")

@@ -12,6 +12,8 @@ from vlinterp.data.shapes import make_scene
 from vlinterp.zoo import recipe_llava as R
 from vlinterp.zoo.common import check_floor
 
+from conftest import load_shipped
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Held-out evaluation size for the floor test: large enough that each rate is stable to a few points,
@@ -32,9 +34,7 @@ def _tree_hash(path):
 
 @pytest.fixture(scope="module")
 def organism():
-    if not zoo.available(R.NAME):
-        pytest.fail(f"{R.NAME} weights are not shipped in {zoo.weights_dir(R.NAME)}")
-    return vi.load(R.NAME)
+    return load_shipped(R.NAME)
 
 
 def test_shipped_structure(organism):

@@ -11,6 +11,7 @@ from vlinterp import zoo
 from vlinterp.zoo import llava_align as A
 from vlinterp.zoo.common import check_floor
 
+from conftest import load_shipped
 from test_zoo_llava import N_EVAL, _tree_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,9 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="module")
 def organism():
-    if not zoo.available(A.NAME):
-        pytest.fail(f"{A.NAME} weights are not shipped in {zoo.weights_dir(A.NAME)}")
-    return vi.load(A.NAME)
+    return load_shipped(A.NAME)
 
 
 def test_registered_with_its_card(organism):

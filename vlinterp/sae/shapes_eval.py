@@ -51,19 +51,16 @@ def _filter_set(adapter, site, scenes, seed, keep="answer"):
     return fs.acts, fs.rows["modality"], fs.rows["sample"], bad
 
 
-def _variants(sae, Ftr, tr, val, test, weights=None) -> dict:
-    """The balanced and overlap scores' AUROC on ``test`` = ``(acts, modality, sample, bad)``, each
-    with ``min_rel`` chosen on ``val`` (same form); ``weights``: feature weights instead of omega."""
-    mod = tr.rows["modality"]
-    w = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True) if weights is None else weights
-    ref = A.reference_activations(Ftr, mod)
-    (Xv, mv, sv, bad_v), (Xf, mf, sf, bad) = val, test
-    Fv, Ff = A.encode_rows(sae, Xv), A.encode_rows(sae, Xf)
+def _variants(Fv, Ff, val, test, weights, ref) -> dict:
+    """The balanced and overlap scores' AUROC on ``test`` = ``(acts, modality, sample, bad)`` with
+    feature activations ``Ff``, each with ``min_rel`` chosen on ``val`` (same form, ``Fv``);
+    ``weights``: omega or a baseline's; ``ref``: :func:`~.analysis.reference_activations`."""
+    (_, mv, sv, bad_v), (_, mf, sf, bad) = val, test
     out = {}
     for name, overlap in (("balanced", False), ("overlap", True)):
-        grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, w, ref, r, overlap), bad_v) for r in MIN_REL_GRID}
+        grid = {r: A.filter_auroc(A.sample_scores(Fv, mv, sv, weights, ref, r, overlap), bad_v) for r in MIN_REL_GRID}
         r = max(grid, key=lambda r: (grid[r], -r))
-        out[name] = {"auroc": A.filter_auroc(A.sample_scores(Ff, mf, sf, w, ref, r, overlap), bad), "min_rel": r,
+        out[name] = {"auroc": A.filter_auroc(A.sample_scores(Ff, mf, sf, weights, ref, r, overlap), bad), "min_rel": r,
                      "val": grid[r], "val_grid": {str(k): v for k, v in grid.items()}}
     return out
 
@@ -82,13 +79,15 @@ def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, 
     content whatever the caption says; ``"content"`` keeps them)."""
     mod = tr.rows["modality"]
     omega = A.cross_modal_weights(Ftr, tr.acts, mod)
+    omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
+    ref = A.reference_activations(Ftr, mod)
     rand = np.random.default_rng(seed + 7).random(len(omega))
     val = _filter_set(adapter, site, val_scenes, seed + 1, keep)
     test = _filter_set(adapter, site, scenes, seed, keep)
-    Ff = A.encode_rows(sae, test[0])
+    Fv, Ff = A.encode_rows(sae, val[0]), A.encode_rows(sae, test[0])
     out = {"auroc": A.filter_auroc(A.sample_scores(Ff, test[1], test[2], omega), test[3]),
            "random_weights_auroc": A.filter_auroc(A.sample_scores(Ff, test[1], test[2], rand), test[3])}
-    ours, rw = _variants(sae, Ftr, tr, val, test), _variants(sae, Ftr, tr, val, test, rand)
+    ours, rw = _variants(Fv, Ff, val, test, omega_b, ref), _variants(Fv, Ff, val, test, rand, ref)
     for name in ours:
         out.update({f"{name}_auroc": ours[name]["auroc"], f"{name}_random_weights_auroc": rw[name]["auroc"],
                     f"{name}_min_rel": ours[name]["min_rel"], f"{name}_val_grid": ours[name]["val_grid"]})
@@ -96,9 +95,10 @@ def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, 
     out.update({"chosen": chosen, "chosen_auroc": ours[chosen]["auroc"], "chosen_random_weights_auroc": rw[chosen]["auroc"],
                 "val_auroc": {k: v["val"] for k, v in ours.items()}, "min_rel": ours["balanced"]["min_rel"]})
     if random_sae is not None:
-        rs = _variants(random_sae, A.encode_rows(random_sae, tr.acts), tr, val, test)
+        Fr = A.encode_rows(random_sae, tr.acts)
+        rs = _variants(A.encode_rows(random_sae, val[0]), A.encode_rows(random_sae, test[0]), val, test,
+                       A.cross_modal_weights(Fr, tr.acts, mod, balanced=True), A.reference_activations(Fr, mod))
         out["chosen_random_sae_auroc"] = rs[chosen]["auroc"]
-    omega_b = A.cross_modal_weights(Ftr, tr.acts, mod, balanced=True)
     out.update({"cross_modal_features": int((omega > 0).sum()), "cross_modal_features_balanced": int((omega_b > 0).sum()),
                 "keep": keep, "mismatched": len(test[3]), "n": len(scenes)})
     return out

@@ -65,17 +65,17 @@ class IRI(Steerer):
         lam = self.lam if lam is None else float(lam)
         kept: dict[str, torch.Tensor] = {}  # site -> last-position state [B, 1, D]
 
+        def last_at(t, layout):  # index of each row's last prompt position: shared (a view) or a gather per row
+            j = last_position(t, layout)
+            return (slice(None), j) if j is not None else \
+                (torch.arange(t.shape[0], device=t.device), last_index(t, layout).to(t.device))
+
         def keep(site):
             def fn(t, layout):
                 if t.shape[1] == 1:  # decoding step: the one position is the last; keep the view as is
                     kept[site] = t
                     return t
-                j = last_position(t, layout)
-                if j is not None:  # one shared last position: a view, no copy
-                    kept[site] = t[:, j:j + 1]
-                else:
-                    idx = last_index(t, layout).to(t.device)
-                    kept[site] = t[torch.arange(t.shape[0], device=t.device), idx][:, None]
+                kept[site] = t[last_at(t, layout)][:, None]
                 return t
 
             return fn
@@ -98,21 +98,12 @@ class IRI(Steerer):
                     y = torch.add(t, v, alpha=lam)
                     return y.mul_(torch.linalg.vector_norm(t, dim=-1, keepdim=True).div_(
                         torch.linalg.vector_norm(y, dim=-1, keepdim=True).clamp_min_(1e-12)))
-                j = last_position(t, layout)
-                if j is not None:
-                    x = t[:, j]
-                    y = x + lam * v[:, 0].to(x.dtype)
-                    y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-                    t = t.clone()
-                    t[:, j] = y
-                    return t
-                rows = torch.arange(t.shape[0], device=t.device)
-                idx = last_index(t, layout).to(t.device)
-                x = t[rows, idx]
+                at = last_at(t, layout)
+                x = t[at]
                 y = x + lam * v[:, 0].to(x.dtype)
                 y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
                 t = t.clone()
-                t[rows, idx] = y
+                t[at] = y
                 return t
 
             return fn
