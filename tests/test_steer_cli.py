@@ -53,3 +53,17 @@ def test_steer_eval_on_user_pope_and_caption_files(tmp_path, capsys):
     with pytest.raises(PromptError, match="label"):
         load_pope_jsonl(str(bad))
     assert main(["steer", "eval", "--model", "tiny:llava", "--captions-jsonl", str(caps)]) == 2  # no --vocab
+
+
+def test_steer_generate_defaults_to_grounding_and_says_its_strengths(tmp_path, capsys, monkeypatch):
+    from vlinterp.steering import Grounding
+
+    fit = Grounding.fit.__func__
+    # the CLI's own fit, on fewer probe scenes (the full default takes minutes)
+    monkeypatch.setattr(Grounding, "fit", classmethod(lambda cls, m: fit(cls, m, n=64, n_select=32, n_captions=8,
+                                                                          alphas=(1.0,), betas=(1.0,))))
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 40, 3) * 255).astype("uint8")).save(img)
+    assert main(["steer", "generate", str(img), "--prompt", "describe the image.", "--model", "tiny:llava", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "ground: alpha " in out.err and ", beta " in out.err

@@ -1,8 +1,8 @@
 """`vlinterp steer eval|generate`: hallucination steering compared on POPE.
 
-    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff,save,probe [--n 256] [--seed 11] [--json PATH]
+    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff,save,probe,ground [--n 256] [--seed 11] [--json PATH]
     vlinterp steer eval --model PATH --methods none,vcd --pope-jsonl pope.jsonl [--captions-jsonl caps.jsonl --vocab syn.json] [--image-dir DIR]
-    vlinterp steer generate IMAGE --prompt "describe the image." --method meandiff [--model M]
+    vlinterp steer generate IMAGE --prompt "describe the image." [--method ground] [--model M]
 
 User data (any LLaVA): POPE-format lines ``{"image", "text", "label"}``; caption truth lines
 ``{"image", "objects": [...]}`` with a synonym table ``{object: [synonyms]}`` for CHAIR. The
@@ -20,14 +20,14 @@ import time
 
 from ..cli import register
 
-METHODS = ("none", "iri", "vcd", "meandiff", "save", "probe")
+METHODS = ("none", "iri", "vcd", "meandiff", "save", "probe", "ground")
 
 
 def _add(p: argparse.ArgumentParser):
     sub = p.add_subparsers(dest="steer_cmd", required=True)
     e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy)")
     e.add_argument("--model", default="shapes-llava")
-    e.add_argument("--methods", default="none,iri,vcd,meandiff,save,probe")
+    e.add_argument("--methods", default="none,iri,vcd,meandiff,save,probe,ground")
     e.add_argument("--captions", type=int, default=64, help="scenes captioned for CHAIR (0: skip)")
     e.add_argument("--n", type=int, default=256)
     e.add_argument("--seed", type=int, default=11)
@@ -42,12 +42,24 @@ def _add(p: argparse.ArgumentParser):
     g.add_argument("image")
     g.add_argument("--prompt", required=True)
     g.add_argument("--model", default="shapes-llava")
-    g.add_argument("--method", default="meandiff", choices=METHODS)
+    g.add_argument("--method", default="ground", choices=METHODS)
     g.add_argument("--max-new-tokens", type=int, default=16)
 
 
 def fit_method(name: str, m):
-    from ..steering import IRI, SAVE, VCD, MeanDiff, ProbeSteer
+    """The method ``name`` fitted on its probe split with its default options (strengths chosen
+    there); the chosen strengths go to stderr."""
+    import sys
+
+    method = _fit(name, m)
+    said = {k: getattr(method, k) for k in ("alpha", "beta") if isinstance(getattr(method, k, None), (int, float))}
+    if said:
+        print(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in said.items()), file=sys.stderr)
+    return method
+
+
+def _fit(name: str, m):
+    from ..steering import IRI, SAVE, VCD, Grounding, MeanDiff, ProbeSteer
 
     if name == "none":
         return None
@@ -61,6 +73,8 @@ def fit_method(name: str, m):
         return SAVE.fit(m)
     if name == "probe":
         return ProbeSteer.fit(m)
+    if name == "ground":
+        return Grounding.fit(m)
     from ..core.errors import UnsupportedError
 
     raise UnsupportedError(f"unknown steering method {name!r}; one of {', '.join(METHODS)}")
