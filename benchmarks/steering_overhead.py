@@ -3,8 +3,8 @@ side (interleaved repeats) in one run on shapes-llava.
 
     python benchmarks/steering_overhead.py [--model shapes-llava] [--tokens 32] [--repeats 40] [--methods iri,save] [--device cuda]
 
-Issue 7 asks SAVE and IRI to stay within 1.05x plain; probe steering, mean-difference and VCD (two
-forwards per token, no KV cache in our greedy loop) are reported.
+Issue 7 asks SAVE and IRI to stay within 1.05x plain; probe steering, grounding, mean-difference and
+VCD (two forwards per token, no KV cache in our greedy loop) are reported.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 import vlinterp as vi
 from vlinterp.data.shapes import make_split
-from vlinterp.steering import IRI, SAVE, VCD, MeanDiff, ProbeSteer
+from vlinterp.steering import IRI, SAVE, VCD, Grounding, MeanDiff, ProbeSteer
 
 
 def main() -> None:
@@ -25,13 +25,14 @@ def main() -> None:
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=40)
-    ap.add_argument("--methods", default="iri,meandiff,save,probe,vcd")
+    ap.add_argument("--methods", default="iri,meandiff,save,probe,ground,vcd")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load(a.model, device=a.device)
     fits = {"iri": lambda: IRI.fit(m, n=16, n_eval=32, lambdas=(1.0,)), "meandiff": lambda: MeanDiff.fit(m, n=128, alpha=0.1),
-            "save": lambda: SAVE.fit(m, n=128), "probe": lambda: ProbeSteer.fit(m, n=256, captions=128, alpha=0.2), "vcd": VCD}
+            "save": lambda: SAVE.fit(m, n=128), "probe": lambda: ProbeSteer.fit(m, n=256, captions=128, alpha=0.2),
+            "ground": lambda: Grounding.fit(m, n=256, alpha=2.0, beta=2.0), "vcd": VCD}
     methods = {k: fits[k]() for k in a.methods.split(",")}
     b = m.prepare(images=[make_split("bench", 1, 3)[0].pil()], text=["describe the image."])
     T = a.tokens

@@ -1,13 +1,13 @@
 """Draw ``assets/steering_before_after.png``: held-out POPE-adversarial questions about absent
 partner objects that the unsteered shapes-llava answers "yes" to, with the answers under
-steering (probe steering by default; strength chosen on the probe split).
+steering (patch-probe grounding by default; strengths chosen on the probe split).
 
-    python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4]
+    python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4] [--alpha 3 --beta 2]
     python benchmarks/steering_picture.py --captions 512 [--out assets/steering_captions.png]
 
 ``--captions N`` draws free captions instead: of N held-out scenes, those whose unsteered caption
-names an absent object (CHAIR), captioned again with steering on. ``--method save|meandiff`` steers
-with SAVE (its default strength) or mean-difference steering instead.
+names an absent object (CHAIR), captioned again with steering on. ``--method probe|save|meandiff`` steers
+with probe steering, SAVE (its default strength) or mean-difference steering instead.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def main() -> None:
     ap.add_argument("--out", default="assets/steering_before_after.png")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--alpha", default="auto")
+    ap.add_argument("--beta", default=None, help="grounding's caption strength (default: --alpha)")
     ap.add_argument("--captions", type=int, default=0, help="draw free captions of this many scenes instead")
-    ap.add_argument("--method", default="probe", choices=["probe", "meandiff", "save"])
+    ap.add_argument("--method", default="ground", choices=["ground", "probe", "meandiff", "save"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load("shapes-llava")
@@ -36,6 +37,11 @@ def main() -> None:
         from vlinterp.steering import SAVE
 
         md = SAVE.fit(m)
+    elif a.method == "ground":
+        from vlinterp.steering import Grounding
+
+        md = Grounding.fit(m) if a.alpha == "auto" else Grounding.fit(m, alpha=float(a.alpha),
+                                                                        beta=float(a.beta or a.alpha))
     elif a.method == "probe":
         from vlinterp.steering import ProbeSteer
 
@@ -54,7 +60,7 @@ def main() -> None:
     kept = [i for i in hall if after[i] == "yes"]
     pick = (fixed + kept)[: a.k]
     rows = [(items[i][0].pil(), items[i][1].question, "no", before[i], after[i]) for i in pick]
-    before_after(rows, a.out, title=f"absent partner objects: {type(md).__name__} steering (α {md.alpha}) fixes "
+    before_after(rows, a.out, title=f"absent partner objects: {type(md).__name__} steering ({strength(md)}) fixes "
                                     f"{len(fixed)} of {len(hall)} hallucinated yeses")
     print(f"{len(hall)} hallucinated, {len(fixed)} fixed by steering (alpha {md.alpha}) -> {a.out}")
 
@@ -74,8 +80,13 @@ def caption_picture(m, md, n: int, k: int, out: str) -> None:
     rows = [(scenes[bad[j]].pil(), "describe the image.", scenes[bad[j]], plain[bad[j]], steered[j]) for j in order[:k]]
     before_after(rows, out, judge=clean, wrap=30,
                  title=f"free captions naming an absent object (red): {len(bad)} of {n}; "
-                       f"{type(md).__name__} steering (α {md.alpha}) cleans {len(fixed)}")
-    print(f"{len(bad)} of {n} captions hallucinate, {len(fixed)} clean with {type(md).__name__} (alpha {md.alpha}) -> {out}")
+                       f"{type(md).__name__} steering ({strength(md)}) cleans {len(fixed)}")
+    print(f"{len(bad)} of {n} captions hallucinate, {len(fixed)} clean with {type(md).__name__} ({strength(md)}) -> {out}")
+
+
+def strength(md) -> str:
+    """The strength(s) a method steers with, for titles (grounding: α on yes/no, β on caption words)."""
+    return f"α {md.alpha}" + (f", β {md.beta}" if hasattr(md, "beta") else "")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,28 @@ def test_grounding_only_chooses_within_answer_groups(shapes_llava, fitted):
     assert sorted(moved) == sorted([m.token_id("yes"), m.token_id("no")])
 
 
+def test_grounding_gate_leaves_words_the_probe_calls_present(shapes_llava, fitted):
+    """A probe that calls every pair present (log-odds +3 for all, any scene) re-chooses no caption
+    word under gate 0, so captions stay exactly as the model wrote them; with the gate open (inf)
+    the same strength, with per-pair log-odds, rewrites some. The fitted gate is one of the grid's."""
+    from vlinterp.commands.steer import captions
+    from vlinterp.data.shapes import make_split
+    from vlinterp.steering import Grounding
+    from vlinterp.steering.ground import GATES
+
+    m = shapes_llava
+    images = [s.pil() for s in make_split("chair", 16, 23)]
+    plain = captions(None, m, images)
+    W = torch.zeros_like(fitted.W)
+    present = Grounding(W, torch.full_like(fitted.b, 3.0), fitted.pairs, fitted.layer, 0.0, 20.0, gate=0.0)
+    with present.applied(m):
+        assert captions(None, m, images) == plain
+    ranked = Grounding(W, torch.linspace(-3, 3, len(fitted.b)), fitted.pairs, fitted.layer, 0.0, 20.0, gate=float("inf"))
+    with ranked.applied(m):
+        assert captions(None, m, images) != plain
+    assert fitted.gate in GATES
+
+
 def test_grounding_save_load_hooks_and_errors(shapes_llava, fitted, tmp_path):
     from vlinterp.data.shapes import make_split
     from vlinterp.steering import Grounding
@@ -91,7 +113,7 @@ def test_grounding_save_load_hooks_and_errors(shapes_llava, fitted, tmp_path):
     fitted.save(str(tmp_path / "g"))
     back = Grounding.load(str(tmp_path / "g.safetensors"))
     assert torch.equal(back.W, fitted.W) and torch.equal(back.b, fitted.b) and back.pairs == fitted.pairs
-    assert (back.layer, back.alpha, back.beta, back.clip) == (fitted.layer, fitted.alpha, fitted.beta, fitted.clip)
+    assert (back.layer, back.alpha, back.beta, back.clip, back.gate) == (fitted.layer, fitted.alpha, fitted.beta, fitted.clip, fitted.gate)
     b = m.prepare(images=[make_split("chair", 1, 23)[0].pil()], text=["describe the image."])
     plain = m.run(b).logits
     with back.applied(m):
@@ -121,7 +143,7 @@ def test_grounding_on_tiny_llava_and_auto_strengths():
     g = Grounding.fit(m, n=16, n_select=16, n_captions=8)
     D = m.model.config.text_config.hidden_size
     assert g.W.shape == (len(g.pairs) + 1, D) and len(g.pairs) == 24
-    assert set(g.meta["alpha_grid"]) == {"0.5", "1.0", "1.5", "2.0", "3.0"} and len(g.meta["beta_grid"]) == 4
+    assert set(g.meta["alpha_grid"]) == {"0.5", "1.0", "1.5", "2.0", "3.0"} and len(g.meta["caption_grid"]) == 6
     b = m.prepare(images=[make_split("test", 1, 3)[0].pil()], text=["is there a red circle?"])
     plain = m.run(b).logits
     out = g.generate(m, b, max_new_tokens=3)

@@ -66,4 +66,4 @@ def test_steer_generate_defaults_to_grounding_and_says_its_strengths(tmp_path, c
     Image.fromarray((np.random.RandomState(0).rand(40, 40, 3) * 255).astype("uint8")).save(img)
     assert main(["steer", "generate", str(img), "--prompt", "describe the image.", "--model", "tiny:llava", "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr()
-    assert out.out.strip() and "ground: alpha " in out.err and ", beta " in out.err
+    assert out.out.strip() and "ground: alpha " in out.err and ", beta " in out.err and ", gate " in out.err

@@ -52,7 +52,7 @@ def fit_method(name: str, m):
     import sys
 
     method = _fit(name, m)
-    said = {k: getattr(method, k) for k in ("alpha", "beta") if isinstance(getattr(method, k, None), (int, float))}
+    said = {k: getattr(method, k) for k in ("alpha", "beta", "gate") if isinstance(getattr(method, k, None), (int, float))}
     if said:
         print(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in said.items()), file=sys.stderr)
     return method
@@ -197,13 +197,13 @@ def _steer_worker(adapter, tasks, start, name: str):
 
 def _print_table(table: dict) -> None:
     print(f"{'method':9s} {'adv acc':>7s} {'adv F1':>6s} {'adv false-yes':>13s} {'pop acc':>7s} {'rand acc':>8s} {'colour':>6s} "
-          f"{'count':>5s} {'CHAIR_S':>7s} {'CHAIR_I':>7s}")
+          f"{'count':>5s} {'CHAIR_S':>7s} {'CHAIR_I':>7s} {'cover':>5s}")
     for name, r in table.items():
         a = r["adversarial"]
         ch = r.get("chair", {})
         print(f"{name:9s} {a['accuracy']:7.3f} {a['f1']:6.3f} {a['false_yes']:13.3f} {r['popular']['accuracy']:7.3f} "
               f"{r['random']['accuracy']:8.3f} {r['colour']:6.3f} {r['count']:5.3f} {ch.get('chair_s', float('nan')):7.3f} "
-              f"{ch.get('chair_i', float('nan')):7.3f}")
+              f"{ch.get('chair_i', float('nan')):7.3f} {ch.get('coverage', float('nan')):5.3f}")
 
 
 def _run(args) -> int:

@@ -40,22 +40,30 @@ def vocabulary_mentions(caption: str, vocabulary: dict[str, str]) -> list[str]:
 
 def chair(captions: list[str], truths: list, vocabulary: dict[str, str] | None = None) -> dict[str, float]:
     """``truths[i]``: a shapes :class:`Scene` (default) or, with ``vocabulary``, a set of canonical
-    objects. Returns ``chair_s``, ``chair_i``, ``mentions`` (per caption, mean)."""
+    objects. Returns ``chair_s``, ``chair_i``, ``mentions`` (per caption, mean) and ``coverage``:
+    the share of each image's distinct objects the caption names (mean over captions; a caption can
+    lower CHAIR by naming fewer objects or repeating one, and coverage shows it)."""
     n_caps = n_bad_caps = n_ment = n_bad = 0
+    cover = 0.0
     for cap, truth in zip(captions, truths):
         if vocabulary is None:
             pairs = {(o.colour, o.shape) for o in truth.objects}
             shapes = {o.shape for o in truth.objects}
             ments = shapes_mentions(cap)
             bad = [m for m in ments if (m not in pairs if m[0] is not None else m[1] not in shapes)]
+            named = {m for m in ments if m[0] is not None} | {(o.colour, o.shape) for o in truth.objects
+                                                              if (None, o.shape) in ments}
+            cover += len(pairs & named) / max(1, len(pairs))
         else:
             ments = vocabulary_mentions(cap, vocabulary)
             bad = [m for m in ments if m not in set(truth)]
+            cover += len(set(truth) & set(ments)) / max(1, len(set(truth)))
         n_caps += 1
         n_ment += len(ments)
         n_bad += len(bad)
         n_bad_caps += bool(bad)
-    return {"chair_s": n_bad_caps / max(1, n_caps), "chair_i": n_bad / max(1, n_ment), "mentions": n_ment / max(1, n_caps)}
+    return {"chair_s": n_bad_caps / max(1, n_caps), "chair_i": n_bad / max(1, n_ment), "mentions": n_ment / max(1, n_caps),
+            "coverage": cover / max(1, n_caps)}
 
 
 def load_caption_truth(path: str, image_dir: str | None = None) -> tuple[list, list[set]]:

@@ -22,9 +22,12 @@ an object when that object covers at least ``cover`` of it). In a forward with i
     ``+ beta * d[c, s]`` (which shape; not whether one is named);
   - decoding, a colour word on top: each colour ``c`` gets ``+ beta * max_s d[c, s]`` (which colour).
 
-  The top word of a group stays the top word overall (the group is shifted by a constant), so the
-  rule chooses within colours or shapes and never starts or ends a mention; colour and count
-  questions (a colour or number answer at the prompt) are left alone.
+  The caption rules act only when the probe's log-odds for the word on top are below ``gate`` (by
+  default 0: it calls that word absent), so a word it calls present stays as the model chose it and
+  the captions keep covering the objects they covered. The top word of a group stays the top word
+  overall (the group is shifted by a constant), so the rule chooses within colours or shapes and never
+  starts or ends a mention; colour and count questions (a colour or number answer at the prompt) are
+  left alone.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError, Unsu
 from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0)
-BETAS = (0.5, 1.0, 2.0, 4.0)
+BETAS = (1.0, 2.0)
+GATES = (0.0, 1.0, 2.0)
 _POS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layout -> [(row, positions [P])]
 
 
@@ -49,10 +53,12 @@ def _image_rows(layout) -> list[tuple[int, torch.Tensor]]:
 class Grounding(Steerer):
     """``W`` ``[K + 1, D]``, ``b`` ``[K + 1]``: the patch probe (last class: background); ``pairs``:
     the ``K`` (colour, shape) words; ``layer``: the LM residual site it reads; ``alpha``: strength on
-    yes/no answers; ``beta``: on caption colour and shape words; ``clip``: log-odds bound."""
+    yes/no answers; ``beta``: on caption colour and shape words; ``clip``: log-odds bound; ``gate``: a
+    caption word is re-chosen only when the probe's log-odds for the word the model is about to say
+    are below it (0: the probe calls it absent; ``inf``: always)."""
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, pairs, layer: int, alpha: float = 0.3, beta: float = 1.0,
-                 clip: float = 8.0, meta: dict | None = None):
+                 clip: float = 8.0, meta: dict | None = None, gate: float = 0.0):
         W, b = W.detach().float().cpu(), b.detach().float().cpu().reshape(-1)
         pairs = [tuple(p) for p in pairs]
         if W.ndim != 2 or W.shape[0] != len(pairs) + 1 or b.shape[0] != W.shape[0]:
@@ -60,6 +66,7 @@ class Grounding(Steerer):
                                      f"for K = {len(pairs)} pairs")
         self.W, self.b, self.pairs = W, b, pairs
         self.layer, self.alpha, self.beta, self.clip = int(layer), float(alpha), float(beta), float(clip)
+        self.gate = float(gate)
         self.colours = sorted({c for c, _ in pairs}, key=[c for c, _ in pairs].index)
         self.shapes = sorted({s for _, s in pairs}, key=[s for _, s in pairs].index)
         idx = {p: k for k, p in enumerate(pairs)}
@@ -91,30 +98,33 @@ class Grounding(Steerer):
             raise LayerRangeError(f"grounding layer {self.layer} out of range (0..{L - 1})")
         col_ids = torch.tensor([adapter.token_id(c) for c in self.colours])
         shp_ids = torch.tensor([adapter.token_id(s) for s in self.shapes])
+        words = torch.cat([col_ids, shp_ids])  # colours, then shapes
         yn = torch.tensor([adapter.token_id("yes"), adapter.token_id("no")])
         E = adapter.model.get_input_embeddings().weight
+        R = E[words.to(E.device)].detach()  # [C + S, D]: the rows those words embed as
+        code = torch.arange(1, len(words) + 1)  # word k -> k + 1 (0: no word)
+        nC, nS = len(col_ids), len(shp_ids)
         st: dict = {}
 
-        def word(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            """``[B, T]``: index into ``ids`` of the token embedded as ``x`` ``[B, T, D]`` (-1: other)."""
-            rows = E[ids.to(E.device)].to(x.device, x.dtype)  # [n, D]
-            hit = (x[:, :, None, :] == rows).all(-1)  # [B, T, n]
-            return torch.where(hit.any(-1), hit.float().argmax(-1), -1)
+        def word(x: torch.Tensor) -> torch.Tensor:
+            """``[...]``: index into ``words`` of the token embedded as ``x`` ``[..., D]`` (-1: other)."""
+            hit = (x[..., None, :] == R.to(x.device, x.dtype)).all(-1)  # [..., C + S]
+            return (hit * code.to(x.device)).sum(-1) - 1  # at most one hit (distinct rows)
 
         def on_embed(t, layout):
-            c, s = word(t, col_ids), word(t, shp_ids)
-            last = last_index(t, layout).to(t.device)
-            st["prev_colour"] = c[torch.arange(t.shape[0], device=t.device), last]
-            st["prompt"] = t.shape[1] > 1
-            if t.shape[1] == 1:
-                st["pair"] = None
+            if t.shape[1] == 1:  # decoding: the token just read; matched only when a word is on top
+                st["x"], st["prompt"], st["pair"] = t[:, 0], False, None
                 return t
+            k = word(t)  # [B, T]
+            c, s = k.masked_fill(k >= nC, -1), torch.where(k >= nC, k - nC, -1)
+            rows = torch.arange(t.shape[0], device=t.device)
+            st["x"], st["prompt"], st["d"] = t[rows, last_index(t, layout).to(t.device)], True, None
             pair = torch.full((t.shape[0],), -1, dtype=torch.long, device=t.device)
             for r in range(t.shape[0]):  # the prompt's last "<colour> <shape>"
                 j = torch.nonzero((c[r, :-1] >= 0) & (s[r, 1:] >= 0)).flatten()
                 if len(j):
-                    pair[r] = c[r, j[-1]] * len(self.shapes) + s[r, j[-1] + 1]
-            st["pair"], st["d"] = pair, None
+                    pair[r] = c[r, j[-1]] * nS + s[r, j[-1] + 1]
+            st["pair"] = pair if bool((pair >= 0).any()) else None
             return t
 
         def on_resid(t, layout):
@@ -122,11 +132,19 @@ class Grounding(Steerer):
                 d = torch.full((t.shape[0], len(self.pairs)), -float("inf"), device=t.device)
                 for r, pos in _image_rows(layout):
                     d[r] = torch.maximum(d[r], self.scores(t[r, pos.to(t.device)].detach()))
-                st["d"] = self._cs(torch.where(torch.isinf(d), torch.full_like(d, -self.clip), d))  # [B, C, S]
+                d = self._cs(torch.where(torch.isinf(d), torch.full_like(d, -self.clip), d))  # [B, C, S]
+                st["d"], st["dmax"] = d, d.max(-1).values  # [B, C, S], [B, C]
             return t
 
-        def choose_within(z: torch.Tensor, ids: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor) -> None:
-            """Add ``bias`` ``[n, len(ids)]`` to ``z[rows][:, ids]``, shifted so the group's top stays."""
+        def choose_within(z: torch.Tensor, ids: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor, top: torch.Tensor) -> None:
+            """Add ``bias`` ``[n, len(ids)]`` to ``z[rows][:, ids]``, shifted so the group's top stays,
+            on the rows whose top word (``top`` ``[n]``, one of ``ids``) the probe calls absent (bias < 0);
+            a word it calls present is left as the model chose it."""
+            if not len(rows):
+                return
+            own = bias.gather(1, (ids[None, :] == top[:, None]).to(torch.int64).argmax(-1, keepdim=True))[:, 0]
+            keep = own < abs(be) * self.gate  # the top word's log-odds below the gate
+            rows, bias = rows[keep], bias[keep]
             if not len(rows):
                 return
             g = z[rows][:, ids]
@@ -135,30 +153,37 @@ class Grounding(Steerer):
 
         def on_logits(t, layout):
             d = st.get("d")
-            if d is None or "prev_colour" not in st:
+            if d is None or "x" not in st:
                 return t
-            decoding = not st.get("prompt", True)  # generate may keep only the last position's logits
-            rows = torch.arange(t.shape[0], device=t.device)
-            idx = last_index(t, layout).to(t.device)
-            z = t[rows, idx].float()  # [B, V]
-            top = z.argmax(-1)
+            pair = st["pair"] if a else None
+            B = t.shape[0]
+            rows = torch.arange(B, device=t.device)
+            idx = None if t.shape[1] == 1 else last_index(t, layout).to(t.device)
+            zl = t[:, 0] if idx is None else t[rows, idx]  # [B, V]
+            top = zl.argmax(-1)
+            on_word = (top >= 0) if pair is not None else torch.isin(top, words.to(t.device))
+            if pair is None and not (be and bool(on_word.any())):  # most decoding steps end here
+                return t
+            z = zl.float().clone()
             ci, si, yi = col_ids.to(t.device), shp_ids.to(t.device), yn.to(t.device)
-            pair = st.get("pair")
-            if a and pair is not None:
+            if pair is not None:
                 r = torch.nonzero(pair >= 0).flatten()
-                if len(r):
-                    v = d[r].flatten(1)[torch.arange(len(r), device=t.device), pair[r]]
-                    z[r, yi[0]] += a * v / 2
-                    z[r, yi[1]] -= a * v / 2
+                v = d[r].flatten(1)[torch.arange(len(r), device=t.device), pair[r]]
+                z[r, yi[0]] += a * v / 2
+                z[r, yi[1]] -= a * v / 2
             if be:
-                prev = st["prev_colour"].to(t.device)
+                k = word(st["x"])
+                prev = k.masked_fill(k >= nC, -1)  # [B]: the colour just read (-1: none)
                 r = torch.nonzero((prev >= 0) & torch.isin(top, si)).flatten()
-                choose_within(z, si, be * d[r, prev[r]], r)
-                if decoding:
+                choose_within(z, si, be * d[r, prev[r]], r, top[r])
+                if not st["prompt"]:
                     r = torch.nonzero((prev < 0) & torch.isin(top, ci)).flatten()
-                    choose_within(z, ci, be * d[r].max(-1).values, r)
+                    choose_within(z, ci, be * st["dmax"][r], r, top[r])
             t = t.clone()
-            t[rows, idx] = z.to(t.dtype)
+            if idx is None:
+                t[:, 0] = z.to(t.dtype)
+            else:
+                t[rows, idx] = z.to(t.dtype)
             return t
 
         return {"embed": on_embed, f"blocks.{self.layer}.resid": on_resid, "logits": on_logits}
@@ -167,10 +192,12 @@ class Grounding(Steerer):
     @classmethod
     def fit(cls, adapter, n: int = 2048, split: str = "steer-probe", seed: int = 0, layer: int | None = None,
             cover: float = 0.15, alpha: float | str = "auto", beta: float | str = "auto", alphas=ALPHAS, betas=BETAS,
-            n_select: int = 512, n_captions: int = 256, max_drop: float = 0.01, progress: bool = False) -> "Grounding":
+            n_select: int = 512, n_captions: int = 256, max_drop: float = 0.01, gate: float | str = "auto", gates=GATES,
+            progress: bool = False) -> "Grounding":
         """Patch probe on ``n`` scenes of ``split``/``seed``; ``layer``: default the middle LM layer.
         ``alpha="auto"``: as :class:`ProbeSteer` (:func:`select_alpha` on ``split``/``seed + 1``);
-        ``beta="auto"``: :func:`select_beta` on ``n_captions`` captions of ``split``/``seed + 1``."""
+        ``beta="auto"``: :func:`select_caption_rule` on ``n_captions`` captions of ``split``/``seed + 1``
+        chooses ``beta`` and, with ``gate="auto"``, the gate (``gate`` a number: that gate, beta alone)."""
         from ..data.shapes import COLOURS, SHAPES
         from .probe import fit_logistic
 
@@ -186,29 +213,35 @@ class Grounding(Steerer):
             raise PromptError("the probe scenes need patches of objects and of background")
         W, b = fit_logistic(X, torch.nn.functional.one_hot(y, len(pairs) + 1).float(), steps=300)
         g = cls(W, b, pairs, layer, 0.0 if alpha == "auto" else float(alpha), 0.0 if beta == "auto" else float(beta),
-                meta={"n": n, "split": split, "seed": seed, "layer": layer, "cover": cover, "patches": len(y)})
+                meta={"n": n, "split": split, "seed": seed, "layer": layer, "cover": cover, "patches": len(y)},
+                gate=0.0 if gate == "auto" else float(gate))
         if alpha == "auto":
             select_alpha(g, adapter, alphas, n_select, split, seed + 1, max_drop)
         if beta == "auto":
-            select_beta(g, adapter, betas, n_captions, split, seed + 1)
+            select_caption_rule(g, adapter, betas, gates if gate == "auto" else (g.gate,), n_captions, split, seed + 1)
         return g
 
     # ------------------------------------------------------------------- io
     def save(self, path: str) -> None:
         """``path`` (.safetensors: ``W``, ``b``) + ``path`` with ``.json`` (pairs, layer, strengths, meta)."""
         save_tensors(path, {"W": self.W, "b": self.b}, {"pairs": self.pairs, "layer": self.layer, "alpha": self.alpha,
-                                                         "beta": self.beta, "clip": self.clip, "meta": self.meta})
+                                                         "beta": self.beta, "clip": self.clip, "gate": self.gate,
+                                                         "meta": self.meta})
 
     @classmethod
     def load(cls, path: str) -> "Grounding":
         t, d = load_tensors(path)
-        return cls(t["W"], t["b"], d["pairs"], d["layer"], d["alpha"], d["beta"], d["clip"], d.get("meta"))
+        return cls(t["W"], t["b"], d["pairs"], d["layer"], d["alpha"], d["beta"], d["clip"], d.get("meta"), d.get("gate", 0.0))
 
 
-def select_beta(g: Grounding, adapter, betas, n: int, split: str, seed: int, min_mentions: float = 0.97) -> float:
-    """Set ``g.beta`` to the value of ``betas`` with the lowest CHAIR_S (then CHAIR_I) on free captions
-    of ``n`` scenes of ``split``/``seed`` among those naming at least ``min_mentions`` x the unsteered
-    captions' objects (0 when none is better than off); the numbers go to ``g.meta``."""
+def select_caption_rule(g: Grounding, adapter, betas, gates, n: int, split: str, seed: int, min_mentions: float = 0.97,
+                        max_cover_drop: float = 0.01) -> tuple[float, float]:
+    """Set ``g.beta`` and ``g.gate`` to the pair of ``betas`` x ``gates`` with the lowest CHAIR_S (then
+    the highest coverage) on free captions of ``n`` scenes of ``split``/``seed``, among those naming
+    at least ``min_mentions`` x the unsteered captions' objects and covering the images' objects
+    within ``max_cover_drop`` of them (beta 0 when none is better than off); the numbers go to
+    ``g.meta``. A higher gate cleans more captions but re-chooses words the probe is unsure of, so
+    the captions come to repeat the objects it is surest of: coverage is the price it is held to."""
     from ..commands.steer import captions
     from ..data.shapes import make_split
     from ..metrics.chair import chair
@@ -216,16 +249,20 @@ def select_beta(g: Grounding, adapter, betas, n: int, split: str, seed: int, min
     scenes = make_split(split, n, seed)
     images = [s.pil() for s in scenes]
     base = chair(captions(None, adapter, images), scenes)
-    grid, best = {}, ((base["chair_s"], base["chair_i"]), 0.0)
-    for be in betas:
-        with g.applied(adapter, 0.0, be):
-            r = chair(captions(None, adapter, images), scenes)
-        grid[str(be)] = r
-        if r["mentions"] >= min_mentions * base["mentions"] and (r["chair_s"], r["chair_i"]) < best[0]:
-            best = ((r["chair_s"], r["chair_i"]), float(be))
-    g.beta = best[1]
-    g.meta.update({"beta_grid": grid, "beta_base": base, "beta_split": [split, seed]})
-    return g.beta
+    grid, best = {}, ((base["chair_s"], -base["coverage"]), 0.0, g.gate)
+    keep_gate = g.gate
+    for gate in gates:
+        g.gate = float(gate)
+        for be in betas:
+            with g.applied(adapter, 0.0, be):
+                r = chair(captions(None, adapter, images), scenes)
+            grid[f"gate {gate:g}, beta {be:g}"] = r
+            ok = r["mentions"] >= min_mentions * base["mentions"] and r["coverage"] >= base["coverage"] - max_cover_drop
+            if ok and (r["chair_s"], -r["coverage"]) < best[0]:
+                best = ((r["chair_s"], -r["coverage"]), float(be), float(gate))
+    g.beta, g.gate = best[1], best[2] if best[1] else keep_gate
+    g.meta.update({"caption_grid": grid, "caption_base": base, "caption_split": [split, seed]})
+    return g.beta, g.gate
 
 
 def patch_states(adapter, layer: int, n: int, split: str, seed: int, pairs, cover: float = 0.15, progress: bool = False):
@@ -254,4 +291,4 @@ def patch_states(adapter, layer: int, n: int, split: str, seed: int, pairs, cove
     return torch.cat(X), torch.cat(y)
 
 
-__all__ = ["Grounding", "patch_states", "select_beta"]
+__all__ = ["Grounding", "patch_states", "select_caption_rule"]
