@@ -32,7 +32,7 @@ def main() -> None:
     m = vi.load(a.model, device=a.device)
     fits = {"iri": lambda: IRI.fit(m, n=16, n_eval=32, lambdas=(1.0,)), "meandiff": lambda: MeanDiff.fit(m, n=128, alpha=0.1),
             "save": lambda: SAVE.fit(m, n=128), "probe": lambda: ProbeSteer.fit(m, n=256, captions=128, alpha=0.2),
-            "ground": lambda: Grounding.fit(m, n=256, alpha=2.0, beta=2.0), "vcd": VCD}
+            "ground": lambda: Grounding.fit(m, n=256, alpha=3.0, beta=1.0, gate=1.0), "vcd": VCD}
     methods = {k: fits[k]() for k in a.methods.split(",")}
     b = m.prepare(images=[make_split("bench", 1, 3)[0].pil()], text=["describe the image."])
     T = a.tokens

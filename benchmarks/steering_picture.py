@@ -2,7 +2,7 @@
 partner objects that the unsteered shapes-llava answers "yes" to, with the answers under
 steering (patch-probe grounding by default; strengths chosen on the probe split).
 
-    python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4] [--alpha 3 --beta 2]
+    python benchmarks/steering_picture.py [--out assets/steering_before_after.png] [--k 4] [--alpha 3 --beta 1 --gate 1]
     python benchmarks/steering_picture.py --captions 512 [--out assets/steering_captions.png]
 
 ``--captions N`` draws free captions instead: of N held-out scenes, those whose unsteered caption
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--alpha", default="auto")
     ap.add_argument("--beta", default=None, help="grounding's caption strength (default: --alpha)")
+    ap.add_argument("--gate", type=float, default=0.0, help="grounding's gate (with --alpha; auto fits choose it)")
     ap.add_argument("--captions", type=int, default=0, help="draw free captions of this many scenes instead")
     ap.add_argument("--method", default="ground", choices=["ground", "probe", "meandiff", "save"])
     a = ap.parse_args()
@@ -41,7 +42,7 @@ def main() -> None:
         from vlinterp.steering import Grounding
 
         md = Grounding.fit(m) if a.alpha == "auto" else Grounding.fit(m, alpha=float(a.alpha),
-                                                                        beta=float(a.beta or a.alpha))
+                                                                        beta=float(a.beta or a.alpha), gate=a.gate)
     elif a.method == "probe":
         from vlinterp.steering import ProbeSteer
 
@@ -86,7 +87,7 @@ def caption_picture(m, md, n: int, k: int, out: str) -> None:
 
 def strength(md) -> str:
     """The strength(s) a method steers with, for titles (grounding: α on yes/no, β on caption words)."""
-    return f"α {md.alpha}" + (f", β {md.beta}" if hasattr(md, "beta") else "")
+    return f"α {md.alpha:g}" + (f", β {md.beta:g}, gate {md.gate:g}" if hasattr(md, "gate") else "")
 
 
 if __name__ == "__main__":
