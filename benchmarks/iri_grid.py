@@ -5,7 +5,9 @@ residual targets) and the RR-ranked configurations of ``IRI.from_rr`` (1-2 sourc
 per component or both), each at strengths 0.5-4, on the calibration split (128 questions per
 negative type). Prints the best changes within the 1-point random tolerance and the best overall.
 
-    python benchmarks/iri_grid.py [--model shapes-llava] [--n 128]
+    python benchmarks/iri_grid.py [--model shapes-llava] [--n 128] [--lambdas=-2,-1,-0.5]
+
+Negative strengths subtract a source's output instead of adding it.
 """
 from __future__ import annotations
 
