@@ -21,6 +21,11 @@ from vlinterp.metrics.pope import pope
 from vlinterp.steering import IRI
 
 
+def calib_accuracy(m, n: int) -> dict[str, float]:
+    """POPE accuracy on ``n`` calibration questions per negative type: ``{adversarial, random}``."""
+    return {k: pope(m, k, "iri-calib", n, 1)["accuracy"] for k in ("adversarial", "random")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="shapes-llava")
@@ -34,7 +39,7 @@ def main() -> None:
     print("last-token RR per layer:", {k: np.round(v, 3).tolist() for k, v in rr.items()})
 
     def acc():
-        return {k: pope(m, k, "iri-calib", a.n, 1)["accuracy"] for k in ("adversarial", "random")}
+        return calib_accuracy(m, a.n)
 
     base = acc()
     print(f"unsteered: adversarial {base['adversarial']:.3f}, random {base['random']:.3f}")

@@ -19,7 +19,8 @@ import torch
 
 import vlinterp as vi
 from vlinterp.core.attention import hf_self_attention
-from vlinterp.metrics.pope import pope
+
+from iri_grid import calib_accuracy  # run as a script: benchmarks/ is on the path
 
 LAMBDAS = (0.5, 1.0, 2.0, 4.0, -1.0)
 
@@ -55,8 +56,10 @@ def part_injection(adapter, src: int, tgt: int, lam: float, part: str):
         t[:, -1] = y * x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (t,) + tuple(out[1:])
 
-    hs = [model.register_forward_pre_hook(ids, with_kwargs=True), attn_s.register_forward_hook(keep, with_kwargs=True)]
+    hs = []
     try:
+        hs.append(model.register_forward_pre_hook(ids, with_kwargs=True))
+        hs.append(attn_s.register_forward_hook(keep, with_kwargs=True))
         hs.append(attn_t.register_forward_hook(inject))
         yield
     finally:
@@ -75,7 +78,7 @@ def main() -> None:
     L = m.num_layers("lm")
 
     def acc():
-        return {k: pope(m, k, "iri-calib", a.n, 1)["accuracy"] for k in ("adversarial", "random")}
+        return calib_accuracy(m, a.n)
 
     base = acc()
     print(f"unsteered: adversarial {base['adversarial']:.3f}, random {base['random']:.3f}")
