@@ -32,7 +32,7 @@ def _time(fn, device="cpu") -> float:
 
 def bench(name: str, repeats: int, batch: int, device: str = "cpu") -> dict:
     m = vi.load(name, device=device)
-    inp = sample_inputs(m.family)
+    inp = sample_inputs(m.kind)
     inp = {k: v * batch for k, v in inp.items()}
     b = m.prepare(**inp)
     pattern = "blocks.*.resid" if m.sites("**") and any(s.startswith("blocks.") for s in m.sites()) else "vision.blocks.*.resid"

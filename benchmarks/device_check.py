@@ -160,7 +160,7 @@ def main() -> None:
         return models[name, dev]
 
     def batch(m):
-        if m.family == "llava":
+        if m.kind == "vlm":
             return m.prepare(images=[scene.pil()], text=[q])
         return m.prepare(images=[scene.pil()])
 

@@ -35,8 +35,8 @@ def main() -> None:
         m = vi.load(name, device=a.device)
         organism = not name.startswith("tiny:")
         im = Image.open(os.path.join(os.path.dirname(__file__), "..", "assets", "example_scene.png")) if organism else img
-        b = m.prepare(images=[im], text=["is there a yellow circle?"]) if m.family == "llava" else m.prepare(images=[im])
-        target = "yes" if m.family == "llava" else 0
+        b = m.prepare(images=[im], text=["is there a yellow circle?"]) if m.kind == "vlm" else m.prepare(images=[im])
+        target = "yes" if m.kind == "vlm" else 0
         kw = dict(components=("resid", "mlp", "attn"), positions="groups" if organism else "tokens", samples=3)
         tf, tn = [], []
         for _ in range(a.repeats):

@@ -76,7 +76,11 @@ def test_save_load_and_can_load(saved, m, tmp_path):
     tiny = vlinterp.load(f"tiny:{variant}")
     b, bt = m.prepare(images=[_image()], text=PROMPTS), tiny.prepare(images=[_image()], text=PROMPTS)
     assert b.inputs.keys() == bt.inputs.keys() and all(torch.equal(b.inputs[k], bt.inputs[k]) for k in b.inputs)
-    assert torch.equal(tiny.run(b).logits, m.run(b).logits)
+    sd, sd_tiny = m.model.state_dict(), tiny.model.state_dict()
+    assert sd.keys() == sd_tiny.keys() and all(torch.equal(sd[k], sd_tiny[k]) for k in sd)
+    # same weights, same inputs: logits equal up to the BLAS kernel's last bit (the loaded tensors'
+    # memory layout can pick another kernel: 4.8e-7 apart with transformers 5.25)
+    torch.testing.assert_close(tiny.run(b).logits, m.run(b).logits, rtol=0, atol=2e-6)
     if variant == "clip":  # the pickle format loads too (weights_only)
         from safetensors.torch import load_file
 

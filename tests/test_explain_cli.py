@@ -25,7 +25,7 @@ class StubColour:
     def attribute(self, batch, target=None, image_index=0):
         if self.fail:
             raise RuntimeError("stub failure in the middle of explain")
-        stream = "unet" if self.adapter.family == "diffusion" else batch.main
+        stream = "unet" if self.adapter.kind == "diffusion" else batch.main
         L = batch.layouts[stream]
         g = L.images[image_index]
         img = np.asarray(batch.images[image_index] if batch.images else np.zeros((*g.size, 3), np.uint8), np.float32)

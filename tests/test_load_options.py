@@ -14,9 +14,9 @@ def test_tiny_models_take_device_and_dtype(variant):
     assert {p.dtype for p in m.model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in m.model.parameters()} == {"cpu"}
     img = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8"))
-    if m.family == "llava":
+    if m.kind == "vlm":
         b = m.prepare(images=[img], text=["is there a red circle?"])
-    elif m.family == "diffusion":
+    elif m.kind == "diffusion":
         b = m.prepare(text=["a red circle"])
     else:
         b = m.prepare(images=[img])

@@ -30,14 +30,14 @@ def models():
 
 
 def _batch(m, img, **kw):
-    extra = {"clip": {"text": TEXTS}, "llava": {"text": "what color is the circle?", **kw}}.get(m.family, {})
+    extra = {"clip": {"text": TEXTS}, "vlm": {"text": "what color is the circle?", **kw}}.get(m.kind, {})
     return m.prepare(images=[img], **extra)
 
 
 # ------------------------------------------------------- registry, bad input
 def test_registry_and_bad_arguments(models, img):
     assert {"attention", "rollout", "relevancy", "gradcam", "ig", "occlusion", "tam", "clip_text", "daam", "msea"} <= set(saliency.names())
-    assert saliency.names("diffusion") == ["daam"] and "tam" in saliency.names("llava") and "tam" not in saliency.names("vit")
+    assert saliency.names("diffusion") == ["daam"] and "tam" in saliency.names("vlm") and "tam" not in saliency.names("vit")
     with pytest.raises(VlinterpError, match="unknown saliency method 'nope'; known: attention"):
         saliency.get("nope")
     assert saliency.MSEA is saliency.get("msea")
@@ -61,7 +61,7 @@ def test_every_method_returns_result(models, img, family):
     m = models[family]
     b = _batch(m, img)
     n_hooks = count_hooks(m.model)
-    for name in saliency.names(m.family):
+    for name in saliency.names(m.kind):
         res = saliency.get(name)(m, **FAST.get(name, {})).attribute(b)
         json.dumps(res.to_json())
         assert res.meta["method"] == name and len(res.targets) == res.scores.shape[0] >= 1, name

@@ -83,7 +83,7 @@ def test_train_from_scratch_smoke(tmp_path):
     assert on_disk["seed"] == 3 and "--seed 3" in on_disk["command"] and "--steps 2" in on_disk["command"]
     assert set(R.FLOORS) <= set(on_disk["metrics"]) and card["metrics"] == on_disk["metrics"]
     m = vi.load(str(out))
-    assert m.family == "llava"
+    assert m.kind == "vlm"
     b = m.prepare(images=None, text=["the image shows a red circle. is there a red circle?"])
     assert m.run(b).logits.shape[0] == 1
     if before is not None:

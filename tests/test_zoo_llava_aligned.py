@@ -82,7 +82,7 @@ def test_align_stage_on_saved_weights_cli(tmp_path):
     assert card["shapes_llava_metrics"] == zoo.card("shapes-llava")["metrics"]
     with open(tmp_path / "a" / "card.json") as f:
         assert json.load(f)["metrics"] == card["metrics"]
-    assert vi.load(str(tmp_path / "a")).family == "llava"
+    assert vi.load(str(tmp_path / "a")).kind == "vlm"
     assert _tree_hash(src) == before
 
 

@@ -14,12 +14,17 @@ from typing import Iterable, Mapping
 import torch
 
 from ..core.errors import LayerRangeError, UnsupportedError
-from ..core.hooks import Cache, EditFn, HookSession, Site, resolve_sites
+from ..core.hooks import Cache, EditFn, HookSession, RawHooks, Site, resolve_sites
 from ..core.types import Batch, Generation, Outputs
 
 
 class Adapter:
+    """``family``: the model family (``llava``, ``qwen2-vl``, ``clip``...); ``kind``: what every method
+    dispatches on, one of ``vlm`` (image + text in, text out), ``clip`` (image-text encoder), ``vit``
+    (vision encoder), ``diffusion``."""
+
     family: str = "base"
+    kind: str = "base"
     main_stream: str = "lm"
 
     def __init__(self, model: torch.nn.Module, processor=None, name: str = ""):
@@ -67,6 +72,23 @@ class Adapter:
     def sites(self, pattern: str | None = None) -> list[str]:
         """Uniform site names (all, or those matching a wildcard pattern)."""
         return list(self.site_table) if pattern is None else resolve_sites(pattern, self.site_table)
+
+    def module(self, site: str) -> torch.nn.Module:
+        """The ``nn.Module`` behind a hook site (``UnknownSiteError`` for unknown names)."""
+        if site not in self.site_table:
+            resolve_sites(site, self.site_table)  # raises with the nearest valid names
+        return self._session.module(site)
+
+    @contextlib.contextmanager
+    def raw_hooks(self):
+        """Yield a :class:`~vlinterp.core.hooks.RawHooks` for module hooks a method needs beyond
+        capture and edits (``h.forward(site_or_module, fn)``, ``h.pre``, ``h.backward``,
+        ``h.setattr``); on exit, also by exception, all of them are removed / restored."""
+        h = RawHooks(self._session)
+        try:
+            yield h
+        finally:
+            h.close()
 
     def num_layers(self, stream: str | None = None) -> int:
         """Number of blocks in ``stream`` (default: the main stream)."""
@@ -149,7 +171,6 @@ class Adapter:
                 raise LayerRangeError(f"layer {l} out of range: stream {stream or self.main_stream!r} has {n} layers (0..{n - 1})")
         layers = [l % n for l in layers]
         probs: dict[int, torch.Tensor] = {}
-        handles = []
 
         def make(l, site):
             def hook(module, args, kwargs, output):
@@ -158,14 +179,10 @@ class Adapter:
 
             return hook
 
-        try:
+        with self.raw_hooks() as h:
             for l in layers:
-                mod = self._session.module(sites[l])
-                handles.append(mod.register_forward_hook(make(l, sites[l]), with_kwargs=True))
+                h.forward(sites[l], make(l, sites[l]), with_kwargs=True)
             self.run(batch)
-        finally:
-            for h in handles:
-                h.remove()
         return probs
 
     def __repr__(self) -> str:

@@ -259,6 +259,7 @@ class ClipAdapter(Adapter):
     """CLIP-style dual encoder (open_clip ``CLIP`` or transformers ``CLIPModel``); see the module doc."""
 
     family = "clip"
+    kind = "clip"
     main_stream = "vision"
 
     def __init__(self, model, processor=None, name: str = ""):

@@ -55,6 +55,7 @@ class DiffusionModel(torch.nn.Module):
 
 class DiffusionAdapter(Adapter):
     family = "diffusion"
+    kind = "diffusion"
     main_stream = "text"
 
     def __init__(self, model: DiffusionModel, tokenizer, scheduler, name: str = ""):

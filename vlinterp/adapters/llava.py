@@ -38,6 +38,7 @@ def _first_attr(obj, *paths):
 
 class LlavaAdapter(Adapter):
     family = "llava"
+    kind = "vlm"
     main_stream = "lm"
 
     # ------------------------------------------------------------------ sites

@@ -68,6 +68,7 @@ class VitAdapter(Adapter):
     ``Batch`` with ``inputs["pixel_values"]`` ``[B, 3, H, W]``; ``run(batch).logits`` ``[B, classes]``."""
 
     family = "vit"
+    kind = "vit"
     main_stream = "vision"
     backend = ""
 

@@ -134,7 +134,7 @@ def audit_raw(adapter, items, start: int = 0, seed: int = 0, factors: bool = Tru
     """Per-item raw results (answers per rendering, OCR control, and with ``inside`` each rendering's
     per-layer logit-lens probability and last-token states) for ``items``; ``start`` is the index of
     ``items[0]`` in the whole set (kept in the results)."""
-    if adapter.family != "llava":
+    if adapter.kind != "vlm":
         from ..core.errors import UnsupportedError
 
         raise UnsupportedError(f"the modality audit runs LLaVA-family models, not {adapter.family!r}")

@@ -44,7 +44,7 @@ def _run(args) -> int:
     from ..core.errors import UnsupportedError
 
     m = vi.load(args.model)
-    if m.family != "llava":
+    if m.kind != "vlm":
         raise UnsupportedError(f"`ask` needs a LLaVA-family model; {args.model!r} is a {m.family} model")
     res = answer(m, args.image, args.prompt, args.max_new_tokens, args.prune)
     if args.prune:

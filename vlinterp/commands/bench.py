@@ -139,7 +139,7 @@ def diffusion_items(m, scenes, seed, steps: int = 20, guidance: float = 1.0):
         yield Item(prompt, b, o.shape, None, extra={"colour": o.colour, "steps": steps, "guidance": guidance})
 
 
-ITEMS = {"llava": llava_items, "vit": vit_items, "clip": clip_items, "diffusion": diffusion_items}
+ITEMS = {"vlm": llava_items, "vit": vit_items, "clip": clip_items, "diffusion": diffusion_items}
 
 
 # ------------------------------------------------------------------ measuring
@@ -181,8 +181,8 @@ def _applicable(names, m, methods_arg, sample_steps: int = 20, guidance: float =
 
     out, skipped = {}, {}
     for name in names:
-        opts = {"steps": sample_steps} if m.family == "diffusion" and _takes(name, "steps") else {}
-        if m.family == "diffusion" and _takes(name, "guidance_scale"):
+        opts = {"steps": sample_steps} if m.kind == "diffusion" and _takes(name, "steps") else {}
+        if m.kind == "diffusion" and _takes(name, "guidance_scale"):
             opts["guidance_scale"] = guidance
         try:
             out[name] = method(name, m, **opts)
@@ -205,13 +205,13 @@ def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, 
     meths, skipped = _applicable(names, m, methods_given, sample_steps, guidance)
     if not meths:
         raise UnsupportedError(f"no saliency method runs on {m.family} models (tried: {', '.join(names)})")
-    kw = {"steps": sample_steps, "guidance": guidance} if m.family == "diffusion" else {}
+    kw = {"steps": sample_steps, "guidance": guidance} if m.kind == "diffusion" else {}
     out = []
     for si in scene_indices:
         from ..data import make_scene
 
         entry = {"per": {k: [] for k in [*meths, "random", "centre"]}, "extras": [], "skipped": {}}
-        for j, item in enumerate(ITEMS[m.family](m, [make_scene(SPLIT, seed, si)], seed, **kw)):
+        for j, item in enumerate(ITEMS[m.kind](m, [make_scene(SPLIT, seed, si)], seed, **kw)):
             entry["extras"].append(item.extra)
             base = None
             for name, meth in list(meths.items()):
@@ -270,9 +270,9 @@ def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, see
     from ..scale import WorkerPool
 
     m = vi.load(model)
-    if m.family not in ITEMS:
+    if m.kind not in ITEMS:
         raise UnsupportedError(f"bench saliency does not support {m.family} models")
-    names = methods or [x for x in saliency.names(m.family) if x not in WRAPPERS]
+    names = methods or [x for x in saliency.names(m.kind) if x not in WRAPPERS]
     work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps,
                    guidance=guidance)
     with WorkerPool(model, workers, address) as pool:
@@ -291,9 +291,9 @@ def bench_saliency(model: str, methods: list[str] | None = None, n: int = 8, see
     rows = {k: _mean(v) for k, v in per.items() if v and k not in skipped}
     out = {"model": model, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n, "items": len(extras),
            "steps": steps, "rows": rows, "skipped": skipped}
-    if m.family == "diffusion":
+    if m.kind == "diffusion":
         out["sampling"] = {"steps": sample_steps, "guidance_scale": guidance}
-    if m.family == "llava" and extras:
+    if m.kind == "vlm" and extras:
         correct = [bool(e.get("correct", False)) for e in extras]
         out["answer_accuracy"] = float(np.mean(correct))
         # a faithful map of a wrong answer points at the object the model used, not the queried one

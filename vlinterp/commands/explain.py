@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ..cli import register
 
-DEFAULT_METHOD = {"llava": "relevancy", "vit": "relevancy", "clip": "relevancy", "diffusion": "daam"}
+DEFAULT_METHOD = {"vlm": "relevancy", "vit": "relevancy", "clip": "relevancy", "diffusion": "daam"}
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _diffusion(m, args) -> Subject:
                    {"prompt": args.prompt, "word": args.word, "seed": args.seed, "steps": args.steps})
 
 
-SUBJECTS = {"llava": _llava, "vit": _vit, "clip": _clip, "diffusion": _diffusion}
+SUBJECTS = {"vlm": _llava, "vit": _vit, "clip": _clip, "diffusion": _diffusion}
 
 
 # ------------------------------------------------------------------- helpers
@@ -212,15 +212,15 @@ def _views(m, subject: Subject, args, progress):
     """``[(view name, Result)]``: the main method, ``--compare`` methods, ``--per-layer`` views."""
     from ..core.errors import UnsupportedError
 
-    main = args.method or DEFAULT_METHOD.get(m.family, "relevancy")
+    main = args.method or DEFAULT_METHOD.get(m.kind, "relevancy")
     layers = _parse_layers(args.layers)
-    base = {"steps": args.steps} if m.family == "diffusion" and _takes(main, "steps") else {}
+    base = {"steps": args.steps} if m.kind == "diffusion" and _takes(main, "steps") else {}
     lo = _layer_opts(main, layers) if main in _names() else {}
     if lo is None:
         raise UnsupportedError(f"--layers: method {main!r} takes no list of layers" + (" (give one layer)" if layers and len(layers) > 1 else ""))
     plan = [(main, main, {**base, **lo})]
     for name in [x.strip() for x in (args.compare or "").split(",") if x.strip() and x.strip() != main]:
-        plan.append((name, name, {"steps": args.steps} if m.family == "diffusion" and _takes(name, "steps") else {}))
+        plan.append((name, name, {"steps": args.steps} if m.kind == "diffusion" and _takes(name, "steps") else {}))
     if args.per_layer:
         try:
             n = m.num_layers()
@@ -342,9 +342,9 @@ def explain(args) -> dict:
     progress = lambda it, **kw: tqdm(it, disable=None, leave=False, **kw)  # noqa: E731
 
     m = vi.load(args.model)
-    if m.family not in SUBJECTS:
+    if m.kind not in SUBJECTS:
         raise UnsupportedError(f"explain does not support {m.family} models")
-    subject = SUBJECTS[m.family](m, args)
+    subject = SUBJECTS[m.kind](m, args)
     main, views = _views(m, subject, args, progress)
     res = views[0][1]
     image = _image_for(subject, res)

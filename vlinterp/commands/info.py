@@ -46,7 +46,7 @@ def _info_run(args) -> int:
     import vlinterp as vi
 
     m = vi.load(args.model)
-    batch = m.prepare(**sample_inputs(m.family))
+    batch = m.prepare(**sample_inputs(m.kind))
     layouts = {}
     for stream, L in batch.layouts.items():
         d = L.to_dict(b=0)

@@ -62,7 +62,7 @@ def _saliency_mask(m, b, target, method: str, fraction: float):
 
     r = make_method(method, m).attribute(b, target=target)
     s = np.asarray(r.scores[0], float)
-    n = len(s) if m.family != "llava" else len(b.layout.image_positions(0))
+    n = len(s) if m.kind != "vlm" else len(b.layout.image_positions(0))
     k = max(1, int(round(fraction * n)))
     grid = b.layouts[m.main_stream].grid(0)
     mask = np.zeros(len(s), bool)
@@ -103,7 +103,7 @@ def _prepare(m, img, prompt, target):
     """Batch and target for one item (the greedy answer's first token / top class when None)."""
     from ..core.errors import PromptError
 
-    if m.family == "llava":
+    if m.kind == "vlm":
         if not prompt:
             raise PromptError("LLaVA models need --prompt (the question whose answer is traced)")
         b = m.prepare(images=[img], text=[prompt])
@@ -112,7 +112,7 @@ def _prepare(m, img, prompt, target):
             tid = int(m.run(b).logits[0, last].argmax())
             target = m.tokenizer.decode([tid]).strip() or tid
         return b, target
-    if m.family == "vit":
+    if m.kind == "vit":
         b = m.prepare(images=[img])
         if target is None:
             return b, int(m.run(b).logits[0].argmax())
@@ -126,12 +126,12 @@ def trace_item(m, args, img, prompt=None, target=None, box=None, object_words=No
     from ..tracing import make_corruption, text_positions, trace
 
     b, target = _prepare(m, img, prompt, target)
-    obj_words = object_words or (_default_object(prompt) if m.family == "llava" and prompt else None)
-    obj_pos = text_positions(m, b, obj_words) if obj_words and m.family == "llava" else None
+    obj_words = object_words or (_default_object(prompt) if m.kind == "vlm" and prompt else None)
+    obj_pos = text_positions(m, b, obj_words) if obj_words and m.kind == "vlm" else None
     stream = args.stream or m.main_stream
     if box is not None:
         mask, source = box, "box"
-    elif stream == m.main_stream or m.family == "vit":
+    elif stream == m.main_stream or m.kind == "vit":
         mask, source = _saliency_mask(m, b, target, args.saliency, args.object_fraction), f"saliency:{args.saliency}"
     else:
         mask, source = None, "none"

@@ -70,3 +70,34 @@ class NaNError(VlinterpError, FloatingPointError):
 
 class BackboneMismatchError(VlinterpError, ValueError):
     """A head (prototypes, probe) trained on one backbone or site is used with another."""
+
+
+class UnknownNameError(VlinterpError, KeyError):
+    """A name that no registry entry has (method, pruner, corruption, dataset format...)."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = list(known)
+        near = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        msg = f"unknown {kind} {name!r}; " + (f"did you mean {', '.join(near)}? known: " if near else "known: ") + ", ".join(known)
+        self.kind, self.name, self.known, self.nearest = kind, name, known, near
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ConfigError(VlinterpError, ValueError):
+    """A method option is unknown, of the wrong type or out of range."""
+
+
+class UsageError(VlinterpError, ValueError):
+    """A command-line argument (or a combination of them) cannot be used."""
+
+
+class DataError(VlinterpError, ValueError):
+    """A dataset file or record is missing, malformed or inconsistent (names the file and record)."""
+
+
+class OutputError(VlinterpError, OSError):
+    """An output path cannot be written without harming what is there (a file or a non-empty
+    directory vlinterp did not write, a file where a directory is needed, or the reverse)."""

@@ -213,6 +213,51 @@ class HookSession:
         return hook
 
 
+class RawHooks:
+    """Module-level hooks and attribute switches that methods need beyond capture/edit sites
+    (attention-probability taps, backward hooks, kernel switches), all undone on exit.
+
+    Made by :meth:`vlinterp.adapters.base.Adapter.raw_hooks`; ``target`` is a site name or an
+    ``nn.Module``. On exit of the ``with`` block, also by exception, every hook added is removed and
+    every attribute switched is restored, last first."""
+
+    def __init__(self, session: "HookSession"):
+        self._session = session
+        self._undo: list[Callable[[], None]] = []
+
+    def _module(self, target) -> torch.nn.Module:
+        return target if isinstance(target, torch.nn.Module) else self._session.module(target)
+
+    def forward(self, target, fn, with_kwargs: bool = False):
+        """``fn(module, args, output)`` (``with_kwargs``: ``fn(module, args, kwargs, output)``)."""
+        h = self._module(target).register_forward_hook(fn, with_kwargs=with_kwargs)
+        self._undo.append(h.remove)
+        return h
+
+    def pre(self, target, fn, with_kwargs: bool = False):
+        """``fn(module, args)`` (``with_kwargs``: ``fn(module, args, kwargs)``) before the forward."""
+        h = self._module(target).register_forward_pre_hook(fn, with_kwargs=with_kwargs)
+        self._undo.append(h.remove)
+        return h
+
+    def backward(self, target, fn):
+        """``fn(module, grad_input, grad_output)`` (a full backward hook)."""
+        h = self._module(target).register_full_backward_hook(fn)
+        self._undo.append(h.remove)
+        return h
+
+    def setattr(self, obj, name: str, value) -> None:
+        """Set ``obj.name = value`` for the block (e.g. ``fused_attn = False``)."""
+        missing = object()
+        old = getattr(obj, name, missing)
+        setattr(obj, name, value)
+        self._undo.append(lambda: delattr(obj, name) if old is missing else setattr(obj, name, old))
+
+    def close(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
 class Cache(dict):
     """``dict`` of site name -> last captured tensor, plus ``steps[site]``: every capture."""
 

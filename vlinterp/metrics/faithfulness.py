@@ -363,8 +363,8 @@ def clip_score_fn(adapter, text: str, candidates: list[str] | None = None, batch
 
 def score_fn_for(adapter, **kw) -> ScoreFn:
     """The family's builder: LLaVA ``prompt=, token=``; ViT ``target=``; CLIP ``text=``."""
-    fam = getattr(adapter, "family", None)
-    if fam == "llava":
+    fam = getattr(adapter, "kind", None)
+    if fam == "vlm":
         return llava_score_fn(adapter, **kw)
     if fam == "vit":
         return vit_score_fn(adapter, **kw)

@@ -37,7 +37,7 @@ def fingerprint(adapter) -> str:
 
 
 def _prepare(adapter, images):
-    if adapter.family == "llava":
+    if adapter.kind == "vlm":
         return adapter.prepare(images=images, text=["describe the image."] * len(images))
     return adapter.prepare(images=images)
 

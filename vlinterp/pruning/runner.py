@@ -93,11 +93,11 @@ class _LayerKV:
 
 
 class PrunedLM:
-    """Pruned prefill and greedy decoding for one LLaVA adapter (``adapter.family == "llava"``,
+    """Pruned prefill and greedy decoding for one LLaVA adapter (``adapter.kind == "vlm"``,
     llava-1.5 feature layout, sdpa or eager attention)."""
 
     def __init__(self, adapter):
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"visual token pruning needs a LLaVA-family model, not {adapter.family!r}")
         cfg = adapter.config
         if cfg.model_type != "llava":

@@ -26,7 +26,7 @@ def _png(img) -> str:
 
 def _patch_box(adapter, item, r: int, c: int, stream: str):
     """The (r, c) patch's box in the item's original image pixels, from the ``stream`` layout."""
-    b = adapter.prepare(images=[item[0]], text=[item[1]]) if adapter.family == "llava" else adapter.prepare(images=[item[0]])
+    b = adapter.prepare(images=[item[0]], text=[item[1]]) if adapter.kind == "vlm" else adapter.prepare(images=[item[0]])
     t = b.layouts[stream].images[0].tiles[0]
     rows, cols = t.grid
     x0, y0, x1, y1 = t.box
@@ -69,7 +69,7 @@ def _hist_png(vals_img: np.ndarray, vals_txt: np.ndarray) -> str:
 
 def logit_effect(adapter, sae, k: int, n: int = 8) -> tuple[list[str], list[str]]:
     """Tokens whose logits the decoder direction ``W_dec[k]`` raises / lowers most (LLaVA)."""
-    if adapter.family != "llava" or "logits" not in adapter.site_table:
+    if adapter.kind != "vlm" or "logits" not in adapter.site_table:
         return [], []
     head = adapter._session.module("logits")
     with torch.no_grad():

@@ -224,8 +224,8 @@ def _prepare(adapter, items):
     prompt as the assistant's turn)."""
     imgs = [it[0] for it in items]
     texts = [it[1] for it in items]
-    kw = {"answer": [it[2] for it in items]} if adapter.family == "llava" and all(len(it) > 2 for it in items) else {}
-    if adapter.family in ("vit",):
+    kw = {"answer": [it[2] for it in items]} if adapter.kind == "vlm" and all(len(it) > 2 for it in items) else {}
+    if adapter.kind in ("vit",):
         return adapter.prepare(images=imgs)
     if all(im is None for im in imgs):
         return adapter.prepare(text=texts, **kw)

@@ -61,12 +61,12 @@ def get(name: str):
 
 
 def names(family: str | None = None) -> list[str]:
-    """Registered names; with ``family`` only the methods that support it (``msea``: any of llava, vit, clip)."""
+    """Registered names; with ``family`` only the methods that support it (``msea``: any of vlm, vit, clip)."""
     if family is None:
         return list(REGISTRY)
     out = []
     for n in REGISTRY:
-        fams = ("llava", "vit", "clip") if n == "msea" else getattr(get(n), "families", ())
+        fams = ("vlm", "vit", "clip") if n == "msea" else getattr(get(n), "families", ())
         if family in fams:
             out.append(n)
     return out

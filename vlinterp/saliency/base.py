@@ -24,15 +24,15 @@ from .targets import Targets, resolve
 
 
 class SaliencyMethod:
-    """Base of every saliency method. ``families``: model families it supports; ``defaults``:
+    """Base of every saliency method. ``families``: the adapter kinds it supports; ``defaults``:
     its options (``SaliencyMethod(adapter, **opts)`` rejects unknown ones)."""
 
     name: str = ""
-    families: tuple[str, ...] = ("llava", "vit", "clip")
+    families: tuple[str, ...] = ("vlm", "vit", "clip")
     defaults: dict = {}
 
     def __init__(self, adapter, **opts):
-        if adapter.family not in self.families:
+        if adapter.kind not in self.families:
             raise UnsupportedError(f"saliency method {self.name!r} does not support {adapter.family} models "
                                    f"(supports: {', '.join(self.families)})")
         unknown = set(opts) - set(self.defaults)

@@ -74,7 +74,7 @@ class GradCAMMethod(SaliencyMethod):
             site = self.opts["site"]
             stream = a.site_table[a.sites(site)[0]].stream
             return a.sites(site)[0], stream
-        if a.family == "llava":
+        if a.kind == "vlm":
             if self.opts["layer"] is not None:
                 raise UnsupportedError("gradcam on LLaVA uses the projector output; pass site='vision.blocks.{i}.resid' for another")
             return "projector", "projector"

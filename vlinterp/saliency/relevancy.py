@@ -29,7 +29,7 @@ from .base import SaliencyMethod, attention_with_grad, check_layers, select_head
 from .targets import Targets
 
 SCORES = ("logit", "logprob")
-DEFAULT_SCORE = {"llava": "logprob", "vit": "logit", "clip": "logit"}
+DEFAULT_SCORE = {"vlm": "logprob", "vit": "logit", "clip": "logit"}
 
 
 def chefer_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor | None]) -> torch.Tensor:
@@ -92,7 +92,7 @@ class Relevancy(SaliencyMethod):
     @property
     def score(self) -> str:
         """The explained scalar in use: the ``score`` option, else the family's default."""
-        return self.opts["score"] or DEFAULT_SCORE.get(self.adapter.family, "logit")
+        return self.opts["score"] or DEFAULT_SCORE.get(self.adapter.kind, "logit")
 
     def compute(self, t: Targets) -> np.ndarray:
         layers, maps = relevance_maps(self.adapter, t, self.opts["layers"], self.opts["heads"], score=self.score)

@@ -48,7 +48,7 @@ def rank_gaussian_filter(grid: np.ndarray, k: int = 3) -> np.ndarray:
 
 class TokenActivationMap(SaliencyMethod):
     name = "tam"
-    families = ("llava",)
+    families = ("vlm",)
     defaults = {"layer": None, "denoise": True, "max_new_tokens": 8}
 
     def lens_logits(self, t: Targets) -> torch.Tensor:

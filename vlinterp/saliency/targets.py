@@ -69,8 +69,8 @@ def row_images(batch: Batch, image_index: int) -> tuple[int, list, int]:
 
 def prepare_like(adapter, batch: Batch, images: list, row: int = 0, answer=None) -> Batch:
     """A one-row batch like row ``row`` of ``batch`` with ``images`` instead (same prompt/texts)."""
-    fam = adapter.family
-    if fam == "llava":
+    fam = adapter.kind
+    if fam == "vlm":
         return adapter.prepare(images=images, text=batch.meta["formatted"][row], chat=False, answer=answer)
     if fam == "vit":
         return adapter.prepare(images=images)
@@ -219,11 +219,11 @@ def resolve_diffusion(adapter, batch: Batch, target, image_index: int, **_) -> T
                    meta={"word_positions": {w: present[w].tolist() for w in words}})
 
 
-RESOLVERS = {"llava": resolve_llava, "vit": resolve_vit, "clip": resolve_clip, "diffusion": resolve_diffusion}
+RESOLVERS = {"vlm": resolve_llava, "vit": resolve_vit, "clip": resolve_clip, "diffusion": resolve_diffusion}
 
 
 def resolve(adapter, batch: Batch, target, image_index: int = 0, **kw) -> Targets:
     """Resolve ``target`` for ``adapter``'s family (see the module doc)."""
-    if adapter.family not in RESOLVERS:
-        raise UnsupportedError(f"no saliency targets for the {adapter.family!r} family")
-    return RESOLVERS[adapter.family](adapter, batch, target, int(image_index), **kw)
+    if adapter.kind not in RESOLVERS:
+        raise UnsupportedError(f"no saliency targets for {adapter.family!r} models")
+    return RESOLVERS[adapter.kind](adapter, batch, target, int(image_index), **kw)

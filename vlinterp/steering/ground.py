@@ -91,7 +91,7 @@ class Grounding(Steerer):
     def edits(self, adapter, alpha: float | None = None, beta: float | None = None) -> dict:
         a = self.alpha if alpha is None else float(alpha)
         be = self.beta if beta is None else float(beta)
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"grounding needs a LLaVA model, not {adapter.family}")
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
@@ -201,7 +201,7 @@ class Grounding(Steerer):
         from ..data.shapes import COLOURS, SHAPES
         from .probe import fit_logistic
 
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"grounding needs a LLaVA model, not {adapter.family}")
         L = adapter.num_layers("lm")
         layer = L // 2 if layer is None else int(layer)

@@ -52,7 +52,7 @@ class IRI(Steerer):
 
     # -------------------------------------------------------------- applying
     def check(self, adapter) -> None:
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"IRI steers LLaVA language models, not {adapter.family}")
         L = adapter.num_layers("lm")
         for c, l in [(c, l) for c, l, _ in self.sources] + self.targets:

@@ -44,7 +44,7 @@ class MeanDiff(Steerer):
         ``max_drop`` (0 when none qualifies)."""
         from ..data.questions import pope_split
 
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"mean-difference steering needs a LLaVA model, not {adapter.family}")
         L = adapter.num_layers("lm")
         layers = list(range(L // 2, L)) if layers is None else [int(l) for l in layers]

@@ -106,7 +106,7 @@ class ProbeSteer(Steerer):
 
     def edits(self, adapter, alpha: float | None = None) -> dict:
         a = self.alpha if alpha is None else float(alpha)
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
@@ -152,7 +152,7 @@ class ProbeSteer(Steerer):
         (:func:`select_alpha`; at 256 one question is 0.4 points, too coarse for a 1-point tolerance)."""
         from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
 
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
         L = adapter.num_layers("lm")
         layer = L - 1 if layer is None else int(layer)

@@ -39,7 +39,7 @@ class SAVE(Steerer):
         from ..data.questions import pope_split
         from ..sae.attach import _check_width
 
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"SAVE steers LLaVA models, not {adapter.family}")
         site = site or (getattr(sae, "vlinterp_meta", {}) or {}).get("site") or f"blocks.{adapter.num_layers('lm') // 2}.resid"
         sae = sae if sae is not None else cls.default_sae(adapter, site)

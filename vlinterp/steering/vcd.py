@@ -35,7 +35,7 @@ class VCD:
 
     def last_logits(self, adapter, batch) -> torch.Tensor:
         """Contrasted logits at each row's last prompt position ``[B, V]``."""
-        if adapter.family != "llava":
+        if adapter.kind != "vlm":
             raise UnsupportedError(f"VCD needs a LLaVA model, not {adapter.family}")
         rows = torch.arange(batch.layout.shape[0])
         last = torch.tensor([int(batch.layout.span("last", r)[0]) for r in rows.tolist()])

@@ -131,7 +131,7 @@ class Interchange(_PixelCorruption):
         size = plan.batch.images[0].size if plan.batch.images else self.image.size
         img = self.image.resize(size)
         text = plan.batch.meta.get("prompts") or plan.batch.text or None
-        other = plan.adapter.prepare(images=[img], text=text) if plan.adapter.family == "llava" else plan.adapter.prepare(images=[img])
+        other = plan.adapter.prepare(images=[img], text=text) if plan.adapter.kind == "vlm" else plan.adapter.prepare(images=[img])
         px2 = other.inputs["pixel_values"]
         if px2.shape != px.shape:
             raise ShapeMismatchError(f"interchange image gives pixel_values {tuple(px2.shape)}, the clean image {tuple(px.shape)}")

@@ -25,7 +25,7 @@ _DROP = CACHE_NAMES + ("use_cache", "output_attentions", "hidden_states")
 
 
 def supports(adapter, stream: str) -> bool:
-    return adapter.family == "llava" and stream == "lm" and all(s in adapter.site_table for s in ("blocks.0.resid", "norm", "logits"))
+    return adapter.kind == "vlm" and stream == "lm" and all(s in adapter.site_table for s in ("blocks.0.resid", "norm", "logits"))
 
 
 class _KVRecorder:

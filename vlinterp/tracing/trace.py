@@ -30,7 +30,7 @@ PREFIX = {"lm": "blocks.", "vision": "vision.blocks."}
 def _target(adapter, batch: Batch, target):
     """``(target id, last position or None, label)``; raises :class:`PromptError` for a target
     that is not a single vocabulary token / class."""
-    if adapter.family == "llava":
+    if adapter.kind == "vlm":
         tid = adapter.token_id(target) if isinstance(target, str) else int(target)
         last = int(batch.layout.span("last", 0)[0])
         V = adapter.config.text_config.vocab_size if hasattr(adapter.config, "text_config") else None

@@ -1,0 +1,76 @@
+"""The shapes world as items: every split, question kind and POPE negative type of
+:mod:`vlinterp.data` turned into :class:`~vlinterp.core.items.Item` lists that methods consume.
+
+Objects carry the exact masks and boxes; names are ``"{colour} {shape}"`` with ``attrs`` colour,
+shape and rgb. ``meta`` keeps the scene (``meta["scene"]``) for code that needs the world itself
+(the audit's renderings, CHAIR's vocabulary).
+"""
+from __future__ import annotations
+
+from ..core.items import Item, Object
+from ..data.questions import CAPTION_QUESTION, caption, colour_questions, count_questions, pope_split
+from ..data.shapes import COLOURS, NUM_WORDS, Scene, make_split, scene_rng
+
+CANDIDATES = {"presence": ("yes", "no"), "colour": tuple(COLOURS), "count": tuple(NUM_WORDS)}
+
+
+def objects(scene: Scene) -> list[Object]:
+    """The scene's objects with their exact masks ``[128, 128]`` bool and tight boxes."""
+    return [Object(f"{o.colour} {o.shape}", tuple(float(v) for v in o.bbox), o.mask.astype(bool),
+                   {"colour": o.colour, "shape": o.shape, "rgb": tuple(o.rgb)}) for o in scene.objects]
+
+
+def scene_item(scene: Scene, prompt: str | None = None, answer: str | None = None, kind: str = "", **meta) -> Item:
+    """One item on ``scene`` (id ``split/seed/index``)."""
+    return Item(scene.pil(), prompt, answer, objects(scene), f"{scene.split}/{scene.seed}/{scene.index}", kind,
+                {"scene": scene, **meta})
+
+
+def scenes(split: str, n: int, seed: int = 0, prior: bool = True) -> list[Item]:
+    """``n`` scenes as image-only items (no prompt): for vision encoders and probes."""
+    return [scene_item(s) for s in make_split(split, n, seed, prior)]
+
+
+def pope(split: str, n: int, seed: int = 0, neg_type: str = "random") -> list[Item]:
+    """``n`` POPE items (half "yes", half "no") with negatives of ``neg_type``; ``meta``: target pair,
+    ``neg_type``, ``candidates`` ("yes", "no")."""
+    return [scene_item(s, qa.question, qa.answer, "presence", target=qa.target, neg_type=neg_type,
+                       candidates=CANDIDATES["presence"], obj_index=qa.obj_index)
+            for s, qa in pope_split(split, n, seed, neg_type)]
+
+
+def colour(split: str, n: int, seed: int = 0) -> list[Item]:
+    """One "what color is the {shape}?" item per scene that has a shape occurring once (of ``n``)."""
+    out = []
+    for s in make_split(split, n, seed):
+        once = [o for o in s.objects if s.count(o.shape) == 1]
+        if once:
+            rng = scene_rng(split, seed, s.index, 99)
+            o = once[int(rng.integers(len(once)))]
+            k = s.objects.index(o)
+            out.append(scene_item(s, f"what color is the {o.shape}?", o.colour, "colour", target=o.shape,
+                                  candidates=CANDIDATES["colour"], obj_index=k))
+    return out
+
+
+def colour_all(split: str, n: int, seed: int = 0) -> list[Item]:
+    """Every colour question of ``n`` scenes (one per shape that occurs once)."""
+    return [scene_item(s, qa.question, qa.answer, "colour", target=qa.target, candidates=CANDIDATES["colour"],
+                       obj_index=qa.obj_index) for s in make_split(split, n, seed) for qa in colour_questions(s)]
+
+
+def count(split: str, n: int, seed: int = 0) -> list[Item]:
+    """One count item per scene (the first of its count questions)."""
+    out = []
+    for s in make_split(split, n, seed):
+        qa = count_questions(s, scene_rng(split, seed, s.index, 99))[0]
+        out.append(scene_item(s, qa.question, qa.answer, "count", target=qa.target, candidates=CANDIDATES["count"]))
+    return out
+
+
+def captions(split: str, n: int, seed: int = 0) -> list[Item]:
+    """``n`` caption items (``describe the image.`` -> the scene's caption)."""
+    return [scene_item(s, CAPTION_QUESTION, caption(s), "caption") for s in make_split(split, n, seed)]
+
+
+__all__ = ["objects", "scene_item", "scenes", "pope", "colour", "colour_all", "count", "captions", "CANDIDATES"]
