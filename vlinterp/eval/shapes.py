@@ -7,8 +7,10 @@ shape and rgb. ``meta`` keeps the scene (``meta["scene"]``) for code that needs 
 """
 from __future__ import annotations
 
+from functools import partial
+
 from ..core.items import Item, Object
-from ..data.questions import CAPTION_QUESTION, caption, colour_questions, count_questions, pope_split
+from ..data.questions import CAPTION_QUESTION, caption, colour_questions, count_questions, make_questions, pope_split
 from ..data.shapes import COLOURS, NUM_WORDS, Scene, make_split, scene_rng
 
 CANDIDATES = {"presence": ("yes", "no"), "colour": tuple(COLOURS), "count": tuple(NUM_WORDS)}
@@ -29,6 +31,15 @@ def scene_item(scene: Scene, prompt: str | None = None, answer: str | None = Non
 def scenes(split: str, n: int, seed: int = 0, prior: bool = True) -> list[Item]:
     """``n`` scenes as image-only items (no prompt): for vision encoders and probes."""
     return [scene_item(s) for s in make_split(split, n, seed, prior)]
+
+
+def scenes_with_questions(split: str, n: int, seed: int = 0) -> list[Item]:
+    """``n`` scenes as image-only items whose ``meta["questions"]`` holds every question about the
+    scene (presence with adversarial negatives, colour, count, caption: the
+    :class:`~vlinterp.data.questions.QA` dicts that :mod:`vlinterp.data.export` writes)."""
+    return [scene_item(s, kind="scene", questions=[qa.to_dict() for qa in make_questions(s, scene_rng(split, seed, s.index, 99),
+                                                                            neg_type="adversarial")])
+            for s in make_split(split, n, seed)]
 
 
 def pope(split: str, n: int, seed: int = 0, neg_type: str = "random") -> list[Item]:
@@ -73,4 +84,19 @@ def captions(split: str, n: int, seed: int = 0) -> list[Item]:
     return [scene_item(s, CAPTION_QUESTION, caption(s), "caption") for s in make_split(split, n, seed)]
 
 
-__all__ = ["objects", "scene_item", "scenes", "pope", "colour", "colour_all", "count", "captions", "CANDIDATES"]
+# What ``--dataset shapes:SPLIT:N:SEED`` gives per item kind (vlinterp.eval.datasets.shapes): kind -> f(split, n, seed)
+ITEM_KINDS = {
+    "scene": scenes_with_questions,
+    "presence": partial(pope, neg_type="random"),
+    "pope-random": partial(pope, neg_type="random"),
+    "pope-popular": partial(pope, neg_type="popular"),
+    "pope-adversarial": partial(pope, neg_type="adversarial"),
+    "colour": colour,
+    "colour-all": colour_all,
+    "count": count,
+    "caption": captions,
+}
+
+
+__all__ = ["objects", "scene_item", "scenes", "scenes_with_questions", "ITEM_KINDS", "pope", "colour", "colour_all", "count",
+           "captions", "CANDIDATES"]
