@@ -63,6 +63,14 @@ def test_load_layout_and_feature_norm(saved, m):
                                rtol=0, atol=1e-6)
 
 
+def test_faithfulness_score_is_the_explained_score(m):
+    from vlinterp.metrics.faithfulness import vit_score_fn
+
+    imgs = np.stack([np.asarray(_image()), np.asarray(_image(seed=4))])
+    want = m.run(m.prepare(images=list(imgs))).logits[:, 0].numpy()  # not a softmax over one "class" (always 1)
+    np.testing.assert_allclose(vit_score_fn(m, "feature_norm")(imgs), want, rtol=1e-5)
+
+
 def test_box_follows_resize_and_centre_crop():
     """A marker pixel: where the processor puts it on the crop equals where the box maps it."""
     m = vi.load("tiny:dinov2")

@@ -66,6 +66,35 @@ def test_save_load_parity_and_tokenizer(saved, m):
     torch.testing.assert_close(m.run(b).logits, tiny.run(bt).logits, rtol=0, atol=2e-6)
 
 
+def test_directory_without_processor_is_a_load_error(tmp_path):
+    from vlinterp.adapters.clip_siglip import build_tiny
+    from vlinterp.core.errors import LoadError
+
+    model, _ = build_tiny("siglip2")
+    model.save_pretrained(str(tmp_path))
+    assert ClipAdapter.can_load(str(tmp_path))
+    with pytest.raises(LoadError, match="no usable siglip2 processor"):
+        vi.load(str(tmp_path))
+
+
+def test_grid_not_covering_the_whole_input():
+    """image_size 72 with 16 px patches: a 4x4 grid over the top-left 64x64 processed pixels
+    (as so400m-patch14-384: 27 x 14 = 378 of 384); the box says so."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    from vlinterp.adapters.clip_siglip import siglip_tokenizer
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = SiglipConfig(text_config=dict(vocab_size=200, max_position_embeddings=16, **common),
+                       vision_config=dict(image_size=72, patch_size=16, **common))
+    proc = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 72, "width": 72}), tokenizer=siglip_tokenizer(16))
+    m = ClipAdapter(SiglipModel(cfg).eval(), proc)
+    b = m.prepare(images=[_image(90, 180)], text=["a red circle"])
+    assert b.layout.shape == (1, 16) and b.layout.grid(0) == (4, 4)
+    np.testing.assert_allclose(b.layout.images[0].tiles[0].box, (0, 0, 180 * 64 / 72, 90 * 64 / 72))
+    assert m.run(b, capture="vision.blocks.0.resid").cache["vision.blocks.0.resid"].shape == (1, 16, 32)
+
+
 def test_parity_with_library_and_sigmoid_scores(m, batch):
     out = m.run(batch)
     assert out.logits.shape == (2, 2)
@@ -74,6 +103,16 @@ def test_parity_with_library_and_sigmoid_scores(m, batch):
     ref = img @ txt.T * m.model.logit_scale.exp() + m.model.logit_bias  # the learned bias is in
     torch.testing.assert_close(out.logits, ref, rtol=1e-6, atol=1e-6)
     assert float(m.model.logit_bias.detach()) != 0 and torch.equal(out.raw["logit_bias"], m.model.logit_bias.detach())
+
+
+def test_faithfulness_score_is_the_sigmoid(m):
+    from vlinterp.metrics.faithfulness import clip_score_fn
+
+    imgs = np.stack([np.asarray(_image()), np.asarray(_image(seed=4))])
+    b = m.prepare(images=list(imgs), text=["a red circle", "a blue square"])
+    want = torch.sigmoid(m.run(b).logits[:, 0]).numpy()  # SigLIP's own match probability, not a softmax over texts
+    np.testing.assert_allclose(clip_score_fn(m, "a red circle", ["a blue square"])(imgs), want, rtol=1e-5)
+    np.testing.assert_allclose(clip_score_fn(m, "a red circle")(imgs), want, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ layouts
@@ -197,6 +236,22 @@ def test_every_clip_method_runs(m, saved):
         assert res.scores.shape == (2, n_patches), name
         assert res.heatmap(0).shape == (48, 64), name
     assert count_hooks(m.model) == n0
+
+
+def test_relevancy_logprob_is_log_sigmoid(m):
+    """SigLIP texts do not compete: ``score="logprob"`` explains log sigmoid(logit) (a softmax over
+    the batch's texts would make one text's evidence another's counter-evidence)."""
+    from vlinterp.saliency.relevancy import explained_scores
+    from vlinterp.saliency.targets import resolve
+
+    b = m.prepare(images=[_image(seed=6)], text=["a red circle", "a blue square"])
+    t = resolve(m, b, [1, 0])
+    assert t.meta["sigmoid"] and t.pool == "vision.pool.attn" and t.queries == [16, 16]  # the probe's virtual row
+    logits = m.run(b).logits
+    torch.testing.assert_close(explained_scores(t, logits, "logprob"), torch.nn.functional.logsigmoid(logits[:, [1, 0]]))
+    torch.testing.assert_close(explained_scores(t, logits, "logit"), logits[:, [1, 0]])
+    res = saliency.get("relevancy")(m, score="logprob").attribute(b, target=[0, 1])
+    assert res.meta["score"] == "logprob" and np.all(np.isfinite(res.scores)) and np.abs(res.scores).max() > 0
 
 
 @pytest.mark.parametrize("method", ["tam", "daam"])

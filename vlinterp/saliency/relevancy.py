@@ -50,12 +50,15 @@ def explained_scores(t: Targets, logits: torch.Tensor, score: str = "logit") -> 
     """The scalars explained, ``[rows, t.n]``: ``"logit"`` is ``t.select(logits)``; ``"logprob"``
     subtracts the log-partition of the distribution the target is drawn from: language-model
     logits ``[B, T, V]`` -> ``logsumexp`` over ``V`` at each target's position ``t.queries[k]``;
-    class / text logits ``[B, C]`` -> ``logsumexp`` over ``C``."""
+    class / text logits ``[B, C]`` -> ``logsumexp`` over ``C``; sigmoid scores (SigLIP, ``t.meta["sigmoid"]``:
+    texts do not compete) -> ``log sigmoid(logit)``, the log-probability that image and text match."""
     if score not in SCORES:
         raise PromptError(f"relevancy: score must be one of {SCORES}, got {score!r}")
     y = t.select(logits).float()
     if score == "logit":
         return y
+    if t.meta.get("sigmoid"):
+        return torch.nn.functional.logsigmoid(y)
     if logits.dim() == 3:
         q = torch.as_tensor(t.queries, device=logits.device)
         return y - torch.logsumexp(logits[:, q].float(), dim=-1)

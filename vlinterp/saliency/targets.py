@@ -211,7 +211,8 @@ def resolve_clip(adapter, batch: Batch, target, image_index: int, **_) -> Target
         raise UnsupportedError(f"{adapter.family}: the vision stream has neither a CLS token nor an attention-pooling head to explain")
     tt = torch.as_tensor(idx)
     return Targets(b, "vision", lay, i, 0, [texts[k] for k in idx], [query] * len(idx), idx,
-                   lambda logits: logits[:, tt.to(logits.device)], meta={"texts": idx}, pool=pool)
+                   lambda logits: logits[:, tt.to(logits.device)], pool=pool,
+                   meta={"texts": idx, **({"sigmoid": True} if getattr(adapter, "sigmoid_scores", False) else {})})
 
 
 # ------------------------------------------------------------------- diffusion
