@@ -17,9 +17,11 @@ The explained score (``run(batch).logits``, ``class_names()``), chosen in this o
   the cosine similarity of the pooled feature (CLS after the final LayerNorm, ``pooler_output``)
   with each prototype, ``[B, K]`` (e.g. "what in this image makes it look like the reference");
 * otherwise ``feature_norm`` ``[B, 1]``: the L2 norm of the CLS token entering the final
-  LayerNorm. (The pooled feature itself is a LayerNorm output, whose norm barely moves: nothing
-  to explain. The pre-norm CLS norm is the magnitude of the evidence the backbone accumulated,
-  a label-free score every gradient and perturbation method can explain.)
+  LayerNorm (the output of the last block). The pooled feature itself is a LayerNorm output whose
+  norm the normalisation pins (exactly constant with unit LayerNorm weights): nothing to explain.
+  The pre-norm CLS norm is the magnitude of what the backbone accumulated in its summary token, a
+  label-free score every gradient and perturbation method can explain; set prototypes to ask a
+  sharper question.
 """
 from __future__ import annotations
 
