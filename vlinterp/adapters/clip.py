@@ -1,4 +1,6 @@
-"""CLIP family: open_clip ``CLIP`` and transformers ``CLIPModel`` behind one adapter.
+"""CLIP family: open_clip ``CLIP``, transformers ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model``
+behind one adapter (SigLIP/SigLIP2: see :mod:`vlinterp.adapters.clip_siglip` for their layouts,
+no CLS, attention-pooling head, NaFlex grids, and sigmoid scores).
 
 Streams (one :class:`TokenLayout` each):
 
@@ -265,6 +267,10 @@ class ClipAdapter(Adapter):
     def __init__(self, model, processor=None, name: str = ""):
         if type(model).__module__.startswith("open_clip"):
             self.backend = OpenClipBackend(model, processor)
+        elif getattr(getattr(model, "config", None), "model_type", None) in ("siglip", "siglip2"):
+            from .clip_siglip import SiglipBackend
+
+            self.backend = SiglipBackend(model, processor)
         else:
             from .clip_hf import HFClipBackend
 
@@ -273,6 +279,18 @@ class ClipAdapter(Adapter):
 
     def build_sites(self) -> dict[str, Site]:
         return self.backend.sites()
+
+    @property
+    def pool_site(self) -> str | None:
+        """Site of the attention-pooling head whose probe reads the vision sequence (SigLIP's MAP
+        head), or ``None`` when a CLS token is pooled (CLIP)."""
+        return getattr(self.backend, "pool_site", None)
+
+    @property
+    def sigmoid_scores(self) -> bool:
+        """True when ``run().logits`` are logits of independent sigmoid image-text scores
+        (SigLIP), False for softmax-over-texts CLIP logits."""
+        return bool(getattr(self.backend, "sigmoid", False))
 
     def prepare(self, images=None, text=None, **kw) -> Batch:
         """``images``: list (or one) of paths/PIL/arrays; ``text``: list (or one) of prompts.
@@ -288,11 +306,18 @@ class ClipAdapter(Adapter):
                 raise PromptError(f"text[{j}] must be a string, got {type(t).__name__}")
         inputs, layouts, meta = {}, {}, {"backend": self.backend.name}
         pil = [load_image(x, name=f"images[{i}]") for i, x in enumerate(images)]
-        if pil:
+        if pil and hasattr(self.backend, "prepare_images"):  # SigLIP: its own inputs and layout
+            enc, layouts["vision"] = self.backend.prepare_images(pil, self.dtype)
+            inputs.update(enc)
+        elif pil:
             pixels, boxes, grid = self.backend.preprocess(pil)
             inputs["pixel_values"] = pixels.to(self.dtype)
             layouts["vision"] = vision_layout(pil, boxes, grid)
-        if text:
+        if text and hasattr(self.backend, "text_layout"):
+            enc, meta["truncated"] = self.backend.tokenize(text)
+            inputs.update(enc)
+            layouts["text"] = self.backend.text_layout(enc)
+        elif text:
             enc, pool, bos, trunc = self.backend.tokenize(text)
             inputs.update(enc)
             layouts["text"] = text_layout(enc["input_ids"], pool, bos)
@@ -307,7 +332,8 @@ class ClipAdapter(Adapter):
             logits = be.logits(img, txt)
         else:
             logits = img if img is not None else txt
-        return logits, {"image_embeds": img, "text_embeds": txt, "logit_scale": be.logit_scale()}
+        extra = be.raw_extra() if hasattr(be, "raw_extra") else {}
+        return logits, {"image_embeds": img, "text_embeds": txt, "logit_scale": be.logit_scale(), **extra}
 
     def _encode(self, batch: Batch, key: str, fn) -> torch.Tensor:
         if key not in batch.inputs:
@@ -345,7 +371,7 @@ class ClipAdapter(Adapter):
         if os.path.isfile(cfg):
             try:
                 with open(cfg) as f:
-                    return json.load(f).get("model_type") == "clip"
+                    return json.load(f).get("model_type") in ("clip", "siglip", "siglip2")
             except (OSError, ValueError):
                 return False
         return False
@@ -357,6 +383,12 @@ class ClipAdapter(Adapter):
         path = os.fspath(path)
         name = os.path.basename(os.path.normpath(path))
         if not os.path.isfile(os.path.join(path, OC_CONFIG)):
+            with open(os.path.join(path, "config.json")) as f:
+                model_type = json.load(f).get("model_type")
+            if model_type in ("siglip", "siglip2"):
+                from .clip_siglip import load_siglip
+
+                return cls(*load_siglip(path, device=device, dtype=dtype, attn_implementation=attn_implementation, **kw), name=name)
             from .clip_hf import load_hf
 
             return cls(*load_hf(path, device=device, dtype=dtype, attn_implementation=attn_implementation, **kw), name=name)
@@ -374,15 +406,20 @@ class ClipAdapter(Adapter):
 
     @classmethod
     def tiny(cls, variant: str = "clip", device=None, dtype=None, **kw) -> "ClipAdapter":
-        """``clip``: open_clip ``CLIP`` (ViT-B-32 layout scaled down); ``clip-hf``: transformers ``CLIPModel``."""
-        if variant == "clip-hf":
+        """``clip``: open_clip ``CLIP`` (ViT-B-32 layout scaled down); ``clip-hf``: transformers ``CLIPModel``;
+        ``siglip`` / ``siglip2``: transformers ``SiglipModel`` / ``Siglip2Model`` (NaFlex)."""
+        if variant in ("siglip", "siglip2"):
+            from .clip_siglip import build_tiny
+
+            model, proc = build_tiny(variant, **kw)
+        elif variant == "clip-hf":
             from .clip_hf import build_tiny_hf
 
             model, proc = build_tiny_hf(**kw)
         elif variant == "clip":
             model, proc = build_tiny_open_clip(**kw)
         else:
-            raise LoadError(f"unknown CLIP tiny variant {variant!r} (clip, clip-hf)")
+            raise LoadError(f"unknown CLIP tiny variant {variant!r} (clip, clip-hf, siglip, siglip2)")
         model.to(device=device, dtype=dtype)
         return cls(model, proc, name=f"tiny:{variant}")
 
@@ -399,18 +436,23 @@ def build_tiny_open_clip(seed: int = 0):
 
 def save_tiny(variant: str, out_dir: str, **kw) -> str:
     """Save the tiny model natively: ``clip`` -> open_clip hub layout (``open_clip_config.json``
-    with ``model_cfg``/``preprocess_cfg`` + ``open_clip_model.safetensors``); ``clip-hf`` ->
-    ``save_pretrained`` of model and ``CLIPProcessor``."""
+    with ``model_cfg``/``preprocess_cfg`` + ``open_clip_model.safetensors``); ``clip-hf``, ``siglip``,
+    ``siglip2`` -> ``save_pretrained`` of model and processor."""
     os.makedirs(out_dir, exist_ok=True)
-    if variant == "clip-hf":
-        from .clip_hf import build_tiny_hf
+    if variant in ("clip-hf", "siglip", "siglip2"):
+        if variant == "clip-hf":
+            from .clip_hf import build_tiny_hf
 
-        model, proc = build_tiny_hf(**kw)
+            model, proc = build_tiny_hf(**kw)
+        else:
+            from .clip_siglip import build_tiny
+
+            model, proc = build_tiny(variant, **kw)
         model.save_pretrained(out_dir)
         proc.save_pretrained(out_dir)
         return out_dir
     if variant != "clip":
-        raise LoadError(f"unknown CLIP tiny variant {variant!r} (clip, clip-hf)")
+        raise LoadError(f"unknown CLIP tiny variant {variant!r} (clip, clip-hf, siglip, siglip2)")
     from safetensors.torch import save_file
 
     model, _ = build_tiny_open_clip(**kw)

@@ -25,8 +25,12 @@ TINY: dict[str, str] = {
     "llava-next": "llava",
     "clip": "clip",
     "clip-hf": "clip",
+    "siglip": "clip",
+    "siglip2": "clip",
     "vit": "vit",
     "vit-hf": "vit",
+    "dinov2": "vit",
+    "dinov2-reg": "vit",
     "diffusion": "diffusion",
     "diffusion-pixel": "diffusion",
 }
@@ -47,8 +51,8 @@ def adapter_class(family: str):
 def load(name_or_path: str, **kw):
     """Load a model behind its adapter.
 
-    ``name_or_path``: ``tiny:<variant>`` (``llava``, ``llava-next``, ``clip``, ``clip-hf``,
-    ``vit``, ``vit-hf``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
+    ``name_or_path``: ``tiny:<variant>`` (``llava``, ``llava-next``, ``clip``, ``clip-hf``, ``siglip``,
+    ``siglip2``, ``vit``, ``vit-hf``, ``dinov2``, ``dinov2-reg``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
     or a local directory / checkpoint file (HF, open_clip, timm or diffusers format).
     Keyword arguments go to the family's loader (``device``, ``dtype``, ``attn_implementation``...).
     """

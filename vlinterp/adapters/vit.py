@@ -6,7 +6,10 @@ paths and builds tiny models, then hands over to one of two backends:
 * :class:`~vlinterp.adapters.vit_timm.TimmVitAdapter` (``tiny:vit``, timm hub-format
   directories: ``config.json`` naming an ``architecture`` + ``model.safetensors``);
 * :class:`~vlinterp.adapters.vit_hf.HfVitAdapter` (``tiny:vit-hf``, HF directories whose
-  ``config.json`` has ``model_type: "vit"``).
+  ``config.json`` has ``model_type: "vit"``);
+* :class:`~vlinterp.adapters.vit_dinov2.Dinov2Adapter` (``tiny:dinov2``, ``tiny:dinov2-reg``, HF
+  ``Dinov2Model`` / ``Dinov2WithRegistersModel`` directories, with or without a classifier: a
+  headless one explains the CLS feature norm or the similarity to reference prototypes).
 
 One stream, ``vision``: CLS and register tokens are ``special`` (spans ``cls`` and
 ``registers``), patch tokens ``image`` with ``(row, col)`` on the patch grid. Sites:
@@ -75,7 +78,9 @@ class VitAdapter(Adapter):
     # ------------------------------------------------------------ dispatching
     @classmethod
     def can_load(cls, path) -> bool:
-        return timm_files(path) is not None or is_hf_vit(path)
+        from .vit_dinov2 import dinov2_model_type
+
+        return timm_files(path) is not None or is_hf_vit(path) or dinov2_model_type(path) is not None
 
     @classmethod
     def from_path(cls, path, **kw) -> "VitAdapter":
@@ -89,14 +94,19 @@ class VitAdapter(Adapter):
             from .vit_hf import HfVitAdapter
 
             return HfVitAdapter.from_path(path, **kw)
+        from .vit_dinov2 import Dinov2Adapter, dinov2_model_type
+
+        if dinov2_model_type(path) is not None:
+            return Dinov2Adapter.from_path(path, **kw)
         raise LoadError(
             f"{os.fspath(path)!r} is not a ViT checkpoint: expected a timm directory (config.json with "
-            f"'architecture' + {TIMM_WEIGHTS}) or an HF directory with config.json model_type 'vit'"
+            f"'architecture' + {TIMM_WEIGHTS}) or an HF directory with config.json model_type 'vit', 'dinov2' "
+            "or 'dinov2_with_registers'"
         )
 
     @classmethod
     def tiny(cls, variant: str = "vit", **kw) -> "VitAdapter":
-        """Tiny random model of the real class: ``"vit"`` (timm) or ``"vit-hf"`` (transformers)."""
+        """Tiny random model of the real class: ``"vit"`` (timm), ``"vit-hf"``, ``"dinov2"``, ``"dinov2-reg"`` (transformers)."""
         if variant == "vit":
             from .vit_timm import TimmVitAdapter
 
@@ -105,7 +115,12 @@ class VitAdapter(Adapter):
             from .vit_hf import HfVitAdapter
 
             return HfVitAdapter.tiny(variant, **kw)
-        raise LoadError(f"unknown ViT tiny variant {variant!r}; known: 'vit' (timm), 'vit-hf' (transformers)")
+        if variant in ("dinov2", "dinov2-reg"):
+            from .vit_dinov2 import Dinov2Adapter
+
+            return Dinov2Adapter.tiny(variant, **kw)
+        raise LoadError(f"unknown ViT tiny variant {variant!r}; known: 'vit' (timm), 'vit-hf' (transformers), "
+                        "'dinov2', 'dinov2-reg' (transformers DINOv2)")
 
     def save_pretrained(self, out_dir: str) -> str:
         """Save in the library's native format (timm hub format / HF ``save_pretrained``)."""

@@ -94,7 +94,8 @@ def _vit(m, args) -> Subject:
     k = int(logits.argmax()) if args.target is None else class_index(m, args.target)
     p = torch.softmax(logits, -1)[k].item()
     return Subject(b, img, names[k], [([names[k]], k)], [0],
-                   {"target": names[k], "class_index": k, "softmax": round(p, 6), "sigmoid": round(torch.sigmoid(logits[k]).item(), 6)})
+                   {"target": names[k], "class_index": k, "softmax": round(p, 6), "sigmoid": round(torch.sigmoid(logits[k]).item(), 6),
+                    "score": getattr(m, "score_kind", "classifier"), "value": round(float(logits[k]), 6)})
 
 
 def _clip(m, args) -> Subject:
@@ -109,9 +110,11 @@ def _clip(m, args) -> Subject:
     b = m.prepare(images=[img], text=texts)
     logits = m.run(b).logits[0].float()
     best = int(logits.argmax())
-    probs = torch.softmax(logits, -1).tolist()
+    sigmoid = bool(getattr(m, "sigmoid_scores", False))  # SigLIP: independent image-text match probabilities
+    probs = (torch.sigmoid(logits) if sigmoid else torch.softmax(logits, -1)).tolist()
     return Subject(b, img, texts[best], [(texts, list(range(len(texts))))], [best],
-                   {"texts": texts, "logits": [round(float(x), 4) for x in logits], "probs": [round(p, 6) for p in probs]})
+                   {"texts": texts, "logits": [round(float(x), 4) for x in logits], "probs": [round(p, 6) for p in probs],
+                    "probs_kind": "sigmoid" if sigmoid else "softmax"})
 
 
 def _diffusion(m, args) -> Subject:

@@ -302,7 +302,9 @@ def llava_score_fn(adapter, prompt: str, token, prefix: str | None = None, batch
 
 def vit_score_fn(adapter, target, activation: str = "softmax", batch_size: int = 32) -> ScoreFn:
     """Probability of class ``target`` (index or name): ``softmax`` over classes, or ``sigmoid``
-    of its logit (multi-label models such as ``shapes-vit``)."""
+    of its logit (multi-label models such as ``shapes-vit``). A model whose scores are not class
+    logits (DINOv2 without a classifier: ``score_kind`` ``feature_norm`` / ``prototypes``) gives
+    the score itself."""
     import torch
 
     if activation not in ("softmax", "sigmoid"):
@@ -313,7 +315,10 @@ def vit_score_fn(adapter, target, activation: str = "softmax", batch_size: int =
         out = []
         for i in range(0, len(images), batch_size):
             logits = adapter.run(adapter.prepare(images=list(images[i : i + batch_size]))).logits.float()
-            p = torch.sigmoid(logits[:, k]) if activation == "sigmoid" else torch.softmax(logits, -1)[:, k]
+            if getattr(adapter, "score_kind", "classifier") != "classifier":
+                p = logits[:, k]
+            else:
+                p = torch.sigmoid(logits[:, k]) if activation == "sigmoid" else torch.softmax(logits, -1)[:, k]
             out.append(p.cpu().numpy())
         return np.concatenate(out)
 
@@ -341,7 +346,8 @@ def class_index(adapter, target) -> int:
 def clip_score_fn(adapter, text: str, candidates: list[str] | None = None, batch_size: int = 32) -> ScoreFn:
     """CLIP score of ``text`` for each image: with ``candidates`` (other texts) the softmax
     probability of ``text`` among ``[text] + candidates`` (logit-scaled similarities), else the
-    cosine similarity of image and text embeddings (in [-1, 1])."""
+    cosine similarity of image and text embeddings (in [-1, 1]). SigLIP (``sigmoid_scores``): the
+    sigmoid probability that image and ``text`` match, with or without candidates."""
     import torch
 
     texts = [text] + [c for c in (candidates or []) if c != text]
@@ -351,7 +357,9 @@ def clip_score_fn(adapter, text: str, candidates: list[str] | None = None, batch
         for i in range(0, len(images), batch_size):
             b = adapter.prepare(images=list(images[i : i + batch_size]), text=texts)
             o = adapter.run(b)
-            if len(texts) > 1:
+            if getattr(adapter, "sigmoid_scores", False):
+                out.append(torch.sigmoid(o.logits.float()[:, 0]).cpu().numpy())
+            elif len(texts) > 1:
                 out.append(torch.softmax(o.logits.float(), -1)[:, 0].cpu().numpy())
             else:
                 img, txt = o.raw["image_embeds"], o.raw["text_embeds"]

@@ -6,8 +6,10 @@ the target (:mod:`.targets`), calls ``compute`` and wraps the scores in a
 :class:`~vlinterp.core.result.Result` (patches in ``layout.image_positions(image_index)`` order).
 
 Helpers: :func:`attention_with_grad` (attention probabilities that are part of the autograd
-graph, for gradient x attention methods), :func:`pixel_forward` (pixels -> explained scalars,
-for captum and pytorch-grad-cam), :func:`pool_pixels` (pixel attributions -> patch grid).
+graph, for gradient x attention methods), :func:`probe_attention` / :func:`with_probe_row` (a
+stream without CLS pooled by an attention probe, SigLIP: the probe's row appended as the virtual
+query position ``T``), :func:`pixel_forward` (pixels -> explained scalars, for captum and
+pytorch-grad-cam), :func:`pool_pixels` (pixel attributions -> patch grid).
 """
 from __future__ import annotations
 
@@ -109,10 +111,11 @@ def with_pixel_grad(batch: Batch) -> Batch:
 
 
 @contextlib.contextmanager
-def attention_with_grad(adapter, layers: Iterable[int], stream: str):
+def attention_with_grad(adapter, layers: Iterable[int], stream: str, pool: str | None = None):
     """Yield ``{layer: probs [B, H, Tq, Tk]}``, filled by the next ``adapter.run(..., grad=True)``
     inside the block with the attention probabilities the model actually multiplies with its
-    values, so ``torch.autograd.grad(score, probs[l])`` is the true gradient.
+    values, so ``torch.autograd.grad(score, probs[l])`` is the true gradient. ``pool``: also the
+    attention-pooling head at that site (SigLIP), as ``probs["pool"]`` ``[B, H, 1, T]``.
 
     Recomputed probabilities (``Adapter.attention``) are a side branch of the graph with zero
     gradient, so each attention module is switched, for the block only, to its explicit path:
@@ -127,6 +130,8 @@ def attention_with_grad(adapter, layers: Iterable[int], stream: str):
     try:
         for l in layers:
             handles += _install(adapter, site_module(adapter, sites[l]), l, probs, undo, sites[l])
+        if pool is not None:
+            handles += _install(adapter, site_module(adapter, pool), "pool", probs, undo, pool)
         yield probs
     finally:
         for h in handles:
@@ -179,6 +184,33 @@ def _mha_hook(adapter, site: str, store):
         return (o,) + tuple(out[1:]) if isinstance(out, tuple) else o
 
     return hook
+
+
+@contextlib.contextmanager
+def probe_attention(adapter, t: Targets):
+    """Yield a dict whose ``"probs"`` (``[B, H, 1, T]``, no grad) the next run inside the block fills
+    with the attention of ``t.pool``'s probe (SigLIP's MAP head); stays empty when ``t.pool`` is None."""
+    got: dict = {}
+    if t.pool is None:
+        yield got
+        return
+
+    def hook(module, args, kwargs, out):
+        with torch.no_grad():
+            got["probs"] = adapter._attention_probs(t.pool, module, args, kwargs, out).detach()
+
+    with adapter.raw_hooks() as h:
+        h.forward(t.pool, hook, with_kwargs=True)
+        yield got
+
+
+def with_probe_row(M: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
+    """``M`` ``[T, T]`` (attention, rollout or relevance over a stream) with one more row ``T``: the
+    pooling probe's row ``probe @ M`` (``probe`` ``[T]``: the probe's attention over the sequence;
+    the probe is not a token, so it reads the sequence only through its attention). ``None``: ``M``."""
+    if probe is None:
+        return M
+    return torch.cat([M, (probe.to(M.dtype) @ M)[None]])
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@
 attention probabilities and ``y`` the explained scalar (LLaVA: the log-probability of answer
 token ``k`` at the position predicting it; ViT: the class logit; CLIP: the image-text logit). The
 explained row (LLaVA: position ``answer[k] - 1`` in the language model; ViT/CLIP: CLS of the
-vision tower) is read at the image patches. One forward pass; one backward per target. Options:
+vision tower; SigLIP: the attention-pooling probe, whose row is ``mean_h((dy/dP * P)^+) @ R`` for
+its attention ``P``, all its heads) is read at the image patches. One forward pass; one backward
+per target. Options:
 ``layers`` (``None`` = all), ``heads`` (``None`` = all, averaged), ``score`` (the explained
 scalar, see :func:`explained_scores`; ``None`` = the family's default, :data:`DEFAULT_SCORE`).
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import PromptError
-from .base import SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad
+from .base import SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad, with_probe_row
 from .targets import Targets
 
 SCORES = ("logit", "logprob")
@@ -48,12 +50,15 @@ def explained_scores(t: Targets, logits: torch.Tensor, score: str = "logit") -> 
     """The scalars explained, ``[rows, t.n]``: ``"logit"`` is ``t.select(logits)``; ``"logprob"``
     subtracts the log-partition of the distribution the target is drawn from: language-model
     logits ``[B, T, V]`` -> ``logsumexp`` over ``V`` at each target's position ``t.queries[k]``;
-    class / text logits ``[B, C]`` -> ``logsumexp`` over ``C``."""
+    class / text logits ``[B, C]`` -> ``logsumexp`` over ``C``; sigmoid scores (SigLIP, ``t.meta["sigmoid"]``:
+    texts do not compete) -> ``log sigmoid(logit)``, the log-probability that image and text match."""
     if score not in SCORES:
         raise PromptError(f"relevancy: score must be one of {SCORES}, got {score!r}")
     y = t.select(logits).float()
     if score == "logit":
         return y
+    if t.meta.get("sigmoid"):
+        return torch.nn.functional.logsigmoid(y)
     if logits.dim() == 3:
         q = torch.as_tensor(t.queries, device=logits.device)
         return y - torch.logsumexp(logits[:, q].float(), dim=-1)
@@ -62,20 +67,26 @@ def explained_scores(t: Targets, logits: torch.Tensor, score: str = "logit") -> 
 
 def relevance_maps(adapter, t: Targets, layers, heads, stream: str | None = None, rows=None, score: str = "logit"):
     """Per target ``k``: relevance ``[T, T]`` of batch row ``rows[k]`` (default ``t.row``) of
-    ``stream`` (default ``t.stream``) for the scalar ``explained_scores(t, logits, score)[t.row, k]``."""
+    ``stream`` (default ``t.stream``) for the scalar ``explained_scores(t, logits, score)[t.row, k]``;
+    ``[T + 1, T]`` when ``t.pool`` pools ``stream`` (row ``T``: the probe's, see the module doc)."""
     stream = stream or t.stream
     layers = check_layers(adapter, layers, stream)
-    with attention_with_grad(adapter, layers, stream) as probs:
+    pool = t.pool if stream == t.stream else None
+    with attention_with_grad(adapter, layers, stream, pool=pool) as probs:
         out = adapter.run(with_pixel_grad(t.batch), grad=True)
     y = explained_scores(t, out.logits, score)[t.row]
-    As = [probs[l] for l in layers]
+    As = [probs[l] for l in layers] + ([probs["pool"]] if pool else [])
     maps = []
     for k in range(t.n):
         r = t.row if rows is None else rows[k]
-        grads = torch.autograd.grad(y[k], As, retain_graph=k < t.n - 1, allow_unused=True)
-        attn = [select_heads(A[r].detach().cpu(), heads) for A in As]
+        grads = list(torch.autograd.grad(y[k], As, retain_graph=k < t.n - 1, allow_unused=True))
+        probe = None
+        if pool:
+            P, G = As[-1][r, :, 0].detach().float().cpu(), grads.pop()
+            probe = torch.zeros_like(P[0]) if G is None else (G[r, :, 0].float().cpu() * P).clamp(min=0).mean(0)
+        attn = [select_heads(A[r].detach().cpu(), heads) for A in As[: len(layers)]]
         gs = [None if g is None else select_heads(g[r].cpu(), heads) for g in grads]
-        maps.append(chefer_relevance(attn, gs))
+        maps.append(with_probe_row(chefer_relevance(attn, gs), probe))
     return layers, maps
 
 

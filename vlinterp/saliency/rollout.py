@@ -1,6 +1,7 @@
 """Attention rollout (Abnar & Zuidema 2020): ``R = prod_l (0.5 * mean_h A_l + 0.5 * I)``, rows
 renormalised, layers multiplied from the first up; the explained row read at the image patches
-(LLaVA: the position predicting each answer token; ViT/CLIP: CLS). Options: ``layers``
+(LLaVA: the position predicting each answer token; ViT/CLIP: CLS; SigLIP: the attention-pooling
+probe, a last step ``probe @ R`` with no identity, the probe not being a token). Options: ``layers``
 (``None`` = all, in order), ``heads``, ``residual`` (weight of the identity, default 0.5).
 """
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attention import attention_stack
-from .base import SaliencyMethod
+from .attention import attention_stack, probe_row
+from .base import SaliencyMethod, with_probe_row
 from .targets import Targets
 
 
@@ -32,5 +33,5 @@ class Rollout(SaliencyMethod):
     def compute(self, t: Targets) -> np.ndarray:
         layers, A = attention_stack(self.adapter, t, self.opts["layers"], self.opts["heads"])
         t.meta["layers"] = layers
-        R = rollout(A, float(self.opts["residual"]))
+        R = with_probe_row(rollout(A, float(self.opts["residual"])), probe_row(t))
         return R[torch.as_tensor(t.queries)][:, t.patches].numpy()

@@ -8,7 +8,10 @@ returning the explained scalars ``[rows, n_targets]``:
   the answer is teacher-forced; target ``k`` is answer token ``k``, predicted by the logits at
   position ``answer[k] - 1``. Stream ``lm``.
 * ViT: ``None`` (top class), a class index or name, or a list of them. Stream ``vision``, query CLS.
-* CLIP: ``None`` (top text for the image), a text index or text, or a list. Stream ``vision``.
+* CLIP: ``None`` (top text for the image), a text index or text, or a list. Stream ``vision``,
+  query CLS; SigLIP (no CLS, an attention-pooling head) queries the head's probe: ``pool`` is its
+  site and each query is the virtual position ``T`` (one past the sequence) whose row methods
+  append (see :func:`vlinterp.saliency.base.with_probe_row`).
 * diffusion: ``None`` (every word of the prompt), a word or a list of words. Stream ``unet``.
 """
 from __future__ import annotations
@@ -29,7 +32,9 @@ class Targets:
     image patches live (the Result's layout); ``image_index``/``row``: the image in ``layout``;
     ``labels``: one per target; ``queries``: per target, the position whose attention row is read;
     ``spec``: a target value that resolves to the same targets again (used by MSEA);
-    ``select(logits) -> [rows, n_targets]``; ``arrays``/``meta``: extra outputs a method adds."""
+    ``select(logits) -> [rows, n_targets]``; ``arrays``/``meta``: extra outputs a method adds;
+    ``pool``: the site of an attention-pooling head whose probe is the explained position (SigLIP's
+    MAP head) when the stream has no CLS: ``queries`` are then ``T`` (the probe's virtual row)."""
 
     batch: Batch
     stream: str
@@ -42,6 +47,7 @@ class Targets:
     select: Callable[[torch.Tensor], torch.Tensor] | None = None
     arrays: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    pool: str | None = None
 
     @property
     def patches(self) -> torch.Tensor:
@@ -196,10 +202,17 @@ def resolve_clip(adapter, batch: Batch, target, image_index: int, **_) -> Target
             raise PromptError(f"text index {t} out of range: the batch has {len(texts)} text(s)")
         idx.append(int(t))
     lay = b.layouts["vision"]
-    cls_pos = int(lay.span("cls", 0)[0])
+    pool = getattr(adapter, "pool_site", None)
+    if "cls" in lay.spans and len(lay.span("cls", 0)):
+        query, pool = int(lay.span("cls", 0)[0]), None
+    elif pool is not None:
+        query = lay.shape[1]  # the pooling probe's virtual row
+    else:
+        raise UnsupportedError(f"{adapter.family}: the vision stream has neither a CLS token nor an attention-pooling head to explain")
     tt = torch.as_tensor(idx)
-    return Targets(b, "vision", lay, i, 0, [texts[k] for k in idx], [cls_pos] * len(idx), idx,
-                   lambda logits: logits[:, tt.to(logits.device)], meta={"texts": idx})
+    return Targets(b, "vision", lay, i, 0, [texts[k] for k in idx], [query] * len(idx), idx,
+                   lambda logits: logits[:, tt.to(logits.device)], pool=pool,
+                   meta={"texts": idx, **({"sigmoid": True} if getattr(adapter, "sigmoid_scores", False) else {})})
 
 
 # ------------------------------------------------------------------- diffusion
