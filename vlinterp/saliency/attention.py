@@ -7,10 +7,12 @@ does not depend on the target). Options: ``layers`` (``None`` = all), ``heads`` 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .base import SaliencyMethod, check_layers, select_heads
+from .base import LayersConfig, SaliencyMethod, check_layers, select_heads
 from .targets import Targets
 
 
@@ -24,10 +26,13 @@ def attention_stack(adapter, t: Targets, layers, heads) -> tuple[list[int], torc
 
 class RawAttention(SaliencyMethod):
     name = "attention"
-    defaults = {"layers": None, "heads": None, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(LayersConfig):
+        """``layers`` / ``heads`` averaged (``None`` = all)."""
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, A = attention_stack(self.adapter, t, self.opts["layers"], self.opts["heads"])
+        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
         M = A.mean(dim=(0, 1))
         return M[torch.as_tensor(t.queries)][:, t.patches].numpy()

@@ -5,11 +5,14 @@ renormalised, layers multiplied from the first up; the explained row read at the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError
 from .attention import attention_stack
-from .base import SaliencyMethod
+from .base import LayersConfig, SaliencyMethod
 from .targets import Targets
 
 
@@ -27,10 +30,20 @@ def rollout(A: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
 
 class Rollout(SaliencyMethod):
     name = "rollout"
-    defaults = {"layers": None, "heads": None, "residual": 0.5, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(LayersConfig):
+        """``residual``: weight of the identity added to each layer's attention, in [0, 1]."""
+
+        residual: float = 0.5
+
+        def validate(self) -> None:
+            super().validate()
+            if not 0.0 <= self.residual <= 1.0:
+                raise ConfigError(f"option 'residual' must be in [0, 1], got {self.residual!r}")
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, A = attention_stack(self.adapter, t, self.opts["layers"], self.opts["heads"])
+        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
-        R = rollout(A, float(self.opts["residual"]))
+        R = rollout(A, self.config.residual)
         return R[torch.as_tensor(t.queries)][:, t.patches].numpy()
