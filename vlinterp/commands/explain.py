@@ -33,19 +33,22 @@ method_spec = A._type(_method_spec, "method")
 
 @contextlib.contextmanager
 def warning_lines(prog: str):
-    """Print each :class:`VlinterpWarning` raised inside as one ``PROG: warning: ...`` line on stderr."""
+    """Print each :class:`VlinterpWarning` raised inside as one ``PROG: warning: ...`` line on stderr,
+    when it is raised (other warnings are shown as usual)."""
     from ..core.errors import VlinterpWarning
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
         warnings.simplefilter("always", VlinterpWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, VlinterpWarning):
-                    print(f"{prog}: warning: {w.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        show = warnings.showwarning
+
+        def line(message, category, filename, lineno, file=None, text=None):
+            if issubclass(category, VlinterpWarning):
+                print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                show(message, category, filename, lineno, file, text)
+
+        warnings.showwarning = line
+        yield
 
 
 def _add(p: argparse.ArgumentParser):

@@ -153,8 +153,7 @@ def fit_note(img: Image.Image, layout, image_index: int = 0, name: str = "image"
         cover = max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(W * H)
         if cover < min_cover:
             parts.append(f"the model sees only {round(x1 - x0)}x{round(y1 - y0)} pixels of it at x {round(x0)}..{round(x1)}, "
-                         f"y {round(y0)}..{round(y1)} ({100 * cover:.1f}% of the image: the processor crops); "
-                         "maps cover only that part")
+                         f"y {round(y0)}..{round(y1)} ({100 * cover:.1f}% of the image: the processor crops)")
     if not parts:
         return None
     return f"{name} {W0}x{H0}: " + "; ".join(parts)

@@ -341,7 +341,7 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
     if img is not None and res.layout is not None:
         note = fit_note(img, res.layout, res.image_index, name=f"IMAGE {source!r}" if source else "image", source=source)
         if note:
-            _note(notes, note)
+            _note(notes, note + ("; the maps cover only that part" if "sees only" in note else ""))
     size = original_size(source or under, under)
     return Explanation(model if isinstance(model, str) else m.name, m.kind, m.family, main, under, subject.answer,
                        subject.answer_rows, views, subject.info, source, size, notes)
