@@ -13,24 +13,23 @@ from ..cli import register
 from . import args as A
 
 
-def _method_names():
-    from ..eval.saliency import BASELINES
-    from ..saliency import REGISTRY
+class _MethodNames:
+    """The saliency registry's names plus the baselines, looked up when parsing."""
 
-    class Names:  # the registry's names plus the baselines, looked up when parsing
-        kind = "saliency method"
+    kind = "saliency method"
 
-        def __iter__(self):
-            return iter([*REGISTRY, *BASELINES])
+    def __iter__(self):
+        from ..eval.saliency import BASELINES
+        from ..saliency import REGISTRY
 
-    return Names()
+        return iter([*REGISTRY, *BASELINES])
 
 
 def _add(p: argparse.ArgumentParser):
     p.add_argument("what", choices=sorted(BENCHES), help="what to benchmark")
     A.add_model(p, required=True)
     A.add_load_options(p)
-    p.add_argument("--methods", type=A.names_in(_method_names()), metavar="M1,M2",
+    p.add_argument("--methods", type=A.names_in(_MethodNames()), metavar="M1,M2",
                    help="saliency methods, and/or the baselines random, centre (default: every method of the model's kind)")
     A.add_n_seed(p, 8, 1, "held-out scenes")
     p.add_argument("--steps", type=A.nonneg_int, default=16, help="deletion/insertion steps (0 = skip them)")

@@ -134,12 +134,13 @@ def original_size(source, img: Image.Image | None = None) -> tuple[int, int]:
     raise ImageError(f"cannot tell the size of {type(source).__name__}")
 
 
-def fit_note(img: Image.Image, layout, image_index: int = 0, name: str = "image", min_cover: float = 0.9,
+def fit_note(img: Image.Image, layout, image_index: int = 0, name: str = "image", min_cover: float = 0.5,
              source=None) -> str | None:
     """One line saying what happened to ``img`` before the model saw it, or ``None`` when nothing
     worth saying did: downscaled on loading (``MAX_SIDE``), and/or only a part of it covered by the
     model's input (the tiles of image ``image_index`` of ``layout``, in image pixels, cover less
-    than ``min_cover`` of it: a processor's centre crop of a long image)."""
+    than ``min_cover`` of it: a processor's centre crop of a long image; the usual crop of a
+    4:3 photo to a square, 75 %, is not worth a line)."""
     H0, W0 = original_size(source, img) if source is not None else original_size(img)
     W, H = img.size
     parts = []

@@ -55,7 +55,7 @@ class ClipTextRelevancy(SaliencyMethod):
         for k, (r, R) in enumerate(zip(rows, maps)):
             eot = int(text.span("last", r)[-1])
             pos = text.span("prompt", r)
-            scores[k, pos] = R[eot, pos].numpy()
+            scores[k, pos.numpy()] = R[eot, pos].numpy()  # a numpy index: a 1-element tensor would index as a scalar
             positions.append(pos.tolist())
             tokens.append(_token_strings(self.adapter, t.batch.inputs["input_ids"][r, pos]))
         if not np.all(np.isfinite(scores)):

@@ -288,7 +288,7 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
     bars (``None``: only on a terminal). See the module doc for ``target``/``texts``/``word``."""
     from tqdm.auto import tqdm
 
-    from . import create, get
+    from . import config, create, get
     from ..adapters.registry import load
     from ..core.images import fit_note, load_image, original_size
 
@@ -297,6 +297,9 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
     compare = [c for c in ([compare] if isinstance(compare, str) else list(compare or [])) if c]
     for name in ([method] if method else []) + compare:
         get(name)  # unknown names fail before any model load
+    if method:  # and so do the main method's options, when it is known
+        lo = layer_options(method, layers)
+        config(method, **options, **(lo or {}))
     img, notes = None, []
     source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
     if image is not None:
@@ -335,6 +338,8 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
             continue
         views.append((label, _attribute(meth, subject, name)))
     res = views[0][1]
+    if res.layout is None or res.layout.num_images <= res.image_index:
+        raise UnsupportedError(f"{main} gives no image map (it scores {res.meta.get('kind', 'something else')}); explain needs one")
     if m.kind == "diffusion":
         subject.info["steps"] = res.meta.get("options", {}).get("steps", steps)
     under = _image_under(img, res)
