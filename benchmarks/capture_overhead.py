@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import vlinterp as vi  # noqa: E402
-from vlinterp.commands.info import sample_inputs  # noqa: E402
+from vlinterp.adapters.describe import sample_inputs  # noqa: E402
 
 
 def _time(fn, device="cpu") -> float:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_util import run_cli
 from vlinterp.cli import main
 
 
 def test_info_llava_json(capsys):
-    assert main(["info", "tiny:llava", "--json"]) == 0
+    assert main(["info", "tiny:llava", "--format", "json"]) == 0
     info = json.loads(capsys.readouterr().out)
     sites = info["sites"]
     for s in ("blocks.0.attn", "blocks.1.mlp", "blocks.1.resid", "vision.blocks.0.attn", "vision.blocks.1.resid", "projector"):
@@ -31,7 +32,7 @@ def test_info_every_family(model, capsys):
 def test_ask_json(tmp_path, capsys):
     p = tmp_path / "scene.png"
     Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(p)
-    assert main(["ask", str(p), "--prompt", "is there a red circle?", "--model", "tiny:llava", "--json", "--max-new-tokens", "3"]) == 0
+    assert main(["ask", str(p), "--prompt", "is there a red circle?", "--model", "tiny:llava", "--format", "json", "--max-new-tokens", "3"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert len(res["tokens"]) == len(res["probs"]) <= 3
     assert all(0 <= q <= 1 for q in res["probs"])
@@ -42,8 +43,8 @@ def test_errors_are_named_not_tracebacks(tmp_path, capsys):
     assert "neither a local path nor a known name" in capsys.readouterr().err
     bad = tmp_path / "x.png"
     bad.write_bytes(b"garbage")
-    assert main(["ask", str(bad), "--prompt", "is there a red circle?", "--model", "tiny:llava"]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["ask", str(bad), "--prompt", "is there a red circle?", "--model", "tiny:llava"], capsys)
+    assert code == 2
     assert "cannot read as an image" in err and "x.png" in err and "Traceback" not in err
 
 

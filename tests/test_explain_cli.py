@@ -6,11 +6,13 @@ methods run through the same command in the real-registry tests.
 """
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cli_util import run_cli
 from vlinterp.cli import main
 from vlinterp.core.result import Result
 
@@ -19,11 +21,19 @@ from vlinterp.core.result import Result
 class StubColour:
     """Patch score = mean saturation of the image pixels under the patch (a known, real map)."""
 
-    def __init__(self, adapter, layers=None, fail=False):
-        self.adapter, self.layers, self.fail = adapter, layers, fail
+    name = "stub_colour"
+    kinds = ("vlm", "vit", "clip", "diffusion")
+
+    @dataclass
+    class Config:
+        layers: tuple[int, ...] | None = None
+        fail: bool = False
+
+    def __init__(self, adapter, config=None, **opts):
+        self.adapter, self.config = adapter, config or self.Config(**opts)
 
     def attribute(self, batch, target=None, image_index=0):
-        if self.fail:
+        if self.config.fail:
             raise RuntimeError("stub failure in the middle of explain")
         stream = "unet" if self.adapter.kind == "diffusion" else batch.main
         L = batch.layouts[stream]
@@ -38,30 +48,26 @@ class StubColour:
         n = len(target) if isinstance(target, (list, tuple)) else 1
         labels = [str(x) for x in target] if isinstance(target, (list, tuple)) else [str(target)]
         scores = np.tile(grid.reshape(1, -1), (n, 1)).astype(np.float32)
-        return Result("stub_colour", {"scores": scores}, L, labels, image_index, {"method": "stub_colour", "layers": self.layers})
+        return Result("stub_colour", {"scores": scores}, L, labels, image_index, {"method": "stub_colour", "layers": self.config.layers})
+
+
+class StubFail(StubColour):
+    name = "stub_fail"
+
+    @dataclass
+    class Config(StubColour.Config):
+        fail: bool = True
 
 
 @pytest.fixture
 def stub_registry(monkeypatch):
-    """Make `stub_colour` (and a failing `stub_fail`) resolvable by explain/bench."""
-    import importlib
-    import sys
-    import types
+    """Make `stub_colour` (and a failing `stub_fail`) resolvable by explain/bench, for this test only."""
+    from vlinterp import saliency
 
-    try:
-        sal = importlib.import_module("vlinterp.saliency")
-        real_names, real_get = getattr(sal, "names", lambda: []), getattr(sal, "get", None)
-    except ModuleNotFoundError:
-        sal = types.ModuleType("vlinterp.saliency")
-        real_names, real_get = (lambda: []), None
-        monkeypatch.setitem(sys.modules, "vlinterp.saliency", sal)
-        import vlinterp
-
-        monkeypatch.setattr(vlinterp, "saliency", sal, raising=False)
-    stubs = {"stub_colour": StubColour, "stub_fail": lambda a, **kw: StubColour(a, fail=True, **kw)}
-    monkeypatch.setattr(sal, "names", lambda: list(real_names()) + list(stubs), raising=False)
-    monkeypatch.setattr(sal, "get", lambda n: stubs[n] if n in stubs else real_get(n), raising=False)
-    return sal
+    for name, cls in (("stub_colour", StubColour), ("stub_fail", StubFail)):
+        monkeypatch.setitem(saliency.REGISTRY._targets, name, cls)
+        monkeypatch.setitem(saliency.REGISTRY._loaded, name, cls)
+    return saliency
 
 
 @pytest.fixture
@@ -80,7 +86,7 @@ def test_explain_llava_outputs(stub_registry, scene_png, tmp_path, capsys):
     rc = main(["explain", str(p), "--prompt", "what color is the circle?", "--model", "tiny:llava", "--method", "stub_colour",
                "--out", str(out), "--save-heatmap", str(npy), "--max-new-tokens", "3"])
     assert rc == 0, capsys.readouterr().err
-    files = sorted(os.listdir(out))
+    files = sorted(f for f in os.listdir(out) if f != ".vlinterp-manifest.json")
     assert files == ["overlay.png", "report.html", "result.json", "tokens"]
     res = json.loads((out / "result.json").read_text())
     n = len(res["answer_token_ids"])
@@ -120,8 +126,8 @@ def test_explain_replaces_dir_atomically_and_keeps_old_on_error(stub_registry, s
     with pytest.raises(RuntimeError):
         main(["explain", str(p), "--prompt", "what color is the circle?", "--model", "tiny:llava", "--out", str(new), "--method", "stub_fail"])
     assert not new.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
-    assert main(args + ["--method", "no_such_method"]) == 2
-    assert "unknown saliency method" in capsys.readouterr().err
+    code, _, err = run_cli(args + ["--method", "no_such_method"], capsys)
+    assert code == 2 and "unknown saliency method" in err
 
 
 def _bad_images(tmp_path):
@@ -138,8 +144,8 @@ def _bad_images(tmp_path):
 def test_explain_bad_images_named_error_no_dir(stub_registry, tmp_path, kind, capsys):
     path = _bad_images(tmp_path)[kind]
     out = tmp_path / "exp"
-    rc = main(["explain", str(path), "--prompt", "what color is the circle?", "--model", "tiny:llava", "--method", "stub_colour", "--out", str(out)])
-    err = capsys.readouterr().err
+    rc, _, err = run_cli(["explain", str(path), "--prompt", "what color is the circle?", "--model", "tiny:llava", "--method", "stub_colour",
+                          "--out", str(out)], capsys)
     assert rc == 2 and "error:" in err and "Traceback" not in err and os.path.basename(str(path)) in err
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 import vlinterp as vi
 from vlinterp import saliency
-from vlinterp.core.errors import PromptError
+from vlinterp.core.errors import ConfigError, PromptError
 from vlinterp.core.hooks import count_hooks
 from vlinterp.saliency.base import attention_with_grad, site_module, with_pixel_grad
 from vlinterp.saliency.relevancy import chefer_relevance, explained_scores
@@ -114,7 +114,7 @@ def test_vit_clip_keep_the_logit(img):
 
 
 def test_bad_score_option(llava):
-    with pytest.raises(PromptError, match="score must be one of"):
+    with pytest.raises(ConfigError, match="score must be one of"):
         saliency.get("relevancy")(llava, score="softmax")
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         saliency.get("relevancy")(llava, scroe="logit")

@@ -5,7 +5,7 @@ where it falls short (measured values in the comments); every map must beat the 
 """
 import pytest
 
-from vlinterp.commands.bench import bench_saliency
+from vlinterp.eval.saliency import bench_saliency
 
 # organism: (method, floor on pointing game, level reached by the shipped weights). On 60 scenes
 # (165 items) of seed 11: vit 0.902, clip 0.885; seed 13 (142 items): vit 0.884, clip 0.965. The

@@ -8,7 +8,7 @@ from PIL import Image
 
 import vlinterp as vi
 from vlinterp import saliency
-from vlinterp.core.errors import LayerRangeError, PromptError, ShapeMismatchError, UnsupportedError, VlinterpError
+from vlinterp.core.errors import ConfigError, LayerRangeError, PromptError, ShapeMismatchError, UnsupportedError, VlinterpError
 from vlinterp.core.hooks import count_hooks
 from vlinterp.saliency.base import SaliencyMethod, attention_with_grad, pool_pixels
 from vlinterp.saliency.msea import cell_means
@@ -42,7 +42,7 @@ def test_registry_and_bad_arguments(models, img):
         saliency.get("nope")
     assert saliency.MSEA is saliency.get("msea")
     v = models["vit"]
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown option.*layer; options: max_new_tokens, layers, heads"):
         saliency.get("attention")(v, layer=1)
     with pytest.raises(UnsupportedError, match="'tam' does not support vit"):
         saliency.get("tam")(v)
@@ -236,7 +236,7 @@ class _PatchColour(SaliencyMethod):
     """Scale-invariant toy: each patch's mean red value (the target is ignored)."""
 
     name = "patch_colour"
-    families = ("vit",)
+    kinds = ("vit",)
 
     def compute(self, t):
         return pool_pixels(t.batch.inputs["pixel_values"][0, :1], t, absolute=False)[None].repeat(t.n, 0) + 3.0

@@ -19,6 +19,17 @@ def load(name_or_path, **kw):
     return _load(name_or_path, **kw)
 
 
+def explain(model, image=None, prompt=None, method=None, layers=None, **options):
+    """Answer and explain in one call; returns an Explanation (see :func:`vlinterp.saliency.explanation.explain`).
+
+    >>> ex = vi.explain("shapes-llava", "scene.png", "what color is the circle?", method="relevancy")
+    >>> ex.answer, ex.tokens, ex.probs, ex.answer_map.shape; vi.viz.write_explanation(ex, "out/")
+    """
+    from .saliency.explanation import explain as _explain
+
+    return _explain(model, image, prompt, method, layers, **options)
+
+
 def __getattr__(name):  # lazy submodules: vi.metrics, vi.data, vi.zoo ...
     import importlib
 

@@ -238,6 +238,10 @@ def add_json(p, help: str = "also write the results as JSON to this file", requi
     p.add_argument("--json", type=json_file, default=None, required=required, metavar="PATH", help=help)
 
 
+def add_format(p, help: str = "what to print on stdout: text, or the result as JSON (--json PATH writes it to a file)"):
+    p.add_argument("--format", choices=["text", "json"], default="text", help=help)
+
+
 def add_out(p, help: str = "output directory (new, empty, or an earlier vlinterp output; your own files in it are kept)",
             required: bool = True):
     p.add_argument("--out", type=out_dir, required=required, default=None, metavar="DIR", help=help)

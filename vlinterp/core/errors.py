@@ -101,3 +101,8 @@ class DataError(VlinterpError, ValueError):
 class OutputError(VlinterpError, OSError):
     """An output path cannot be written without harming what is there (a file or a non-empty
     directory vlinterp did not write, a file where a directory is needed, or the reverse)."""
+
+
+class VlinterpWarning(UserWarning):
+    """Something the user should know that is not an error (an image cropped by the processor, a
+    comparison view skipped); the CLI prints each as one ``warning:`` line."""

@@ -5,7 +5,11 @@ uint16 or float in [0, 1]) or a torch tensor (``[C, H, W]`` float in [0, 1]).
 Converted: grayscale, palette, CMYK, 16-bit and RGBA/LA (composited on black).
 Refused with :class:`ImageError`: unreadable or non-image files, images smaller than
 ``MIN_SIDE`` pixels on a side, empty arrays, NaNs. Images larger than ``MAX_SIDE`` on a
-side are downscaled (every processor resizes to a few hundred pixels anyway).
+side are downscaled (every processor resizes to a few hundred pixels anyway); the size before is
+kept in ``img.info["original_size"]`` ``(W, H)``.
+
+:func:`fit_note` says in one line what happened to an image on its way into a model (downscaled
+here, cropped by the processor): the layout's tiles show the part of the image the model sees.
 """
 from __future__ import annotations
 
@@ -73,10 +77,13 @@ def load_image(x, name: str = "image") -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(x) as im:
+                    size0 = im.size
                     if max(im.size) > MAX_SIDE:
                         im.draft("RGB", (MAX_SIDE, MAX_SIDE))
                     im.load()
                     img = im.copy()
+                if img.size != size0:
+                    img.info["original_size"] = size0
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise ImageError(f"{what}: image too large to decode safely ({e})") from None
         except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
@@ -102,8 +109,52 @@ def load_image(x, name: str = "image") -> Image.Image:
     w, h = img.size
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"{what}: {w}x{h} is too small (minimum {MIN_SIDE}x{MIN_SIDE} pixels)")
+    size = tuple(img.info.get("original_size", (w, h)))
     img = _to_rgb(img, what)
-    if max(w, h) > MAX_SIDE:
+    if max(size) > max(img.size) or max(w, h) > MAX_SIDE:
         img = img.copy()
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.BILINEAR)
+        img.info["original_size"] = size
     return img
+
+
+def original_size(source, img: Image.Image | None = None) -> tuple[int, int]:
+    """``(H, W)`` of ``source`` as the user has it: the file's own size for a path (PIL reads only
+    the header), else the size before :func:`load_image` downscaled it, else ``img``'s size."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with Image.open(source) as im:
+                return im.height, im.width
+        except Exception:  # noqa: BLE001 - unreadable: fall back to the loaded image
+            pass
+    img = img if img is not None else source
+    if isinstance(img, Image.Image):
+        w, h = img.info.get("original_size", img.size)
+        return int(h), int(w)
+    raise ImageError(f"cannot tell the size of {type(source).__name__}")
+
+
+def fit_note(img: Image.Image, layout, image_index: int = 0, name: str = "image", min_cover: float = 0.5,
+             source=None) -> str | None:
+    """One line saying what happened to ``img`` before the model saw it, or ``None`` when nothing
+    worth saying did: downscaled on loading (``MAX_SIDE``), and/or only a part of it covered by the
+    model's input (the tiles of image ``image_index`` of ``layout``, in image pixels, cover less
+    than ``min_cover`` of it: a processor's centre crop of a long image; the usual crop of a
+    4:3 photo to a square, 75 %, is not worth a line)."""
+    H0, W0 = original_size(source, img) if source is not None else original_size(img)
+    W, H = img.size
+    parts = []
+    if (W0, H0) != (W, H):
+        parts.append(f"was downscaled to {W}x{H} (at most {MAX_SIDE} pixels a side)")
+    g = layout.images[image_index]
+    boxes = [t.box for t in g.tiles if t.grid[0] * t.grid[1] > 0]
+    if boxes:
+        x0, y0 = max(0.0, min(b[0] for b in boxes)), max(0.0, min(b[1] for b in boxes))
+        x1, y1 = min(float(W), max(b[2] for b in boxes)), min(float(H), max(b[3] for b in boxes))
+        cover = max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(W * H)
+        if cover < min_cover:
+            parts.append(f"the model sees only {round(x1 - x0)}x{round(y1 - y0)} pixels of it at x {round(x0)}..{round(x1)}, "
+                         f"y {round(y0)}..{round(y1)} ({100 * cover:.1f}% of the image: the processor crops)")
+    if not parts:
+        return None
+    return f"{name} {W0}x{H0}: " + "; ".join(parts)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 from ..core.items import Item, Object
-from ..data.questions import CAPTION_QUESTION, caption, colour_questions, count_questions, make_questions, pope_split
-from ..data.shapes import COLOURS, NUM_WORDS, Scene, make_split, scene_rng
+from ..data.questions import (CAPTION_QUESTION, caption, colour_question, colour_questions, count_questions, make_questions,
+                              pope_split)
+from ..data.shapes import COLOURS, NUM_WORDS, PAIRS, Scene, make_split, scene_rng
 
 CANDIDATES = {"presence": ("yes", "no"), "colour": tuple(COLOURS), "count": tuple(NUM_WORDS)}
 
@@ -98,5 +99,56 @@ ITEM_KINDS = {
 }
 
 
+# ------------------------------------------------ per-scene items (saliency benchmark)
+def pair_name(pair: tuple[str, str]) -> str:
+    """``("red", "circle")`` -> ``"red circle"`` (the name of the objects, the ViT label)."""
+    return f"{pair[0]} {pair[1]}"
+
+
+def pair_text(pair: tuple[str, str]) -> str:
+    """``("red", "circle")`` -> ``"a red circle"`` (a CLIP caption, a diffusion prompt)."""
+    return f"a {pair[0]} {pair[1]}"
+
+
+def colour_items(scene: Scene) -> list[Item]:
+    """``what color is the {shape}?`` for every object whose shape occurs once, in the scene's
+    object order; ``meta``: ``target`` (the shape), ``obj_index``, ``candidates`` (the colours)."""
+    return [scene_item(scene, colour_question(o.shape), o.colour, "colour", target=o.shape, obj_index=k,
+                       candidates=CANDIDATES["colour"])
+            for k, o in enumerate(scene.objects) if scene.count(o.shape) == 1]
+
+
+def label_items(scene: Scene) -> list[Item]:
+    """One image-only item per distinct colour-shape pair, in order of first occurrence: ``answer``
+    the label (``"red circle"``), the GT its objects (``meta["label"]``; every object of the pair)."""
+    return [scene_item(scene, None, pair_name(p), "class", label=pair_name(p)) for p in dict.fromkeys(scene.pairs())]
+
+
+def caption_items(scene: Scene) -> list[Item]:
+    """One item per distinct pair: ``prompt`` its caption ``"a {colour} {shape}"``, ``meta``:
+    ``label``, ``texts`` (every caption of the scene, the texts shown with the image) and
+    ``candidates`` (the captions of all 24 pairs)."""
+    pairs = list(dict.fromkeys(scene.pairs()))
+    texts = [pair_text(p) for p in pairs]
+    return [scene_item(scene, texts[j], texts[j], "caption-match", label=pair_name(p), texts=texts,
+                       candidates=[pair_text(q) for q in PAIRS]) for j, p in enumerate(pairs)]
+
+
+def generation_item(scene: Scene, seed: int) -> Item:
+    """A text-to-image item from the scene's first object: ``prompt`` ``"a {colour} {shape}"``, no
+    image; ``meta``: ``colour``, ``shape``, ``seed`` (the sampler's). Objects are unknown until generated."""
+    o = scene.objects[0]
+    return Item(None, pair_text(o.pair), None, [], f"{scene.split}/{scene.seed}/{scene.index}", "generation",
+                {"scene": scene, "colour": o.colour, "shape": o.shape, "seed": seed})
+
+
+def label_mask(item: Item) -> "np.ndarray":
+    """``[H, W]`` bool: the union of the item's objects named ``meta["label"]``."""
+    import numpy as np
+
+    return np.any([o.mask for o in item.objects if o.name == item.meta["label"]], 0)
+
+
 __all__ = ["objects", "scene_item", "scenes", "scenes_with_questions", "ITEM_KINDS", "pope", "colour", "colour_all", "count",
-           "captions", "CANDIDATES"]
+           "captions", "CANDIDATES", "pair_name", "pair_text", "colour_items", "label_items", "caption_items",
+           "generation_item", "label_mask"]

@@ -1,31 +1,34 @@
 """Saliency methods: one per file, one base class, one registry.
 
+>>> import vlinterp as vi
+>>> ex = vi.explain(model, image, "what color is the circle?", method="relevancy")  # the whole job, see .explanation
 >>> from vlinterp import saliency
->>> saliency.names()                                  # registered method names
->>> meth = saliency.get("relevancy")(adapter, layers=None)
->>> res = meth.attribute(batch, target=None, image_index=0)   # -> vlinterp.core.result.Result
+>>> saliency.names("vlm")                                   # methods for a kind (vlm, vit, clip, diffusion)
+>>> meth = saliency.create("relevancy", adapter, layers=[2, 3])   # = saliency.get("relevancy")(adapter, ...)
+>>> res = meth.attribute(batch, target=None, image_index=0)      # -> vlinterp.core.result.Result
 >>> res.scores            # [n_targets, n_patches]; res.heatmap(k) -> [H, W] at the image size
 >>> saliency.MSEA(meth, scales=(0.75, 1.0, 1.25)).attribute(batch)
 
 ``target``: LLaVA an answer string or token ids (``None``: the greedy answer; one row per answer
 token), ViT a class index or name, CLIP a text index or text, diffusion a word (see
-:mod:`vlinterp.saliency.targets`). Every method takes ``(adapter, **options)``; unknown options
-raise ``TypeError`` listing the valid ones.
+:mod:`vlinterp.saliency.targets`). Every method is a class with a nested dataclass ``Config``
+(its options, typed, with defaults); ``cls(adapter, **options)`` builds it and refuses unknown
+options or bad values with :class:`~vlinterp.core.errors.ConfigError` naming the valid ones.
+
+Adding a method: one file with a :class:`~vlinterp.saliency.base.SaliencyMethod` subclass
+(``name``, ``kinds``, ``Config``, ``compute(t) -> [n_targets, n_patches]``) and one line in
+``REGISTRY`` below (or ``saliency.register("name", Class)`` from your own code).
 """
 from __future__ import annotations
 
 import importlib
 
-from ..core.errors import VlinterpError
+from ..core.errors import UnknownNameError
+from ..core.registry import Registry
 
+UnknownMethodError = UnknownNameError  # the former name of "unknown saliency method"
 
-class UnknownMethodError(VlinterpError, KeyError):
-    """A saliency method name that is not registered."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
-
-REGISTRY: dict[str, str] = {
+REGISTRY = Registry("saliency method", {
     "attention": "vlinterp.saliency.attention:RawAttention",
     "rollout": "vlinterp.saliency.rollout:Rollout",
     "relevancy": "vlinterp.saliency.relevancy:Relevancy",
@@ -36,40 +39,50 @@ REGISTRY: dict[str, str] = {
     "clip_text": "vlinterp.saliency.clip_maps:ClipTextRelevancy",
     "daam": "vlinterp.saliency.daam:DAAM",
     "msea": "vlinterp.saliency.msea:MSEA",
-}
-_loaded: dict[str, type] = {}
+})
+WRAPPERS = ("msea",)  # methods that run another method
 
 
-def register(name: str, cls) -> None:
-    """Register a method class (or ``"module:Class"`` path) under ``name``."""
-    _loaded.pop(name, None)
-    if isinstance(cls, str):
-        REGISTRY[name] = cls
-    else:
-        REGISTRY[name] = f"{cls.__module__}:{cls.__qualname__}"
-        _loaded[name] = cls
+def register(name: str, cls=None):
+    """Register a method class (or ``"module:Class"``) under ``name``; as a decorator without ``cls``."""
+    return REGISTRY.register(name, cls)
 
 
 def get(name: str):
-    """The method class registered as ``name``; call it as ``cls(adapter, **options)``."""
-    if name not in REGISTRY:
-        raise UnknownMethodError(f"unknown saliency method {name!r}; known: {', '.join(REGISTRY)}")
-    if name not in _loaded:
-        mod, cls = REGISTRY[name].split(":")
-        _loaded[name] = getattr(importlib.import_module(mod), cls)
-    return _loaded[name]
+    """The method class registered as ``name`` (:class:`UnknownNameError` with the nearest names);
+    call it as ``cls(adapter, **options)``."""
+    return REGISTRY.get(name)
 
 
-def names(family: str | None = None) -> list[str]:
-    """Registered names; with ``family`` only the methods that support it (``msea``: any of vlm, vit, clip)."""
-    if family is None:
-        return list(REGISTRY)
-    out = []
-    for n in REGISTRY:
-        fams = ("vlm", "vit", "clip") if n == "msea" else getattr(get(n), "families", ())
-        if family in fams:
-            out.append(n)
-    return out
+def create(name: str, adapter, **options):
+    """``get(name)(adapter, **options)``: the method on ``adapter``."""
+    return get(name)(adapter, **options)
+
+
+def config(name: str, **options):
+    """The validated ``Config`` of method ``name`` from ``options`` (strings from a CLI spec are
+    converted), without a model: what the CLI checks before loading anything."""
+    from .base import build_config
+
+    return build_config(get(name), None, options)
+
+
+def options(name: str) -> dict:
+    """``{option: default}`` of method ``name``."""
+    return REGISTRY.options(name)
+
+
+def takes(name: str, option: str) -> bool:
+    """Whether method ``name`` has option ``option``."""
+    return option in options(name)
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered names; with ``kind`` (``adapter.kind``: vlm, vit, clip, diffusion) only the
+    methods that support it."""
+    if kind is None:
+        return REGISTRY.names()
+    return REGISTRY.names(kind=kind)
 
 
 def __getattr__(name):
@@ -78,7 +91,10 @@ def __getattr__(name):
     if name in ("SaliencyMethod", "Targets"):
         mod = importlib.import_module(".base" if name == "SaliencyMethod" else ".targets", __name__)
         return getattr(mod, name)
+    if name in ("explain", "Explanation"):
+        return getattr(importlib.import_module(".explanation", __name__), name)
     raise AttributeError(name)
 
 
-__all__ = ["names", "get", "register", "REGISTRY", "MSEA", "SaliencyMethod", "UnknownMethodError"]
+__all__ = ["names", "get", "create", "config", "options", "takes", "register", "REGISTRY", "WRAPPERS", "MSEA",
+           "SaliencyMethod", "UnknownMethodError", "explain", "Explanation"]

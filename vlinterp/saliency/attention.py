@@ -9,10 +9,12 @@ Options: ``layers`` (``None`` = all), ``heads`` (``None`` = all).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .base import SaliencyMethod, check_layers, probe_attention, select_heads, with_probe_row
+from .base import LayersConfig, SaliencyMethod, check_layers, probe_attention, select_heads, with_probe_row
 from .targets import Targets
 
 
@@ -36,10 +38,13 @@ def probe_row(t: Targets):
 
 class RawAttention(SaliencyMethod):
     name = "attention"
-    defaults = {"layers": None, "heads": None, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(LayersConfig):
+        """``layers`` / ``heads`` averaged (``None`` = all)."""
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, A = attention_stack(self.adapter, t, self.opts["layers"], self.opts["heads"])
+        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
         M = with_probe_row(A.mean(dim=(0, 1)), probe_row(t))
         return M[torch.as_tensor(t.queries)][:, t.patches].numpy()

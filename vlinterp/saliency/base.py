@@ -14,41 +14,56 @@ pytorch-grad-cam), :func:`pool_pixels` (pixel attributions -> patch grid).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import typing
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from ..core.errors import LayerRangeError, NaNError, ShapeMismatchError, UnsupportedError
+from ..core.errors import ConfigError, LayerRangeError, NaNError, ShapeMismatchError, UnsupportedError
+from ..core.registry import coerce
 from ..core.result import Result
 from ..core.types import Batch
 from .targets import Targets, resolve
 
 
 class SaliencyMethod:
-    """Base of every saliency method. ``families``: the adapter kinds it supports; ``defaults``:
-    its options (``SaliencyMethod(adapter, **opts)`` rejects unknown ones)."""
+    """Base of every saliency method. ``kinds``: the adapter kinds it supports (``adapter.kind``:
+    vlm, vit, clip, diffusion); ``Config``: a dataclass of its options (typed fields with defaults,
+    optional ``validate()``). ``Method(adapter, **opts)`` builds the config from ``opts`` (unknown
+    names, wrong types and refused values raise :class:`ConfigError` naming the valid options);
+    ``Method(adapter, config=Method.Config(...))`` takes one built already (the registry's way)."""
 
     name: str = ""
-    families: tuple[str, ...] = ("vlm", "vit", "clip")
-    defaults: dict = {}
+    kinds: tuple[str, ...] = ("vlm", "vit", "clip")
 
-    def __init__(self, adapter, **opts):
-        if adapter.kind not in self.families:
-            raise UnsupportedError(f"saliency method {self.name!r} does not support {adapter.family} models "
-                                   f"(supports: {', '.join(self.families)})")
-        unknown = set(opts) - set(self.defaults)
-        if unknown:
-            raise TypeError(f"{self.name}: unknown option(s) {sorted(unknown)}; options: {sorted(self.defaults)}")
+    @dataclass
+    class Config:
+        """No options."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "families" in cls.__dict__ and "kinds" not in cls.__dict__:  # the attribute's former name
+            cls.kinds = tuple(cls.__dict__["families"])
+
+    def __init__(self, adapter, config=None, **opts):
+        check_kind(self, adapter)
         self.adapter = adapter
-        self.opts = {**self.defaults, **opts}
+        self.config = build_config(type(self), config, opts)
+
+    @property
+    def opts(self) -> dict:
+        """The options in use, ``{name: value}`` (read-only view of :attr:`config`)."""
+        return options_of(self.config)
 
     def compute(self, t: Targets) -> np.ndarray:
         """Patch scores ``[t.n, n_patches]`` (float); may add ``t.arrays`` / ``t.meta``."""
         raise NotImplementedError
 
     def resolve(self, batch: Batch, target=None, image_index: int = 0) -> Targets:
-        return resolve(self.adapter, batch, target, image_index, max_new_tokens=self.opts.get("max_new_tokens", 8))
+        return resolve(self.adapter, batch, target, image_index, max_new_tokens=getattr(self.config, "max_new_tokens", 8))
 
     def attribute(self, batch: Batch, target=None, image_index: int = 0) -> Result:
         """Explain ``target`` (see :mod:`.targets`) on image ``image_index`` of ``batch``.
@@ -70,6 +85,72 @@ class SaliencyMethod:
         return f"<{type(self).__name__} {self.name!r} on {self.adapter.name!r} {self.opts}>"
 
 
+# ------------------------------------------------------------------ options
+@dataclass
+class AnswerConfig:
+    """``max_new_tokens``: length of the greedy answer generated when a VLM target is ``None``."""
+
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        positive(self, "max_new_tokens")
+
+
+@dataclass
+class LayersConfig(AnswerConfig):
+    """``layers`` / ``heads``: indices (negative from the end; ``None`` = all; heads averaged)."""
+
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+
+
+def positive(cfg, *names: str) -> None:
+    """Raise :class:`ConfigError` unless every option in ``names`` is > 0."""
+    for n in names:
+        v = getattr(cfg, n)
+        if v is not None and not v > 0:
+            raise ConfigError(f"option {n!r} must be greater than 0, got {v!r}")
+
+
+def check_kind(method, adapter) -> None:
+    """:class:`UnsupportedError` unless ``method`` supports ``adapter.kind``."""
+    kinds = tuple(method.kinds)
+    if adapter.kind not in kinds:
+        raise UnsupportedError(f"saliency method {method.name!r} does not support {adapter.family} models "
+                               f"(supports: {', '.join(kinds)})")
+
+
+def build_config(cls, config, opts: dict):
+    """``cls.Config`` from keyword options (strings from a CLI spec are converted by the field's
+    annotation), or ``config`` itself; :class:`ConfigError` for unknown or invalid options."""
+    Config = cls.Config
+    what = f"saliency method {cls.name or cls.__name__!r}"
+    if config is not None:
+        if opts:
+            raise ConfigError(f"{what}: give either config= or options, not both")
+        if not isinstance(config, Config):
+            raise ConfigError(f"{what}: config must be a {cls.__name__}.Config, got {type(config).__name__}")
+        cfg = config
+    else:
+        fields = [f.name for f in dataclasses.fields(Config) if f.init]
+        unknown = sorted(set(opts) - set(fields))
+        if unknown:
+            raise ConfigError(f"{what}: unknown option(s) {', '.join(unknown)}; options: {', '.join(fields) or 'none'}")
+        hints = typing.get_type_hints(Config)
+        cfg = Config(**{k: coerce(v, hints.get(k, typing.Any), f"{what} option {k!r}") for k, v in opts.items()})
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{what}: {e}") from None
+    return cfg
+
+
+def options_of(config) -> dict:
+    """``{field: value}`` of a config dataclass (values not copied)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
 def _jsonable(opts: dict) -> dict:
     out = {}
     for k, v in opts.items():
@@ -82,8 +163,8 @@ def _jsonable(opts: dict) -> dict:
 
 # ---------------------------------------------------------------- model access
 def site_module(adapter, site: str) -> torch.nn.Module:
-    """The ``nn.Module`` behind a hook site of ``adapter``."""
-    return adapter._session.module(site)
+    """The ``nn.Module`` behind a hook site of ``adapter`` (:meth:`Adapter.module`)."""
+    return adapter.module(site)
 
 
 def check_layers(adapter, layers, stream: str) -> list[int]:
@@ -123,43 +204,39 @@ def attention_with_grad(adapter, layers: Iterable[int], stream: str, pool: str |
     probabilities), timm ``Attention`` to ``fused_attn=False`` (probabilities read at ``attn_drop``).
     ``nn.MultiheadAttention`` (open_clip) returns only a view of its probabilities, so its output
     is replaced by ``out_proj(P @ V)`` with ``P`` from ``adapter._attention_probs`` (same values).
-    On exit, also by exception, every hook is removed and every switch restored."""
+    Hooks and switches go through ``adapter.raw_hooks()``: on exit, also by exception, every hook
+    is removed and every switch restored."""
     sites = adapter.attention_sites(stream)
     probs: dict[int, torch.Tensor] = {}
-    handles, undo = [], []
-    try:
+    with adapter.raw_hooks() as h:
         for l in layers:
-            handles += _install(adapter, site_module(adapter, sites[l]), l, probs, undo, sites[l])
+            _install(adapter, h, sites[l], l, probs)
         if pool is not None:
-            handles += _install(adapter, site_module(adapter, pool), "pool", probs, undo, pool)
+            _install(adapter, h, pool, "pool", probs)
         yield probs
-    finally:
-        for h in handles:
-            h.remove()
-        for fn in reversed(undo):
-            fn()
 
 
-def _install(adapter, mod, layer: int, probs: dict, undo: list, site: str) -> list:
+def _install(adapter, h, site: str, layer: int, probs: dict) -> None:
+    mod = adapter.module(site)
+
     def store(t):
         if t is None:
             raise UnsupportedError(f"{site}: the attention module returned no probabilities")
         probs[layer] = t
 
     if isinstance(mod, torch.nn.MultiheadAttention):
-        return [mod.register_forward_hook(_mha_hook(adapter, site, store), with_kwargs=True)]
+        h.forward(mod, _mha_hook(adapter, site, store), with_kwargs=True)
+        return
     if hasattr(mod, "fused_attn") and isinstance(getattr(mod, "attn_drop", None), torch.nn.Module):
-        old = mod.fused_attn
-        mod.fused_attn = False
-        undo.append(lambda: setattr(mod, "fused_attn", old))
-        return [mod.attn_drop.register_forward_hook(lambda m, a, out: store(out))]
+        h.setattr(mod, "fused_attn", False)
+        h.forward(mod.attn_drop, lambda m, a, out: store(out))
+        return
     cfg = getattr(mod, "config", None)
     if cfg is not None and hasattr(cfg, "_attn_implementation"):
-        old = cfg._attn_implementation
-        if old != "eager":
-            cfg._attn_implementation = "eager"
-            undo.append(lambda: setattr(cfg, "_attn_implementation", old))
-        return [mod.register_forward_hook(lambda m, a, out: store(out[1] if isinstance(out, tuple) and len(out) > 1 else None))]
+        if cfg._attn_implementation != "eager":
+            h.setattr(cfg, "_attn_implementation", "eager")
+        h.forward(mod, lambda m, a, out: store(out[1] if isinstance(out, tuple) and len(out) > 1 else None))
+        return
     raise UnsupportedError(f"{site}: gradients of attention are not available for {type(mod).__name__} modules")
 
 

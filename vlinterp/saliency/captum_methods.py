@@ -17,11 +17,35 @@ convergence delta (sum of attributions minus ``f(x) - f(baseline)``) per target 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
-from .base import SaliencyMethod, pixel_forward, pixels, pool_pixels
+from ..core.errors import ConfigError
+from .base import AnswerConfig, SaliencyMethod, pixel_forward, pixels, pool_pixels, positive
 from .targets import Targets
+
+
+@dataclass
+class PixelConfig(AnswerConfig):
+    """``baseline``: the reference input, a number in normalised pixel space (0 = the dataset mean
+    colour) or a tensor like ``pixel_values``; ``absolute``: pool ``|attr|`` instead of signed values."""
+
+    baseline: Any = 0.0
+    absolute: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        b = self.baseline
+        if isinstance(b, str):
+            try:
+                self.baseline = float(b)
+            except ValueError:
+                raise ConfigError(f"option 'baseline' must be a number or a tensor, got {b!r}") from None
+        elif isinstance(b, bool) or not isinstance(b, (int, float, torch.Tensor)):
+            raise ConfigError(f"option 'baseline' must be a number or a tensor, got {type(b).__name__}")
 
 
 def _baseline(x: torch.Tensor, b) -> torch.Tensor:
@@ -32,20 +56,31 @@ def _baseline(x: torch.Tensor, b) -> torch.Tensor:
 
 class IntegratedGradientsMethod(SaliencyMethod):
     name = "ig"
-    defaults = {"n_steps": 32, "baseline": 0.0, "internal_batch_size": 16, "absolute": False, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(PixelConfig):
+        """``n_steps``: points on the straight path; ``internal_batch_size``: of them per forward pass."""
+
+        n_steps: int = 32
+        internal_batch_size: int = 16
+
+        def validate(self) -> None:
+            super().validate()
+            positive(self, "n_steps", "internal_batch_size")
 
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import IntegratedGradients
 
         x = pixels(t).detach().to(self.adapter.device)  # captum compares f(x) with x's attributions: one device
         ig = IntegratedGradients(pixel_forward(self.adapter, t, grad=True))
-        base = _baseline(x, self.opts["baseline"])
+        c = self.config
+        base = _baseline(x, c.baseline)
         rows, deltas = [], []
         for k in range(t.n):
-            attr, delta = ig.attribute(x, baselines=base, target=k, n_steps=int(self.opts["n_steps"]),
-                                       internal_batch_size=int(self.opts["internal_batch_size"]),
+            attr, delta = ig.attribute(x, baselines=base, target=k, n_steps=c.n_steps,
+                                       internal_batch_size=c.internal_batch_size,
                                        return_convergence_delta=True)
-            rows.append(pool_pixels(attr[0], t, bool(self.opts["absolute"])))
+            rows.append(pool_pixels(attr[0], t, c.absolute))
             deltas.append(float(delta.sum()))
         t.arrays["convergence_delta"] = np.asarray(deltas, np.float32)
         t.meta["convergence_delta"] = deltas
@@ -54,8 +89,19 @@ class IntegratedGradientsMethod(SaliencyMethod):
 
 class OcclusionMethod(SaliencyMethod):
     name = "occlusion"
-    defaults = {"window": 1, "stride": 1, "baseline": 0.0, "perturbations_per_eval": 8, "absolute": False,
-                "max_new_tokens": 8}
+
+    @dataclass
+    class Config(PixelConfig):
+        """``window`` x ``window`` patches moved by ``stride`` patches; ``perturbations_per_eval``
+        occluded copies per forward pass."""
+
+        window: int = 1
+        stride: int = 1
+        perturbations_per_eval: int = 8
+
+        def validate(self) -> None:
+            super().validate()
+            positive(self, "window", "stride", "perturbations_per_eval")
 
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import Occlusion
@@ -64,13 +110,14 @@ class OcclusionMethod(SaliencyMethod):
         rows_, cols = t.layout.grid(t.image_index)
         C, H, W = x.shape[1:]
         ph, pw = H // rows_, W // cols
-        w, s = int(self.opts["window"]), int(self.opts["stride"])
+        c = self.config
+        w, s = c.window, c.stride
         occ = Occlusion(pixel_forward(self.adapter, t, grad=False))
-        base = self.opts["baseline"]
+        base = c.baseline
         base = base.to(x.device, x.dtype) if isinstance(base, torch.Tensor) else float(base)
         rows = []
         for k in range(t.n):
             attr = occ.attribute(x, sliding_window_shapes=(C, w * ph, w * pw), strides=(C, s * ph, s * pw),
-                                 baselines=base, target=k, perturbations_per_eval=int(self.opts["perturbations_per_eval"]))
-            rows.append(pool_pixels(attr[0], t, bool(self.opts["absolute"])))
+                                 baselines=base, target=k, perturbations_per_eval=c.perturbations_per_eval)
+            rows.append(pool_pixels(attr[0], t, c.absolute))
         return np.stack(rows)

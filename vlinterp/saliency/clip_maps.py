@@ -12,6 +12,8 @@ positions (``T`` = padded text length), ``layout`` is ``None`` (no heat map), an
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..core.errors import NaNError
@@ -33,21 +35,27 @@ def _token_strings(adapter, ids) -> list[str]:
 
 class ClipTextRelevancy(SaliencyMethod):
     name = "clip_text"
-    families = ("clip",)
-    defaults = {"layers": None, "heads": None}
+    kinds = ("clip",)
+
+    @dataclass
+    class Config:
+        """``layers`` / ``heads`` of the text tower (``None`` = all)."""
+
+        layers: tuple[int, ...] | None = None
+        heads: tuple[int, ...] | None = None
 
     def attribute(self, batch, target=None, image_index: int = 0) -> Result:
         t = self.resolve(batch, target, image_index)
         text = t.batch.layouts["text"]
         T = text.shape[1]
         rows = list(t.spec)
-        layers, maps = relevance_maps(self.adapter, t, self.opts["layers"], self.opts["heads"], stream="text", rows=rows)
+        layers, maps = relevance_maps(self.adapter, t, self.config.layers, self.config.heads, stream="text", rows=rows)
         scores = np.zeros((t.n, T), np.float32)
         tokens, positions = [], []
         for k, (r, R) in enumerate(zip(rows, maps)):
             eot = int(text.span("last", r)[-1])
             pos = text.span("prompt", r)
-            scores[k, pos] = R[eot, pos].numpy()
+            scores[k, pos.numpy()] = R[eot, pos].numpy()  # a numpy index: a 1-element tensor would index as a scalar
             positions.append(pos.tolist())
             tokens.append(_token_strings(self.adapter, t.batch.inputs["input_ids"][r, pos]))
         if not np.all(np.isfinite(scores)):

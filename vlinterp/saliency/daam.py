@@ -14,29 +14,43 @@ has the generated image's size); ``arrays["image"]`` is that generated image ``[
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import SaliencyMethod, check_layers, site_module
+from .base import SaliencyMethod, check_layers, positive
 from .targets import Targets
 
 
 class DAAM(SaliencyMethod):
     name = "daam"
-    families = ("diffusion",)
-    defaults = {"steps": 10, "guidance_scale": 1.0, "layers": None}
+    kinds = ("diffusion",)
+
+    @dataclass
+    class Config:
+        """``steps``: sampler steps; ``guidance_scale``: classifier-free guidance (1 = none);
+        ``layers``: cross-attention sites ``unet.xattn.{k}`` (``None`` = all)."""
+
+        steps: int = 10
+        guidance_scale: float = 1.0
+        layers: tuple[int, ...] | None = None
+
+        def validate(self) -> None:
+            positive(self, "steps", "guidance_scale")
 
     def compute(self, t: Targets) -> np.ndarray:
         a, b = self.adapter, t.batch
         sites = a.attention_sites("xattn")
-        layers = check_layers(a, self.opts["layers"], "xattn")
+        c = self.config
+        layers = check_layers(a, c.layers, "xattn")
         h, w = t.layout.grid(t.image_index)
         cols = {word: torch.as_tensor(p) for word, p in t.meta["word_positions"].items()}
         acc = torch.zeros(t.n, h, w, dtype=torch.float64)
         count = [0]
         B = b.inputs["input_ids"].shape[0]
-        cfg = float(self.opts["guidance_scale"]) != 1.0
+        cfg = c.guidance_scale != 1.0
 
         def make(k: int, site: str):
             grid = a.xattn_grid(k, b)
@@ -53,14 +67,10 @@ class DAAM(SaliencyMethod):
 
             return hook
 
-        handles = []
-        try:
+        with a.raw_hooks() as hooks:
             for k in layers:
-                handles.append(site_module(a, sites[k]).register_forward_hook(make(k, sites[k]), with_kwargs=True))
-            images = a.sample(b, steps=int(self.opts["steps"]), guidance_scale=float(self.opts["guidance_scale"]), progress=False)
-        finally:
-            for hd in handles:
-                hd.remove()
+                hooks.forward(sites[k], make(k, sites[k]), with_kwargs=True)
+            images = a.sample(b, steps=c.steps, guidance_scale=c.guidance_scale, progress=False)
         t.arrays["image"] = np.asarray(images[t.row], np.uint8)
         t.meta.update(layers=layers, calls=count[0])
         return (acc / max(count[0], 1)).reshape(t.n, h * w).numpy()

@@ -6,18 +6,25 @@ The target layer is a hook site's module; its ``[B, T, D]`` output is turned int
 ``vision.blocks.{n-2}.resid`` (the input of the last block: the last block's patch outputs do
 not reach a CLS-pooled head, so their gradients are zero), LLaVA ``projector`` (the image tokens
 the language model reads; llava-1.5 layouts, one image per prompt). Option ``layer`` picks
-``vision.blocks.{layer}.resid``; ``site`` any site of the ``vision``/``projector`` stream.
+``vision.blocks.{layer}.resid``, the OUTPUT of block ``layer`` (``-n..n-1``, negative from the
+end, like every method's layers; out of range: :class:`LayerRangeError`); ``site`` any site of the
+``vision``/``projector`` stream. A site whose patch outputs get no gradient from the explained score
+is refused (:class:`ConfigError`) instead of returning an all-zero map: on a CLS-pooled head
+(ViT, CLIP) that is the last block's output (``layer=-1``), which the head never reads at the
+patches; Grad-CAM's "last layer" is the last block's input, ``layer=-2`` (the default).
 Scores are Grad-CAM's per-patch map before its upsampling and min-max scaling, ReLU'd.
 Hooks are pytorch-grad-cam's own, released in ``finally``; parameter ``.grad``
 is restored after its ``backward()``. (Not ``with GradCAM(...)``: its ``__exit__`` swallows IndexError.)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from ..core.errors import ShapeMismatchError, UnsupportedError
-from .base import SaliencyMethod, keep_param_grads, pixel_forward, pixels, site_module
+from ..core.errors import ConfigError, LayerRangeError, ShapeMismatchError, UnsupportedError
+from .base import AnswerConfig, SaliencyMethod, keep_param_grads, pixel_forward, pixels
 from .targets import Targets
 
 
@@ -54,10 +61,12 @@ def _cam_class():
         """GradCAM keeping the raw per-patch cam (before ReLU, upsampling and scaling)."""
 
         raw: list
+        grad_max: list
 
-        def get_cam_image(self, *args, **kwargs):
-            cam = super().get_cam_image(*args, **kwargs)
+        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+            cam = super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
             self.raw.append(cam)
+            self.grad_max.append(float(np.abs(np.asarray(grads)).max()))
             return cam
 
     return PatchGradCAM
@@ -65,21 +74,29 @@ def _cam_class():
 
 class GradCAMMethod(SaliencyMethod):
     name = "gradcam"
-    defaults = {"layer": None, "site": None, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(AnswerConfig):
+        """``layer``: ``vision.blocks.{layer}.resid`` (``None``: ``n - 2``); ``site``: any site name
+        (wins over ``layer``)."""
+
+        layer: int | None = None
+        site: str | None = None
 
     def target_site(self, t: Targets) -> tuple[str, str]:
         """``(site, stream)`` of the target layer."""
-        a = self.adapter
-        if self.opts["site"] is not None:
-            site = self.opts["site"]
-            stream = a.site_table[a.sites(site)[0]].stream
-            return a.sites(site)[0], stream
+        a, c = self.adapter, self.config
+        if c.site is not None:
+            site = a.sites(c.site)[0]
+            return site, a.site_table[site].stream
         if a.kind == "vlm":
-            if self.opts["layer"] is not None:
+            if c.layer is not None:
                 raise UnsupportedError("gradcam on LLaVA uses the projector output; pass site='vision.blocks.{i}.resid' for another")
             return "projector", "projector"
         n = a.num_layers("vision")
-        layer = n - 2 if self.opts["layer"] is None else int(self.opts["layer"]) % n
+        if c.layer is not None and not -n <= c.layer < n:
+            raise LayerRangeError(f"gradcam: layer {c.layer} out of range: the vision tower has {n} blocks ({-n}..{n - 1})")
+        layer = n - 2 if c.layer is None else c.layer % n
         return ("vision.embed" if layer < 0 else f"vision.blocks.{layer}.resid"), "vision"
 
     def compute(self, t: Targets) -> np.ndarray:
@@ -96,12 +113,24 @@ class GradCAMMethod(SaliencyMethod):
         t.meta["site"] = site
         out = []
         with keep_param_grads(self.adapter.model):
-            cam = _cam_class()(model, [site_module(self.adapter, site)], reshape_transform=layout_reshape(lay))
+            cam = _cam_class()(model, [self.adapter.module(site)], reshape_transform=layout_reshape(lay))
             try:  # not `with cam:`, whose __exit__ swallows IndexError
                 for k in range(t.n):
-                    cam.raw = []
+                    cam.raw, cam.grad_max = [], []
                     cam(x, targets=[ClassifierOutputTarget(k)])
+                    if cam.grad_max[0] == 0.0:
+                        self._no_gradient(site)
                     out.append(np.maximum(np.asarray(cam.raw[0])[0], 0).reshape(-1))
             finally:
                 cam.activations_and_grads.release()
         return np.stack(out)
+
+    def _no_gradient(self, site: str):
+        c = self.config
+        why = (f"gradcam: the explained score has no gradient at {site!r}: its patch outputs do not reach the "
+               "model's output (a CLS-pooled head reads only CLS after the last block), so the map would be all zero")
+        if c.site is None and c.layer is None:
+            raise UnsupportedError(why)
+        n = self.adapter.num_layers("vision") if self.adapter.kind != "vlm" else 0
+        hint = f"; use a layer up to {n - 2} (the default, {n - 2}, is the last block's input)" if n >= 2 and c.site is None else ""
+        raise ConfigError(why + hint)

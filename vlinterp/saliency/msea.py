@@ -17,14 +17,15 @@ scales=..., options={...})``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from ..core.errors import PromptError
+from ..core.errors import ConfigError
 from ..core.layout import ImageGeometry, Tile
 from ..core.result import Result
-from .base import SaliencyMethod
+from .base import SaliencyMethod, build_config
 from .targets import prepare_like, row_images
 
 
@@ -60,22 +61,38 @@ def cell_means(hm: np.ndarray, layout, image_index: int) -> np.ndarray:
 
 class MSEA:
     name = "msea"
-    defaults = {"scales": (0.75, 1.0, 1.25), "normalize": False, "method": "relevancy", "options": None}
+    kinds = ("vlm", "vit", "clip")
 
-    def __init__(self, wrapped, /, scales=(0.75, 1.0, 1.25), normalize: bool = False, method: str = "relevancy",
-                 options: dict | None = None):
+    @dataclass
+    class Config:
+        """``scales``: resize factors (> 0); ``normalize``: divide each scale's map by its max |value|;
+        ``method`` / ``options``: the wrapped method when MSEA is built on an adapter."""
+
+        scales: tuple[float, ...] = (0.75, 1.0, 1.25)
+        normalize: bool = False
+        method: str = "relevancy"
+        options: dict | None = None
+
+        def validate(self) -> None:
+            if not self.scales or any(not s > 0 for s in self.scales):
+                raise ConfigError(f"scales must be positive numbers, got {self.scales}")
+            if self.method == "msea":
+                raise ConfigError("method: msea cannot wrap itself")
+            if self.options is not None and not isinstance(self.options, dict):
+                raise ConfigError(f"options must be a dict of the wrapped method's options, got {self.options!r}")
+
+    def __init__(self, wrapped, /, config=None, **opts):
+        c = build_config(type(self), config, opts)
         if isinstance(wrapped, SaliencyMethod):
             method = wrapped
         else:  # registry form: MSEA(adapter, method="name", options={...})
-            from . import get
+            from . import create
 
-            method = get(method)(wrapped, **(options or {}))
-        scales = tuple(float(s) for s in scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise PromptError(f"msea: scales must be positive numbers, got {scales}")
-        self.inner, self.scales, self.normalize = method, scales, bool(normalize)
+            method = create(c.method, wrapped, **(c.options or {}))
+        self.config, self.inner = c, method
+        self.scales, self.normalize = tuple(float(s) for s in c.scales), bool(c.normalize)
         self.adapter = method.adapter
-        self.families = method.families
+        self.kinds = method.kinds
 
     def attribute(self, batch, target=None, image_index: int = 0) -> Result:
         base = self.inner.attribute(batch, target, image_index)

@@ -23,11 +23,13 @@ ViT and CLIP keep the logit (multi-label ViT heads are sigmoids, not a softmax).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from ..core.errors import PromptError
-from .base import SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad, with_probe_row
+from ..core.errors import ConfigError, PromptError
+from .base import LayersConfig, SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad, with_probe_row
 from .targets import Targets
 
 SCORES = ("logit", "logprob")
@@ -92,21 +94,25 @@ def relevance_maps(adapter, t: Targets, layers, heads, stream: str | None = None
 
 class Relevancy(SaliencyMethod):
     name = "relevancy"
-    defaults = {"layers": None, "heads": None, "max_new_tokens": 8, "score": None}
 
-    def __init__(self, adapter, **opts):
-        super().__init__(adapter, **opts)
-        score = self.opts["score"]
-        if score is not None and score not in SCORES:
-            raise PromptError(f"relevancy: score must be one of {SCORES} or None, got {score!r}")
+    @dataclass
+    class Config(LayersConfig):
+        """``score``: the explained scalar, ``"logit"`` or ``"logprob"`` (``None``: the kind's default)."""
+
+        score: str | None = None
+
+        def validate(self) -> None:
+            super().validate()
+            if self.score is not None and self.score not in SCORES:
+                raise ConfigError(f"score must be one of {SCORES} or None, got {self.score!r}")
 
     @property
     def score(self) -> str:
         """The explained scalar in use: the ``score`` option, else the family's default."""
-        return self.opts["score"] or DEFAULT_SCORE.get(self.adapter.kind, "logit")
+        return self.config.score or DEFAULT_SCORE.get(self.adapter.kind, "logit")
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, maps = relevance_maps(self.adapter, t, self.opts["layers"], self.opts["heads"], score=self.score)
+        layers, maps = relevance_maps(self.adapter, t, self.config.layers, self.config.heads, score=self.score)
         t.meta["layers"] = layers
         t.meta["score"] = self.score
         return np.stack([R[q, t.patches].numpy() for q, R in zip(t.queries, maps)])

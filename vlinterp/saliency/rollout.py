@@ -6,11 +6,14 @@ probe, a last step ``probe @ R`` with no identity, the probe not being a token).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError
 from .attention import attention_stack, probe_row
-from .base import SaliencyMethod, with_probe_row
+from .base import LayersConfig, SaliencyMethod, with_probe_row
 from .targets import Targets
 
 
@@ -28,10 +31,20 @@ def rollout(A: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
 
 class Rollout(SaliencyMethod):
     name = "rollout"
-    defaults = {"layers": None, "heads": None, "residual": 0.5, "max_new_tokens": 8}
+
+    @dataclass
+    class Config(LayersConfig):
+        """``residual``: weight of the identity added to each layer's attention, in [0, 1]."""
+
+        residual: float = 0.5
+
+        def validate(self) -> None:
+            super().validate()
+            if not 0.0 <= self.residual <= 1.0:
+                raise ConfigError(f"option 'residual' must be in [0, 1], got {self.residual!r}")
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, A = attention_stack(self.adapter, t, self.opts["layers"], self.opts["heads"])
+        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
-        R = with_probe_row(rollout(A, float(self.opts["residual"])), probe_row(t))
+        R = with_probe_row(rollout(A, self.config.residual), probe_row(t))
         return R[torch.as_tensor(t.queries)][:, t.patches].numpy()

@@ -20,11 +20,13 @@ For answer token ``k`` (id ``c_k``, predicted at position ``p_k = answer[k] - 1`
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..core.errors import LayerRangeError
-from .base import SaliencyMethod, site_module
+from .base import AnswerConfig, SaliencyMethod
 from .targets import Targets
 
 
@@ -48,14 +50,21 @@ def rank_gaussian_filter(grid: np.ndarray, k: int = 3) -> np.ndarray:
 
 class TokenActivationMap(SaliencyMethod):
     name = "tam"
-    families = ("vlm",)
-    defaults = {"layer": None, "denoise": True, "max_new_tokens": 8}
+    kinds = ("vlm",)
+
+    @dataclass
+    class Config(AnswerConfig):
+        """``layer``: the block whose residual output goes through the logit lens (``None`` = the
+        last, i.e. the model's own logits); ``denoise``: the rank Gaussian filter."""
+
+        layer: int | None = None
+        denoise: bool = True
 
     def lens_logits(self, t: Targets) -> torch.Tensor:
         """``[T, V]`` logits of every position of the explained row through the logit lens."""
         a = self.adapter
         n = a.num_layers("lm")
-        layer = self.opts["layer"]
+        layer = self.config.layer
         if layer is None or int(layer) in (-1, n - 1):
             if layer is not None and not -n <= int(layer) < n:
                 raise LayerRangeError(f"layer {layer} out of range (0..{n - 1})")
@@ -66,7 +75,7 @@ class TokenActivationMap(SaliencyMethod):
         out = a.run(t.batch, capture=[site])
         with torch.no_grad():
             h = out.cache[site][t.row]
-            return site_module(a, "logits")(site_module(a, "norm")(h)).float()
+            return a.module("logits")(a.module("norm")(h)).float()
 
     def compute(self, t: Targets) -> np.ndarray:
         logits = self.lens_logits(t).cpu()
@@ -89,10 +98,10 @@ class TokenActivationMap(SaliencyMethod):
             maps.append((M - alpha * I).clamp(min=0).numpy() if ctx else M.numpy())
             alphas.append(alpha)
         scores = np.stack(maps)
-        if self.opts["denoise"]:
+        if self.config.denoise:
             scores = np.stack([self._denoise(s, t) for s in scores])
         t.arrays["raw"] = np.stack(raw).astype(np.float32)
-        t.meta.update(alpha=alphas, layer=self.opts["layer"] if self.opts["layer"] is not None else -1)
+        t.meta.update(alpha=alphas, layer=self.config.layer if self.config.layer is not None else -1)
         return scores
 
     @staticmethod

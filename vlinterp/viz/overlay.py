@@ -41,10 +41,14 @@ def colorize(heatmap, colormap: str | int = "jet", normalize: bool = True) -> np
     return cv2.cvtColor(cv2.applyColorMap(u8, cm), cv2.COLOR_BGR2RGB)
 
 
-def overlay(image, heatmap, alpha: float = 0.5, colormap: str | int = "jet", normalize: bool = True) -> np.ndarray:
+def overlay(image, heatmap=None, alpha: float = 0.5, colormap: str | int = "jet", normalize: bool = True) -> np.ndarray:
     """Blend the coloured ``heatmap`` over ``image`` (path/PIL/array): ``[H, W, 3]`` uint8 RGB.
-    A heat map of another size is resized (bilinear) to the image."""
+    A heat map of another size is resized (bilinear) to the image. ``overlay(explanation)``: the
+    answer map of a :class:`~vlinterp.saliency.explanation.Explanation` over its image."""
     import cv2
+
+    if heatmap is None and hasattr(image, "answer_map"):
+        image, heatmap = image.image, image.answer_map
 
     img = _rgb(image)
     h = np.asarray(heatmap, np.float32)
