@@ -95,8 +95,16 @@ def test_explain_llava_outputs(stub_registry, scene_png, tmp_path, capsys):
     assert res["layout"]["grid"] == [[4, 4]] and len(res["scores"][0]) == 16 and res["layout"]["image_size"] == [128, 128]
     hm = np.load(npy)
     assert hm.shape == (128, 128) and hm.dtype == np.float32
-    ov = np.asarray(Image.open(out / "overlay.png"))
-    assert ov.shape == (128, 128, 3)
+    # overlay.png is a figure (title, answer, colour bar) holding the overlay, enlarged by a whole factor
+    from vlinterp.viz import overlay
+    from vlinterp.viz.figure import overlay_box
+
+    ov = np.asarray(Image.open(out / "overlay.png").convert("RGB"))
+    x0, y0, x1, y1 = overlay_box((128, 128))
+    s = (x1 - x0) // 128
+    assert ov.shape[0] > y1 and ov.shape[1] > x1 + 14 and s >= 2
+    assert np.array_equal(ov[y0:y1:s, x0:x1:s], overlay(Image.open(p), hm))
+    assert ov[:y0].std() > 10 and ov[y0:y1, x1 + 10:x1 + 24].std() > 20  # a title above, a colour bar beside
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and 'id="overlay"' in html and "<button" in html and 'id="view"' in html
     assert "http://" not in html and "https://" not in html  # self-contained
@@ -183,8 +191,11 @@ def test_explain_vit_clip_diffusion(stub_registry, scene_png, tmp_path):
                  "--out", str(tmp_path / "d"), "--steps", "2", "--save-heatmap", str(tmp_path / "d.npy")]) == 0
     rd = json.loads((tmp_path / "d" / "result.json").read_text())
     assert rd["answer"] == "circle" and rd["targets"] == ["circle"] and rd["method"] == "daam"
+    from vlinterp.viz.figure import overlay_box
+
+    x0, y0, x1, y1 = overlay_box(tuple(rd["layout"]["image_size"]))
     gen = np.asarray(Image.open(tmp_path / "d" / "overlay.png"))
-    assert gen.shape[:2] == tuple(rd["layout"]["image_size"]) == np.load(tmp_path / "d.npy").shape
+    assert gen.shape[0] > y1 and gen.shape[1] > x1 and tuple(rd["layout"]["image_size"]) == np.load(tmp_path / "d.npy").shape
     assert main(["explain", "--model", "tiny:diffusion", "--prompt", "a red circle", "--out", str(tmp_path / "d2")]) == 2
 
 

@@ -106,3 +106,7 @@ class OutputError(VlinterpError, OSError):
 class VlinterpWarning(UserWarning):
     """Something the user should know that is not an error (an image cropped by the processor, a
     comparison view skipped); the CLI prints each as one ``warning:`` line."""
+
+
+class InputTooLargeError(UsageError):
+    """An input over a size limit (an upload to ``vlinterp serve`` larger than ``--max-upload``)."""

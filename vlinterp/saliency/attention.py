@@ -5,7 +5,9 @@ Row read: LLaVA, the position predicting each answer token (``answer[k] - 1``) i
 model; ViT/CLIP, the CLS token of the vision tower (the same row for every target: attention
 does not depend on the target); SigLIP (no CLS), the attention-pooling probe: the rows weighted by
 the probe's attention (mean over its heads; kept as ``arrays["pool_attention"]`` ``[H, T]``).
-Options: ``layers`` (``None`` = all), ``heads`` (``None`` = all).
+Options: ``layers`` (``None`` = all), ``heads`` (``None`` = all). Also kept (:mod:`.tokens`): each
+layer's map (``arrays["layer_scores"]``) and, on a language model, the prompt tokens' share
+(``arrays["text_scores"]``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from .base import LayersConfig, SaliencyMethod, check_layers, probe_attention, select_heads, with_probe_row
 from .targets import Targets
+from .tokens import keep_layer_scores, keep_text_scores
 
 
 def attention_stack(adapter, t: Targets, layers, heads) -> tuple[list[int], torch.Tensor]:
@@ -46,5 +49,9 @@ class RawAttention(SaliencyMethod):
     def compute(self, t: Targets) -> np.ndarray:
         layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
-        M = with_probe_row(A.mean(dim=(0, 1)), probe_row(t))
-        return M[torch.as_tensor(t.queries)][:, t.patches].numpy()
+        q = torch.as_tensor(t.queries)
+        per = torch.stack([with_probe_row(a.mean(0), probe_row(t))[q] for a in A], 1)  # [n, L, T]
+        keep_layer_scores(t, layers, per)
+        rows = per.mean(1)  # = the mean over layers and heads, read at the queries
+        keep_text_scores(self.adapter, t, rows)
+        return rows[:, t.patches].numpy()

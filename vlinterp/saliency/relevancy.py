@@ -6,7 +6,8 @@ token ``k`` at the position predicting it; ViT: the class logit; CLIP: the image
 explained row (LLaVA: position ``answer[k] - 1`` in the language model; ViT/CLIP: CLS of the
 vision tower; SigLIP: the attention-pooling probe, whose row is ``mean_h((dy/dP * P)^+) @ R`` for
 its attention ``P``, all its heads) is read at the image patches. One forward pass; one backward
-per target. Options:
+per target. Each layer's own map (``arrays["layer_scores"]``) and the prompt tokens' relevance
+(``arrays["text_scores"]``) are kept too (:mod:`.tokens`). Options:
 ``layers`` (``None`` = all), ``heads`` (``None`` = all, averaged), ``score`` (the explained
 scalar, see :func:`explained_scores`; ``None`` = the family's default, :data:`DEFAULT_SCORE`).
 
@@ -31,19 +32,26 @@ import torch
 from ..core.errors import ConfigError, PromptError
 from .base import LayersConfig, SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad, with_probe_row
 from .targets import Targets
+from .tokens import keep_layer_scores, keep_text_scores
 
 SCORES = ("logit", "logprob")
 DEFAULT_SCORE = {"vlm": "logprob", "vit": "logit", "clip": "logit"}
 
 
-def chefer_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor | None]) -> torch.Tensor:
-    """``attn``/``grads``: per layer ``[H, T, T]`` (``None`` grad = zero) -> relevance ``[T, T]``."""
+def chefer_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor | None], abars: list | None = None) -> torch.Tensor:
+    """``attn``/``grads``: per layer ``[H, T, T]`` (``None`` grad = zero) -> relevance ``[T, T]``.
+    ``abars``: a list that receives each layer's ``Abar = mean_h((G * A)^+)`` ``[T, T]`` (zeros
+    for a layer without gradient)."""
     T = attn[0].shape[-1]
     R = torch.eye(T, dtype=torch.float32)
     for A, G in zip(attn, grads):
         if G is None:
+            if abars is not None:
+                abars.append(torch.zeros(T, T))
             continue
         Abar = (G.float() * A.float()).clamp(min=0).mean(0)
+        if abars is not None:
+            abars.append(Abar)
         R = R + Abar @ R
     return R
 
@@ -71,6 +79,15 @@ def relevance_maps(adapter, t: Targets, layers, heads, stream: str | None = None
     """Per target ``k``: relevance ``[T, T]`` of batch row ``rows[k]`` (default ``t.row``) of
     ``stream`` (default ``t.stream``) for the scalar ``explained_scores(t, logits, score)[t.row, k]``;
     ``[T + 1, T]`` when ``t.pool`` pools ``stream`` (row ``T``: the probe's, see the module doc)."""
+    layers, maps, _ = relevance_and_layers(adapter, t, layers, heads, stream, rows, score)
+    return layers, maps
+
+
+def relevance_and_layers(adapter, t: Targets, layers, heads, stream: str | None = None, rows=None, score: str = "logit",
+                         queries=None):
+    """:func:`relevance_maps` and, with ``queries`` (one position per target), each layer's own
+    relevance row at that query, ``[n_targets, n_layers, T]``: row ``queries[k]`` of ``I + Abar_l``
+    (with the probe's row appended when pooled), which is what ``layers=[l]`` alone gives."""
     stream = stream or t.stream
     layers = check_layers(adapter, layers, stream)
     pool = t.pool if stream == t.stream else None
@@ -78,7 +95,7 @@ def relevance_maps(adapter, t: Targets, layers, heads, stream: str | None = None
         out = adapter.run(with_pixel_grad(t.batch), grad=True)
     y = explained_scores(t, out.logits, score)[t.row]
     As = [probs[l] for l in layers] + ([probs["pool"]] if pool else [])
-    maps = []
+    maps, per_layer = [], []
     for k in range(t.n):
         r = t.row if rows is None else rows[k]
         grads = list(torch.autograd.grad(y[k], As, retain_graph=k < t.n - 1, allow_unused=True))
@@ -88,8 +105,13 @@ def relevance_maps(adapter, t: Targets, layers, heads, stream: str | None = None
             probe = torch.zeros_like(P[0]) if G is None else (G[r, :, 0].float().cpu() * P).clamp(min=0).mean(0)
         attn = [select_heads(A[r].detach().cpu(), heads) for A in As[: len(layers)]]
         gs = [None if g is None else select_heads(g[r].cpu(), heads) for g in grads]
-        maps.append(with_probe_row(chefer_relevance(attn, gs), probe))
-    return layers, maps
+        abars: list | None = [] if queries is not None else None
+        maps.append(with_probe_row(chefer_relevance(attn, gs, abars), probe))
+        if abars is not None:
+            q = int(queries[k])
+            eye = torch.eye(maps[-1].shape[-1], dtype=torch.float32)
+            per_layer.append(torch.stack([with_probe_row(eye + Ab, probe)[q] for Ab in abars]))
+    return layers, maps, (torch.stack(per_layer) if per_layer else None)
 
 
 class Relevancy(SaliencyMethod):
@@ -112,7 +134,10 @@ class Relevancy(SaliencyMethod):
         return self.config.score or DEFAULT_SCORE.get(self.adapter.kind, "logit")
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, maps = relevance_maps(self.adapter, t, self.config.layers, self.config.heads, score=self.score)
+        layers, maps, per_layer = relevance_and_layers(self.adapter, t, self.config.layers, self.config.heads, score=self.score,
+                                                       queries=t.queries)
         t.meta["layers"] = layers
         t.meta["score"] = self.score
+        keep_layer_scores(t, layers, per_layer)
+        keep_text_scores(self.adapter, t, torch.stack([R[q] for q, R in zip(t.queries, maps)]))
         return np.stack([R[q, t.patches].numpy() for q, R in zip(t.queries, maps)])

@@ -15,6 +15,7 @@ from ..core.errors import ConfigError
 from .attention import attention_stack, probe_row
 from .base import LayersConfig, SaliencyMethod, with_probe_row
 from .targets import Targets
+from .tokens import keep_text_scores
 
 
 def rollout(A: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -47,4 +48,6 @@ class Rollout(SaliencyMethod):
         layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
         t.meta["layers"] = layers
         R = with_probe_row(rollout(A, self.config.residual), probe_row(t))
-        return R[torch.as_tensor(t.queries)][:, t.patches].numpy()
+        rows = R[torch.as_tensor(t.queries)]
+        keep_text_scores(self.adapter, t, rows)
+        return rows[:, t.patches].numpy()
