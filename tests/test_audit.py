@@ -80,4 +80,13 @@ def test_cli_writes_json_and_report(tmp_path, capsys):
     assert [d["line"] for d in out["skipped_lines"]] == [3, 4, 6] and "planted" in out
     html = (rep / "report.html").read_text()
     assert "render-equivalence" in html and (rep / "inside.png").exists() and (rep / "agreement.png").exists()
+    # styled tables, and one row per item with its image, question, each rendering's answer and agreement
+    import re
+
+    assert "<pre>" not in html and "<style>" in html and html.count('<table class="t') >= 4
+    rows = re.findall(r'<tr class="item (consistent|inconsistent)">(.*?)</tr>', html, re.S)
+    assert len(rows) == 3 and [("data:image/png;base64," in r) for _, r in rows] == [True, True, False]
+    assert all(re.search(r'<td class="(ok|bad)"', r) for _, r in rows)
+    assert all(r["question"] in html for r in out["per_item"])
+    assert [c for c, _ in rows] == ["consistent" if r["consistent"] else "inconsistent" for r in out["per_item"]]
     assert "skipped line 3" in capsys.readouterr().err

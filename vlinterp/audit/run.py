@@ -197,7 +197,8 @@ def summarise(raw: list[dict], items, embedder=None) -> dict:
     res = {"n_items": len(items), "renderings": names, "accuracy": acc, "render_equivalence": float(cons.mean()),
            "pair_agreement": pairs, "ocr": {"correct_rate": float(np.mean(ocr)), "n_correct": len(ocr_idx),
                                             "render_equivalence_on_ocr_correct": float(cons[ocr_idx].mean()) if ocr_idx else None},
-           "factors": fac, "per_item": [{"id": it.id, "consistent": bool(c), "answers": {n: ans.get((k, n)) for n in base}, "answer": it.answer}
+           "factors": fac, "per_item": [{"id": it.id, "question": it.question, "consistent": bool(c), "ocr": bool(ocr[k]),
+                                         "answers": {n: ans.get((k, n)) for n in base}, "answer": it.answer}
                                         for k, (it, c) in enumerate(zip(items, consistent))]}
     inner = _inside_summary(raw) if raw and "states" in raw[0] else None
     sim = _similarity(embedder, items)

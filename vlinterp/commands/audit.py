@@ -82,7 +82,7 @@ def _run(args) -> int:
     if args.json:
         write_json_atomic(args.json, res)
     if args.report:
-        print(f"report: {write_report(res, args.report, f'modality audit: {args.model}', other=planted)}")
+        print(f"report: {write_report(res, args.report, f'modality audit: {args.model}', other=planted, items=items)}")
     return 0
 
 
