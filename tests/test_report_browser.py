@@ -107,10 +107,66 @@ def test_report_click_switches_overlay(report, tmp_path):
 
 
 def test_report_works_without_clicks(report):
-    """The first view's first overlay and buttons are in the static HTML (no JS needed to see them)."""
+    """The first view's mean map, its buttons and the colour scale are in the static HTML (no JS needed to see them)."""
     html = report.read_text()
     assert re.search(r'<img id="overlay"[^>]*src="data:image/png;base64,', html)
     assert html.count('class="tok"') == 3 and '<option value="1">method B / layer 1</option>' in html
+    assert re.search(r'id="tok-all"[^>]*aria-pressed="true"', html)  # opens on the mean of the targets
+    assert re.search(r'<img id="colorbar"[^>]*src="data:image/png;base64,', html) and re.search(r'id="cb-hi">[0-9.e-]+<', html)
+
+
+VIEWS_SCRIPT = """<script>
+(function(){
+  function chips(){ return Array.prototype.map.call(document.querySelectorAll('#prompt-tokens .ptok'), function(c){ return c.dataset.score; }).join(','); }
+  var img = document.getElementById('overlay');
+  var r = {token0: document.body.dataset.token, caption0: document.getElementById('caption').textContent,
+           chips: document.querySelectorAll('#prompt-tokens .ptok').length, words: Array.prototype.map.call(
+             document.querySelectorAll('#prompt-tokens .ptok'), function(c){ return c.firstChild.textContent; }),
+           layers: document.querySelectorAll('#layers figure.layer').length,
+           prompt_shown: !document.getElementById('prompt-box').hidden, hi0: document.getElementById('cb-hi').textContent};
+  var s0 = img.src, c0 = chips(), l0 = document.querySelector('#layers img').src;
+  document.getElementById('tok-2').click();
+  r.map_changed = img.src !== s0; r.chips_changed = chips() !== c0; r.layers_changed = document.querySelector('#layers img').src !== l0;
+  r.caption1 = document.getElementById('caption').textContent; r.hi1 = document.getElementById('cb-hi').textContent;
+  var sel = document.getElementById('view'); sel.selectedIndex = 1; sel.dispatchEvent(new Event('change'));
+  r.view1_layers = document.querySelectorAll('#layers figure.layer').length; r.view1_prompt = !document.getElementById('prompt-box').hidden;
+  var pre = document.createElement('pre'); pre.id = 'test-result'; pre.textContent = JSON.stringify(r); document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def test_explain_report_views_in_browser(tmp_path):
+    """`vlinterp explain` on shapes-llava, a caption (several answer tokens): the report opens on the
+    answer's mean map, shows the prompt words it used and one map per layer, and a token click
+    changes the map, the words' shades, the layer strip and the colour scale's range."""
+    from vlinterp.cli import main
+
+    browser = find_browser()
+    out = tmp_path / "exp"
+    scene = os.path.join(os.path.dirname(__file__), "..", "assets", "example_scene.png")
+    assert main(["explain", scene, "--prompt", "describe the image.", "--max-new-tokens", "4", "--compare", "rollout",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["answer_tokens"] == ["a", "yellow", "circle", ","]
+    page = tmp_path / "clicked.html"
+    page.write_text((out / "report.html").read_text().replace("</body>", VIEWS_SCRIPT + "</body>"))
+    dom = run_browser(browser, tmp_path, "--dump-dom", page.as_uri())
+    m = re.search(r'<pre id="test-result">(.*?)</pre>', dom, re.S)
+    assert m, dom[-2000:]
+    r = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert r["token0"] == "all" and r["caption0"] == "relevancy: answer (mean of 4)"
+    assert r["prompt_shown"] and r["words"][:4] == ["describe", "the", "image", "."] and r["layers"] == 4
+    assert r["map_changed"] and r["chips_changed"] and r["layers_changed"] and r["caption1"] == "relevancy: circle"
+    assert r["hi0"] != r["hi1"]
+    assert r["view1_layers"] == 0 and r["view1_prompt"]  # rollout: prompt words, no per-layer maps
+    if os.environ.get("VLINTERP_ASSETS"):  # the README's picture of the report's views
+        shot = tmp_path / "views.png"
+        run_browser(browser, tmp_path, f"--screenshot={shot}", "--window-size=1000,1180", (out / "report.html").as_uri())
+        im = Image.open(shot).convert("RGB")
+        rows = np.nonzero((np.asarray(im) < 245).any(axis=(1, 2)))[0]
+        im = im.crop((0, 0, im.width, min(im.height, int(rows[-1]) + 16)))  # no empty page below
+        im = im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.LANCZOS).quantize(colors=192)
+        im.save(os.path.join(os.path.dirname(__file__), "..", "assets", "report_views.png"), optimize=True)
 
 
 def test_explain_report_in_browser(tmp_path):

@@ -69,3 +69,22 @@ def test_vision_stream_keeps_no_text_scores():
 
     r = saliency.create("attention", m).attribute(m.prepare(images=[Image.new("RGB", (64, 64), (200, 30, 30))]))
     assert "text_scores" not in r.arrays and "layer_scores" in r.arrays
+
+
+def test_report_views_from_the_rows(llava, batch, pil_image_module, monkeypatch):
+    """The report's views carry the per-layer maps and prompt words; past MAX_LAYER_MAPS the strip
+    keeps only the answer's maps; a single answer row among several targets is shown first."""
+    from vlinterp.viz import report
+
+    r = saliency.create("relevancy", llava).attribute(batch, target=ANSWER)
+    v = report.view_from_result("relevancy", r, pil_image_module, answer_rows=[0, 1])
+    assert v.start == "all" and v.all_label == "answer (mean of 2)" and len(v.layers) == 2
+    assert all(len(L["overlays"]) == 2 and all(L["overlays"]) and L["all"] for L in v.layers)
+    assert v.text["tokens"] == r.meta["text_tokens"] and np.allclose(v.text["all"], r.arrays["text_scores"].mean(0), rtol=1e-3)
+    monkeypatch.setattr(report, "MAX_LAYER_MAPS", 3)
+    small = report.view_from_result("relevancy", r, pil_image_module, answer_rows=[0, 1])
+    assert all(L["overlays"] == [None, None] and L["all"] for L in small.layers)
+    one = report.view_from_result("relevancy", r, pil_image_module, answer_rows=[1])
+    assert one.all is None and one.start == 1
+    html = report.report_html(pil_image_module, [one])
+    assert f'src="{one.overlays[1]}"' in html and 'id="tok-1" data-k="1" aria-pressed="true"' in html

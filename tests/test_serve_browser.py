@@ -214,7 +214,9 @@ def test_explorer_in_browser(server, driver, tmp_path):
         from PIL import Image
 
         shot = tmp_path / "explorer.png"
+        d.set_window_size(1360, 1240)
         d.save_screenshot(str(shot))
+        d.set_window_size(1360, 1000)
         im = Image.open(shot).convert("RGB")
         im = im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.LANCZOS).quantize(colors=128)
         im.save(os.path.join(ROOT, "assets", "serve_explorer.png"), optimize=True)

@@ -31,6 +31,7 @@ import numpy as np
 from .overlay import colorize, data_uri, overlay
 
 THUMB = 140  # longer side of the per-layer thumbnails, pixels
+MAX_LAYER_MAPS = 320  # per view; beyond it the per-layer strip shows the answer's maps only
 
 
 @dataclass
@@ -51,11 +52,17 @@ class View:
     all_range: list[float] | None = None
     layers: list[dict] = field(default_factory=list)
     text: dict | None = None
+    default: object = None
+
+    @property
+    def start(self):
+        """The token shown first: ``"all"`` when there is an answer/mean map, else ``default`` (or 0)."""
+        return "all" if self.all else (self.default if isinstance(self.default, int) and 0 <= self.default < len(self.targets) else 0)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "targets": self.targets, "overlays": self.overlays, "all": self.all,
                 "all_label": self.all_label, "ranges": self.ranges, "all_range": self.all_range,
-                "layers": self.layers, "text": self.text, "meta": self.meta}
+                "layers": self.layers, "text": self.text, "meta": self.meta, "start": self.start}
 
 
 def view_from_result(name: str, result, image, alpha: float = 0.5, colormap: str = "jet", with_all: bool = True,
@@ -72,9 +79,10 @@ def view_from_result(name: str, result, image, alpha: float = 0.5, colormap: str
     layer_scores = result.arrays.get("layer_scores")
     if layer_scores is not None and result.layout is not None and np.ndim(layer_scores) == 3:
         ids = list(result.meta.get("layer_ids") or range(np.shape(layer_scores)[1]))
+        per_token = len(ids) * len(maps) <= MAX_LAYER_MAPS
         for j, l in enumerate(ids):
             lm = [result.layout.to_heatmap(layer_scores[k, j], result.image_index) for k in range(len(maps))]
-            v.layers.append(_layer_entry(f"layer {l}", lm, image, alpha, colormap, answer_rows, with_all))
+            v.layers.append(_layer_entry(f"layer {l}", lm, image, alpha, colormap, answer_rows, with_all, per_token))
     ts = result.arrays.get("text_scores")
     tokens = result.meta.get("text_tokens")
     if ts is not None and tokens and np.shape(ts) == (len(maps), len(tokens)):
@@ -96,7 +104,7 @@ def view_from_maps(name: str, targets: list[str], maps: list[np.ndarray], image,
     allm, label = _all_map(maps, answer_rows, with_all)
     allv = data_uri(overlay(image, allm, alpha, colormap)) if allm is not None else None
     return View(name, [str(t) for t in targets], ovs, allv, dict(meta or {}), label, ranges,
-                _range(allm) if allm is not None else None)
+                _range(allm) if allm is not None else None, default=answer_rows[0] if answer_rows else 0)
 
 
 def _all_map(maps, answer_rows, with_all):
@@ -108,10 +116,13 @@ def _all_map(maps, answer_rows, with_all):
     return None, "all"
 
 
-def _layer_entry(label, maps, image, alpha, colormap, answer_rows, with_all) -> dict:
+def _layer_entry(label, maps, image, alpha, colormap, answer_rows, with_all, per_token: bool = True) -> dict:
+    """One layer's thumbnails: per target (``None`` each when ``per_token`` is off) and the ``all`` map."""
     small = _thumb_image(image)
     allm, _ = _all_map(maps, answer_rows, with_all)
-    return {"label": label, "overlays": [data_uri(overlay(small, m, alpha, colormap)) for m in maps],
+    if allm is None and not per_token:  # no mean map to fall back on: the answer's (or first) row
+        allm = maps[answer_rows[0] if answer_rows else 0]
+    return {"label": label, "overlays": [data_uri(overlay(small, m, alpha, colormap)) if per_token else None for m in maps],
             "all": data_uri(overlay(small, allm, alpha, colormap)) if allm is not None else None}
 
 
@@ -174,7 +185,7 @@ def report_html(image, views: list[View], title: str = "vlinterp explain", info:
     data = {"views": [v.to_dict() for v in views], "info": {k: v for k, v in info.items() if _jsonable(v)}}
     blob = json.dumps(data).replace("</", "<\\/")
     v0 = views[0]
-    start = "all" if v0.all else 0
+    start = v0.start
     options = "".join(f'<option value="{i}"{" selected" if i == 0 else ""}>{esc(v.name)}</option>' for i, v in enumerate(views))
     btns = [f'<button type="button" class="tok" id="tok-{k}" data-k="{k}" aria-pressed="{str(start == k).lower()}">{esc(t)}</button>'
             for k, t in enumerate(v0.targets)]
@@ -182,9 +193,9 @@ def report_html(image, views: list[View], title: str = "vlinterp explain", info:
         btns.insert(0, f'<button type="button" class="tok tok-all" id="tok-all" data-k="all" aria-pressed="true">{esc(v0.all_label)}</button>')
     rows = "".join(f"<div><b>{esc(str(k))}</b> {esc(_info_text(v))}</div>" for k, v in info.items() if not isinstance(v, dict))
     src = data_uri(np.asarray(_load(image)))
-    rng = v0.all_range if start == "all" else (v0.ranges[0] if v0.ranges else None)
+    rng = v0.all_range if start == "all" else (v0.ranges[start] if v0.ranges else None)
     lo, hi = (_fmt(rng[0]), _fmt(rng[1])) if rng else ("min", "max")
-    label = v0.all_label if start == "all" else v0.targets[0]
+    label = v0.all_label if start == "all" else v0.targets[start]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{static_text("vlinterp.css")}</style></head>
@@ -196,7 +207,7 @@ def report_html(image, views: list[View], title: str = "vlinterp explain", info:
 </section>
 <section class="imgs">
 <figure><img id="image" alt="input image" src="{src}"><figcaption>input</figcaption></figure>
-<figure><img id="overlay" alt="saliency overlay" src="{v0.all if start == 'all' else v0.overlays[0]}">
+<figure><img id="overlay" alt="saliency overlay" src="{v0.all if start == 'all' else v0.overlays[start]}">
 <figcaption id="caption">{esc(v0.name)}: {esc(label)}</figcaption>
 <div class="scale"><span id="cb-lo">{lo}</span><img id="colorbar" alt="colour scale, low to high" src="{colorbar_uri(colormap)}"><span id="cb-hi">{hi}</span></div>
 <div class="scale-note">colours: each map from its own minimum to its maximum</div></figure>

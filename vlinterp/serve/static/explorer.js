@@ -105,13 +105,15 @@
     var pb = $('prompt-box'), pt = $('prompt-tokens');
     if (v.text){
       pb.hidden = false; chips(pt, v.text.tokens, all ? v.text.all : v.text.scores[k]);
-    } else pb.hidden = true;
+    } else { pb.hidden = true; pt.innerHTML = ''; }
     var lb = $('layers-box'), ls = $('layers');
+    ls.innerHTML = '';
     if (v.layers && v.layers.length){
-      lb.hidden = false; ls.innerHTML = '';
+      lb.hidden = false;
       v.layers.forEach(function(L){
+        var src = all ? L.all : L.overlays[k], whole = !src; if (whole) src = L.all; if (!src) return;
         var f = el('figure', {class: 'layer'}); var im = el('img', {alt: L.label});
-        im.src = all ? L.all : L.overlays[k]; f.appendChild(im); f.appendChild(el('figcaption', {}, L.label)); ls.appendChild(f);
+        im.src = src; f.appendChild(im); f.appendChild(el('figcaption', {}, L.label + (whole ? ' (answer)' : ''))); ls.appendChild(f);
       });
     } else lb.hidden = true;
     document.body.dataset.method = v.name;

@@ -5,14 +5,15 @@
   var img = document.getElementById('overlay'), cap = document.getElementById('caption');
   var meta = document.getElementById('meta');
   var v0 = D.views[0];
-  var state = {view: 0, token: v0.all ? 'all' : 0};
+  var state = {view: 0, token: v0.start};
   function fmt(x){ if (x === null || x === undefined) return ''; var a = Math.abs(x);
     return (a === 0 || (a >= 1e-3 && a < 1e4)) ? String(Number(x.toPrecision(3))) : x.toExponential(2); }
   function label(v){ return state.token === 'all' ? v.all_label : v.targets[state.token]; }
   function prompt(v){
     var boxEl = document.getElementById('prompt-box'), el = document.getElementById('prompt-tokens');
-    if (!v.text){ boxEl.hidden = true; return; }
-    boxEl.hidden = false; el.innerHTML = '';
+    el.innerHTML = '';
+    boxEl.hidden = !v.text;
+    if (!v.text) return;
     var s = state.token === 'all' ? v.text.all : v.text.scores[state.token];
     var mx = 0; for (var i = 0; i < s.length; i++) mx = Math.max(mx, Math.abs(s[i]));
     for (var j = 0; j < v.text.tokens.length; j++){
@@ -26,14 +27,16 @@
   }
   function layers(v){
     var boxEl = document.getElementById('layers-box'), el = document.getElementById('layers');
-    if (!v.layers || !v.layers.length){ boxEl.hidden = true; return; }
-    boxEl.hidden = false; el.innerHTML = '';
+    el.innerHTML = '';
+    boxEl.hidden = !(v.layers && v.layers.length);
+    if (boxEl.hidden) return;
     for (var i = 0; i < v.layers.length; i++){
-      var L = v.layers[i], src = state.token === 'all' ? L.all : L.overlays[state.token];
+      var L = v.layers[i], src = state.token === 'all' ? L.all : L.overlays[state.token], whole = false;
+      if (!src){ src = L.all; whole = true; }  // too many layers x tokens: the answer's map only
       if (!src) continue;
       var f = document.createElement('figure'); f.className = 'layer';
       var im = document.createElement('img'); im.src = src; im.alt = L.label;
-      var c = document.createElement('figcaption'); c.textContent = L.label;
+      var c = document.createElement('figcaption'); c.textContent = L.label + (whole ? ' (answer)' : '');
       f.appendChild(im); f.appendChild(c); el.appendChild(f);
     }
   }
