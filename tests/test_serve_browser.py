@@ -183,6 +183,14 @@ def test_explorer_in_browser(server, driver, tmp_path):
     colours = {c.value_of_css_property("background-color") for c in d.find_elements(By.CSS_SELECTOR, "#trace-grid td.rr-cell")}
     assert len(colours) > 10  # a heat map, not a blank table
     assert "P(\"yellow\")" in q("trace-out").text
+    # a longer trace, cancelled from the progress panel
+    Select(q("trace-samples")).select_by_value("5")
+    q("trace-words").send_keys("circle")
+    q("trace-run").click()
+    until(d, lambda d: q("busy").is_displayed(), "the progress panel")
+    q("cancel").click()
+    until(d, lambda d: q("message").is_displayed() and q("message").text == "cancelled", "the cancel")
+    assert not q("busy").is_displayed() and len(d.find_elements(By.CSS_SELECTOR, "#trace-grid td.rr-cell")) == 84
 
     # the SAE tab: a click on the circle lists features with maps and dashboards
     q("tab-sae").click()
@@ -206,7 +214,7 @@ def test_explorer_in_browser(server, driver, tmp_path):
     q("question").send_keys("describe the image.")
     q("ask").click()
     until(d, lambda d: q("answer").text.startswith("a yellow circle"), "the caption")
-    assert q("tok-all").get_attribute("aria-pressed") == "true"
+    assert q("tok-all").get_attribute("aria-pressed") == "true" and not q("message").is_displayed()  # the earlier note is gone
     m0 = q("overlay").get_attribute("src")
     q("tok-2").click()
     assert q("overlay").get_attribute("src") != m0 and q("caption").text == "relevancy: circle"

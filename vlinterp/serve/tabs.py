@@ -148,6 +148,8 @@ def sae_job(bench, job, iid: str, q: str, index: int, where: dict, top: int = 8)
     job.step(0, 3, "answering")
     t = bench.targets(iid, q)
     stream = bench.m.site_table[e.site].stream
+    if "pos" in where and stream != t.stream:
+        raise UsageError(f"SAE {e.path!r} reads {e.site} (the {stream} stream, image patches only): click a patch of the image")
     layout = t.batch.layouts[stream]
     pos, desc = _position(layout, where)
     job.step(1, 3, f"activations at {e.site}")

@@ -37,7 +37,7 @@ class Workbench:
         self.images: OrderedDict[str, object] = OrderedDict()
         self.pinned: set[str] = set()
         self.max_images = int(max_images)
-        self.answers: dict[tuple, dict] = {}
+        self.answers: OrderedDict[tuple, dict] = OrderedDict()
         self.attn: OrderedDict[tuple, dict] = OrderedDict()
         self._lock = threading.Lock()
         self.examples = []
@@ -93,14 +93,12 @@ class Workbench:
         return q
 
     def check_method(self, method: str) -> str:
-        from .. import saliency
+        """``method`` when it is a saliency method for this model (:class:`UnknownNameError` with the nearest names)."""
+        from ..core.errors import UnknownNameError
 
         names = self.methods()
         if method not in names:
-            from ..core.errors import UnknownNameError
-
             raise UnknownNameError("saliency method", str(method), names)
-        saliency.get(method)
         return method
 
     def methods(self) -> list[str]:
@@ -130,6 +128,8 @@ class Workbench:
         got = {"answer": s.answer, "tokens": s.info["answer_tokens"], "ids": s.info["answer_token_ids"],
                "probs": s.info["answer_probs"]}
         self.answers[key] = got
+        while len(self.answers) > 256:
+            self.answers.popitem(last=False)
         return got
 
     def targets(self, iid: str, q: str, method: str = "attention"):

@@ -200,7 +200,7 @@ def report_html(image, views: list[View], title: str = "vlinterp explain", info:
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{static_text("vlinterp.css")}</style></head>
 <body class="report">
-<header><h1>{esc(title)}</h1><div class="info">{rows}</div></header>
+<header><h1>{esc(title)}</h1><div class="facts">{rows}</div></header>
 <section class="controls">
 <label>Method / layer <select id="view">{options}</select></label>
 <div id="tokens" role="group" aria-label="answer tokens">{''.join(btns)}</div>
