@@ -281,6 +281,11 @@ class LayoutBuilder:
             if newline_per_row:
                 self._push(SPECIAL, 1, img=image_index, tile=tile, row=r)
 
+    def patch(self, image_index: int, row: int, col: int, tile: int = 0):
+        """One patch token at ``(row, col)`` of a tile's grid, for sequences whose patches are not
+        row-major (Qwen's 2x2 merge blocks and attention windows)."""
+        self._push(IMAGE, 1, img=image_index, tile=tile, row=row, col=col)
+
     def add_image(self, image_index: int, size: tuple[int, int], tiles: list[Tile]):
         self._images[image_index] = ImageGeometry(len(self._rows) - 1, tuple(size), list(tiles))
 
