@@ -10,9 +10,10 @@ from PIL import Image
 from vlinterp.cli import main
 
 
-def test_info_llava_json(capsys):
-    assert main(["info", "tiny:llava", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+def test_info_llava_json(tmp_path, capsys):
+    assert main(["info", "tiny:llava", "--json", str(tmp_path / "info.json")]) == 0
+    assert "hook sites:" in capsys.readouterr().out
+    info = json.loads((tmp_path / "info.json").read_text())
     sites = info["sites"]
     for s in ("blocks.0.attn", "blocks.1.mlp", "blocks.1.resid", "vision.blocks.0.attn", "vision.blocks.1.resid", "projector"):
         assert s in sites

@@ -15,6 +15,9 @@ from ..core.errors import LoadError
 FAMILIES: dict[str, str] = {
     "diffusion": "vlinterp.adapters.diffusion:DiffusionAdapter",
     "llava": "vlinterp.adapters.llava:LlavaAdapter",
+    "qwen2-vl": "vlinterp.adapters.vlm:VlmAdapter",
+    "qwen2.5-vl": "vlinterp.adapters.vlm:VlmAdapter",
+    "qwen3-vl": "vlinterp.adapters.vlm:VlmAdapter",
     "clip": "vlinterp.adapters.clip:ClipAdapter",
     "vit": "vlinterp.adapters.vit:VitAdapter",
 }
@@ -23,6 +26,9 @@ FAMILIES: dict[str, str] = {
 TINY: dict[str, str] = {
     "llava": "llava",
     "llava-next": "llava",
+    "qwen2-vl": "qwen2-vl",
+    "qwen2.5-vl": "qwen2.5-vl",
+    "qwen3-vl": "qwen3-vl",
     "clip": "clip",
     "clip-hf": "clip",
     "vit": "vit",

@@ -1,8 +1,7 @@
-"""`vlinterp info MODEL [--json]`: hook sites and the token layout of a sample input."""
+"""`vlinterp info MODEL [--json PATH]`: hook sites and the token layout of a sample input."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..cli import register
 
@@ -38,8 +37,10 @@ def _site_groups(sites: list[str]) -> dict[str, list[str]]:
 
 
 def _info_add(p: argparse.ArgumentParser):
+    from .args import add_json
+
     p.add_argument("model", help="tiny:<family>, a zoo organism name, or a local model path")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json(p, help="also write the sites and layouts as JSON to this file")
 
 
 def _info_run(args) -> int:
@@ -64,8 +65,9 @@ def _info_run(args) -> int:
         "layouts": layouts,
     }
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+        from ..core.io import write_json
+
+        write_json(args.json, info, indent=2, flag="--json")
     print(f"{info['model']}: {info['class']} ({info['family']}), {info['parameters']:,} parameters")
     print("hook sites:")
     for k, v in _site_groups(m.sites()).items():

@@ -21,6 +21,9 @@ from ...core.errors import LoadError
 # family name -> module defining FAMILY; the order is the order checkpoints are matched in
 MODULES: dict[str, str] = {
     "llava": "vlinterp.adapters.families.llava",
+    "qwen2-vl": "vlinterp.adapters.families.qwen2_vl",
+    "qwen2.5-vl": "vlinterp.adapters.families.qwen2_5_vl",
+    "qwen3-vl": "vlinterp.adapters.families.qwen3_vl",
 }
 
 
