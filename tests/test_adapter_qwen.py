@@ -295,3 +295,18 @@ def test_saved_tiny_loads_with_from_pretrained(tmp_path):
     assert torch.equal(enc["input_ids"], b.inputs["input_ids"])
     with torch.no_grad():
         assert torch.equal(m.run(b).logits, ref_model(**enc).logits)
+
+
+def test_packed_captures_keep_gradients_and_positions(qwen):
+    """Captures on the packed tower keep the graph (``grad=True``) and select positions of the packed row."""
+    b = qwen.prepare(images=[_img(40, 64), _img(32, 32, 1)], text=["is there a red circle?", "what is it?"])
+    out = qwen.run(b, capture=["vision.blocks.0.resid", "inputs_embeds"], grad=True)
+    out.logits[0, -1].max().backward()
+    for site in ("vision.blocks.0.resid", "inputs_embeds"):
+        g = out.cache[site].grad
+        assert g is not None and g.abs().sum() > 0, site
+    V = b.layouts["vision"]
+    sel = qwen.run(b, capture="vision.blocks.1.mlp", positions=lambda L: L.image_positions(1)).cache["vision.blocks.1.mlp"]
+    full = qwen.run(b, capture="vision.blocks.1.mlp").cache["vision.blocks.1.mlp"]
+    assert sel.shape[1] == len(V.image_positions(1)) < full.shape[1]
+    assert torch.equal(sel, full[:, V.image_positions(1)])
