@@ -51,7 +51,7 @@ class VlmAdapter(Adapter):
         self.spec = spec
         self.family = spec.name
         super().__init__(model, processor, name)
-        pid = getattr(processor, "image_token_id", None)
+        pid = spec.processor_image_token_id(processor) if processor is not None else None
         if pid is not None and int(pid) != self.image_token_id:
             raise LoadError(f"the processor marks images with token id {pid} but the model expects {self.image_token_id}")
 
@@ -174,7 +174,7 @@ class VlmAdapter(Adapter):
             return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         return (self.spec.image_placeholder or tok + "\n") * n_images + text
 
-    def prepare(self, images=None, text=None, answer=None, chat: bool = True, **kw) -> Batch:
+    def prepare(self, images=None, text=None, answer=None, chat: bool = True, processor_kwargs: dict | None = None, **kw) -> Batch:
         """Build a batch.
 
         ``text``: a prompt or list of prompts (``B``). ``images``: one image per prompt, a list of
@@ -183,6 +183,8 @@ class VlmAdapter(Adapter):
         that must hold exactly one image placeholder (the family's ``image_token``: ``<image>``,
         Qwen ``<|image_pad|>``) per image. ``answer``: optional answer string(s) appended for
         teacher forcing (span ``answer``; ``last`` then predicts its first token).
+        ``processor_kwargs``: keyword arguments for the processor call (Gemma 3
+        ``{"do_pan_and_scan": True}``, InternVL ``{"max_patches": 6}``); layouts follow them.
         Returns the processor's inputs (``input_ids``/``attention_mask`` ``[B, T]``, pixels...) and
         layouts ``lm``, ``vision``, ``projector``.
         """
@@ -202,11 +204,13 @@ class VlmAdapter(Adapter):
         per = [[load_image(x, name=f"image {k}") for x in row] for k, row in enumerate(per)]
         formatted = [self._format(t, len(row), chat) for t, row in zip(prompts, per)]
         flat = [im for row in per for im in row]
+        call = dict(processor_kwargs or {})
+        given = (per if self.spec.nest_images else flat) if flat else None
         try:
-            enc = self.processor(images=flat or None, text=formatted, return_tensors="pt", padding=True)
+            enc = self.processor(images=given, text=formatted, return_tensors="pt", padding=True, **call)
         except ValueError as e:
             raise PromptError(f"the processor refused these inputs: {e}") from None
-        enc = dict(enc)
+        enc = ProcessorOutputs({k: v for k, v in enc.items() if k not in self.spec.drop_inputs}, call)
         answers = None
         if answer is not None:
             answers = [answer] * len(prompts) if isinstance(answer, str) else list(answer)
@@ -216,32 +220,36 @@ class VlmAdapter(Adapter):
         ids, mask = enc["input_ids"], enc["attention_mask"]
         sizes = [(im.height, im.width) for im in flat]
         tok = self.tokenizer
-        specials = set(getattr(tok, "all_special_ids", [])) | set(self.spec.special_ids(self.config))
+        specials = (set(getattr(tok, "all_special_ids", [])) | set(self.spec.special_ids(self.config))
+                    | {int(i) for i in self.spec.processor_special_ids(self.processor)})
         runs = [self.spec.image_run(self, enc, k, s) for k, s in enumerate(sizes)]
         layout = lm_layout(ids, mask, self.image_token_id, specials, runs, sizes, [len(a) for a in answers] if answers else None)
         layouts = {"lm": layout, **self.spec.vision_layouts(self, enc, sizes)}
         image_inputs = tuple(k for k in self.spec.image_inputs if k in enc)
-        return Batch(enc, layouts, "lm", images=flat, text=prompts,
-                     meta={"formatted": formatted, "answers": answers, "image_inputs": image_inputs})
+        return Batch(dict(enc), layouts, "lm", images=flat, text=prompts,
+                     meta={"formatted": formatted, "answers": answers, "image_inputs": image_inputs,
+                           "processor_kwargs": call})
 
     def _append(self, enc: dict, answers: list[str]):
         """Append answer tokens to each row and re-pad (on the tokenizer's padding side); other
-        per-token inputs (``mm_token_type_ids``...) follow, 0 (text) at the answer."""
+        per-token inputs (``mm_token_type_ids``...) follow, 0 (text) at the answer unless the family
+        says otherwise (``answer_token_types``: PaliGemma's ``token_type_ids`` 1, the suffix)."""
         tok = self.tokenizer
         ids, mask = enc["input_ids"], enc["attention_mask"]
         per_token = [k for k, v in enc.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor) and v.shape == ids.shape]
         rows, ans_ids = [], []
+        fill = self.spec.answer_token_types
         for b, a in enumerate(answers):
             a_ids = tok(a if a.startswith(" ") or not a else " " + a, add_special_tokens=False)["input_ids"]
             if not a_ids:
                 raise PromptError(f"answer {a!r} tokenizes to nothing")
             keep = mask[b].bool()
             rows.append({"input_ids": torch.cat([ids[b][keep], torch.tensor(a_ids, dtype=ids.dtype)]),
-                         **{k: torch.cat([enc[k][b][keep], enc[k].new_zeros(len(a_ids))]) for k in per_token}})
+                         **{k: torch.cat([enc[k][b][keep], enc[k].new_full((len(a_ids),), fill.get(k, 0))]) for k in per_token}})
             ans_ids.append(a_ids)
         T = max(len(r["input_ids"]) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        out = dict(enc)
+        out = ProcessorOutputs(enc, getattr(enc, "call_kwargs", {}))
         out["input_ids"] = torch.full((len(rows), T), pad, dtype=ids.dtype)
         out["attention_mask"] = torch.zeros((len(rows), T), dtype=mask.dtype)
         for k in per_token:
@@ -329,4 +337,13 @@ class VlmAdapter(Adapter):
         return cls(model, proc, name=f"tiny:{variant}")
 
 
-__all__ = ["VlmAdapter", "VISION_ATTENTION"]
+class ProcessorOutputs(dict):
+    """The processor's outputs (the model's inputs) and ``call_kwargs``, the keyword arguments the
+    processor was called with, which layouts read (:func:`~vlinterp.adapters.vlm_layout.image_settings`)."""
+
+    def __init__(self, data: dict, call_kwargs: dict | None = None):
+        super().__init__(data)
+        self.call_kwargs = dict(call_kwargs or {})
+
+
+__all__ = ["VlmAdapter", "VISION_ATTENTION", "ProcessorOutputs"]

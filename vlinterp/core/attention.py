@@ -32,15 +32,22 @@ def _apply_mask(scores: torch.Tensor, mask, causal: bool) -> torch.Tensor:
 def hf_self_attention(module, args, kwargs) -> torch.Tensor:
     """transformers attention with ``q_proj``/``k_proj`` (Llama, Mistral, Qwen, CLIP, ViT...).
 
-    Handles optional ``q_norm``/``k_norm``, rotary ``position_embeddings``, grouped KV heads
-    and the layer's mask (4D float/bool, or ``None`` with a causal module)."""
+    Handles optional ``q_norm``/``k_norm`` (per head: Qwen3, Gemma 3; over the whole projection:
+    InternViT), rotary ``position_embeddings``, grouped KV heads, logit soft-capping (Gemma 2's
+    ``attn_logit_softcapping``) and the layer's mask (4D float/bool, or ``None`` with a causal
+    module): the mask the layer really receives, so bidirectional blocks (Gemma 3's image tokens,
+    PaliGemma's prefix) and sliding windows come out as the model computes them."""
     h = kwargs.get("hidden_states", args[0] if args else None)
     B, T, _ = h.shape
     hd = getattr(module, "head_dim", None) or module.q_proj.out_features // module.num_heads
-    q = module.q_proj(h).view(B, T, -1, hd)
-    k = module.k_proj(h).view(B, T, -1, hd)
-    if getattr(module, "q_norm", None) is not None:
-        q, k = module.q_norm(q), module.k_norm(k)
+    q, k = module.q_proj(h), module.k_proj(h)
+    qn, kn = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
+    full_width = qn is not None and getattr(qn, "weight", None) is not None and qn.weight.shape[-1] == q.shape[-1] != hd
+    if full_width:
+        q, k = qn(q), kn(k)
+    q, k = q.view(B, T, -1, hd), k.view(B, T, -1, hd)
+    if qn is not None and not full_width:
+        q, k = qn(q), kn(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     pe = kwargs.get("position_embeddings")
     if pe is not None:
@@ -52,6 +59,9 @@ def hf_self_attention(module, args, kwargs) -> torch.Tensor:
         k = k.repeat_interleave(rep, dim=1)
     scale = getattr(module, "scaling", None) or getattr(module, "scale", None) or hd**-0.5
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    cap = getattr(module, "attn_logit_softcapping", None)
+    if cap:
+        scores = torch.tanh(scores / cap) * cap
     mask = kwargs.get("attention_mask")
     scores = _apply_mask(scores, mask, causal=bool(getattr(module, "is_causal", False)))
     return _softmax(scores, q.dtype)

@@ -24,6 +24,11 @@ MODULES: dict[str, str] = {
     "qwen2-vl": "vlinterp.adapters.families.qwen2_vl",
     "qwen2.5-vl": "vlinterp.adapters.families.qwen2_5_vl",
     "qwen3-vl": "vlinterp.adapters.families.qwen3_vl",
+    "llava-onevision": "vlinterp.adapters.families.llava_onevision",
+    "gemma3": "vlinterp.adapters.families.gemma3",
+    "paligemma": "vlinterp.adapters.families.paligemma",
+    "internvl": "vlinterp.adapters.families.internvl",
+    "smolvlm": "vlinterp.adapters.families.smolvlm",
 }
 
 
@@ -47,12 +52,22 @@ class Family:
       per image), ``image_placeholder`` (what ``chat=True`` inserts when the processor has no chat
       template), ``image_token_id(config)`` (the id the processor expands into one position per
       feature), ``special_ids(config)`` (extra ids laid out as specials: vision start/end),
-      ``image_inputs`` (processor outputs concatenated over images, for ``Batch.repeat``).
+      ``image_inputs`` (processor outputs concatenated over images, for ``Batch.repeat``);
+      ``processor_special_ids(processor)``: more ids laid out as specials (InternVL's ``<img>``,
+      SmolVLM's ``<fake_token_around_image>`` / ``<row_r_col_c>``); ``processor_image_token_id(processor)``:
+      the id the processor expands (checked against the model's; Gemma 3's processor calls its
+      placeholder ``<start_of_image>`` the image token, the expanded soft token is the tokenizer's);
+      ``nest_images``: the processor takes one list of images per prompt (it tells multi-image
+      prompts apart: OneVision, Gemma 3, SmolVLM); ``drop_inputs``: processor outputs the model must
+      not get (PaliGemma's ``labels``); ``answer_token_types``: the value of per-token inputs at
+      appended answer tokens (PaliGemma: ``token_type_ids`` 1, the causal suffix).
     * layout: ``image_run(adapter, enc, k, (H, W)) -> ImageRun`` (the LM positions of image ``k``),
       ``vision_layouts(adapter, enc, sizes) -> {stream: TokenLayout}``;
       ``position_ids(adapter, batch) -> LongTensor`` (``[3, B, T]`` for M-RoPE; ``None``: 1-D).
-    * ``lm_resumable``: the LM can resume from a cached decoder-layer input (False when the model
-      adds to the residual stream between decoder layers: Qwen3-VL's DeepStack).
+    * ``lm_resumable``: the LM can resume from a cached decoder-layer input at a later position
+      (False when the model adds to the residual stream between decoder layers: Qwen3-VL's
+      DeepStack; or when earlier positions attend to later ones: Gemma 3's bidirectional image
+      blocks, PaliGemma's bidirectional prefix).
     """
 
     name: str
@@ -83,6 +98,11 @@ class Family:
     position_ids: Callable | None = None
     extra_sites: Callable | None = None
     lm_resumable: bool = True
+    processor_special_ids: Callable = field(default=lambda processor: ())
+    processor_image_token_id: Callable = field(default=lambda processor: getattr(processor, "image_token_id", None))
+    nest_images: bool = False
+    drop_inputs: tuple[str, ...] = ()
+    answer_token_types: dict = field(default_factory=dict)
     notes: str = ""
 
 
