@@ -1,5 +1,5 @@
 """One contract over every VLM family on the generic adapter (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL): uniform site names, the ``inputs_embeds`` site (what the first decoder layer receives, image
+Qwen3-VL, LLaVA-OneVision, Gemma 3, PaliGemma, InternVL, SmolVLM, Idefics3): uniform site names, the ``inputs_embeds`` site (what the first decoder layer receives, image
 features included, unlike ``embed``), and the public surface methods use instead of model internals."""
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ from vlinterp.adapters.registry import FAMILIES, TINY
 from vlinterp.core.errors import LoadError
 from vlinterp.core.layout import IMAGE
 
-VARIANTS = ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
+VARIANTS = ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision", "gemma3", "paligemma",
+            "internvl", "smolvlm", "idefics3"]
 UNIFORM = ["vision.embed", "vision.blocks.0.attn", "vision.blocks.0.mlp", "vision.blocks.0.resid", "projector", "embed",
            "inputs_embeds", "blocks.0.attn", "blocks.0.mlp", "blocks.0.resid", "norm", "logits"]
 
@@ -68,10 +69,14 @@ def test_inputs_embeds_holds_the_image_features(vlm):
 
 
 def test_registry_and_family_table():
-    for v in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl"):
+    for v in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onevision", "gemma3", "paligemma", "internvl", "smolvlm"):
         assert TINY[v] == v and FAMILIES[v].endswith(":VlmAdapter")
         assert families.for_tiny(v).name == v
+    assert TINY["idefics3"] == "smolvlm" and families.for_tiny("idefics3").name == "smolvlm"
     assert families.for_model_type("qwen2_5_vl").name == "qwen2.5-vl" and families.for_model_type("gpt2") is None
+    for model_type, name in [("llava_onevision", "llava-onevision"), ("gemma3", "gemma3"), ("paligemma", "paligemma"),
+                             ("internvl", "internvl"), ("smolvlm", "smolvlm"), ("idefics3", "smolvlm")]:
+        assert families.for_model_type(model_type).name == name
     from vlinterp.adapters.llava import LlavaAdapter
     from vlinterp.adapters.vlm import VlmAdapter
 

@@ -10,6 +10,8 @@ processor's 1152 ``<locNNNN>``/``<segNNN>`` tokens in the vocabulary (sized afte
 """
 from __future__ import annotations
 
+import torch
+
 from .vlm_tiny import chat_template, finish, text_kw, tokenizer
 
 
@@ -26,6 +28,9 @@ def build_gemma3(seed: int = 0, attn_implementation: str = "sdpa"):
     cfg = T.Gemma3Config(vision_config=vc, text_config=tc, image_token_id=c("<image_soft_token>"),
                          boi_token_id=c("<start_of_image>"), eoi_token_id=c("<end_of_image>"), mm_tokens_per_image=16)
     model = finish(T.Gemma3ForConditionalGeneration, cfg, seed, attn_implementation)
+    w = model.model.multi_modal_projector.mm_input_projection_weight  # transformers initialises it to zeros:
+    with torch.no_grad():  # random images would not reach the LM at all
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
     ip = T.Gemma3ImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     proc = T.Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=16, chat_template=chat_template("<start_of_image>"))
     return model, proc

@@ -54,12 +54,13 @@ def crop_layouts(sizes: list[tuple[int, int]], crops: list[Crop], vision_grid: t
                  projector_grid: tuple[int, int], cls: bool = False, projector_cls: bool = False) -> dict[str, TokenLayout]:
     """``vision`` and ``projector`` layouts of a tower that sees one crop per row: row ``k`` is
     ``crops[k]`` (image index ``k`` in these streams, its size the original image's, one tile over
-    the crop's box): ``[n_crops, (1 +) rows * cols]`` (``cls``: a CLS token first)."""
+    the crop's box, ``images[k].source`` the original image): ``[n_crops, (1 +) rows * cols]``
+    (``cls``: a CLS token first)."""
     out = {}
     for stream, grid, has_cls in (("vision", vision_grid, cls), ("projector", projector_grid, projector_cls)):
         lb = LayoutBuilder()
         for k, c in enumerate(crops):
-            lb.add_image(k, sizes[c.image], [Tile(tuple(grid), c.box, c.name)])
+            lb.add_image(k, sizes[c.image], [Tile(tuple(grid), c.box, c.name)], source=c.image)
             if has_cls:
                 lb.special(1, image_index=k)
             lb.image_grid(k, grid[0], grid[1])
