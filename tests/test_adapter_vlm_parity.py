@@ -62,6 +62,27 @@ def test_capture_and_edit_leave_no_trace(vlm):
     assert seen["layout"] is b.layouts["vision"]
 
 
+def test_position_ids_are_the_models_own(vlm):
+    """``position_ids(batch)`` is what the rotary embedding receives (PaliGemma counts from 1);
+    passing it back gives the same logits bit for bit."""
+    b = _two_rows(vlm)
+    got = []
+
+    def grab(module, args, kwargs):
+        got.append(kwargs["position_ids"] if "position_ids" in kwargs else args[1])
+
+    with vlm.raw_hooks() as h:
+        h.pre(vlm.lm.rotary_emb, grab, with_kwargs=True)
+        ref = vlm.run(b).logits
+    mine = vlm.position_ids(b)
+    assert mine.shape == b.inputs["input_ids"].shape and got
+    assert all(torch.equal(g.expand_as(mine), mine) for g in got)
+    assert int(mine[0, 0]) == (1 if vlm.family == "paligemma" else 0)
+    with torch.no_grad():
+        again = vlm.model(**b.inputs, position_ids=mine).logits
+    assert torch.equal(again, ref)
+
+
 def _eager_weights(model, adapter):
     """The eager model's attention weights per layer, read from its attention modules' outputs."""
     rec = {}

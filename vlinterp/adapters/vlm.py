@@ -1,10 +1,11 @@
 """The generic VLM adapter: every image+text -> text family behind one class, driven by its
 declarative :class:`~vlinterp.adapters.families.Family` entry (LLaVA, LLaVA-NeXT, Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL, ...).
+Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, Gemma 3, PaliGemma, InternVL, SmolVLM / Idefics3).
 
 Streams: ``lm`` (the language-model sequence ``[B, T]``: text, image tokens, specials, padding),
-``vision`` (the vision tower's sequences: one row per crop with CLS for CLIP towers; one packed row
-of every image's patches for Qwen, in the order the blocks see them) and ``projector`` (the
+``vision`` (the vision tower's sequences: one row per crop the tower sees, with CLS for CLIP and
+InternViT towers, ``images[k].source`` naming the prompt image a row comes from; one packed row of
+every image's patches for Qwen, in the order the blocks see them) and ``projector`` (the
 projector / merger output).
 
 Sites (uniform over families): ``vision.embed``, ``vision.blocks.{i}.{attn,mlp,resid}``,
@@ -181,7 +182,9 @@ class VlmAdapter(Adapter):
         images per prompt, or ``None`` (text-only). ``chat=True`` wraps each prompt in the
         processor's chat template with one placeholder per image; ``chat=False`` takes raw prompts
         that must hold exactly one image placeholder (the family's ``image_token``: ``<image>``,
-        Qwen ``<|image_pad|>``) per image. ``answer``: optional answer string(s) appended for
+        Qwen ``<|image_pad|>``, Gemma 3 ``<start_of_image>``, InternVL ``<IMG_CONTEXT>``) per image.
+        Families whose processor tells multi-image prompts apart (``nest_images``) get one list of
+        images per prompt. ``answer``: optional answer string(s) appended for
         teacher forcing (span ``answer``; ``last`` then predicts its first token).
         ``processor_kwargs``: keyword arguments for the processor call (Gemma 3
         ``{"do_pan_and_scan": True}``, InternVL ``{"max_patches": 6}``); layouts follow them.
