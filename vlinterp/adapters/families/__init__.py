@@ -83,7 +83,6 @@ class Family:
     position_ids: Callable | None = None
     extra_sites: Callable | None = None
     lm_resumable: bool = True
-    notes: str = ""
 
 
 _LOADED: dict[str, Family] = {}
