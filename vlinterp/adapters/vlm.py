@@ -14,6 +14,11 @@ placeholder's embedding), ``inputs_embeds`` (what the first decoder layer receiv
 features included: a pre-hook on decoder layer 0), ``blocks.{i}.{attn,mlp,resid}``, ``norm``,
 ``logits``, plus family extras (Qwen3-VL: ``deepstack.{k}``).
 
+Attention (``attention(batch, layers, stream)``, recomputed from each layer's inputs whatever kernel
+runs): ``lm`` ``[B, H, T, T]``; ``vision`` ``[n_crops, H, t, t]`` for CLIP towers, and for a packed
+tower (Qwen) one row ``[1, H, N, N]`` over all patches of the batch in block order, each image's
+(Qwen2.5-VL: each window's) probabilities on the diagonal and zeros between them.
+
 The public surface methods use instead of reaching into a model class: :attr:`lm` (the text
 model), :attr:`lm_layers`, :attr:`lm_norm`, :attr:`lm_head`, :attr:`text_embeddings`,
 :attr:`vision_blocks`, :attr:`image_token_id`, :meth:`position_ids`, :attr:`text_config`,

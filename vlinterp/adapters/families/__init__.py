@@ -103,7 +103,6 @@ class Family:
     nest_images: bool = False
     drop_inputs: tuple[str, ...] = ()
     answer_token_types: dict = field(default_factory=dict)
-    notes: str = ""
 
 
 _LOADED: dict[str, Family] = {}
