@@ -144,7 +144,7 @@ def test_trace_full_restoration_is_one(vlm):
     b = vlm.prepare(images=[_img(40, 64)], text=["is there a red circle?"])
     target = int(vlm.run(b).logits[0, int(b.layout.span("last", 0)[0])].argmax())
     L, T = vlm.num_layers(), b.layout.shape[1]
-    r = trace(vlm, b, target, positions={"all": list(range(T)), "none": []}, layers=[L - 1], samples=2)
+    r = trace(vlm, b, target, positions={"all": list(range(T)), "none": []}, layers=[L - 1], samples=1)
     assert abs(r.arrays["te"][0]) > 1e-6
     assert abs(r.arrays["rr"][0, 0, 0] - 1.0) <= 1e-6 and abs(r.arrays["rr"][0, 0, 1]) <= 1e-6
     V = b.layouts["vision"]
@@ -192,7 +192,9 @@ def test_answers_prompts_and_generation(vlm):
         vlm.prepare(images=[_img(40, 64)], text="no placeholder here", chat=False)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# the CLI test saves and explains InternVL and Gemma 3 directories; PaliGemma (its processor edits the
+# tokenizer) and SmolVLM (its processor needs num2words) stay in the fast lane
+@pytest.mark.parametrize("family", [f if f in ("paligemma", "smolvlm") else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
 def test_saved_tiny_loads_with_from_pretrained(family, tmp_path):
     """``vi.load(DIR)`` of a saved tiny model: ``AutoProcessor`` + the model class, same ids, same logits."""
     from vlinterp.adapters.vlm_tiny import save_tiny
