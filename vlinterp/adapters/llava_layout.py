@@ -1,5 +1,6 @@
 """Token layouts for LLaVA-family inputs, computed from the config, the processor and the
-actual ``input_ids`` (never assuming 576 tokens or a 24x24 grid).
+actual ``input_ids`` (never assuming 576 tokens or a 24x24 grid). The LM layout itself is the
+generic :func:`vlinterp.adapters.vlm_layout.lm_layout`; this module gives LLaVA's image runs.
 
 llava-1.5: each ``<image>`` run holds ``rows*cols`` patch tokens (plus CLS first when the
 feature strategy is ``full``); ``rows = cols = image_size // patch_size``.
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import ImageTokenMismatchError
 from ..core.layout import LayoutBuilder, Tile, TokenLayout
+from .vlm_layout import ImageRun
 
 
 def crop_box(ip, width: int, height: int) -> tuple[float, float, float, float]:
@@ -40,18 +41,6 @@ def crop_box(ip, width: int, height: int) -> tuple[float, float, float, float]:
     return (x0 / sx - ox, y0 / sy - oy, x1 / sx - ox, y1 / sy - oy)
 
 
-def _runs(ids: torch.Tensor, token: int) -> list[tuple[int, int]]:
-    """Contiguous runs ``(start, length)`` of ``token`` in a 1-D id tensor."""
-    pos = (ids == token).nonzero().flatten().tolist()
-    runs: list[tuple[int, int]] = []
-    for p in pos:
-        if runs and runs[-1][0] + runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((p, 1))
-    return runs
-
-
 def next_hires_grid(config, image_hw: tuple[int, int]) -> tuple[int, int]:
     """``(rows, cols)`` of LLaVA-NeXT's unpadded high-resolution feature grid for an image
     of original size ``(H, W)``, from transformers' own any-resolution helpers."""
@@ -65,77 +54,43 @@ def next_hires_grid(config, image_hw: tuple[int, int]) -> tuple[int, int]:
     return int(out.shape[1]), int(out.shape[2])
 
 
-def lm_layout(config, processor, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_sizes: list[tuple[int, int]],
-              answer_lens: list[int] | None = None) -> TokenLayout:
-    """Layout of the language-model sequence ``[B, T]``.
-
-    ``image_sizes``: original ``(H, W)`` per image, in prompt order across the batch.
-    ``answer_lens``: number of appended answer tokens per row (teacher forcing), else ``None``.
-    Spans: ``prompt`` (text after the last image, before the answer), ``system`` (text before
-    the first image), ``answer``, ``last`` (the position whose logits predict the first answer token).
-    """
-    tok_id = config.image_token_index if hasattr(config, "image_token_index") else config.image_token_id
-    is_next = config.model_type == "llava_next"
+def image_run(adapter, enc, k: int, size: tuple[int, int]) -> ImageRun:
+    """The LM positions of image ``k`` (original ``(H, W)`` = ``size``): llava-1.5 holds the
+    ``g x g`` patch grid (CLS first when the feature strategy is ``full``); llava-next the base
+    grid then the unpadded high-resolution grid with one newline token after each of its rows."""
+    config = adapter.config
+    H, W = size
     g = config.vision_config.image_size // config.vision_config.patch_size
     full = config.vision_feature_select_strategy == "full"
-    ip = processor.image_processor
-    specials = set(getattr(processor.tokenizer, "all_special_ids", []))
-    B, T = input_ids.shape
-    lb = LayoutBuilder()
-    img = 0
-    for b in range(B):
-        ids = input_ids[b]
-        valid = attention_mask[b].bool()
-        runs = _runs(ids, tok_id)
-        n_ans = answer_lens[b] if answer_lens else 0
-        last_valid = int(valid.nonzero().max()) if valid.any() else T - 1
-        ans_start = last_valid + 1 - n_ans
-        p = 0
-        for start, length in runs:
-            _text_segment(lb, ids, valid, specials, p, start, ans_start, "system" if p == 0 else None)
-            if img >= len(image_sizes):
-                raise ImageTokenMismatchError(f"row {b} has more <image> placeholder runs than the {len(image_sizes)} image(s) given")
-            H, W = image_sizes[img]
-            if is_next:
-                hr, hc = next_hires_grid(config, (H, W))
-                expect = g * g + hr * (hc + 1) + (1 if full else 0)
-                tiles = [Tile((g, g), (0.0, 0.0, float(W), float(H)), "base"), Tile((hr, hc), (0.0, 0.0, float(W), float(H)), "hires")]
-            else:
-                expect = g * g + (1 if full else 0)
-                tiles = [Tile((g, g), crop_box(ip, W, H), "base")]
-            if length != expect:
-                raise ImageTokenMismatchError(
-                    f"image {img}: the prompt holds {length} image tokens but the model makes {expect} features "
-                    f"for a {W}x{H} image (grid {g}x{g}{', hires ' + str((hr, hc)) if is_next else ''})"
-                )
-            lb.add_image(img, (H, W), tiles)
-            lb.mark(f"image[{img}]", [])
-            if full:
-                lb.special(1, image_index=img)
-            lb.image_grid(img, g, g, tile=0)
-            if is_next:
-                lb.image_grid(img, hr, hc, tile=1, newline_per_row=True)
-            img += 1
-            p = start + length
-        _text_segment(lb, ids, valid, specials, p, T, ans_start, "prompt")
-        lb.mark("last", [ans_start - 1])
-        lb.end_row()
-    if img != len(image_sizes):
-        raise ImageTokenMismatchError(f"{len(image_sizes)} image(s) given but the prompts hold {img} <image> placeholder(s)")
-    return lb.build(length=T)
+    if config.model_type == "llava_next":
+        hr, hc = next_hires_grid(config, (H, W))
+        tiles = [Tile((g, g), (0.0, 0.0, float(W), float(H)), "base"), Tile((hr, hc), (0.0, 0.0, float(W), float(H)), "hires")]
+        n, what = g * g + hr * (hc + 1) + (1 if full else 0), f"grid {g}x{g}, hires {(hr, hc)}"
+    else:
+        tiles = [Tile((g, g), crop_box(adapter.processor.image_processor, W, H), "base")]
+        n, what, hr, hc = g * g + (1 if full else 0), f"grid {g}x{g}", 0, 0
+
+    def emit(lb: LayoutBuilder, img: int) -> None:
+        if full:
+            lb.special(1, image_index=img)
+        lb.image_grid(img, g, g, tile=0)
+        if hr:
+            lb.image_grid(img, hr, hc, tile=1, newline_per_row=True)
+
+    return ImageRun(tiles, n, emit, what)
 
 
-def _text_segment(lb: LayoutBuilder, ids, valid, specials, a: int, z: int, ans_start: int, span: str | None) -> None:
-    """Positions ``a..z-1`` of a row: padding, special tokens, or text (in ``span`` before the
-    answer, in ``answer`` after)."""
-    for q in range(a, z):
-        name = "answer" if q >= ans_start else None
-        if not bool(valid[q]):
-            lb.pad(1)
-        elif int(ids[q]) in specials:
-            lb.special(1, span=name)
-        else:
-            lb.text(1, span=name or span)
+def vision_layouts(adapter, enc, sizes: list[tuple[int, int]]) -> dict[str, TokenLayout]:
+    """``vision`` (one row per crop: CLS + patch grid) and ``projector`` (patch grid only)."""
+    config, processor = adapter.config, adapter.processor
+    crops = [1] * len(sizes)
+    if "image_sizes" in enc and config.model_type == "llava_next":
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        crops = [int(image_size_to_num_patches(tuple(s), config.image_grid_pinpoints, config.vision_config.image_size))
+                 for s in enc["image_sizes"].tolist()]
+    return {"vision": vision_layout(config, processor, sizes, crops),
+            "projector": vision_layout(config, processor, sizes, crops, cls=False)}
 
 
 def vision_layout(config, processor, image_sizes: list[tuple[int, int]], crops_per_image: list[int], cls: bool = True) -> TokenLayout:

@@ -15,6 +15,14 @@ from ..core.errors import LoadError
 FAMILIES: dict[str, str] = {
     "diffusion": "vlinterp.adapters.diffusion:DiffusionAdapter",
     "llava": "vlinterp.adapters.llava:LlavaAdapter",
+    "qwen2-vl": "vlinterp.adapters.vlm:VlmAdapter",
+    "qwen2.5-vl": "vlinterp.adapters.vlm:VlmAdapter",
+    "qwen3-vl": "vlinterp.adapters.vlm:VlmAdapter",
+    "llava-onevision": "vlinterp.adapters.vlm:VlmAdapter",
+    "gemma3": "vlinterp.adapters.vlm:VlmAdapter",
+    "paligemma": "vlinterp.adapters.vlm:VlmAdapter",
+    "internvl": "vlinterp.adapters.vlm:VlmAdapter",
+    "smolvlm": "vlinterp.adapters.vlm:VlmAdapter",
     "clip": "vlinterp.adapters.clip:ClipAdapter",
     "vit": "vlinterp.adapters.vit:VitAdapter",
 }
@@ -23,6 +31,15 @@ FAMILIES: dict[str, str] = {
 TINY: dict[str, str] = {
     "llava": "llava",
     "llava-next": "llava",
+    "qwen2-vl": "qwen2-vl",
+    "qwen2.5-vl": "qwen2.5-vl",
+    "qwen3-vl": "qwen3-vl",
+    "llava-onevision": "llava-onevision",
+    "gemma3": "gemma3",
+    "paligemma": "paligemma",
+    "internvl": "internvl",
+    "smolvlm": "smolvlm",
+    "idefics3": "smolvlm",
     "clip": "clip",
     "clip-hf": "clip",
     "siglip": "clip",
@@ -51,8 +68,10 @@ def adapter_class(family: str):
 def load(name_or_path: str, **kw):
     """Load a model behind its adapter.
 
-    ``name_or_path``: ``tiny:<variant>`` (``llava``, ``llava-next``, ``clip``, ``clip-hf``, ``siglip``,
-    ``siglip2``, ``vit``, ``vit-hf``, ``dinov2``, ``dinov2-reg``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
+    ``name_or_path``: ``tiny:<variant>`` (one of :data:`TINY`: ``llava``, ``llava-next``, ``qwen2-vl``,
+    ``qwen2.5-vl``, ``qwen3-vl``, ``llava-onevision``, ``gemma3``, ``paligemma``, ``internvl``, ``smolvlm``,
+    ``idefics3``, ``clip``, ``clip-hf``, ``siglip``, ``siglip2``, ``vit``, ``vit-hf``, ``dinov2``,
+    ``dinov2-reg``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
     or a local directory / checkpoint file (HF, open_clip, timm or diffusers format).
     Keyword arguments go to the family's loader (``device``, ``dtype``, ``attn_implementation``...).
     """

@@ -16,26 +16,38 @@ BASE_WORDS = (
 ).split()
 
 
-def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = None, padding_side: str = "left"):
+def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = None, padding_side: str = "left",
+                   named: dict[str, str] | None = None, ids: dict[str, int] | None = None):
     """Return a ``PreTrainedTokenizerFast`` over ``specials + words`` (lower-casing input).
 
     Ids: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (BOS, prepended), ``</s>``=3, ``<image>``=4.
+    ``named``: the tokenizer's named special tokens (default ``{"image_token": "<image>"}``; Qwen
+    processors read ``image_token``, ``video_token``...). ``ids``: tokens pinned to given ids (a
+    published checkpoint's, e.g. Qwen's ``<|image_pad|>`` = 151655); the others fill the free ids.
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     specials = list(specials or SPECIALS)
-    vocab: dict[str, int] = {}
+    pinned = dict(ids or {})
+    used = set(pinned.values())
+    vocab: dict[str, int] = dict(pinned)
+    nxt = 0
     for w in specials + [w.lower() for w in (words or BASE_WORDS)]:
-        vocab.setdefault(w, len(vocab))
+        if w in vocab:
+            continue
+        while nxt in used:
+            nxt += 1
+        vocab[w] = nxt
+        used.add(nxt)
     tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split("<image>", behavior="isolated"), pre_tokenizers.Whitespace()]
     )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    tok.add_special_tokens(specials)
+    tok.add_special_tokens(specials + [t for t in pinned if t not in specials])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -43,6 +55,6 @@ def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = 
         bos_token="<s>",
         eos_token="</s>",
         padding_side=padding_side,
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=dict(named) if named is not None else {"image_token": "<image>"},
     )
     return fast

@@ -3,7 +3,8 @@
 Fused kernels (sdpa, flash, timm's ``fused_attn``, open_clip's ``need_weights=False``)
 return no probabilities. These functions recompute ``softmax(q k^T * scale + mask)`` for
 one attention module from the inputs a forward hook saw, so maps are available for the
-layers asked without switching the whole model to eager. Each returns ``[B, H, Tq, Tk]``.
+layers asked without switching the whole model to eager. Each returns ``[B, H, Tq, Tk]``
+(a packed vision tower, :func:`varlen_qkv_attention`: one row ``[1, H, N, N]``).
 """
 from __future__ import annotations
 
@@ -31,15 +32,22 @@ def _apply_mask(scores: torch.Tensor, mask, causal: bool) -> torch.Tensor:
 def hf_self_attention(module, args, kwargs) -> torch.Tensor:
     """transformers attention with ``q_proj``/``k_proj`` (Llama, Mistral, Qwen, CLIP, ViT...).
 
-    Handles optional ``q_norm``/``k_norm``, rotary ``position_embeddings``, grouped KV heads
-    and the layer's mask (4D float/bool, or ``None`` with a causal module)."""
+    Handles optional ``q_norm``/``k_norm`` (per head: Qwen3, Gemma 3; over the whole projection:
+    InternViT), rotary ``position_embeddings``, grouped KV heads, logit soft-capping (Gemma 2's
+    ``attn_logit_softcapping``) and the layer's mask (4D float/bool, or ``None`` with a causal
+    module): the mask the layer really receives, so bidirectional blocks (Gemma 3's image tokens,
+    PaliGemma's prefix) and sliding windows come out as the model computes them."""
     h = kwargs.get("hidden_states", args[0] if args else None)
     B, T, _ = h.shape
     hd = getattr(module, "head_dim", None) or module.q_proj.out_features // module.num_heads
-    q = module.q_proj(h).view(B, T, -1, hd)
-    k = module.k_proj(h).view(B, T, -1, hd)
-    if getattr(module, "q_norm", None) is not None:
-        q, k = module.q_norm(q), module.k_norm(k)
+    q, k = module.q_proj(h), module.k_proj(h)
+    qn, kn = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
+    full_width = qn is not None and getattr(qn, "weight", None) is not None and qn.weight.shape[-1] == q.shape[-1] != hd
+    if full_width:
+        q, k = qn(q), kn(k)
+    q, k = q.view(B, T, -1, hd), k.view(B, T, -1, hd)
+    if qn is not None and not full_width:
+        q, k = qn(q), kn(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     pe = kwargs.get("position_embeddings")
     if pe is not None:
@@ -51,9 +59,42 @@ def hf_self_attention(module, args, kwargs) -> torch.Tensor:
         k = k.repeat_interleave(rep, dim=1)
     scale = getattr(module, "scaling", None) or getattr(module, "scale", None) or hd**-0.5
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    cap = getattr(module, "attn_logit_softcapping", None)
+    if cap:
+        scores = torch.tanh(scores / cap) * cap
     mask = kwargs.get("attention_mask")
     scores = _apply_mask(scores, mask, causal=bool(getattr(module, "is_causal", False)))
     return _softmax(scores, q.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def varlen_qkv_attention(module, args, kwargs) -> torch.Tensor:
+    """Packed variable-length self-attention (the vision blocks of Qwen2-VL, Qwen2.5-VL, Qwen3-VL):
+    one ``qkv`` projection over ``hidden_states`` ``[N, D]`` holding several sequences (images, or
+    Qwen2.5-VL's attention windows) split at ``cu_seqlens`` ``[n + 1]``, rotary
+    ``position_embeddings`` ``(cos, sin)`` ``[N, head_dim]`` applied rotate-half in float32 as the
+    model does. Returns ``[1, H, N, N]`` over the packed row: each sequence's ``[H, t, t]``
+    probabilities on the diagonal, exact zeros between sequences (they never attend to each other)."""
+    h = args[0] if args else kwargs["hidden_states"]
+    cu = kwargs["cu_seqlens"] if "cu_seqlens" in kwargs else args[1]
+    pe = kwargs.get("position_embeddings", args[2] if len(args) > 2 else None)
+    N, H = h.shape[0], module.num_heads
+    q, k, _ = module.qkv(h).reshape(N, 3, H, -1).permute(1, 0, 2, 3).unbind(0)  # [N, H, hd]
+    if pe is not None:
+        cos, sin = (t.unsqueeze(-2).float() for t in pe)
+        q = (q.float() * cos + _rotate_half(q.float()) * sin).to(h.dtype)
+        k = (k.float() * cos + _rotate_half(k.float()) * sin).to(h.dtype)
+    q, k = q.transpose(0, 1), k.transpose(0, 1)  # [H, N, hd]
+    scale = getattr(module, "scaling", None) or q.shape[-1] ** -0.5
+    out = q.new_zeros(1, H, N, N)
+    bounds = [int(b) for b in cu.tolist()]
+    for a, z in zip(bounds[:-1], bounds[1:]):
+        out[0, :, a:z, a:z] = _softmax(torch.matmul(q[:, a:z], k[:, a:z].transpose(-1, -2)) * scale, q.dtype)
+    return out
 
 
 def timm_attention(module, x: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,19 @@ EditFn = Callable[[torch.Tensor, object], torch.Tensor]
 class Site:
     """A hook site: ``module`` is the dotted path inside the wrapped model; ``stream``
     names the token layout its sequence dimension follows (``lm``, ``vision``, ``text``,
-    ``unet``). ``layer`` is the block index or ``None``."""
+    ``unet``). ``layer`` is the block index or ``None``.
+
+    ``pre``: the site is the module's *input* (its first positional argument, else its
+    ``hidden_states`` keyword), read and replaced by a forward pre-hook (e.g. ``inputs_embeds``:
+    what the first decoder layer receives). ``packed``: the module's tensors have no batch
+    dimension (``[N, D]``, Qwen's vision tower packs every image's patches into one sequence);
+    captures and edits see them as one row ``[1, N, D]``."""
 
     module: str
     stream: str
     layer: int | None = None
+    pre: bool = False
+    packed: bool = False
 
 
 def pattern_to_regex(pattern: str) -> re.Pattern:
@@ -117,6 +125,10 @@ def count_hooks(model: torch.nn.Module, include_library: bool = False) -> int:
     return n
 
 
+# keyword names a pre-hook site reads its input from when the module got no positional argument
+_INPUT_KEYS = ("hidden_states", "inputs_embeds", "x", "input")
+
+
 def _select_positions(t: torch.Tensor, positions) -> torch.Tensor:
     if positions is None:
         return t
@@ -170,21 +182,52 @@ class HookSession:
                 for name in ([pat] if pat in self.table else resolve_sites(pat, self.table)):
                     per_site.setdefault(name, []).append(fn)
             for name in [n for n in self.table if n in per_site] if len(per_site) > 1 else per_site:
-                handles.append(self.module(name).register_forward_hook(self._edit_hook(name, per_site[name])))
+                handles.append(self._register(name, self._edit_fn(name, per_site[name])))
             cap = [capture] if isinstance(capture, str) else list(capture or [])
             names = [n for n in self.table if n in set(cap)] if all(c in self.table for c in cap) else resolve_sites(cap, self.table)
             for name in names:
-                handles.append(self.module(name).register_forward_hook(self._capture_hook(name, cache, positions, grad)))
+                handles.append(self._register(name, self._capture_fn(name, cache, positions, grad)))
             yield cache
         finally:
             for h in handles:
                 h.remove()
 
-    def _edit_hook(self, name: str, fns: list[EditFn]):
+    def _register(self, name: str, tfn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """Hook site ``name`` with ``tfn(tensor) -> new tensor or None (keep)``: a forward hook on
+        the module's output, or for a ``pre`` site a pre-hook on its input; ``packed`` sites pass
+        ``tfn`` a ``[1, N, D]`` view of their ``[N, D]`` tensor."""
+        site = self.table[name]
+        if site.packed:
+            inner = tfn
+
+            def tfn(t):  # noqa: F811 - the packed view of the same function
+                new = inner(t.unsqueeze(0))
+                return None if new is None else new.squeeze(0)
+
+        mod = self.module(name)
+        if site.pre:
+            def pre(module, args, kwargs):
+                key = None if args else next((k for k in _INPUT_KEYS if isinstance(kwargs.get(k), torch.Tensor)), None)
+                if not args and key is None:
+                    raise ShapeMismatchError(f"site {name!r}: the module received no tensor input to read")
+                new = tfn(args[0] if args else kwargs[key])
+                if new is None:
+                    return None
+                return ((new,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, key: new})
+
+            return mod.register_forward_pre_hook(pre, with_kwargs=True)
+
+        def post(module, args, out):
+            new = tfn(get_tensor(out))
+            return None if new is None else set_tensor(out, new)  # None: PyTorch keeps the module's output
+
+        return mod.register_forward_hook(post)
+
+    def _edit_fn(self, name: str, fns: list[EditFn]):
         stream = self.table[name].stream
 
-        def hook(module, args, out):
-            t0 = t = get_tensor(out)
+        def edit(t0):
+            t = t0
             layout = self.layouts(stream)
             for fn in fns:
                 new = fn(t, layout)
@@ -194,23 +237,27 @@ class HookSession:
                     shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                     raise ShapeMismatchError(f"edit at {name!r} returned {shape}, expected {tuple(t.shape)}")
                 t = new
-            return None if t is t0 else set_tensor(out, t)  # None: PyTorch keeps the module's output
+            return None if t is t0 else t
 
-        return hook
+        return edit
 
-    def _capture_hook(self, name: str, cache: "Cache", positions, grad: bool):
-        def hook(module, args, out):
-            t = get_tensor(out)
+    def _capture_fn(self, name: str, cache: "Cache", positions, grad: bool):
+        packed = self.table[name].packed
+
+        def capture(t0):
             pos = positions(self.layouts(self.table[name].stream)) if callable(positions) else positions
-            t = _select_positions(t, pos)
+            t = _select_positions(t0, pos)
             if grad:
                 if t.requires_grad:
                     t.retain_grad()
             else:
                 t = t.detach()
             cache.add(name, t)
+            # a packed site's [1, N, D] view reaches the rest of the forward only if it replaces
+            # the module's tensor: then gradients flow through the captured view
+            return t0 if grad and packed and pos is None and t0.requires_grad else None
 
-        return hook
+        return capture
 
 
 class RawHooks:

@@ -34,11 +34,14 @@ class Tile:
 
 @dataclass
 class ImageGeometry:
-    """Where image ``i`` lives: its batch row, original ``(H, W)`` and its tiles."""
+    """Where image ``i`` lives: its batch row, original ``(H, W)`` and its tiles. In a stream whose
+    rows are crops of the prompt's images (a VLM's ``vision``/``projector`` streams), ``source`` is
+    the index of the original image the crop comes from (``None`` elsewhere)."""
 
     batch_row: int
     size: tuple[int, int]
     tiles: list[Tile] = field(default_factory=list)
+    source: int | None = None
 
 
 class TokenLayout:
@@ -192,7 +195,7 @@ class TokenLayout:
         images = []
         for g in self.images:
             for k in range(n):
-                images.append(ImageGeometry(g.batch_row * n + k, g.size, list(g.tiles)))
+                images.append(ImageGeometry(g.batch_row * n + k, g.size, list(g.tiles), None if g.source is None else g.source * n + k))
         # image indices must follow the new numbering: image i of row b -> i*n + k
         idx = rep(self.image_index)
         k = np.tile(np.arange(n), self.shape[0])[:, None]
@@ -211,6 +214,7 @@ class TokenLayout:
                     "batch_row": g.batch_row,
                     "size": list(g.size),
                     "num_positions": int(len(self.image_positions(i))),
+                    **({"source": g.source} if g.source is not None else {}),
                     "tiles": [{"name": t.name, "grid": list(t.grid), "box": [float(v) for v in t.box]} for t in g.tiles],
                 }
                 for i, g in enumerate(self.images)
@@ -281,8 +285,13 @@ class LayoutBuilder:
             if newline_per_row:
                 self._push(SPECIAL, 1, img=image_index, tile=tile, row=r)
 
-    def add_image(self, image_index: int, size: tuple[int, int], tiles: list[Tile]):
-        self._images[image_index] = ImageGeometry(len(self._rows) - 1, tuple(size), list(tiles))
+    def patch(self, image_index: int, row: int, col: int, tile: int = 0):
+        """One patch token at ``(row, col)`` of a tile's grid, for sequences whose patches are not
+        row-major (Qwen's 2x2 merge blocks and attention windows)."""
+        self._push(IMAGE, 1, img=image_index, tile=tile, row=row, col=col)
+
+    def add_image(self, image_index: int, size: tuple[int, int], tiles: list[Tile], source: int | None = None):
+        self._images[image_index] = ImageGeometry(len(self._rows) - 1, tuple(size), list(tiles), source)
 
     def end_row(self):
         self._new_row()

@@ -40,12 +40,23 @@ class Batch:
         return Batch({**self.inputs, **inputs}, self.layouts, self.main, self.images, self.text, dict(self.meta))
 
     def repeat(self, n: int) -> "Batch":
-        """Every row repeated ``n`` times along dim 0 (row ``r`` of copy ``k`` is row ``k * B + r``)."""
+        """Every row repeated ``n`` times along dim 0 (row ``r`` of copy ``k`` is row ``k * B + r``).
+        Inputs named in ``meta["image_inputs"]`` hold the batch's images concatenated along dim 0
+        (Qwen's ``pixel_values`` ``[n_patches, C]``, ``image_grid_thw`` ``[n_images, 3]``): they are
+        repeated as a whole, so copy ``k``'s images follow copy ``k - 1``'s."""
         if n == 1:
             return self
         B = self.layout.shape[0]
-        inputs = {k: (v.repeat(n, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B else v)
-                  for k, v in self.inputs.items()}
+        per_image = set(self.meta.get("image_inputs", ()))
+
+        def rep(k, v):
+            if not isinstance(v, torch.Tensor) or not v.dim():
+                return v
+            if k in per_image or v.shape[0] == B:
+                return v.repeat(n, *[1] * (v.dim() - 1))
+            return v
+
+        inputs = {k: rep(k, v) for k, v in self.inputs.items()}
         return Batch(inputs, {k: l.repeat(n) for k, l in self.layouts.items()}, self.main, self.images, self.text, dict(self.meta))
 
 

@@ -23,9 +23,15 @@ from ..core.images import load_image
 from ..core.layout import IMAGE
 
 
+def tile_like(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``z`` (one run's tensor) repeated to ``t``'s shape for a batch repeated ``n`` times: along
+    dim 0 (``[n*R, T, D]``), or along the sequence for a packed stream whose images were repeated
+    (Qwen's vision tower: ``[1, n*N, D]``)."""
+    return z.to(t.dtype).repeat(*[a // b for a, b in zip(t.shape, z.shape)])
+
+
 def _repeat_rows(repl: torch.Tensor):
-    R = repl.shape[0]
-    return lambda t, layout: repl.to(t.dtype).repeat(t.shape[0] // R, *[1] * (t.dim() - 1))
+    return lambda t, layout: tile_like(repl, t)
 
 
 class Corruption:
@@ -88,8 +94,7 @@ class ImageNoise(_PixelCorruption):
         img = torch.as_tensor(plan.batch.layouts["vision"].modality == IMAGE, device=emb.device)[..., None]
         std = float(emb[img.expand_as(emb)].float().std())
         z = self._z(plan, emb.shape, sample).to(emb.device, emb.dtype) * (self.scale * std) * img
-        R = z.shape[0]
-        return {"vision.embed": lambda t, layout: t + z.repeat(t.shape[0] // R, 1, 1)}
+        return {"vision.embed": lambda t, layout: t + tile_like(z, t)}
 
 
 class Blur(_PixelCorruption):

@@ -12,7 +12,8 @@ It needs decoder layers whose attention stores keys/values through the cache pro
 ``cache.update(k, v, layer_idx) -> (k_all, v_all)`` (transformers' decoders; the argument is
 ``past_key_values`` before transformers 5.24) and the
 sites ``blocks.{i}.resid`` (the decoder layers), ``norm`` and ``logits``: :func:`supports` says
-whether it applies (the LLaVA language model).
+whether it applies (VLM language models, except those that add to the residual stream between
+decoder layers).
 """
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ _DROP = CACHE_NAMES + ("use_cache", "output_attentions", "hidden_states")
 
 
 def supports(adapter, stream: str) -> bool:
-    return adapter.kind == "vlm" and stream == "lm" and all(s in adapter.site_table for s in ("blocks.0.resid", "norm", "logits"))
+    """Whether ``adapter``'s ``stream`` can resume: a VLM language model whose residual stream flows
+    only through its decoder layers (``adapter.lm_resumable``: not Qwen3-VL, which adds DeepStack
+    features between layers)."""
+    return (adapter.kind == "vlm" and stream == "lm" and getattr(adapter, "lm_resumable", True)
+            and all(s in adapter.site_table for s in ("blocks.0.resid", "norm", "logits")))
 
 
 class _KVRecorder:

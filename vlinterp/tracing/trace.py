@@ -218,7 +218,10 @@ def trace(adapter, batch: Batch, target, components=("resid",), positions="group
     plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
                  object_positions, stream, layers, corruption, resume)
     resume = plan.resumer is not None
-    bs = max(1, int(batch_size))
+    # a packed vision tower (Qwen: every image's patches in one row) cannot hold one restored
+    # variant per row: its cells run one forward each
+    packed = plan.stream == "vision" and adapter.site_table[plan.site("resid", 0)].packed
+    bs = 1 if packed else max(1, int(batch_size))
     # chunks: cells that restore nothing are the corrupted run itself; with resume, cells sharing
     # (first restored layer, first restored position) run together from that layer and position
     live = [i for i, c in enumerate(plan.cells) if plan.first_position(c) >= 0]
