@@ -23,9 +23,10 @@ def answer(m, image, prompt: str, max_new_tokens: int = 12, prune: str | None = 
 
     b = m.prepare(images=[image], text=[prompt])
     if prune:
+        from ..eval.prune import resolve_horizon
         from ..pruning import PrunedLM, make_pruner
 
-        g = PrunedLM(m).generate(b, make_pruner(prune), max_new_tokens=max_new_tokens)
+        g = PrunedLM(m).generate(b, resolve_horizon(m, make_pruner(prune)), max_new_tokens=max_new_tokens)
     else:
         g = m.generate(b, max_new_tokens=max_new_tokens, keep_scores=True)
     toks, probs = [], []
