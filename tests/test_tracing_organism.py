@@ -10,7 +10,7 @@ REACHED = {
 
 
 def test_localisation_object_vs_control(shapes_llava):
-    from vlinterp.tracing.localise import localisation
+    from vlinterp.eval.trace_curves import localisation
 
     r = localisation(shapes_llava, n=48, seed=11)
     assert r["n"] >= 40
@@ -21,7 +21,7 @@ def test_localisation_object_vs_control(shapes_llava):
 
 
 def test_last_token_curves(shapes_llava):
-    from vlinterp.tracing.curves import last_token_curves
+    from vlinterp.eval.trace_curves import last_token_curves
 
     c = last_token_curves(shapes_llava, n=24, seed=11)
     resid = c["curves"]["resid"]
