@@ -78,7 +78,8 @@ def checks(scene, q):
         return fn
 
     def harvest(m, b):
-        from vlinterp.sae import ActivationStore, shapes_items
+        from vlinterp.eval.sae_data import shapes_items
+        from vlinterp.sae import ActivationStore
 
         st = ActivationStore.harvest(m, "blocks.2.resid", shapes_items("dev", 16, 0), batch_size=8, progress=False)
         return st.rows["acts"] if "acts" in st.rows else next(iter(st.rows.values()))

@@ -25,7 +25,7 @@ def _saev(name: str) -> dict:
     if not available(name):
         pytest.skip(f"{name} weights not shipped")
     torch.set_num_threads(1)
-    from vlinterp.sae.shapes_eval import shapes_saev
+    from vlinterp.eval.saev import shapes_saev
 
     return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
 
@@ -94,7 +94,7 @@ def test_aligned_organism_data_filtering(saev, saev_aligned):
 def test_diffusion_hspace_steering_moves_samples():
     if not available("shapes-diffusion"):
         pytest.skip("shapes-diffusion weights not shipped")
-    from vlinterp.sae.diffusion import colour_feature, harvest_hspace, steer_colour
+    from vlinterp.eval.sae_diffusion import colour_feature, harvest_hspace, steer_colour
     from vlinterp.sae.train import train_sae
 
     m = vlinterp.load("shapes-diffusion")
@@ -123,7 +123,7 @@ def test_diffusion_text_side_colour_feature_turns_the_colour():
         pytest.skip("shapes-diffusion / shapes-vit weights not shipped")
     import torch
 
-    from vlinterp.sae.diffusion import colour_feature, harvest_hspace, steering_success
+    from vlinterp.eval.sae_diffusion import colour_feature, harvest_hspace, steering_success
     from vlinterp.sae.train import train_sae
     from vlinterp.zoo import load_organism
 
