@@ -9,9 +9,11 @@ import torch
 import vlinterp as vi
 from vlinterp.core.errors import BackboneMismatchError, ShapeMismatchError, UnknownSiteError
 from vlinterp.data.shapes import make_split
-from vlinterp.prototypes import ProtoModel, fit_shapes
+from vlinterp.eval import shapes
+from vlinterp.eval.protos import CLASSES, evaluate_shapes, fit_shapes
+from vlinterp.prototypes import ProtoModel
 from vlinterp.prototypes.features import patch_features
-from vlinterp.prototypes.metrics import evaluate, labels_for
+from vlinterp.prototypes.metrics import labels_for
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,9 @@ def small_nearest(vit):
 def test_push_puts_every_prototype_on_a_training_patch(small, small_nearest, vit, mode):
     pm = small if mode == "discriminative" else small_nearest
     assert pm.info["push"] == mode
-    scenes = make_split("train", 96, 0)
-    pf = patch_features(vit, [s.pil() for s in scenes], pm.site)
-    y = labels_for(scenes)
+    items = shapes.scenes("train", 96, 0)
+    pf = patch_features(vit, [it.image for it in items], pm.site)
+    y = labels_for(items, CLASSES)
     head = pm.head
     with torch.no_grad():
         for j in range(head.n_prototypes):
@@ -127,7 +129,7 @@ def test_patch_features_on_every_image_stream(shapes_llava):
 
 
 def test_metrics_are_measured(small):
-    res = evaluate(small, make_split("test", 24, 5))
+    res = evaluate_shapes(small, 24, 5)
     for key in ("head", "probe"):
         assert 0 <= res[key]["mean_label_accuracy"] <= 1
     assert 0 <= res["consistency"]["share_consistent"] <= 1

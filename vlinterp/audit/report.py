@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from ..viz.overlay import write_bytes_atomic
+from ..core.io import write_bytes, write_json
 from ..viz.trace_plot import _figure_bytes
 
 
@@ -32,7 +32,7 @@ def plot_accuracy(res: dict, path: str) -> str:
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(f"accuracy per rendering (render-equivalence {res['render_equivalence']:.2f}, n={res['n_items']})", fontsize=9)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig))
 
 
 def plot_agreement(res: dict, path: str) -> str:
@@ -54,7 +54,7 @@ def plot_agreement(res: dict, path: str) -> str:
     ax.set_yticklabels(names, fontsize=8)
     ax.set_title("same answer, per pair of renderings", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig))
 
 
 def plot_factors(res: dict, path: str) -> str:
@@ -70,7 +70,7 @@ def plot_factors(res: dict, path: str) -> str:
         ax.set_ylim(0, 1.02)
         ax.set_title(f"rendered text: {f}", fontsize=9)
         ax.legend(fontsize=7)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig))
 
 
 def plot_inside(res: dict, path: str, other: dict | None = None, labels=("audit", "planted")) -> str:
@@ -96,20 +96,19 @@ def plot_inside(res: dict, path: str, other: dict | None = None, labels=("audit"
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig))
 
 
 def write_report(res: dict, out_dir: str, title: str = "vlinterp modality audit", other: dict | None = None) -> str:
-    """PNG plots, ``audit.json`` and ``report.html`` (atomic writes) in ``out_dir``; returns the HTML path."""
-    from ..zoo.common import write_json_atomic
-
-    os.makedirs(out_dir, exist_ok=True)
+    """PNG plots, ``audit.json`` and ``report.html`` in ``out_dir`` (:mod:`vlinterp.core.io`: atomic, never
+    over a file vlinterp did not write; the CLI builds the directory aside with
+    :func:`~vlinterp.core.io.output_dir`); returns the HTML path."""
     figs = {"accuracy": plot_accuracy(res, os.path.join(out_dir, "accuracy.png")),
             "agreement": plot_agreement(res, os.path.join(out_dir, "agreement.png")),
             "factors": plot_factors(res, os.path.join(out_dir, "factors.png"))}
     if "inside" in res:
         figs["inside"] = plot_inside(res, os.path.join(out_dir, "inside.png"), other)
-    write_json_atomic(os.path.join(out_dir, "audit.json"), res if other is None else {"audit": res, "compared": other})
+    write_json(os.path.join(out_dir, "audit.json"), res if other is None else {"audit": res, "compared": other})
     ocr = res["ocr"]
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in res["accuracy"].items())
     sim = res.get("similarity_vs_consistency")
@@ -128,7 +127,7 @@ def write_report(res: dict, out_dir: str, title: str = "vlinterp modality audit"
             f"<table border=1 cellpadding=3><tr><th>rendering</th><th>accuracy</th></tr>{rows}</table>{imgs}"
             f"<h2>items</h2><pre>{html.escape(json.dumps(res['per_item'][:50], indent=1))}</pre></body></html>")
     path = os.path.join(out_dir, "report.html")
-    write_bytes_atomic(path, page.encode())
+    write_bytes(path, page.encode())
     return path
 
 

@@ -12,6 +12,8 @@ validation split).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..data.shapes import COLOURS
 from ..sae import analysis as A
 from ..sae.quality import reconstruction, splice_effect
