@@ -71,9 +71,10 @@ def checks(scene, q):
 
     def prune(spec):
         def fn(m, b):
+            from vlinterp.eval.prune import resolve_horizon
             from vlinterp.pruning import PrunedLM, make_pruner
 
-            return PrunedLM(m).generate(b, make_pruner(spec), max_new_tokens=6).texts
+            return PrunedLM(m).generate(b, resolve_horizon(m, make_pruner(spec)), max_new_tokens=6).texts
 
         return fn
 

@@ -129,12 +129,16 @@ def test_patch_features_on_every_image_stream(shapes_llava):
 
 
 def test_metrics_are_measured(small):
+    """On 24 held-out scenes the small head (96 scenes, 40 warm-up steps) measured: pointing game 0.78
+    against 0.095 for a random map, stability 0.947 under pixel noise 0.2, 6 of 9 evaluated prototypes
+    consistent. Asserted against the baselines with room for seeds and threads."""
     res = evaluate_shapes(small, 24, 5)
-    for key in ("head", "probe"):
-        assert 0 <= res[key]["mean_label_accuracy"] <= 1
-    assert 0 <= res["consistency"]["share_consistent"] <= 1
-    assert 0 <= res["stability"]["mean"] <= 1 and res["stability"]["prototypes"] > 0
-    assert 0 <= res["localisation"]["pointing_game"] <= 1 and res["localisation"]["pairs"] > 0
+    assert res["n_images"] == 24 and res["localisation"]["pairs"] > 0
+    loc = res["localisation"]
+    assert loc["pointing_game"] >= 4 * loc["random_map_baseline"], loc
+    assert res["stability"]["mean"] >= 0.85 and res["stability"]["prototypes"] > 0
+    assert res["consistency"]["evaluated"] > 0 and res["consistency"]["share_consistent"] >= 0.5, res["consistency"]
+    assert set(res["probe"]) == set(res["head"]) == {"mean_label_accuracy", "exact_match"}
 
 
 def test_cli_train_explain_eval(tmp_path, capsys):

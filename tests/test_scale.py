@@ -30,7 +30,7 @@ def test_audit_with_two_workers_equals_one(tmp_path):
 
 def test_prune_bench_with_two_workers_equals_one(tmp_path):
     args = ["prune", "bench", "--n", "48", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
-            "--batch", "16", "--plot", ""]
+            "--batch", "16"]
     a, b = _one_and_two(tmp_path, args)
     assert a["unpruned"]["accuracy"] == b["unpruned"]["accuracy"]
     assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]

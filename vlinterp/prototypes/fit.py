@@ -40,7 +40,7 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     pusher = make_push(push_mode)
     site = site or default_site(adapter)
     t0 = time.time()
-    pf = patch_features(adapter, images, site)
+    pf = patch_features(adapter, images, site, progress=progress)
     if len(labels) != len(pf.feats) or labels.shape[1] != len(classes):
         raise ShapeMismatchError(f"labels {tuple(labels.shape)} do not match {len(pf.feats)} images x {len(classes)} classes")
     torch.manual_seed(seed)

@@ -10,7 +10,7 @@ from .trace_plot import _figure_bytes
 
 def plot_retention(res: dict, path: str, title: str = "") -> str:
     """Retention (% of unpruned accuracy, all kinds pooled) vs keep ratio from
-    :func:`vlinterp.pruning.bench.run_bench`, written atomically to ``path`` (never over a file vlinterp did not write) (PNG)."""
+    :func:`vlinterp.eval.prune.run_bench`, written atomically to ``path`` (PNG; never over a file vlinterp did not write)."""
     import matplotlib
 
     matplotlib.use("Agg")
