@@ -71,14 +71,16 @@ def checks(scene, q):
 
     def prune(spec):
         def fn(m, b):
+            from vlinterp.eval.prune import resolve_horizon
             from vlinterp.pruning import PrunedLM, make_pruner
 
-            return PrunedLM(m).generate(b, make_pruner(spec), max_new_tokens=6).texts
+            return PrunedLM(m).generate(b, resolve_horizon(m, make_pruner(spec)), max_new_tokens=6).texts
 
         return fn
 
     def harvest(m, b):
-        from vlinterp.sae import ActivationStore, shapes_items
+        from vlinterp.eval.sae_data import shapes_items
+        from vlinterp.sae import ActivationStore
 
         st = ActivationStore.harvest(m, "blocks.2.resid", shapes_items("dev", 16, 0), batch_size=8, progress=False)
         return st.rows["acts"] if "acts" in st.rows else next(iter(st.rows.values()))

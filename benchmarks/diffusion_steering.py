@@ -2,7 +2,7 @@
 shapes-vit judges to be the target colour, beside the unsteered share (the baseline).
 
 For each site: harvest the site's activations while sampling single-object prompts, train a
-top-k SAE on them, pick one feature per colour (:func:`vlinterp.sae.diffusion.colour_feature`),
+top-k SAE on them, pick one feature per colour (:func:`vlinterp.eval.sae_diffusion.colour_feature`),
 then sample prompts of colour ``c+1`` steered to colour ``c`` for all six colours.
 
     python benchmarks/diffusion_steering.py [--sites unet.mid.0 unet.up.1] [--modes add swap]
@@ -19,7 +19,7 @@ import json
 import torch
 
 import vlinterp as vi
-from vlinterp.sae.diffusion import colour_feature, harvest_hspace, steering_success
+from vlinterp.eval.sae_diffusion import colour_feature, harvest_hspace, steering_success
 from vlinterp.sae.train import train_sae
 from vlinterp.zoo import load_organism
 

@@ -14,9 +14,7 @@ import argparse
 import torch
 
 import vlinterp as vi
-from vlinterp.data.shapes import make_split
-from vlinterp.prototypes import fit_shapes
-from vlinterp.prototypes.metrics import evaluate
+from vlinterp.eval.protos import evaluate_shapes, fit_shapes
 
 
 def main() -> None:
@@ -28,12 +26,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load(a.model)
-    test = make_split("test", a.eval_n, a.eval_seed)
     pms = {k: fit_shapes(m, n=a.n, push_mode=k, progress=False) for k in ("nearest", "discriminative")}
     print(f"{a.model} at {pms['nearest'].site}, {a.n} training scenes; eval {a.eval_n} scenes of seed {a.eval_seed}")
     t_near = pms["nearest"].info["push_seconds"]
     for k, pm in pms.items():
-        r = evaluate(pm, test)
+        r = evaluate_shapes(pm, a.eval_n, a.eval_seed)
         loc, t = r["localisation"], pm.info["push_seconds"]
         print(f"{k:15s} push {t:6.2f} s ({t / t_near:6.1f}x nearest), whole fit {pm.info['train_seconds']:6.1f} s  "
               f"pointing {loc['pointing_game']:.3f} (by scale {', '.join(f'{s}: {v:.2f}' for s, v in loc['pointing_game_by_scale'].items())})  "

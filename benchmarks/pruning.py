@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import vlinterp as vi
-from vlinterp.pruning.bench import run_bench, table
+from vlinterp.eval.prune import run_bench, table
 
 
 def main():

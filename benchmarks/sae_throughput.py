@@ -18,7 +18,8 @@ import torch
 
 import vlinterp as vi
 from vlinterp.core.layout import PAD
-from vlinterp.sae import ActivationStore, shapes_items
+from vlinterp.eval.sae_data import shapes_items
+from vlinterp.sae import ActivationStore
 from vlinterp.sae.store import _prepare
 from vlinterp.sae.train import make_sae, train_sae
 

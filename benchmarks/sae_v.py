@@ -11,7 +11,7 @@ import json
 import torch
 
 import vlinterp as vi
-from vlinterp.sae.shapes_eval import shapes_saev
+from vlinterp.eval.saev import shapes_saev
 
 
 def main() -> None:

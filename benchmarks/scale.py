@@ -14,7 +14,7 @@ from functools import partial
 
 from vlinterp.audit import shapes_items
 from vlinterp.audit.run import _raw_worker
-from vlinterp.sae.store_parallel import harvest_parallel
+from vlinterp.eval.sae_parallel import harvest_parallel
 from vlinterp.scale import WorkerPool
 
 

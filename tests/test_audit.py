@@ -1,5 +1,6 @@
 """Modality audit: end to end on shapes-llava (all measures present), a planted inconsistency is
-detected, user JSONL with malformed lines on a tiny LLaVA, CLI with the HTML report."""
+detected, user JSONL on a tiny LLaVA (a malformed line stops the run naming file:line), CLI with the
+HTML report."""
 import json
 import os
 
@@ -60,10 +61,22 @@ def test_planted_inconsistency_is_detected(shapes_llava, items, clean):
     assert shapes_llava.run(b).logits.shape[0] == 1 and not shapes_llava.model.model.multi_modal_projector._forward_hooks
 
 
-def test_user_jsonl_with_malformed_lines_on_tiny_llava():
-    items, errors = load_items(FIXTURE)
-    assert [ln for ln, _ in errors] == [3, 4, 6]
-    assert "not JSON" in errors[0][1] and "answer" in errors[1][1]
+def _good_lines(tmp_path):
+    """The fixture's well-formed lines (1, 2 and 5) in a file of their own, beside the images."""
+    lines = open(FIXTURE).read().splitlines()
+    path = os.path.join(os.path.dirname(FIXTURE), "..", "..", "datasets", "audit_fixture")
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(lines[i] for i in (0, 1, 4)) + "\n")
+    return str(good), os.path.abspath(path)
+
+
+def test_user_jsonl_on_tiny_llava_and_malformed_lines_named(tmp_path):
+    from vlinterp.core.errors import DataError
+
+    with pytest.raises(DataError, match=r"items.jsonl:3: not JSON"):
+        load_items(FIXTURE)
+    good, image_dir = _good_lines(tmp_path)
+    items = load_items(good, image_dir)
     assert [it.id for it in items] == ["s0", "s1", "text-only"]
     res = audit(vi.load("tiny:llava"), items, factors=False, progress=False)
     assert res["n_items"] == 3 and set(res["accuracy"]) >= {"text", "rendered", "mixed"}
@@ -71,13 +84,20 @@ def test_user_jsonl_with_malformed_lines_on_tiny_llava():
 
 
 def test_cli_writes_json_and_report(tmp_path, capsys):
+    from cli_util import run_cli
     from vlinterp.cli import main
 
+    good, image_dir = _good_lines(tmp_path)
     js, rep = tmp_path / "a.json", tmp_path / "rep"
-    assert main(["audit", "--model", "tiny:llava", "--dataset", FIXTURE, "--no-factors", "--json", str(js), "--report", str(rep),
-                 "--plant-noise", "3"]) == 0
+    rep.mkdir()
+    (rep / "mine.txt").write_text("kept")  # an empty-but-for-my-file directory is refused ...
+    assert run_cli(["audit", "--model", "tiny:llava", "--dataset", good, "--image-dir", image_dir, "--no-factors", "--json", str(js),
+                    "--out", str(rep)], capsys)[0] == 2
+    (rep / "mine.txt").unlink()
+    assert main(["audit", "--model", "tiny:llava", "--dataset", good, "--image-dir", image_dir, "--no-factors", "--json", str(js),
+                 "--out", str(rep), "--plant-noise", "3"]) == 0
     out = json.loads(js.read_text())
-    assert [d["line"] for d in out["skipped_lines"]] == [3, 4, 6] and "planted" in out
+    assert out["n_items"] == 3 and "planted" in out
     html = (rep / "report.html").read_text()
     assert "render-equivalence" in html and (rep / "inside.png").exists() and (rep / "agreement.png").exists()
     # styled tables, and one row per item with its image, question, each rendering's answer and agreement
@@ -89,4 +109,9 @@ def test_cli_writes_json_and_report(tmp_path, capsys):
     assert all(re.search(r'<td class="(ok|bad)"', r) for _, r in rows)
     assert all(r["question"] in html for r in out["per_item"])
     assert [c for c, _ in rows] == ["consistent" if r["consistent"] else "inconsistent" for r in out["per_item"]]
-    assert "skipped line 3" in capsys.readouterr().err
+    (rep / "notes.txt").write_text("mine")  # ... and a later run into it keeps the user's file
+    assert main(["audit", "--model", "tiny:llava", "--dataset", good, "--image-dir", image_dir, "--no-factors", "--out", str(rep)]) == 0
+    assert (rep / "notes.txt").read_text() == "mine" and (rep / "report.html").exists()
+    capsys.readouterr()
+    assert main(["audit", "--model", "tiny:llava", "--dataset", FIXTURE, "--no-factors", "--json", str(tmp_path / "b.json")]) == 2
+    assert "items.jsonl:3: not JSON" in capsys.readouterr().err and not (tmp_path / "b.json").exists()

@@ -9,9 +9,11 @@ import torch
 import vlinterp as vi
 from vlinterp.core.errors import BackboneMismatchError, ShapeMismatchError, UnknownSiteError
 from vlinterp.data.shapes import make_split
-from vlinterp.prototypes import ProtoModel, fit_shapes
+from vlinterp.eval import shapes
+from vlinterp.eval.protos import CLASSES, evaluate_shapes, fit_shapes
+from vlinterp.prototypes import ProtoModel
 from vlinterp.prototypes.features import patch_features
-from vlinterp.prototypes.metrics import evaluate, labels_for
+from vlinterp.prototypes.metrics import labels_for
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,9 @@ def small_nearest(vit):
 def test_push_puts_every_prototype_on_a_training_patch(small, small_nearest, vit, mode):
     pm = small if mode == "discriminative" else small_nearest
     assert pm.info["push"] == mode
-    scenes = make_split("train", 96, 0)
-    pf = patch_features(vit, [s.pil() for s in scenes], pm.site)
-    y = labels_for(scenes)
+    items = shapes.scenes("train", 96, 0)
+    pf = patch_features(vit, [it.image for it in items], pm.site)
+    y = labels_for(items, CLASSES)
     head = pm.head
     with torch.no_grad():
         for j in range(head.n_prototypes):
@@ -127,12 +129,16 @@ def test_patch_features_on_every_image_stream(shapes_llava):
 
 
 def test_metrics_are_measured(small):
-    res = evaluate(small, make_split("test", 24, 5))
-    for key in ("head", "probe"):
-        assert 0 <= res[key]["mean_label_accuracy"] <= 1
-    assert 0 <= res["consistency"]["share_consistent"] <= 1
-    assert 0 <= res["stability"]["mean"] <= 1 and res["stability"]["prototypes"] > 0
-    assert 0 <= res["localisation"]["pointing_game"] <= 1 and res["localisation"]["pairs"] > 0
+    """On 24 held-out scenes the small head (96 scenes, 40 warm-up steps) measured: pointing game 0.78
+    against 0.095 for a random map, stability 0.947 under pixel noise 0.2, 6 of 9 evaluated prototypes
+    consistent. Asserted against the baselines with room for seeds and threads."""
+    res = evaluate_shapes(small, 24, 5)
+    assert res["n_images"] == 24 and res["localisation"]["pairs"] > 0
+    loc = res["localisation"]
+    assert loc["pointing_game"] >= 4 * loc["random_map_baseline"], loc
+    assert res["stability"]["mean"] >= 0.85 and res["stability"]["prototypes"] > 0
+    assert res["consistency"]["evaluated"] > 0 and res["consistency"]["share_consistent"] >= 0.5, res["consistency"]
+    assert set(res["probe"]) == set(res["head"]) == {"mean_label_accuracy", "exact_match"}
 
 
 def test_cli_train_explain_eval(tmp_path, capsys):

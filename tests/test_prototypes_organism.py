@@ -12,15 +12,13 @@ was 0.81 (vit) and 0.755 (clip): some prototypes sat on the co-occurring partner
 import pytest
 
 import vlinterp as vi
-from vlinterp.data.shapes import make_split
-from vlinterp.prototypes import fit_shapes
-from vlinterp.prototypes.metrics import evaluate
+from vlinterp.eval.protos import evaluate_shapes, fit_shapes
 
 
 @pytest.mark.parametrize("name", ["shapes-vit", "shapes-clip"])
 def test_prototype_head_on_organism(name):
     pm = fit_shapes(vi.load(name), n=2000, progress=False)
-    res = evaluate(pm, make_split("test", 300, 91))
+    res = evaluate_shapes(pm, 300, 91)
     assert res["head"]["mean_label_accuracy"] >= res["probe"]["mean_label_accuracy"] - 0.02
     assert res["stability"]["mean"] >= 0.9
     assert res["consistency"]["share_consistent"] >= 0.8

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import vlinterp as vi
-from vlinterp.core.errors import LayerRangeError, PromptError, UnsupportedError
-from vlinterp.pruning import REGISTRY, Pruner, PrunedLM, make_pruner
+from vlinterp.core.errors import ConfigError, LayerRangeError, UnknownNameError, UnsupportedError
+from vlinterp.pruning import PRUNERS, Pruner, PrunedLM, make_pruner
 from vlinterp.pruning.fastv import received_attention
 from vlinterp.pruning.flops import lm_flops
 
@@ -165,16 +165,68 @@ def test_flops_accounting():
 
 
 def test_errors(shapes_llava):
-    with pytest.raises(PromptError, match="unknown pruning method"):
-        make_pruner("nosuch:0.5")
-    with pytest.raises(PromptError, match="keep ratio"):
+    with pytest.raises(UnknownNameError, match="unknown pruning method 'fastb'; did you mean fastv"):
+        make_pruner("fastb:0.5")
+    with pytest.raises(ConfigError, match="keep ratio"):
         make_pruner("random:1.5")
-    with pytest.raises(PromptError, match="key=value"):
+    with pytest.raises(ConfigError, match=r"'2' in 'fastv:0.5:2' is not key=value"):
         make_pruner("fastv:0.5:2")
+    with pytest.raises(ConfigError, match="layer must be >= 1"):
+        make_pruner("fastv:0.5:layer=0")
+    with pytest.raises(ConfigError, match="unknown option"):
+        make_pruner("visionzip:0.5:nosuch=1")
+    with pytest.raises(ConfigError, match="proxy"):
+        make_pruner("info:0.5:proxy=nosuch")
     b = _batch(shapes_llava)
     with pytest.raises(LayerRangeError, match="outside"):
         PrunedLM(shapes_llava).prefill(b, make_pruner("fastv:0.5:layer=9"))
-    assert set(METHODS) <= set(REGISTRY)
+    assert PRUNERS.names() == list(METHODS)
+
+
+def test_specs_and_configs():
+    """``make_pruner`` specs, the registry's ``create`` and direct construction build the same pruner."""
+    from vlinterp.pruning.fastv import FastV
+
+    a, b = make_pruner("fastv:0.5:layer=3"), PRUNERS.create("fastv", keep=0.5, layer=3)
+    assert a.config == b.config == FastV(0.5, layer=3).config == FastV.Config(keep=0.5, layer=3)
+    assert make_pruner("visionzip[keep=0.3,tower_layer=2]").config == make_pruner("visionzip:0.3:tower_layer=2").config
+    assert make_pruner("hybrid").keep == 0.25 and make_pruner("hybrid:0.1:horizon=2", seed=4).seed == 4
+    assert make_pruner("visionzip:0.25:proportional=0").proportional is False
+
+
+def test_hybrid_without_a_measured_horizon_says_so(shapes_llava):
+    from vlinterp.pruning.information import known_horizon
+
+    if known_horizon(shapes_llava) is None:
+        with pytest.raises(ConfigError, match="horizon"):
+            PrunedLM(shapes_llava).prefill(_batch(shapes_llava, 2), make_pruner("hybrid:0.5"))
+
+
+def test_one_file_and_one_line_add_a_method(shapes_llava):
+    """A new method is a class with a Config, registered by one line: specs, options and errors work."""
+    from dataclasses import dataclass
+
+    class EveryOther(Pruner):
+        name = "every_other"
+
+        @dataclass
+        class Config(Pruner.Config):
+            offset: int = 0
+
+        def at_layer(self, ctx):
+            if ctx.layer:
+                return None
+            return ctx.keep_top(((ctx.grid + self.offset) % 2 == 0).float(), self.n_keep(ctx.n_image))
+
+    PRUNERS.register("every_other", EveryOther)
+    try:
+        p = make_pruner("every_other:0.5:offset=1")
+        pre = PrunedLM(shapes_llava).prefill(_batch(shapes_llava, 2), p)
+        assert pre.image_kept.shape == (2, 50) and bool((pre.image_kept % 2 == 1).all())
+        with pytest.raises(ConfigError, match="offset"):
+            make_pruner("every_other:0.5:offset=x")
+    finally:
+        PRUNERS._targets.pop("every_other"), PRUNERS._loaded.pop("every_other")
 
 
 def test_tiny_llava_and_unsupported_layouts(tmp_path):
@@ -195,7 +247,8 @@ def test_tiny_llava_and_unsupported_layouts(tmp_path):
 
 
 def test_information_by_removal(shapes_llava):
-    from vlinterp.pruning.information import probe_items, summarise, token_information
+    from vlinterp.eval.prune import probe_items
+    from vlinterp.pruning.information import summarise, token_information
 
     info = token_information(shapes_llava, probe_items(2), progress=False)
     assert info["exact"].shape == (2, 4, 100)
@@ -206,7 +259,7 @@ def test_information_by_removal(shapes_llava):
     # a token hidden from layer 0 is removed entirely: its information there equals the TV
     # distance to a run on the sequence without it
     runner = PrunedLM(shapes_llava)
-    b = shapes_llava.prepare(images=[probe_items(1)[0][0]], text=[probe_items(1)[0][1]])
+    b = shapes_llava.prepare(images=[probe_items(1)[0].image], text=[probe_items(1)[0].prompt])
     cell = int(info["exact"][0, 0].argmax())
     out = runner.prefill(b, _Fixed([[c for c in range(100) if c != cell]], layer=0)).logits
     base = runner.prefill(b).logits

@@ -8,7 +8,8 @@ analytical FLOPs of the kept-token schedule.
 import pytest
 
 from vlinterp.pruning import PrunedLM, make_pruner
-from vlinterp.pruning.bench import _acc, answers, eval_items
+from vlinterp.eval.prune import accuracy as _acc
+from vlinterp.eval.prune import answers, eval_items
 from vlinterp.pruning.flops import lm_flops
 
 

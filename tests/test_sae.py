@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import vlinterp
-from vlinterp.core.errors import LoadError, NaNError, PromptError, ShapeMismatchError
+from vlinterp.core.errors import OutputError, LoadError, NaNError, PromptError, ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
-from vlinterp.sae import ActivationStore, shapes_items
+from vlinterp.core.items import Item
+from vlinterp.eval.sae_data import shapes_items
+from vlinterp.sae import ActivationStore
 from vlinterp.sae.analysis import auroc, cross_modal_weights, reference_activations, sample_scores
 from vlinterp.sae.attach import feature_edit, load_sae, save_sae, splice_edit
 from vlinterp.sae.quality import reconstruction
@@ -29,19 +31,22 @@ def items():
 
 @pytest.fixture(scope="module")
 def store(llava, items):
-    return ActivationStore.harvest(llava, SITE, items, batch_size=8, progress=False, keep="content")
+    return ActivationStore.harvest(llava, SITE, items, batch_size=8, progress=False, tokens="content")
 
 
 def test_harvest_rows_and_resume_equals_uninterrupted(llava, items, store, tmp_path):
     full = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "a"), batch_size=4, shard_samples=8,
-                                   progress=False, keep="content")
+                                   progress=False, tokens="content")
     part = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "b"), batch_size=4, shard_samples=8,
-                                   progress=False, keep="content", stop_after=1)
+                                   progress=False, tokens="content", stop_after=1)
     assert part.meta["samples_done"] == 8 and not part.meta.get("complete")
-    open(tmp_path / "b" / "shard_00001.safetensors", "wb").write(b"half-written")  # a killed write
+    open(tmp_path / "b" / ".tmp-shard_00001-x.safetensors", "wb").write(b"half-written")  # a killed write
+    open(tmp_path / "b" / "notes.txt", "w").write("mine")  # the user's file in the store stays
     res = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "b"), batch_size=4, shard_samples=8,
-                                  progress=False, keep="content")
+                                  progress=False, tokens="content")
     assert res.meta["complete"] and len(res.meta["shards"]) == 3
+    assert sorted(os.listdir(tmp_path / "b")) == [".vlinterp-manifest.json", "manifest.json", "notes.txt"] + \
+        [f"shard_{k:05d}.safetensors" for k in range(3)]
     for k in full.rows:
         assert torch.equal(full.rows[k], res.rows[k]), k
     assert sorted(set(res.rows["sample"].tolist())) == list(range(len(items)))  # none lost, none twice
@@ -52,15 +57,22 @@ def test_harvest_rows_and_resume_equals_uninterrupted(llava, items, store, tmp_p
     assert (res.rows["token"][img] == -1).all() and (res.rows["token"][~img] >= 0).all()
     assert len(store) == len(full)  # in memory (batch 8) == on disk (batch 4) row count
     with pytest.raises(LoadError):  # a different harvest in the same directory
-        ActivationStore.harvest(llava, "blocks.0.resid", items, out_dir=str(tmp_path / "b"), progress=False, keep="content")
+        ActivationStore.harvest(llava, "blocks.0.resid", items, out_dir=str(tmp_path / "b"), progress=False, tokens="content")
+    # a shard file vlinterp did not write is never removed: the harvest stops and names it
+    part = str(tmp_path / "c")
+    ActivationStore.harvest(llava, SITE, items, out_dir=part, batch_size=4, shard_samples=8, progress=False, tokens="content", stop_after=1)
+    open(os.path.join(part, "shard_00001.safetensors"), "wb").write(b"someone else's")
+    with pytest.raises(OutputError, match="shard_00001"):
+        ActivationStore.harvest(llava, SITE, items, out_dir=part, batch_size=4, shard_samples=8, progress=False, tokens="content")
+    assert open(os.path.join(part, "shard_00001.safetensors"), "rb").read() == b"someone else's"
 
 
 def test_keep_answer_is_image_plus_the_answer_tokens(llava, items, store):
-    """``keep="answer"``: the image patches and exactly the teacher-forced answer's tokens, with the same
+    """``tokens="answer"``: the image patches and exactly the teacher-forced answer's tokens, with the same
     activations as in the ``content`` store (the instruction's tokens are left out)."""
-    ans = ActivationStore.harvest(llava, SITE, items[:6], batch_size=3, progress=False, keep="answer")
-    for i, (img, prompt, answer) in enumerate(items[:6]):
-        b = llava.prepare(images=[img], text=[prompt], answer=[answer])
+    ans = ActivationStore.harvest(llava, SITE, items[:6], batch_size=3, progress=False, tokens="answer")
+    for i, it in enumerate(items[:6]):
+        b = llava.prepare(images=[it.image], text=[it.prompt], answer=[it.answer])
         want = b.inputs["input_ids"][0, b.layout.span("answer", 0)].tolist()
         got = ans.rows["sample"] == i
         txt = got & (ans.rows["modality"] != 2)
@@ -69,7 +81,7 @@ def test_keep_answer_is_image_plus_the_answer_tokens(llava, items, store):
         full = (store.rows["sample"] == i) & (store.rows["modality"] != 2)  # prompt text, then the answer
         assert torch.allclose(ans.acts[txt], store.acts[full][-len(want):], atol=1e-5)
     with pytest.raises(PromptError, match="answer"):
-        ActivationStore.harvest(llava, SITE, [(img, p) for img, p, _ in items[:2]], progress=False, keep="answer")
+        ActivationStore.harvest(llava, SITE, [Item(it.image, it.prompt) for it in items[:2]], progress=False, tokens="answer")
 
 
 def test_training_resume_equals_uninterrupted(store, tmp_path):
@@ -109,7 +121,7 @@ def test_saelens_round_trip_both_ways(llava, store, tmp_path):
     native = TopKSAE(TopKSAEConfig(d_in=store.d, d_sae=40, k=3, dtype="float32", device="cpu"))
     native.save_model(str(tmp_path / "native"))
     sae = load_sae(str(tmp_path / "native"))
-    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0].image], text=["is there a red circle?"])
     plain = llava.run(b).logits
     before = count_hooks(llava.model)
     with llava.edits({SITE: splice_edit(sae, SITE)}):
@@ -124,7 +136,7 @@ def test_wrong_width_is_a_named_error(llava, store):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     wrong = TopKSAE(TopKSAEConfig(d_in=store.d + 8, d_sae=16, k=2, dtype="float32", device="cpu"))
-    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0].image], text=["is there a red circle?"])
     with pytest.raises(ShapeMismatchError, match="width"):
         llava.run(b, edits={SITE: splice_edit(wrong, SITE)})
     with pytest.raises(ShapeMismatchError, match="width"):
@@ -139,7 +151,7 @@ def test_quality_and_feature_scaling(llava, store):
     fresh = train_sae(store, d_sae=64, k=8, steps=1, batch_size=64, progress=False)
     assert reconstruction(fresh, store.acts)["fvu"] > q["fvu"]
     # scaling a feature by 1 changes nothing; by 0 removes its decoder contribution
-    b = llava.prepare(images=[shapes_items("sae-test", 1)[0][0]], text=["is there a red circle?"])
+    b = llava.prepare(images=[shapes_items("sae-test", 1)[0].image], text=["is there a red circle?"])
     cap = llava.run(b, capture=[SITE]).cache[SITE]
     k = int(torch.argmax((sae.encode(store.acts) > 0).sum(0)))
     same = llava.run(b, capture=[SITE], edits={SITE: feature_edit(sae, {k: 1.0}, SITE)}).cache[SITE]
@@ -202,31 +214,33 @@ def test_cli_round_trip(tmp_path, capsys):
     from vlinterp.cli import main
 
     st, sae = str(tmp_path / "st"), str(tmp_path / "sae")
-    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:12:0:mixed", "--out", st]) == 0
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:mixed", "--n", "12", "--out", st]) == 0
+    assert json.load(open(os.path.join(st, "manifest.json")))["dataset"] == "shapes:sae:12:0:mixed"
     assert main(["sae", "train", "--store", st, "--out", sae, "--d-sae", "48", "--k", "4", "--steps", "30", "--checkpoint-every", "10"]) == 0
     assert main(["sae", "eval", "--sae", sae, "--store", st, "--json", str(tmp_path / "q.json")]) == 0
     assert json.load(open(tmp_path / "q.json"))["reconstruction"]["l0"] == pytest.approx(4.0)
     assert main(["sae", "inspect", "--sae", sae, "--store", st, "--model", "tiny:llava", "--out", str(tmp_path / "dash"), "--top", "2"]) == 0
-    pages = os.listdir(tmp_path / "dash")
+    pages = [p for p in os.listdir(tmp_path / "dash") if not p.startswith(".")]
     assert "index.html" in pages and len(pages) == 3
     page = open(tmp_path / "dash" / [p for p in pages if p.startswith("feature_")][0]).read()
     assert "top image patches" in page and "data:image/png;base64" in page
-    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--json", str(tmp_path / "s.json")]) == 0
     assert len(json.load(open(tmp_path / "s.json"))["scores"]) == 12
     # the balanced score with a relative activity threshold, recorded in the output
-    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "b.json"),
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--json", str(tmp_path / "b.json"),
                  "--balanced", "--min-rel", "0.5"]) == 0
     bal = json.load(open(tmp_path / "b.json"))
     assert bal["balanced"] and bal["min_rel"] == 0.5 and len(bal["scores"]) == 12 and not bal["overlap"]
-    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "o.json"),
+    assert main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--json", str(tmp_path / "o.json"),
                  "--balanced", "--min-rel", "0.5", "--overlap"]) == 0
     ov = json.load(open(tmp_path / "o.json"))
     assert ov["overlap"] and all(0.0 <= v <= 1.0 for v in ov["scores"].values())
     with pytest.raises(SystemExit):
-        main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--out", str(tmp_path / "c.json"), "--min-rel", "1.5"])
+        main(["sae", "score-data", "--sae", sae, "--calib-store", st, "--store", st, "--json", str(tmp_path / "c.json"), "--min-rel", "1.5"])
     assert not (tmp_path / "c.json").exists()
     st2 = str(tmp_path / "st2")
-    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:4:0:caption", "--out", st2, "--keep", "answer"]) == 0
-    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", "blocks.99.resid", "--dataset", "shapes:sae:2", "--out", str(tmp_path / "x")]) == 2
-    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "nope:1", "--out", str(tmp_path / "y")]) == 2
-    assert "unknown dataset spec" in capsys.readouterr().err
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", SITE, "--dataset", "shapes:sae:caption", "--n", "4", "--out", st2,
+                 "--tokens", "answer"]) == 0
+    assert main(["sae", "harvest", "--model", "tiny:llava", "--site", "blocks.99.resid", "--dataset", "shapes:sae", "--n", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "unknown hook site" in capsys.readouterr().err

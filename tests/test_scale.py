@@ -1,6 +1,7 @@
 """Scale-out on a local Ray cluster with 2 workers: results equal the single-process run; a failing
 worker's error names the items."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def test_audit_with_two_workers_equals_one(tmp_path):
 
 def test_prune_bench_with_two_workers_equals_one(tmp_path):
     args = ["prune", "bench", "--n", "48", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
-            "--batch", "16", "--plot", ""]
+            "--batch", "16"]
     a, b = _one_and_two(tmp_path, args)
     assert a["unpruned"]["accuracy"] == b["unpruned"]["accuracy"]
     assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]
@@ -57,16 +58,16 @@ def test_worker_error_names_the_items():
 
 
 def _dying_worker(adapter, ks, start, **kw):
-    """Like the harvest worker, but the process dies on shard 2 after leaving a stray file."""
+    """Like the harvest worker, but the process dies on shard 2 while writing its temp file."""
     import os
 
-    from vlinterp.sae import store_parallel
+    from vlinterp.eval import sae_parallel
 
     if 2 in ks:
-        with open(os.path.join(kw["out_dir"], "shard_00002.safetensors"), "wb") as f:
+        with open(os.path.join(kw["out_dir"], ".tmp-shard_00002.safetensors-dead"), "wb") as f:
             f.write(b"half-written")
         os._exit(1)
-    return [store_parallel.harvest_shard(adapter, k=k, **kw) for k in ks]
+    return [sae_parallel.harvest_shard(adapter, k=k, **kw) for k in ks]
 
 
 def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
@@ -76,15 +77,16 @@ def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path
     import torch
 
     import vlinterp as vi
-    from vlinterp.sae import store_parallel
-    from vlinterp.sae.store import ActivationStore, items_from_spec
+    from vlinterp.eval import sae_parallel as store_parallel
+    from vlinterp.eval.sae_data import items_from_spec
+    from vlinterp.sae.store import ActivationStore
 
     spec, site = "shapes:sae-train:24:0:caption", "blocks.1.resid"
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting: same kernels, same numbers
     try:
         ref = ActivationStore.harvest(vi.load("shapes-llava"), site, items_from_spec(spec), out_dir=str(tmp_path / "ref"), batch_size=4,
-                                      shard_samples=6, keep="content", dataset=spec, progress=False)
+                                      shard_samples=6, tokens="content", dataset=spec, progress=False)
     finally:
         torch.set_num_threads(before)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -92,12 +94,13 @@ def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path
     monkeypatch.setattr(store_parallel, "_worker", _dying_worker)
     with WorkerPool("shapes-llava", workers=2) as pool:
         with pytest.raises(WorkerError, match="shard 2"):
-            store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, keep="content", progress=False)
+            store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, tokens="content", progress=False)
     monkeypatch.undo()
     listed = json.loads((tmp_path / "par" / "manifest.json").read_text())["shards"]
     assert "shard_00002.safetensors" not in {s["file"] for s in listed}
+    assert ".tmp-shard_00002.safetensors-dead" in os.listdir(out)
     with WorkerPool("shapes-llava", workers=2) as pool:
-        st = store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, keep="content", progress=False)
+        st = store_parallel.harvest_parallel(pool, "shapes-llava", site, spec, out, batch_size=4, shard_samples=6, tokens="content", progress=False)
     assert st.meta["complete"] and [s["samples"] for s in st.meta["shards"]] == [[0, 5], [6, 11], [12, 17], [18, 23]]
     for k in ref.rows:
         assert torch.equal(ref.rows[k], st.rows[k]), k
@@ -123,7 +126,7 @@ def test_steer_eval_with_two_workers_equals_one(tmp_path):
 
 
 def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
-    args = ["trace", "--dataset", "shapes", "--n", "5", "--components", "resid", "--samples", "2", "--seed", "4"]
+    args = ["trace", "--dataset", "shapes", "--n", "5", "--components", "resid", "--samples", "2", "--noise-seed", "4"]
     a, b = _one_and_two(tmp_path, args)
     assert b["meta"]["workers"] == 2 and a["meta"]["n"] == b["meta"]["n"] == 5
     # same items and seeds; the driver's torch threads differ from the workers' (1), so floats agree
@@ -143,14 +146,16 @@ def test_sae_train_data_parallel_equals_one_process_and_shares_its_checkpoints(t
 
     import vlinterp
     from vlinterp.core.errors import NaNError
-    from vlinterp.sae import ActivationStore, shapes_items
+    from vlinterp.eval.sae_data import shapes_items
+    from vlinterp.sae import ActivationStore
     from vlinterp.sae.attach import load_sae
     from vlinterp.sae.train import _checkpoints, train_sae
+    from vlinterp.scale.sae_train import train_data_parallel
 
     m = vlinterp.load("tiny:llava")
     store_dir = str(tmp_path / "store")
     st = ActivationStore.harvest(m, "blocks.1.resid", shapes_items("sae-test", 20, 0, "mixed"), out_dir=store_dir, batch_size=8,
-                                 progress=False, keep="content")
+                                 progress=False, tokens="content")
     kw = dict(d_sae=48, k=4, steps=30, batch_size=32, checkpoint_every=10, progress=False)
     full = train_sae(st, checkpoint_dir=str(tmp_path / "full"), **kw)
     ck = str(tmp_path / "ck")
@@ -167,4 +172,4 @@ def test_sae_train_data_parallel_equals_one_process_and_shares_its_checkpoints(t
 
     bad = ActivationStore({**st.rows, "acts": st.acts.clone().index_fill_(0, torch.tensor([3]), float("nan"))}, dict(st.meta))
     with pytest.raises(NaNError, match="non-finite"):
-        train_sae(bad, workers=2, **kw)
+        train_data_parallel(bad, workers=2, **kw)

@@ -43,13 +43,14 @@ def sae_dir(tmp_path_factory):
     """A tiny top-k SAE on shapes-llava's blocks.2.resid, with its store (so dashboards work)."""
     import vlinterp as vi
     from vlinterp.sae.attach import save_sae
-    from vlinterp.sae.store import ActivationStore, items_from_spec
+    from vlinterp.eval.sae_data import items_from_spec
+    from vlinterp.sae.store import ActivationStore
     from vlinterp.sae.train import train_sae
 
     d = tmp_path_factory.mktemp("sae")
     spec = "shapes:sae-train:16:0:caption"
     m = vi.load("shapes-llava")
-    st = ActivationStore.harvest(m, "blocks.2.resid", items_from_spec(spec), out_dir=str(d / "store"), keep="content",
+    st = ActivationStore.harvest(m, "blocks.2.resid", items_from_spec(spec), out_dir=str(d / "store"), tokens="content",
                                  dataset=spec, progress=False)
     sae = train_sae(st, "topk", d_sae=64, k=8, steps=60, batch_size=64, progress=False)
     save_sae(sae, str(d / "sae"), {"store": str(d / "store"), "dataset": spec})

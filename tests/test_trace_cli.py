@@ -56,7 +56,7 @@ def test_trace_cli_errors_write_nothing(tmp_path, capsys):
 def test_trace_cli_over_a_jsonl_dataset(tmp_path, capsys):
     """Per-item tables equal tracing each item alone (item i: seed + i); the mean table is the RR of
     the means; a bad item is named."""
-    from vlinterp.commands.trace_sweep import rr_of_means
+    from vlinterp.eval.trace import rr_of_means
 
     imgs = [_img(tmp_path, k) for k in range(3)]
     rows = [{"id": "a", "image": os.path.basename(imgs[0]), "prompt": "is there a red circle?", "target": "yes", "box": [0, 0, 32, 32]},
@@ -65,7 +65,7 @@ def test_trace_cli_over_a_jsonl_dataset(tmp_path, capsys):
     ds = tmp_path / "items.jsonl"
     ds.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     js, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    common = ["--model", "tiny:llava", "--components", "resid,mlp", "--samples", "2", "--seed", "5"]
+    common = ["--model", "tiny:llava", "--components", "resid,mlp", "--samples", "2", "--noise-seed", "5"]
     assert main(["trace", "--dataset", str(ds), "--json", str(js), "--plot", str(png)] + common) == 0
     out = json.loads(js.read_text())
     assert [e["id"] for e in out["items"]] == ["a", "b", "c"] and out["meta"]["n"] == 3
@@ -74,7 +74,7 @@ def test_trace_cli_over_a_jsonl_dataset(tmp_path, capsys):
     assert "RR of the means" in capsys.readouterr().out and png.exists()
     one = tmp_path / "one.json"
     assert main(["trace", imgs[1], "--prompt", rows[1]["prompt"], "--target", "no", "--json", str(one)]
-                + common[:-1] + ["6"]) == 0  # item 1 runs with seed 5 + 1
+                + common[:-1] + ["6"]) == 0  # item 1 runs with noise seed 5 + 1
     # the single-image file stores float32
     assert np.allclose(json.loads(one.read_text())["arrays"]["p_patch"], out["items"][1]["p_patch"], rtol=1e-6, atol=0)
 
@@ -85,5 +85,5 @@ def test_trace_cli_over_a_jsonl_dataset(tmp_path, capsys):
     assert main(["trace", imgs[0], "--dataset", str(ds), "--json", str(tmp_path / "x.json")] + common) == 2
     assert main(["trace", "--dataset", str(ds), "--positions", "tokens", "--json", str(tmp_path / "x.json")] + common) == 2
     err = capsys.readouterr().err
-    assert "item zz" in err and "not both" in err and "--positions groups" in err
+    assert "item zz" in err and "not both" in err and "position groups" in err
     assert not (tmp_path / "x.json").exists()

@@ -153,3 +153,92 @@ def test_text_noise_errors(llava, vit):
         trace(mv, bv, 0, corruption=TextNoise([1]), samples=1)
     r = trace(mv, bv, 0, corruption="blur", samples=1)  # vision-only blur works
     assert np.all(np.isfinite(r.arrays["rr"]))
+
+
+def _rome_loop(m, b, target, comp, groups, window, samples, seed, scale=3.0):
+    """Causal tracing written from scratch, ROME-style: Gaussian noise (``scale`` x the std of the
+    image patch embeddings) at ``vision.embed``, then for each layer ``l`` the clean output of
+    ``blocks.{j}.{comp}`` restored at a group's positions for ``j`` in ROME's window
+    ``range(max(0, l - window // 2), min(L, l - (-window // 2)))``. Returns RR ``[L, groups]``."""
+    L = m.num_layers()
+    last = int(b.layout.span("last", 0)[0])
+    tid = m.token_id(target)
+    prob = lambda logits: float(logits[0, last].float().softmax(-1)[tid])  # noqa: E731
+    clean = m.run(b, capture=["vision.embed"] + [f"blocks.{j}.{comp}" for j in range(L)]).cache
+    emb = clean["vision.embed"]
+    img = torch.as_tensor(b.layouts["vision"].modality == 2)[..., None].expand_as(emb)
+    std = float(emb[img].float().std())
+    p_clean = prob(m.run(b).logits)
+    p_corr, p_patch = [], np.zeros((samples, L, len(groups)))
+    for s in range(samples):
+        z = torch.randn(tuple(emb.shape), generator=torch.Generator().manual_seed(seed * 1000003 + s)) * scale * std * img
+        noise = {"vision.embed": lambda t, layout, z=z: t + z.to(t.dtype)}
+        p_corr.append(prob(m.run(b, edits=noise).logits))
+        for l in range(L):
+            for g, pos in enumerate(groups.values()):
+                def restore(t, layout, site):
+                    t = t.clone()
+                    t[:, pos] = clean[site][:, pos].to(t.dtype)
+                    return t
+                sites = [f"blocks.{j}.{comp}" for j in range(max(0, l - window // 2), min(L, l - (-window // 2)))]
+                edits = {**noise, **{site: (lambda t, layout, site=site: restore(t, layout, site)) for site in sites}}
+                p_patch[s, l, g] = prob(m.run(b, edits=edits).logits)
+    pc = float(np.mean(p_corr))
+    return (p_patch.mean(0) - pc) / (p_clean - pc)
+
+
+@pytest.mark.parametrize("window", [2, 3, 4])
+def test_window_follows_rome_at_the_edge_layers(shapes_llava, window):
+    """``window=W`` restores ROME's window, cut short at the first and last layers; ``window_mode="slide"``
+    (the earlier behaviour, kept as an option) keeps W layers there and so differs at the edges only."""
+    from vlinterp.eval import shapes as S
+    from vlinterp.tracing import window_layers
+
+    m = shapes_llava
+    it = S.present_objects("test", 1, 11)[0]
+    b = m.prepare(images=[it.image], text=[it.prompt])
+    pos = b.layout.image_positions(0).numpy()
+    groups = {"patches": pos[::3].tolist(), "last": b.layout.span("last", 0).tolist()}
+    L = m.num_layers()
+    ours = trace(m, b, "yes", components="resid", positions=groups, window=window, samples=2, seed=4)
+    ref = _rome_loop(m, b, "yes", "resid", groups, window, samples=2, seed=4)
+    assert np.abs(ours.arrays["rr"][0] - ref).max() <= 1e-5
+    assert ours.meta["window_mode"] == "rome"
+    slide = trace(m, b, "yes", components="resid", positions=groups, window=window, samples=2, seed=4, window_mode="slide")
+    edge = [l for l in range(L) if window_layers(l, window, L, "rome") != window_layers(l, window, L, "slide")]
+    inner = [l for l in range(L) if l not in edge]
+    assert edge == [l for l in range(L) if l < window // 2 or l > L - 1 - (-(-window // 2) - 1)]
+    assert np.abs(slide.arrays["rr"][0, inner] - ours.arrays["rr"][0, inner]).max() <= 1e-6
+    assert np.abs(slide.arrays["rr"][0, edge] - ours.arrays["rr"][0, edge]).max() > 1e-3  # the modes really differ there
+
+
+def test_window_layers():
+    from vlinterp.tracing import window_layers
+
+    assert [window_layers(l, 3, 4) for l in range(4)] == [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3]]
+    assert [window_layers(l, 3, 4, "slide") for l in range(4)] == [[0, 1, 2], [0, 1, 2], [1, 2, 3], [1, 2, 3]]
+    assert [window_layers(l, 10, 6) for l in (0, 5)] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]  # ROME's default window
+    assert window_layers(2, 1, 4) == window_layers(2, 1, 4, "slide") == [2]
+
+
+def test_corruption_registry(llava):
+    from vlinterp.core.errors import ConfigError, UnknownNameError
+    from vlinterp.tracing import CORRUPTIONS, Blur, ImageNoise, make_corruption
+
+    assert CORRUPTIONS.names() == ["noise", "pixel-noise", "blur", "text-noise", "interchange"]
+    assert make_corruption("noise", 2.0).describe() == {"kind": "noise", "scale": 2.0, "space": "embed"}
+    assert make_corruption("pixel-noise").describe() == {"kind": "noise", "scale": 3.0, "space": "pixel"}
+    assert make_corruption("blur:sigma=2").sigma == 2.0 and make_corruption("noise:scale=5", 2.0).scale == 5.0
+    assert ImageNoise(4.0).config == CORRUPTIONS.config("noise", scale=4) and Blur().sigma == 4.0
+    assert make_corruption("text-noise", positions=[3, 4]).positions.tolist() == [3, 4]
+    with pytest.raises(UnknownNameError, match="did you mean blur"):
+        make_corruption("blurr")
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        make_corruption("blur:sigma=-1")
+    with pytest.raises(ConfigError, match="unknown option"):
+        make_corruption("noise:sigma=1")
+    with pytest.raises(PromptError, match="second image"):
+        make_corruption("interchange")
+    m, b = llava
+    r = trace(m, b, "yes", components="resid", positions="all", samples=1, corruption="blur:sigma=2")
+    assert r.meta["corruption"] == {"kind": "blur", "sigma": 2.0}

@@ -1,16 +1,11 @@
-"""Issue 5 acceptance on shapes-llava (held-out scenes, fresh seed 11), asserting the levels really
-reached where they fall short of the floors (see REACHED)."""
-# floors the shipped organism misses -> the level it reaches; see the issue note
-REACHED = {
-    # floor +0.03 with random accuracy within 1 point; measured +0.000 (0.881 on 512 held-out questions about
-    # absent partners): on calibration, strengths that lift adversarial accuracy (lambda 2: +1.6, 4: +2.3
-    # points) cost 1.6-3.1 points of random accuracy, so the fit picks lambda 0
-    "iri_adversarial_gain": -0.01,
-}
+"""Issue 5 acceptance on shapes-llava (held-out scenes, fresh seed 11). Where the organism falls short
+of a floor the test asserts what it really reaches (stated at the test). Each test runs minutes (slow lane)."""
+import pytest
 
 
+@pytest.mark.slow
 def test_localisation_object_vs_control(shapes_llava):
-    from vlinterp.tracing.localise import localisation
+    from vlinterp.eval.trace_curves import localisation
 
     r = localisation(shapes_llava, n=48, seed=11)
     assert r["n"] >= 40
@@ -20,8 +15,9 @@ def test_localisation_object_vs_control(shapes_llava):
     assert abs(r["object"][-1]) < 1e-4  # image patches restored at the last layer cannot reach the last token
 
 
+@pytest.mark.slow
 def test_last_token_curves(shapes_llava):
-    from vlinterp.tracing.curves import last_token_curves
+    from vlinterp.eval.trace_curves import last_token_curves
 
     c = last_token_curves(shapes_llava, n=24, seed=11)
     resid = c["curves"]["resid"]
@@ -30,15 +26,27 @@ def test_last_token_curves(shapes_llava):
     assert max(c["curves"]["attn"][1:]) > 0.2  # attention at the last token carries the image in
 
 
+@pytest.mark.slow
 def test_iri_on_heldout_pope(shapes_llava):
+    """Floor: +0.03 POPE-adversarial accuracy with random accuracy within a point. Reached: +0.000 (0.881
+    on 512 held-out questions): on calibration the strengths that lift adversarial accuracy (lambda 2:
+    +1.6, 4: +2.3 points) cost 1.6-3.1 points of random accuracy, so the fit declines to steer (lambda 0).
+    Asserted: the fit's choice follows its own calibration grid; declining, the steered model is the
+    unsteered one exactly; steering, it must meet the floor."""
     from vlinterp.metrics.pope import pope
     from vlinterp.steering import IRI
 
     iri = IRI.fit(shapes_llava, n=24, n_eval=128)
+    cal = iri.meta["calibration"]
+    best = (cal["unsteered"]["adversarial"], 0.0)  # the documented rule, on the fit's own calibration numbers
+    for lam, acc in cal["grid"].items():
+        if acc["random"] >= cal["unsteered"]["random"] - 0.01 and acc["adversarial"] > best[0]:
+            best = (acc["adversarial"], float(lam))
+    assert iri.lam == best[1], cal
     base = {k: pope(shapes_llava, k, "test", 256, 11)["accuracy"] for k in ("adversarial", "random")}
     with iri.applied(shapes_llava):
         steer = {k: pope(shapes_llava, k, "test", 256, 11)["accuracy"] for k in ("adversarial", "random")}
-    assert steer["adversarial"] - base["adversarial"] >= min(0.03, REACHED["iri_adversarial_gain"]), (base, steer)
-    assert steer["random"] >= base["random"] - 0.03, (base, steer)
-    if iri.lam == 0.0:  # the fit declined to steer: it must then be exactly the unsteered model
-        assert steer == base
+    if iri.lam == 0.0:
+        assert steer == base, (base, steer)
+    else:
+        assert steer["adversarial"] - base["adversarial"] >= 0.03 and steer["random"] >= base["random"] - 0.01, (base, steer)

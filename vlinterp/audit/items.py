@@ -49,19 +49,22 @@ def shapes_items(n: int = 64, seed: int = 0, split: str = "test") -> list[AuditI
     return out
 
 
-def load_items(path: str, image_dir: str | None = None) -> tuple[list[AuditItem], list[tuple[int, str]]]:
+def load_items(path: str, image_dir: str | None = None) -> list[AuditItem]:
     """Items from a JSON-lines file ``{"id", "context", "question", "answer", "image"?, "candidates"?}``.
-    Returns ``(items, errors)``: malformed lines are reported as ``(line number, message)`` and
-    skipped, never stopping the run."""
+    A malformed line (not JSON, a missing field, an unreadable image, candidates that are not a
+    list) stops with :class:`~vlinterp.core.errors.DataError` naming ``path:line``, as every
+    dataset reader of vlinterp does."""
+    from ..core.errors import DataError
     from ..data.jsonl import read_jsonl
 
-    errors: list[tuple[int, str]] = []
     items = []
-    for d, img in read_jsonl(path, ("id", "context", "question", "answer"), image_dir, on_error=lambda ln, msg: errors.append((ln, msg))):
+    for k, (d, img) in enumerate(read_jsonl(path, ("id", "context", "question", "answer"), image_dir)):
         cands = d.get("candidates")
+        if cands is not None and not isinstance(cands, list):
+            raise DataError(f"{path}: item {d['id']}: candidates must be a list of answer words, got {cands!r}")
         items.append(AuditItem(str(d["id"]), str(d["context"]), str(d["question"]), str(d["answer"]), img, None,
                                [str(c) for c in cands] if cands else None, {"kind": d.get("kind", "user")}))
-    return items, errors
+    return items
 
 
 __all__ = ["AuditItem", "shapes_items", "load_items"]

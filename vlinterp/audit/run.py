@@ -76,8 +76,7 @@ def last_states(adapter, pairs, batch_size: int = 32) -> torch.Tensor:
 @torch.no_grad()
 def logit_lens(adapter, states: torch.Tensor, token_ids: list[int]) -> np.ndarray:
     """Probability of ``token_ids[i]`` read from each layer's state: ``[n, L]`` (final norm + head)."""
-    s = adapter._session
-    norm, head = s.module("norm"), s.module("logits")
+    norm, head = adapter.module("norm"), adapter.module("logits")
     p = head(norm(states.to(adapter.device, adapter.dtype))).float().softmax(-1).cpu()
     return p[torch.arange(len(token_ids)), :, torch.tensor(token_ids)].numpy()
 

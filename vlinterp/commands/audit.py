@@ -1,59 +1,71 @@
 """`vlinterp audit`: does the model answer the same content the same way as text, image, rendered
 text and mixed?
 
-    vlinterp audit --model shapes-llava [--dataset shapes|FILE.jsonl] [--n 64] [--seed 5] --json PATH --report DIR
+    vlinterp audit --model shapes-llava [--dataset shapes|FILE.jsonl] [--n 64] [--seed 5] [--json PATH] [--out DIR]
                    [--image-dir DIR] [--embedder shapes-clip|none] [--no-factors] [--plant-noise SIGMA]
 
 User files: one JSON object per line ``{"id", "context", "question", "answer", "image"?, "candidates"?}``;
-malformed lines are reported by line number and skipped. ``--plant-noise`` also runs the audit with
-Gaussian noise on the projector output (the image pathway) and overlays both in the report.
+a malformed line stops the command with ``file:line`` (as ``trace`` does). ``--json PATH`` writes
+the table, ``--out DIR`` the report directory (plots, ``audit.json``, ``report.html``).
+``--plant-noise`` also runs the audit with Gaussian noise on the projector output (the image
+pathway) and overlays both in the report.
 """
 from __future__ import annotations
 
 import argparse
 
 from ..cli import register
+from . import args as A
+from .dataset_args import dataset
 
 
 def _add(p: argparse.ArgumentParser):
-    p.add_argument("--model", default="shapes-llava")
-    p.add_argument("--dataset", default="shapes", help="'shapes' (held-out scenes) or a JSON-lines file")
-    p.add_argument("--image-dir", help="folder the image paths in --dataset are relative to")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--embedder", default="auto", help="CLIP model for image-text similarity ('auto': shapes-clip for the shapes dataset; 'none')")
+    A.add_model(p)
+    A.add_load_options(p)
+    p.add_argument("--dataset", type=dataset(), default={"kind": "shapes", "split": None, "variant": None, "spec": "shapes"}, metavar="SPEC",
+                   help="'shapes' (held-out scenes, --n/--seed) or a JSON-lines file")
+    p.add_argument("--image-dir", type=A.existing_dir, metavar="DIR", help="folder the image paths in --dataset are relative to")
+    p.add_argument("--n", type=A.positive_int, default=None, help="number of items (shapes: 64; a file: all of its lines)")
+    p.add_argument("--seed", type=A.integer, default=5, help="seed that draws the shapes scenes and the renderings")
+    p.add_argument("--embedder", default="auto", metavar="M",
+                   help="CLIP model for image-text similarity ('auto': shapes-clip for the shapes dataset; 'none')")
     p.add_argument("--no-factors", action="store_true", help="skip the font-size / colour / resolution variants")
-    p.add_argument("--plant-noise", type=float, default=0.0, help="also audit with this much noise on the projector output")
-    p.add_argument("--workers", type=int, default=1, help="Ray workers, each with one model replica (needs vlinterp[scale])")
-    p.add_argument("--address", help="existing Ray cluster (ray://host:port or auto) instead of a local one")
-    p.add_argument("--json")
-    p.add_argument("--report")
+    p.add_argument("--plant-noise", type=A.nonneg_float, default=0.0, help="also audit with this much noise on the projector output")
+    A.add_workers(p)
+    A.add_json(p, "write the audit table as JSON to this file")
+    A.add_out(p, "report directory (plots, audit.json, report.html)", required=False)
+
+
+def _items(args):
+    from ..core.errors import UsageError
+
+    ds = args.dataset
+    if ds["kind"] == "shapes":
+        from ..audit import shapes_items
+
+        return shapes_items(args.n or 64, args.seed, ds["split"] or "test")
+    from ..audit import load_items
+
+    items = load_items(ds["path"], args.image_dir)
+    items = items[: args.n] if args.n else items
+    if not items:
+        raise UsageError(f"no items in {ds['path']}")
+    return items
 
 
 def _run(args) -> int:
-    import sys
+    import os
     from functools import partial
 
     import vlinterp as vi
-    from ..audit import load_items, shapes_items
     from ..audit.report import write_report
     from ..audit.run import _raw_worker, summarise
-    from ..core.errors import PromptError
+    from ..core.io import output_dir, write_json
     from ..scale import WorkerPool
-    from ..zoo.common import write_json_atomic
 
-    errors = []
-    if args.dataset == "shapes":
-        items = shapes_items(args.n, args.seed)
-    else:
-        items, errors = load_items(args.dataset, args.image_dir)
-        for ln, msg in errors:
-            print(f"skipped line {ln}: {msg}", file=sys.stderr)
-        items = items[: args.n] if args.n else items
-    if not items:
-        raise PromptError(f"no usable items in {args.dataset}")
+    items = _items(args)  # read (and checked) before any model loads
     emb = None
-    if args.embedder == "auto" and args.dataset == "shapes":
+    if args.embedder == "auto" and args.dataset["kind"] == "shapes":
         emb = vi.load("shapes-clip")
     elif args.embedder not in ("auto", "none"):
         emb = vi.load(args.embedder)
@@ -63,8 +75,7 @@ def _run(args) -> int:
         raw = pool.map(partial(work, sigma=0.0), items, shard=32, desc="audit", ids=ids)
         raw_planted = pool.map(partial(work, sigma=args.plant_noise), items, shard=32, desc="audit (planted)", ids=ids) if args.plant_noise > 0 else None
     res = summarise(raw, items, emb)
-    res.update(model=args.model, dataset=args.dataset, seed=args.seed, workers=args.workers,
-               skipped_lines=[{"line": ln, "error": e} for ln, e in errors])
+    res.update(model=args.model, dataset=args.dataset["spec"], seed=args.seed, workers=args.workers)
     planted = None
     if raw_planted is not None:
         planted = summarise(raw_planted, items, emb)
@@ -77,12 +88,12 @@ def _run(args) -> int:
     if planted is not None:
         print(f"planted noise {args.plant_noise}: render-equivalence {planted['render_equivalence']:.3f}; image accuracy "
               f"{planted['accuracy'].get('image', float('nan')):.3f}")
-    if errors:
-        print(f"{len(errors)} malformed line(s) skipped: {', '.join(str(ln) for ln, _ in errors)}")
     if args.json:
-        write_json_atomic(args.json, res)
-    if args.report:
-        print(f"report: {write_report(res, args.report, f'modality audit: {args.model}', other=planted, items=items)}")
+        write_json(args.json, res, flag="--json")
+    if args.out:
+        with output_dir(args.out) as tmp:
+            write_report(res, tmp, f"modality audit: {args.model}", other=planted, items=items)
+        print(f"report: {os.path.join(args.out, 'report.html')}")
     return 0
 
 

@@ -12,160 +12,183 @@ shapes world found in the prompt, if any).
 
 Over a dataset: ``vlinterp trace --dataset shapes|FILE.jsonl --json RR.json [--workers N]`` traces
 every item (JSON lines with ``image``, ``prompt`` and optionally ``target``, ``box``, ``object``,
-``id``; ``shapes``: the positive presence questions of ``--n`` held-out scenes, seed
-``--split-seed``, with the ground-truth box of the object asked about) and writes the per-item RR
-tables and the RR of the means over the items (ROME). Item ``i`` uses noise seed ``--seed + i``,
-so ``--workers N`` (Ray, one model per worker) writes the same file as one process.
+``id``; a malformed line stops the command with ``file:line``; ``shapes``: the positive presence
+questions of ``--n`` held-out scenes drawn with ``--seed``, with the ground-truth box of the object
+asked about) and writes the per-item RR tables and the RR of the means over the items (ROME). Item
+``i`` uses noise seed ``--noise-seed + i``, so ``--workers N`` writes the same file as one process.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..cli import register
+from . import args as A
+from .dataset_args import dataset
+
+COMPONENTS = ("attn", "mlp", "resid")
 
 
-def _parse_box(s: str | None):
-    from ..core.errors import ShapeMismatchError
+def _corruption(text: str) -> str:
+    """A corruption spec (``noise``, ``blur:sigma=2`` ...), name and options checked."""
+    from ..tracing.corrupt import CORRUPTIONS
 
-    if not s:
-        return None
-    try:
-        box = tuple(float(v) for v in s.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise ShapeMismatchError(f"--box must be x0,y0,x1,y1 in image pixels, got {s!r}")
-    return box
+    name, opts = CORRUPTIONS.parse(text)
+    CORRUPTIONS.config(name, **opts)
+    return str(text)
 
 
-def _default_object(prompt: str) -> str | None:
-    from ..data.shapes import COLOURS, SHAPES
+def _box(text: str):
+    from ..eval.trace import parse_box
 
-    words = {*COLOURS, *SHAPES, *(s + "s" for s in SHAPES)}
-    toks = prompt.lower().replace("?", " ").replace(".", " ").split()
-    best: list[str] = []
-    run: list[str] = []
-    for t in toks + [""]:
-        if t in words:
-            run.append(t)
-        else:
-            best, run = (run if len(run) > len(best) else best), []
-    return " ".join(best) or None
+    return parse_box(text)
 
 
-def _saliency_mask(m, b, target, method: str, fraction: float):
-    import numpy as np
+def _saliency(text: str) -> str:
+    from .. import saliency
 
-    from .explain import method as make_method
+    known = list(saliency.names())
+    if text not in known:
+        from ..core.errors import UnknownNameError
 
-    r = make_method(method, m).attribute(b, target=target)
-    s = np.asarray(r.scores[0], float)
-    n = len(s) if m.kind != "vlm" else len(b.layout.image_positions(0))
-    k = max(1, int(round(fraction * n)))
-    grid = b.layouts[m.main_stream].grid(0)
-    mask = np.zeros(len(s), bool)
-    mask[np.argsort(-s)[:k]] = True
-    return mask[: grid[0] * grid[1]].reshape(grid)
+        raise UnknownNameError("saliency method", text, known)
+    return text
 
 
 def _add(p: argparse.ArgumentParser):
-    p.add_argument("image", nargs="?", help="image file (or --dataset)")
-    p.add_argument("--dataset", help="trace every item: 'shapes' (held-out presence questions) or a JSON-lines file")
-    p.add_argument("--image-dir", help="folder the image paths in --dataset are relative to (default: the file's folder)")
-    p.add_argument("--n", type=int, default=32, help="--dataset shapes: number of items")
-    p.add_argument("--split-seed", type=int, default=11, help="--dataset shapes: held-out split seed")
-    p.add_argument("--workers", type=int, default=1, help="Ray workers for --dataset (needs vlinterp[scale])")
-    p.add_argument("--address", help="existing Ray cluster for --workers (ray://host:port or auto)")
+    p.add_argument("image", nargs="?", type=A.image_file, metavar="IMAGE", help="image file (or --dataset)")
+    p.add_argument("--dataset", type=dataset(), metavar="SPEC",
+                   help="trace every item: 'shapes' (held-out presence questions, --n/--seed) or a JSON-lines file")
+    p.add_argument("--image-dir", type=A.existing_dir, metavar="DIR",
+                   help="folder the image paths in --dataset are relative to (default: the file's folder)")
+    p.add_argument("--n", type=A.positive_int, default=None,
+                   help="--dataset: number of items (shapes: 32; a file: all of its lines)")
+    p.add_argument("--seed", type=A.integer, default=11, help="--dataset shapes: seed that draws the held-out scenes")
+    A.add_workers(p)
     p.add_argument("--prompt", help="LLaVA: the question")
     p.add_argument("--target", help="LLaVA: the answer token (default: the greedy answer's first token); ViT: class name or index (default: top class)")
-    p.add_argument("--model", default="shapes-llava", help="tiny:<family>, a zoo organism or a local model path")
-    p.add_argument("--components", default="attn,mlp,resid", help="comma-separated: attn, mlp, resid")
+    A.add_model(p)
+    A.add_load_options(p)
+    p.add_argument("--components", type=A.names_in(COMPONENTS, "trace component"), default=list(COMPONENTS), metavar="LIST",
+                   help="comma-separated: attn, mlp, resid")
     p.add_argument("--positions", default="groups", choices=["groups", "tokens"], help="the seven FCCT groups or every single token")
-    p.add_argument("--window", type=int, default=1, help="restore K consecutive layers around each layer")
+    p.add_argument("--window", type=A.positive_int, default=1, help="restore this many consecutive layers around each layer")
+    p.add_argument("--window-mode", default="rome", choices=["rome", "slide"],
+                   help="rome: windows are cut short at the first/last layers (ROME); slide: they slide inward to keep --window layers")
     p.add_argument("--stream", choices=["lm", "vision"], help="LLaVA: lm (default) or the vision tower")
-    p.add_argument("--corruption", default="noise", choices=["noise", "pixel-noise", "blur", "text-noise", "interchange"])
-    p.add_argument("--noise", type=float, default=3.0, help="noise scale in units of the empirical std (ROME: 3)")
-    p.add_argument("--samples", type=int, default=3, help="noise samples averaged")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--interchange", metavar="IMAGE2", help="the second image for --corruption interchange")
-    p.add_argument("--box", help="object box x0,y0,x1,y1 in image pixels (the object-visual group)")
-    p.add_argument("--saliency", default="relevancy", help="without --box: saliency method whose top patches form object-visual")
-    p.add_argument("--object-fraction", type=float, default=0.1, help="without --box: fraction of patches taken as the object")
-    p.add_argument("--object", help="the object words in the prompt (text-object group; text-noise positions)")
-    p.add_argument("--batch-size", type=int, default=32, help="patched rows per forward")
-    p.add_argument("--json", required=True, help="output RR table (JSON, written atomically)")
-    p.add_argument("--plot", help="output heat map PNG (one panel per component)")
+    p.add_argument("--corruption", type=A._type(_corruption, "corruption"), default="noise", metavar="SPEC",
+                   help="noise, pixel-noise, blur, text-noise or interchange, options after a colon (blur:sigma=2)")
+    p.add_argument("--noise", type=A.positive_float, default=3.0, help="noise scale in units of the empirical std (ROME: 3)")
+    p.add_argument("--samples", type=A.positive_int, default=3, help="noise samples averaged")
+    p.add_argument("--noise-seed", type=A.integer, default=0, help="seed of the noise samples (item i of a dataset: this + i)")
+    p.add_argument("--interchange", type=A.image_file, metavar="IMAGE2", help="the second image for --corruption interchange")
+    p.add_argument("--box", type=A._type(_box, "box"), metavar="X0,Y0,X1,Y1", help="object box in image pixels (the object-visual group)")
+    p.add_argument("--saliency", type=A._type(_saliency, "saliency method"), default="relevancy", metavar="METHOD",
+                   help="without --box: saliency method whose top patches form object-visual")
+    p.add_argument("--object-fraction", type=A.open_ratio, default=0.1, help="without --box: fraction of patches taken as the object")
+    p.add_argument("--object", metavar="WORDS", help="the object words in the prompt (text-object group; text-noise positions)")
+    p.add_argument("--batch-size", type=A.positive_int, default=32, help="patched rows per forward")
+    A.add_json(p, "output RR table (JSON, written atomically)", required=True)
+    p.add_argument("--plot", type=A.png_file, metavar="PATH", help="output heat map PNG (one panel per component)")
 
 
-def _prepare(m, img, prompt, target):
-    """Batch and target for one item (the greedy answer's first token / top class when None)."""
-    from ..core.errors import PromptError
+def options(args):
+    from ..eval.trace import TraceOptions
 
-    if m.kind == "vlm":
-        if not prompt:
-            raise PromptError("LLaVA models need --prompt (the question whose answer is traced)")
-        b = m.prepare(images=[img], text=[prompt])
-        if target is None:
-            last = int(b.layout.span("last", 0)[0])
-            tid = int(m.run(b).logits[0, last].argmax())
-            target = m.tokenizer.decode([tid]).strip() or tid
-        return b, target
-    if m.kind == "vit":
-        b = m.prepare(images=[img])
-        if target is None:
-            return b, int(m.run(b).logits[0].argmax())
-        return b, int(target) if str(target).isdigit() else target
-    raise PromptError(f"trace supports LLaVA and ViT models, not {m.family}")
+    return TraceOptions(components=tuple(args.components), positions=args.positions, window=args.window, window_mode=args.window_mode,
+                        stream=args.stream, corruption=args.corruption, noise=args.noise, samples=args.samples,
+                        noise_seed=args.noise_seed, batch_size=args.batch_size, saliency=args.saliency,
+                        object_fraction=args.object_fraction)
 
 
-def trace_item(m, args, img, prompt=None, target=None, box=None, object_words=None, seed: int = 0, interchange=None,
-               progress: bool = False):
-    """Trace one (image, prompt, target); returns the :class:`~vlinterp.core.result.Result`."""
-    from ..tracing import make_corruption, text_positions, trace
+def _check(args) -> None:
+    """Combinations that cannot work, refused before any work."""
+    from ..core.errors import UsageError
 
-    b, target = _prepare(m, img, prompt, target)
-    obj_words = object_words or (_default_object(prompt) if m.kind == "vlm" and prompt else None)
-    obj_pos = text_positions(m, b, obj_words) if obj_words and m.kind == "vlm" else None
-    stream = args.stream or m.main_stream
-    if box is not None:
-        mask, source = box, "box"
-    elif stream == m.main_stream or m.kind == "vit":
-        mask, source = _saliency_mask(m, b, target, args.saliency, args.object_fraction), f"saliency:{args.saliency}"
-    else:
-        mask, source = None, "none"
-    corr = make_corruption(args.corruption, args.noise, positions=obj_pos, image=interchange)
-    r = trace(m, b, target, components=[c.strip() for c in args.components.split(",") if c.strip()],
-              positions=args.positions, window=args.window, samples=args.samples, seed=seed,
-              object_mask=mask, object_positions=obj_pos if args.positions == "groups" else None, stream=stream,
-              corruption=corr, batch_size=args.batch_size, progress=progress)
-    r.meta.update({"prompt": prompt, "object_mask_source": source, "object_words": obj_words})
-    return r
+    kind = args.corruption.split(":")[0]
+    if args.dataset:
+        from ..eval.trace import check_sweep
+
+        if args.image:
+            raise UsageError("give an IMAGE or --dataset, not both")
+        for flag in ("prompt", "target", "box", "object", "interchange"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} is for one IMAGE; with --dataset each item gives its own")
+        check_sweep(options(args))
+        return
+    if not args.image:
+        raise UsageError("trace needs an IMAGE, or --dataset")
+    if args.n is not None or args.image_dir:
+        raise UsageError("--n and --image-dir are for --dataset")
+    if kind == "interchange" and not args.interchange:
+        raise UsageError("--corruption interchange needs --interchange IMAGE2")
+    if args.interchange and kind != "interchange":
+        raise UsageError("--interchange IMAGE2 is used by --corruption interchange only")
+    if kind == "text-noise" and not args.object:
+        from ..eval.trace import default_object
+
+        if not (args.prompt and default_object(args.prompt)):
+            raise UsageError("--corruption text-noise needs the object words: give --object WORDS")
+
+
+def _items(args):
+    from ..core.errors import UsageError
+
+    ds = args.dataset
+    if ds["kind"] == "shapes":
+        from ..eval.trace import shapes_items
+
+        return shapes_items(args.n or 32, args.seed, ds["split"] or "test")
+    from ..eval.trace import file_items
+
+    items = file_items(ds["path"], args.image_dir)
+    if not items:
+        raise UsageError(f"no items in {ds['path']}")
+    return items[: args.n] if args.n else items
 
 
 def run_trace(args) -> dict:
+    """Trace one image or a dataset; write ``--json`` (and ``--plot``); return the JSON written."""
     import numpy as np
 
     from .. import load
-    from ..core.errors import PromptError
     from ..core.images import load_image
-    from ..viz.overlay import write_bytes_atomic
+    from ..core.io import write_json
     from ..viz.trace_plot import plot_trace
 
+    _check(args)
+    opts = options(args)
     if args.dataset:
-        from .trace_sweep import run_trace_dataset
+        from ..core.result import Result
+        from ..eval.trace import trace_dataset
+        from ..scale import WorkerPool
 
-        return run_trace_dataset(args)
-    if not args.image:
-        raise PromptError("trace needs an IMAGE, or --dataset")
-    m = load(args.model)
+        items = _items(args)  # read (and checked) before the model loads
+        with WorkerPool(args.model, args.workers, args.address) as pool:
+            out = trace_dataset(pool, items, opts, progress=sys.stderr.isatty())
+            name = pool.local_adapter().name if args.workers <= 1 else args.model
+        meta = out["meta"]
+        meta.update(model=name, dataset=args.dataset["spec"], seed=args.seed if args.dataset["kind"] == "shapes" else None,
+                    workers=args.workers)
+        write_json(args.json, out, flag="--json")
+        if args.plot:
+            arrays = {"rr": np.asarray(out["rr_of_means"]), "p_clean": np.array([meta["p_clean"]]), "p_corrupt": np.array([meta["p_corrupt"]])}
+            r = Result("trace", arrays, meta={k: meta[k] for k in ("components", "layers", "positions")})
+            plot_trace(r, args.plot, title=f"{name}: RR of the means over {meta['n']} items "
+                                           f"(P clean {meta['p_clean']:.3f}, corrupted {meta['p_corrupt']:.3f})")
+        return out
+    from ..core.items import Item, Object
+    from ..eval.trace import trace_item
+
     img = load_image(args.image, name="IMAGE")
-    r = trace_item(m, args, img, args.prompt, args.target, _parse_box(args.box), args.object, args.seed,
-                   load_image(args.interchange, name="IMAGE2") if args.interchange else None, sys.stderr.isatty())
+    item = Item(img, args.prompt, args.target, [Object(args.object or "object", args.box)] if args.box else [], args.image,
+                "trace", {"object": args.object})
+    m = load(args.model, **A.load_kwargs(args))
+    r = trace_item(m, item, opts, interchange=load_image(args.interchange, name="IMAGE2") if args.interchange else None,
+                   progress=sys.stderr.isatty())
     r.meta.update({"model": m.name, "image": args.image})
     out = r.to_json()
-    write_bytes_atomic(args.json, json.dumps(out, indent=1).encode())
+    write_json(args.json, out, flag="--json")
     if args.plot:
         plot_trace(r, args.plot, title=f"{m.name}: P({r.meta['target']}) clean {r.arrays['p_clean'][0]:.3f}, "
                                        f"corrupted {float(np.mean(r.arrays['p_corrupt'])):.3f}")

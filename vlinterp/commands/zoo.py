@@ -5,28 +5,43 @@ import argparse
 import json
 
 from ..cli import register
+from . import args as A
+
+
+def _organism(text: str) -> str:
+    from .. import zoo
+
+    if not zoo.is_organism(text):
+        from ..core.errors import UnknownNameError
+
+        raise UnknownNameError("organism", text, zoo.names())
+    return text
 
 
 def _add(p: argparse.ArgumentParser):
-    sub = p.add_subparsers(dest="zoo_cmd", required=True)
-    sub.add_parser("list", help="organisms, their classes and whether their weights ship")
-    e = sub.add_parser("eval", help="measure an organism's floors on fresh held-out scenes")
-    e.add_argument("name")
-    e.add_argument("--split", default="test")
-    e.add_argument("--n", type=int, default=256)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--json", dest="json_path")
-    t = sub.add_parser("train", help="train an organism from scratch (reproduces the shipped weights from the seed)")
-    t.add_argument("name")
-    t.add_argument("--out", required=True)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--minutes", type=float, default=None)
-    t.add_argument("--steps", type=int, default=None)
+    organism = A._type(_organism, "organism")
+    sub = p.add_subparsers(dest="zoo_cmd", required=True, metavar="{list,eval,train}", title="sub-commands")
+    sub.add_parser("list", help="organisms, their classes and whether their weights ship",
+                   description="organisms, their classes and whether their weights ship")
+    e = sub.add_parser("eval", help="measure an organism's floors on fresh held-out scenes",
+                       description="measure an organism's floors on fresh held-out scenes")
+    e.add_argument("name", type=organism, metavar="NAME", help="a zoo organism (`vlinterp zoo list`)")
+    e.add_argument("--split", default="test", metavar="SPLIT", help="shapes split the held-out scenes come from")
+    A.add_n_seed(e, 256, 1, "held-out scenes")
+    A.add_json(e, "also write the metrics and floors as JSON to this file")
+    t = sub.add_parser("train", help="train an organism from scratch (reproduces the shipped weights from the seed)",
+                       description="train an organism from scratch (reproduces the shipped weights from the seed)")
+    t.add_argument("name", type=organism, metavar="NAME", help="a zoo organism (`vlinterp zoo list`)")
+    A.add_out(t, "directory for the trained weights and card.json (new, empty, or an earlier vlinterp output)")
+    t.add_argument("--seed", type=A.integer, default=0, help="training seed")
+    t.add_argument("--minutes", type=A.positive_float, default=None, help="wall-clock budget (default: the recipe's steps)")
+    t.add_argument("--steps", type=A.positive_int, default=None, help="training steps (default: the recipe's)")
 
 
 def _run(args) -> int:
     from .. import zoo
-    from ..zoo.common import check_floor, write_json_atomic
+    from ..core.io import write_json
+    from ..zoo.common import check_floor
 
     if args.zoo_cmd == "list":
         for n in zoo.names():
@@ -47,8 +62,8 @@ def _run(args) -> int:
             f = rec.FLOORS.get(k)
             tag = "" if f is None else f"  (floor {f[0]} {f[1]}: {'met' if check_floor(v, *f) else 'NOT MET'})"
             print(f"{k:<32} {v:8.4f}{tag}")
-        if args.json_path:
-            write_json_atomic(args.json_path, res)
+        if args.json:
+            write_json(args.json, res, flag="--json")
         return 0 if all(x["met"] for x in res["floors"].values()) else 1
     card = rec.train(args.out, seed=args.seed, minutes=args.minutes, steps=args.steps, progress=True)
     print(json.dumps({k: card[k] for k in ("name", "train_seconds", "metrics", "floors_met") if k in card}, indent=2))

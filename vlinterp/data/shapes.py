@@ -258,14 +258,6 @@ def object_index_map(scene: Scene) -> np.ndarray:
     return out
 
 
-def _overlap_matrix(edges: np.ndarray, n_pixels: int) -> np.ndarray:
-    """[cells, pixels]: fraction of each cell's extent overlapped by each pixel."""
-    lo, hi = edges[:-1, None], edges[1:, None]
-    px = np.arange(n_pixels, dtype=np.float64)[None, :]
-    inter = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0, None)
-    return inter / (hi - lo)
-
-
 def patch_coverage(scene: Scene, grid: tuple[int, int] = (4, 4),
                    box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """float32 [n_obj, rows, cols]: fraction of each grid cell covered by each object.
@@ -274,19 +266,11 @@ def patch_coverage(scene: Scene, grid: tuple[int, int] = (4, 4),
     (default: the whole image; fractional and out-of-image boxes are fine,
     pixels outside the image count as background).  This maps any model's
     patch grid (e.g. 14x14 patches over a resized/cropped image) to objects.
+    (:func:`vlinterp.metrics.coverage.mask_coverage` on the objects' masks.)
     """
-    rows, cols = int(grid[0]), int(grid[1])
-    h, w = scene.image.shape[:2]
-    x0, y0, x1, y1 = (0.0, 0.0, float(w), float(h)) if box is None else map(float, box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"empty box {box}")
-    wy = _overlap_matrix(np.linspace(y0, y1, rows + 1), h)      # [rows, H]
-    wx = _overlap_matrix(np.linspace(x0, x1, cols + 1), w)      # [cols, W]
-    if not scene.objects:
-        return np.zeros((0, rows, cols), dtype=np.float32)
-    masks = np.stack([o.mask for o in scene.objects]).astype(np.float64)
-    cov = np.einsum("ry,nyx,cx->nrc", wy, masks, wx)
-    return cov.astype(np.float32)
+    from ..metrics.coverage import mask_coverage
+
+    return mask_coverage([o.mask for o in scene.objects], scene.image.shape[:2], grid, box)
 
 
 @lru_cache(maxsize=8)

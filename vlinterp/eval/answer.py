@@ -18,16 +18,16 @@ def pruner_for(spec):
 
 
 def prepare_pruner(m, pruner, progress: bool | None = None) -> None:
-    """Do now, with a progress bar, the slow one-time work a pruner would do silently on its first
-    run: the hybrid pruner's information horizon of ``m`` (measured once per model on 8 probe items)."""
+    """Do now, with a progress bar, the slow one-time work a pruner would otherwise need first: the
+    hybrid pruner's information horizon of ``m`` (measured once per model on shapes probe items)."""
     from ..core.errors import VlinterpWarning
+    from ..pruning.information import known_horizon
+    from .prune import resolve_horizon
 
-    if getattr(pruner, "horizon", 0) is None and getattr(pruner, "keep", 1.0) < 1.0:
+    if getattr(pruner, "name", None) == "hybrid" and pruner.horizon is None and known_horizon(m) is None:
         warnings.warn(f"pruning with {pruner}: measuring the information horizon of {m.name} first "
-                      "(once per model, 8 probe items)", VlinterpWarning, stacklevel=2)
-        from ..pruning.information import horizon_for
-
-        horizon_for(m, progress=sys.stderr.isatty() if progress is None else bool(progress))
+                      "(once per model, on shapes probe items)", VlinterpWarning, stacklevel=2)
+    resolve_horizon(m, pruner, progress=sys.stderr.isatty() if progress is None else bool(progress))
 
 
 def answer(m, image, prompt: str, max_new_tokens: int = 12, prune=None, progress: bool | None = None) -> dict:

@@ -11,7 +11,7 @@ from functools import partial
 
 from ..core.items import Item, Object
 from ..data.questions import (CAPTION_QUESTION, caption, colour_question, colour_questions, count_questions, make_questions,
-                              pope_split)
+                              pope_split, positive_presence, presence_question)
 from ..data.shapes import COLOURS, NUM_WORDS, PAIRS, Scene, make_split, scene_rng
 
 CANDIDATES = {"presence": ("yes", "no"), "colour": tuple(COLOURS), "count": tuple(NUM_WORDS)}
@@ -85,6 +85,49 @@ def captions(split: str, n: int, seed: int = 0) -> list[Item]:
     return [scene_item(s, CAPTION_QUESTION, caption(s), "caption") for s in make_split(split, n, seed)]
 
 
+def colour_count(split: str, n: int, seed: int = 0) -> list[Item]:
+    """Per scene of ``n``: a colour item (a shape that occurs once, when there is one) and a count
+    item, both drawn with one generator per scene (the pruning bench's questions)."""
+    out = []
+    for s in make_split(split, n, seed):
+        rng = scene_rng(split, seed, s.index, 99)
+        uniq = [o for o in s.objects if s.count(o.shape) == 1]
+        if uniq:
+            o = uniq[int(rng.integers(len(uniq)))]
+            out.append(scene_item(s, f"what color is the {o.shape}?", o.colour, "colour", target=o.shape,
+                                  candidates=CANDIDATES["colour"], obj_index=s.objects.index(o)))
+        cq = count_questions(s, rng)
+        qa = cq[int(rng.integers(len(cq)))]
+        out.append(scene_item(s, qa.question, qa.answer, "count", target=qa.target, candidates=CANDIDATES["count"]))
+    return out
+
+
+def mixed_questions(split: str, n: int, seed: int = 0) -> list[Item]:
+    """One question per scene of ``n``, cycling by scene index: presence of one of its objects,
+    that object's colour, a count (no answers: probe items)."""
+    out = []
+    for s in make_split(split, n, seed):
+        rng = scene_rng(split, seed, s.index, 5)
+        o = s.objects[int(rng.integers(len(s.objects)))]
+        kind = s.index % 3
+        if kind == 0:
+            q, k = presence_question(o.colour, o.shape), "presence"
+        elif kind == 1:
+            q, k = f"what color is the {o.shape}?", "colour"
+        else:
+            cq = count_questions(s, rng)
+            q, k = cq[int(rng.integers(len(cq)))].question, "count"
+        out.append(scene_item(s, q, None, k))
+    return out
+
+
+def present_objects(split: str, n: int, seed: int = 0) -> list[Item]:
+    """The positive presence questions of ``n`` scenes (answer ``yes``; ``meta["obj_index"]`` the
+    object asked about, ``meta["target"]`` its (colour, shape))."""
+    return [scene_item(s, qa.question, qa.answer, "presence", target=qa.target, obj_index=qa.obj_index,
+                       candidates=CANDIDATES["presence"]) for s, qa in positive_presence(split, n, seed)]
+
+
 # What ``--dataset shapes:SPLIT:N:SEED`` gives per item kind (vlinterp.eval.datasets.shapes): kind -> f(split, n, seed)
 ITEM_KINDS = {
     "scene": scenes_with_questions,
@@ -96,6 +139,9 @@ ITEM_KINDS = {
     "colour-all": colour_all,
     "count": count,
     "caption": captions,
+    "present": present_objects,
+    "mixed": mixed_questions,
+    "colour-count": colour_count,
 }
 
 
@@ -150,5 +196,5 @@ def label_mask(item: Item) -> "np.ndarray":
 
 
 __all__ = ["objects", "scene_item", "scenes", "scenes_with_questions", "ITEM_KINDS", "pope", "colour", "colour_all", "count",
-           "captions", "CANDIDATES", "pair_name", "pair_text", "colour_items", "label_items", "caption_items",
-           "generation_item", "label_mask"]
+           "captions", "colour_count", "mixed_questions", "present_objects", "CANDIDATES", "pair_name", "pair_text",
+           "colour_items", "label_items", "caption_items", "generation_item", "label_mask"]

@@ -43,15 +43,18 @@ def _prepare(adapter, images):
 
 
 @torch.no_grad()
-def patch_features(adapter, images, site: str, batch_size: int = 64, noise: float = 0.0, seed: int = 0) -> PatchFeatures:
+def patch_features(adapter, images, site: str, batch_size: int = 64, noise: float = 0.0, seed: int = 0,
+                   progress: bool = False) -> PatchFeatures:
     """Features at ``site`` for PIL ``images``; ``noise`` > 0 adds N(0, noise) to the model's
     (normalised) pixel input first, seeded by ``seed``."""
+    from tqdm.auto import tqdm
+
     if site not in adapter.site_table:
         raise UnknownSiteError(site, list(adapter.site_table))
     stream = adapter.site_table[site].stream
     g = torch.Generator().manual_seed(seed)
     out, boxes, sizes, grid = [], [], [], None
-    for i in range(0, len(images), batch_size):
+    for i in tqdm(range(0, len(images), batch_size), desc=f"prototypes: patch features at {site}", disable=not progress):
         chunk = list(images[i:i + batch_size])
         b = _prepare(adapter, chunk)
         if stream not in b.layouts:
@@ -72,7 +75,9 @@ def patch_features(adapter, images, site: str, batch_size: int = 64, noise: floa
             boxes.append(tuple(geo.tiles[0].box))
             sizes.append(tuple(geo.size))
     if not out:
-        raise ValueError("no images given")
+        from ..core.errors import ShapeMismatchError
+
+        raise ShapeMismatchError("no images given")
     return PatchFeatures(torch.stack(out), grid, boxes, sizes)
 
 

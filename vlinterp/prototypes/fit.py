@@ -8,8 +8,7 @@ import torch
 from .features import patch_features
 from .head import ProtoHead
 from .model import ProtoModel
-from .push import push
-from .push_discriminative import discriminative_push
+from .push import make_push
 from .train import last_layer, linear_probe, prune_unused, warm
 
 
@@ -28,28 +27,27 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
     weight <= ``min_weight``; ``None`` keeps all) and, as in ProtoPNet, the last layer fitted again
     on the prototypes left (dropped columns may have carried off-class weights).
 
-    ``push_mode``: ``"discriminative"`` (default; :func:`~.push_discriminative.discriminative_push`,
-    the class's most label-separating training window) or ``"nearest"`` (ProtoPNet's push). On
+    ``push_mode``: a :data:`~.push.PUSHES` spec: ``"discriminative"`` (default;
+    :func:`~.push_discriminative.discriminative_push`, the class's most label-separating training
+    window) or ``"nearest"`` (ProtoPNet's push), options after a colon. On
     shapes-vit / shapes-clip the nearest push left some prototypes on the co-occurring partner
     object; pointing game 0.81 / 0.755 -> 0.932 / 0.861 (2000 scenes, eval seed 81).
 
     Firing threshold of prototype ``j``: the ``threshold_quantile`` quantile of its similarity over
     the training images of its class (it fires on about 90% of them by default)."""
+    from ..core.errors import ShapeMismatchError
+
+    pusher = make_push(push_mode)
     site = site or default_site(adapter)
     t0 = time.time()
-    pf = patch_features(adapter, images, site)
+    pf = patch_features(adapter, images, site, progress=progress)
     if len(labels) != len(pf.feats) or labels.shape[1] != len(classes):
-        raise ValueError(f"labels {tuple(labels.shape)} do not match {len(pf.feats)} images x {len(classes)} classes")
+        raise ShapeMismatchError(f"labels {tuple(labels.shape)} do not match {len(pf.feats)} images x {len(classes)} classes")
     torch.manual_seed(seed)
     head = ProtoHead(pf.feats.shape[-1], len(classes), per_class, scales, dim, seed=seed)
     warm(head, pf.feats, labels, steps=warm_steps, seed=seed, progress=progress)
     t_push = time.time()
-    if push_mode == "discriminative":
-        rec = discriminative_push(head, pf.feats, labels, seed=seed, progress=progress)
-    elif push_mode == "nearest":
-        rec = push(head, pf.feats, labels)
-    else:
-        raise ValueError(f"push_mode must be 'discriminative' or 'nearest', got {push_mode!r}")
+    rec = pusher(head, pf.feats, labels, seed=seed, progress=progress)
     t_push = time.time() - t_push
     last_layer(head, pf.feats, labels, steps=last_steps, seed=seed + 1, progress=progress)
     n_before = head.n_prototypes
@@ -67,21 +65,11 @@ def fit(adapter, images, labels: torch.Tensor, classes: list[str], site: str | N
         th[j] = torch.quantile(sim[own, j], threshold_quantile) if own.any() else float("inf")
     pm.thresholds = th
     pm.record_sources(rec, images, pf)
-    pm.info = {"n_train": len(images), "seed": seed, "warm_steps": warm_steps, "last_steps": last_steps, "push": push_mode,
+    pm.info = {"n_train": len(images), "seed": seed, "warm_steps": warm_steps, "last_steps": last_steps,
+               "push": push_mode if isinstance(push_mode, str) else getattr(pusher, "name", "custom"),
                "threshold_quantile": threshold_quantile, "min_weight": min_weight, "prototypes_trained": n_before,
                "prototypes_kept": head.n_prototypes, "push_seconds": round(t_push, 3), "train_seconds": round(time.time() - t0, 1)}
     return pm
 
 
-def fit_shapes(adapter, site: str | None = None, n: int = 2000, seed: int = 0, **kw) -> ProtoModel:
-    """:func:`fit` on ``n`` scenes of the shapes world's ``train`` split (24 colour-shape classes)."""
-    from ..data.shapes import PAIRS, make_split
-    from .metrics import labels_for
-
-    scenes = make_split("train", n, seed)
-    pm = fit(adapter, [s.pil() for s in scenes], labels_for(scenes), [f"{c} {s}" for c, s in PAIRS], site=site, seed=seed, **kw)
-    pm.info["data"] = f"shapes:train:{n}:{seed}"
-    return pm
-
-
-__all__ = ["fit", "fit_shapes", "default_site"]
+__all__ = ["fit", "default_site"]

@@ -47,7 +47,9 @@ class ProtoHead(nn.Module):
         prototype vectors, class and scale buffers, last-layer columns."""
         idx = torch.as_tensor(list(idx), dtype=torch.long)
         if not len(idx):
-            raise ValueError("a prototype head needs at least one prototype")
+            from ..core.errors import ConfigError
+
+            raise ConfigError("a prototype head needs at least one prototype")
         orig = torch.arange(self.n_prototypes) if self.kept is None else torch.as_tensor(self.kept)
         self.kept = orig[idx].tolist()
         self.prototypes = nn.Parameter(self.prototypes.data[idx].clone())

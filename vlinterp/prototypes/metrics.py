@@ -1,9 +1,10 @@
-"""Prototype-model metrics on shapes-world ground truth.
+"""Prototype-model metrics against items' ground truth (objects with names, attributes and masks).
 
-* accuracy: mean label accuracy and exact-match (all 24 labels right) of the head, beside the
+* accuracy: mean label accuracy and exact-match (all labels right) of the head, beside the
   linear probe on the same frozen features;
 * consistency: a prototype is consistent when, over the held-out images where it fires, the object
-  under its best cell has the same colour, or the same shape, in more than ``0.8`` of them;
+  under its best cell has the same value of one attribute (``attrs``: colour, or shape, on the
+  shapes world; the object's name when items carry no such attributes) in more than ``0.8`` of them;
 * stability: share of (image, firing prototype) whose hit object is unchanged when N(0, sigma)
   noise is added to the model's pixel input;
 * localisation: pointing game of each prototype's map on the objects of the class it claims, over
@@ -14,19 +15,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.shapes import PAIRS, patch_coverage
+from ..metrics.coverage import item_coverage
 from ..metrics.faithfulness import pointing_game
 from .maps import heatmap, pooled_map
 
 
-def labels_for(scenes) -> torch.Tensor:
-    """Multi-hot ``[n, 24]`` over the shapes world's colour-shape ``PAIRS``."""
-    idx = {p: k for k, p in enumerate(PAIRS)}
-    y = torch.zeros(len(scenes), len(PAIRS))
-    for i, s in enumerate(scenes):
-        for o in s.objects:
-            y[i, idx[(o.colour, o.shape)]] = 1
+def labels_for(items, classes: list[str]) -> torch.Tensor:
+    """Multi-hot ``[n, K]``: which of ``classes`` each item's objects are (by name)."""
+    from ..core.errors import DataError
+
+    idx = {c: k for k, c in enumerate(classes)}
+    y = torch.zeros(len(items), len(classes))
+    for i, it in enumerate(items):
+        for o in it.objects:
+            if o.name not in idx:
+                raise DataError(f"item {it.id or i}: object {o.name!r} is not one of the {len(classes)} classes")
+            y[i, idx[o.name]] = 1
     return y
+
+
+def _parts(items, attrs) -> tuple[str, ...]:
+    """The attributes consistency compares: ``attrs`` when every object has them, else the name."""
+    objs = [o for it in items for o in it.objects]
+    return tuple(attrs) if objs and all(a in o.attrs for o in objs for a in attrs) else ("name",)
+
+
+def _key(o, part: str):
+    return o.name if part == "name" else o.attrs[part]
 
 
 def _pool_cov(cov: np.ndarray, s: int) -> np.ndarray:
@@ -41,13 +56,13 @@ def _pool_cov(cov: np.ndarray, s: int) -> np.ndarray:
     return out
 
 
-def _hits(scenes, pf, out: dict, head, min_cov: float = 0.15) -> np.ndarray:
+def _hits(items, pf, out: dict, head, min_cov: float = 0.15) -> np.ndarray:
     """``[n, P]`` object index under each prototype's best cell (-1 = background)."""
     n, P = out["sim"].shape
     hits = np.full((n, P), -1, np.int64)
     scales = head.proto_scale.tolist()
-    for i, s in enumerate(scenes):
-        cov = patch_coverage(s, pf.grid, pf.boxes[i])
+    for i, it in enumerate(items):
+        cov = item_coverage(it, pf.grid, pf.boxes[i])
         pooled = {sc: _pool_cov(cov, sc) for sc in set(scales)}
         for j in range(P):
             if not len(cov):
@@ -66,18 +81,21 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     return {"mean_label_accuracy": float((pred == y).float().mean()), "exact_match": float((pred == y).all(1).float().mean())}
 
 
-def evaluate(pm, scenes, noise: float = 0.2, seed: int = 0, consistent_at: float = 0.8, min_fires: int = 5) -> dict:
-    """All metrics on held-out shapes ``scenes`` for a :class:`~.model.ProtoModel`."""
-    images = [s.pil() for s in scenes]
-    y = labels_for(scenes)
+def evaluate(pm, items, noise: float = 0.2, seed: int = 0, consistent_at: float = 0.8, min_fires: int = 5,
+             attrs=("colour", "shape")) -> dict:
+    """All metrics on held-out ``items`` (:class:`~vlinterp.core.items.Item`: image, objects named by
+    ``pm.classes`` with masks) for a :class:`~.model.ProtoModel`."""
+    images = [it.image for it in items]
+    y = labels_for(items, pm.classes)
+    parts = _parts(items, attrs)
     pf = pm.features(images)
     out = pm.run(pf.feats)
-    res = {"n_images": len(scenes), "n_prototypes": pm.head.n_prototypes, "head": accuracy(out["logits"], y)}
+    res = {"n_images": len(items), "n_prototypes": pm.head.n_prototypes, "head": accuracy(out["logits"], y)}
     if pm.probe is not None:
         with torch.no_grad():
             res["probe"] = accuracy(pm.probe(pf.feats.mean((1, 2))), y)
     fires = pm.fires(out["sim"]).numpy()
-    hits = _hits(scenes, pf, out, pm.head)
+    hits = _hits(items, pf, out, pm.head)
     # consistency
     cons, n_fire, cons_scale = [], [], []
     for j in range(pm.head.n_prototypes):
@@ -86,9 +104,9 @@ def evaluate(pm, scenes, noise: float = 0.2, seed: int = 0, consistent_at: float
         if len(idx) < min_fires:
             continue
         cons_scale.append(int(pm.head.proto_scale[j]))
-        kinds = [(scenes[i].objects[hits[i, j]].colour, scenes[i].objects[hits[i, j]].shape) if hits[i, j] >= 0 else (None, None) for i in idx]
+        kinds = [tuple(_key(items[i].objects[hits[i, j]], p) for p in parts) if hits[i, j] >= 0 else (None,) * len(parts) for i in idx]
         best = 0.0
-        for part in (0, 1):
+        for part in range(len(parts)):
             vals = [k[part] for k in kinds if k[part] is not None]
             if vals:
                 mode = max(set(vals), key=vals.count)
@@ -103,30 +121,30 @@ def evaluate(pm, scenes, noise: float = 0.2, seed: int = 0, consistent_at: float
     # stability under input noise
     pn = pm.features(images, noise=noise, seed=seed)
     out_n = pm.run(pn.feats)
-    hits_n = _hits(scenes, pn, out_n, pm.head)
+    hits_n = _hits(items, pn, out_n, pm.head)
     per = [float((hits_n[fires[:, j], j] == hits[fires[:, j], j]).mean()) for j in range(pm.head.n_prototypes) if fires[:, j].any()]
     res["stability"] = {"mean": float(np.mean(per)) if per else 0.0, "noise_sigma": noise, "prototypes": len(per)}
     # localisation: pointing game on the claimed class's objects
-    res["localisation"] = _localisation(pm, scenes, pf)
+    res["localisation"] = _localisation(pm, items, pf)
     return res
 
 
 @torch.no_grad()
-def _localisation(pm, scenes, pf) -> dict:
+def _localisation(pm, items, pf) -> dict:
     from ..metrics.faithfulness import _dilate
 
     z = pm.head.embed(pf.feats)
     scores, chance = [], []
     per_proto, by_scale = {}, {}
     for j in range(pm.head.n_prototypes):
-        colour, shape = PAIRS[int(pm.head.proto_class[j])]
+        cls = pm.classes[int(pm.head.proto_class[j])]
         pts = []
-        for i, s in enumerate(scenes):
-            objs = [o for o in s.objects if o.colour == colour and o.shape == shape]
+        for i, it in enumerate(items):
+            objs = [o for o in it.objects if o.name == cls]
             if not objs:
                 continue
             hm = heatmap(pooled_map(pm.head, z[i], j, from_feats=False).numpy(), pf.boxes[i], pf.sizes[i], int(pm.head.proto_scale[j]), pf.grid)
-            mask = np.any([o.mask for o in objs], axis=0)
+            mask = np.any([o.box_mask(it.size) for o in objs], axis=0)
             tol = 0.5 * (pf.boxes[i][2] - pf.boxes[i][0]) / pf.grid[1]
             pts.append(pointing_game(hm, mask, tolerance=tol))
             chance.append(float(_dilate(mask, tol).mean()))  # a random map's expected hit rate

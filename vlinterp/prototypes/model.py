@@ -57,9 +57,11 @@ class ProtoModel:
 
     # -------------------------------------------------------------- save/load
     def save(self, out_dir: str) -> str:
+        """Write ``prototypes.safetensors`` + ``prototypes.json`` as one output directory
+        (:func:`vlinterp.core.io.output_dir`: files you put there stay)."""
         from safetensors.torch import save_file
 
-        from ..zoo.common import atomic_dir, write_json_atomic
+        from ..core.io import output_dir, write_json
 
         tensors = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
         tensors.update({f"sources.{k}": v.contiguous() for k, v in self.sources.items()})
@@ -69,9 +71,9 @@ class ProtoModel:
             tensors["probe.weight"], tensors["probe.bias"] = self.probe.weight.detach().contiguous(), self.probe.bias.detach().contiguous()
         cfg = {"format": "vlinterp-prototypes-1", "model": self.adapter.name, "site": self.site, "fingerprint": fingerprint(self.adapter),
                "classes": self.classes, "head": self.head.config(), "info": self.info}
-        with atomic_dir(out_dir) as tmp:
+        with output_dir(out_dir) as tmp:
             save_file(tensors, os.path.join(tmp, "prototypes.safetensors"))
-            write_json_atomic(os.path.join(tmp, "prototypes.json"), cfg)
+            write_json(os.path.join(tmp, "prototypes.json"), cfg)
         return out_dir
 
     @classmethod

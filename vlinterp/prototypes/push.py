@@ -1,17 +1,40 @@
-"""Push: move every prototype onto its nearest training patch (of an image of its own class, at its
-own scale) and remember where it came from."""
+"""Push: move every prototype onto a training patch and remember where it came from.
+
+One registry, :data:`PUSHES`: ``nearest`` (ProtoPNet: each prototype onto its nearest patch of an
+image of its own class, at its own scale; :func:`push`) and ``discriminative`` (the class's most
+label-separating window, :mod:`.push_discriminative`). Each entry is a class with a dataclass
+``Config``; calling it, ``method(head, feats, labels, seed=, progress=)``, pushes in place and
+returns the push record.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
+from ..core.errors import ConfigError, DataError
+from ..core.registry import Registry
 from .head import ProtoHead
+
+PUSHES = Registry("prototype push", {
+    "discriminative": "vlinterp.prototypes.push_discriminative:DiscriminativePush",
+    "nearest": "vlinterp.prototypes.push:NearestPush",
+})
+
+
+def make_push(spec):
+    """A push method from a spec (``"nearest"``, ``"discriminative:n_eval=400"``) or pass one through."""
+    if callable(spec) and not isinstance(spec, str):
+        return spec
+    name, opts = PUSHES.parse(spec)
+    return PUSHES.create(name, **opts)
 
 
 def check_classes(head: ProtoHead, labels: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming the prototypes whose class has no image in ``labels`` ``[n, K]``."""
+    """Raise :class:`DataError` naming the prototypes whose class has no image in ``labels`` ``[n, K]``."""
     missing = (labels[:, head.proto_class].sum(0) == 0).nonzero().flatten().tolist()
     if missing:
-        raise ValueError(f"no training image of the class of prototype(s) {missing}: add images of every class before pushing")
+        raise DataError(f"no training image of the class of prototype(s) {missing}: add images of every class before pushing")
 
 
 @torch.no_grad()
@@ -50,4 +73,24 @@ def push(head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, chunk: int 
     return {"image": src_img, "cell": src_cell, "scale": head.proto_scale.clone(), "d2": best}
 
 
-__all__ = ["push", "check_classes"]
+class NearestPush:
+    """ProtoPNet's push (:func:`push`); ``chunk``: images embedded at a time."""
+
+    name = "nearest"
+
+    @dataclass
+    class Config:
+        chunk: int = 256
+
+        def validate(self) -> None:
+            if self.chunk < 1:
+                raise ConfigError(f"chunk must be >= 1, got {self.chunk}")
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
+
+    def __call__(self, head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, seed: int = 0, progress: bool = True) -> dict:
+        return push(head, feats, labels, self.config.chunk)
+
+
+__all__ = ["push", "check_classes", "NearestPush", "PUSHES", "make_push"]

@@ -18,9 +18,12 @@ seed 81; the anchor stays the nearest window, which all the reported numbers use
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError
 from .head import ProtoHead
 from .push import push
 
@@ -97,4 +100,31 @@ def discriminative_push(head: ProtoHead, feats: torch.Tensor, labels: torch.Tens
     return rec
 
 
-__all__ = ["discriminative_push", "image_auroc"]
+class DiscriminativePush:
+    """:func:`discriminative_push`; options: ``n_eval`` (training images the AUROC is measured on),
+    ``n_cand_images`` (positive images whose every window is a candidate), ``shortlist`` (candidates
+    kept after the cheap first round), ``chunk``."""
+
+    name = "discriminative"
+
+    @dataclass
+    class Config:
+        n_eval: int = 800
+        n_cand_images: int = 128
+        shortlist: int = 256
+        chunk: int = 256
+
+        def validate(self) -> None:
+            for k in ("n_eval", "n_cand_images", "shortlist", "chunk"):
+                if getattr(self, k) < 1:
+                    raise ConfigError(f"discriminative push: {k} must be >= 1, got {getattr(self, k)}")
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
+
+    def __call__(self, head: ProtoHead, feats: torch.Tensor, labels: torch.Tensor, seed: int = 0, progress: bool = True) -> dict:
+        c = self.config
+        return discriminative_push(head, feats, labels, c.n_eval, c.n_cand_images, c.shortlist, seed, c.chunk, progress)
+
+
+__all__ = ["discriminative_push", "image_auroc", "DiscriminativePush"]

@@ -1,12 +1,13 @@
 """Visual token pruning for LLaVA models, applied for real: dropped image tokens leave the sequence
 and the KV cache; kept ones keep their positions.
 
-Methods (one file each, one registry): ``random``, ``fastv``, ``visionzip``, ``info``, ``hybrid``.
-``make_pruner("hybrid:0.25")``; ``PrunedLM(adapter).generate(batch, pruner)``. Analysis:
-:mod:`.information` (per-token information by removal, proxies, the horizon), :mod:`.flops`
-(analytical prefill/decode FLOPs), :mod:`.bench` (retention, latency and FLOPs ratios).
+Methods (one file each, one registry :data:`PRUNERS`): ``random``, ``fastv``, ``visionzip``,
+``info``, ``hybrid``. ``make_pruner("hybrid:0.25")`` / ``PRUNERS.create("fastv", keep=0.5, layer=2)``;
+``PrunedLM(adapter).generate(batch, pruner)``. Analysis: :mod:`.information` (per-token information
+by removal, proxies, the horizon), :mod:`.flops` (analytical prefill/decode FLOPs). The benchmark
+over datasets is :mod:`vlinterp.eval.prune`.
 """
-from .base import REGISTRY, Pruner, make_pruner
+from .base import PRUNERS, REGISTRY, Pruner, make_pruner, parse_pruner
 from .runner import LayerCtx, Prefill, PrunedLM
 
-__all__ = ["Pruner", "REGISTRY", "make_pruner", "PrunedLM", "Prefill", "LayerCtx"]
+__all__ = ["Pruner", "PRUNERS", "REGISTRY", "make_pruner", "parse_pruner", "PrunedLM", "Prefill", "LayerCtx"]

@@ -2,7 +2,10 @@
 most attention, averaged over heads and over every (non-padding) query position."""
 from __future__ import annotations
 
-from .base import Pruner, register
+from dataclasses import dataclass
+
+from ..core.errors import ConfigError
+from .base import Pruner
 
 
 def received_attention(attn, valid_q=None):
@@ -14,13 +17,20 @@ def received_attention(attn, valid_q=None):
     return a.mean(1)
 
 
-@register("fastv")
 class FastV(Pruner):
-    def __init__(self, keep: float, layer: int = 2):
-        super().__init__(keep)
-        if int(layer) < 1:
-            raise ValueError("FastV ranks by a previous layer's attention: layer must be >= 1")
-        self.layer = int(layer)
+    """Options: ``keep``; ``layer`` (>= 1): drop before this LM layer, ranking by the attention
+    of layer ``layer - 1``."""
+
+    name = "fastv"
+
+    @dataclass
+    class Config(Pruner.Config):
+        layer: int = 2
+
+        def validate(self) -> None:
+            super().validate()
+            if self.layer < 1:
+                raise ConfigError("fastv ranks by a previous layer's attention: layer must be >= 1")
 
     def wants_attention(self, layer: int) -> bool:
         return layer == self.layer

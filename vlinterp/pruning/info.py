@@ -10,9 +10,13 @@ removal and how well each proxy ranks tokens against it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-from .base import Pruner, register
+from ..core.errors import ConfigError
+from .base import Pruner
 
 
 def contribution(attn: torch.Tensor, attn_in: torch.Tensor, self_attn, query: int = -1) -> torch.Tensor:
@@ -51,21 +55,32 @@ def proxy_scores(ctx, proxy: str = "combined") -> torch.Tensor:
         return c
     if proxy == "combined":
         return _image_rank(c, ctx.image) + _image_rank(received_attention(ctx.attn), ctx.image)
-    raise ValueError(f"unknown information proxy {proxy!r}; choose from {PROXIES}")
+    from ..core.errors import UnknownNameError
+
+    raise UnknownNameError("information proxy", proxy, PROXIES)
 
 
 PROXIES = ("attention", "last_attention", "contribution", "combined")
+Proxy = Literal["attention", "last_attention", "contribution", "combined"]
 
 
-@register("info")
 class InfoPruner(Pruner):
-    def __init__(self, keep: float, layer: int = 2, proxy: str = "combined"):
-        super().__init__(keep)
-        if int(layer) < 1:
-            raise ValueError("the information proxy reads a previous layer: layer must be >= 1")
-        if proxy not in PROXIES:
-            raise ValueError(f"unknown information proxy {proxy!r}; choose from {PROXIES}")
-        self.layer, self.proxy = int(layer), proxy
+    """Options: ``keep``; ``layer`` (>= 1): drop before this LM layer; ``proxy``: one of
+    :data:`PROXIES`."""
+
+    name = "info"
+
+    @dataclass
+    class Config(Pruner.Config):
+        layer: int = 2
+        proxy: Proxy = "combined"
+
+        def validate(self) -> None:
+            super().validate()
+            if self.layer < 1:
+                raise ConfigError("info: the information proxy reads a previous layer: layer must be >= 1")
+            if self.proxy not in PROXIES:
+                raise ConfigError(f"info: proxy must be one of {', '.join(PROXIES)}, got {self.proxy!r}")
 
     def wants_attention(self, layer: int) -> bool:
         return layer == self.layer

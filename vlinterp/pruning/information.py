@@ -47,15 +47,16 @@ def _tv(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def token_information(adapter, items, layers=None, progress: bool = True) -> dict:
-    """Exact information by removal and the proxies for ``items`` = ``[(image, prompt)]``.
+    """Exact information by removal and the proxies for ``items``
+    (:class:`~vlinterp.core.items.Item` with an image and a prompt).
 
     Returns ``{"exact": [n, L, N], "proxies": {name: [n, L, N]} (layer 0: NaN), "layers": [...]}``."""
     runner = PrunedLM(adapter)
     L = runner.L
     layers = list(range(L)) if layers is None else [int(l) for l in layers]
     exact, prox = [], {k: [] for k in PROXIES}
-    for image, prompt in tqdm(items, desc="token information", disable=not progress):
-        b = adapter.prepare(images=[image], text=[prompt])
+    for it in tqdm(items, desc="token information (removal per layer)", disable=not progress):
+        b = adapter.prepare(images=[it.image], text=[it.prompt])
         feats = runner.features(b.inputs["pixel_values"])
         rec = _ProxyRecorder()
         base = runner.prefill(b, rec, feats=feats).logits  # [1, V]
@@ -106,36 +107,20 @@ def summarise(info: dict, frac: float = 0.1) -> dict:
     return {"curve": curve.tolist(), "uniformity": uniformity.tolist(), "horizon": int(horizon), "frac": frac, "spearman": spear}
 
 
-def probe_items(n: int = 8, seed: int = 101, split: str = "val") -> list:
-    """``[(image, question)]`` from the shapes world: presence, colour and count questions in turn."""
-    from ..data.questions import count_questions, presence_question
-    from ..data.shapes import make_split, scene_rng
-
-    out = []
-    for s in make_split(split, n, seed):
-        rng = scene_rng(split, seed, s.index, 5)
-        o = s.objects[int(rng.integers(len(s.objects)))]
-        kind = s.index % 3
-        if kind == 0:
-            q = presence_question(o.colour, o.shape)
-        elif kind == 1:
-            q = f"what color is the {o.shape}?"
-        else:
-            cq = count_questions(s, rng)
-            q = cq[int(rng.integers(len(cq)))].question
-        out.append((s.pil(), q))
-    return out
-
-
 _HORIZONS: dict[int, int] = {}
 
 
-def horizon_for(adapter, n: int = 8, seed: int = 101, progress: bool = False) -> int:
-    """The information horizon of ``adapter`` on ``n`` shapes probe items (cached per model)."""
-    key = id(adapter.model)
-    if key not in _HORIZONS:
-        _HORIZONS[key] = summarise(token_information(adapter, probe_items(n, seed), progress=progress))["horizon"]
-    return _HORIZONS[key]
+def horizon_for(adapter, items, progress: bool = False) -> int:
+    """The information horizon of ``adapter`` measured on ``items`` (see :func:`summarise`); remembered
+    for the model, so a ``hybrid`` pruner with ``horizon=None`` uses it."""
+    h = summarise(token_information(adapter, items, progress=progress))["horizon"]
+    _HORIZONS[id(adapter.model)] = h
+    return h
 
 
-__all__ = ["token_information", "summarise", "probe_items", "horizon_for", "PROXIES"]
+def known_horizon(adapter) -> int | None:
+    """The horizon last measured for ``adapter``'s model by :func:`horizon_for`, or ``None``."""
+    return _HORIZONS.get(id(adapter.model))
+
+
+__all__ = ["token_information", "summarise", "horizon_for", "known_horizon", "PROXIES"]

@@ -2,16 +2,29 @@
 (default 0: they never enter the language model)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import Pruner, register
+from ..core.errors import ConfigError
+from .base import Pruner
 
 
-@register("random")
 class RandomPruner(Pruner):
-    def __init__(self, keep: float, layer: int = 0, seed: int = 0):
-        super().__init__(keep)
-        self.layer, self.seed = int(layer), int(seed)
+    """Options: ``keep``; ``layer`` (drop before this LM layer, 0 = never enter it); ``seed``
+    (used when the run gives no generator)."""
+
+    name = "random"
+
+    @dataclass
+    class Config(Pruner.Config):
+        layer: int = 0
+        seed: int = 0
+
+        def validate(self) -> None:
+            super().validate()
+            if self.layer < 0:
+                raise ConfigError(f"random: layer must be >= 0, got {self.layer}")
 
     def at_layer(self, ctx):
         if ctx.layer != self.layer:

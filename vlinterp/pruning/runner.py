@@ -304,7 +304,9 @@ def _take(keep: torch.Tensor, *tensors: torch.Tensor):
     from each ``[B, T', ...]`` tensor."""
     counts = keep.sum(1)
     if int(counts.min()) != int(counts.max()):
-        raise ValueError(f"a pruner kept different numbers of positions per row: {counts.tolist()}")
+        from ..core.errors import ShapeMismatchError
+
+        raise ShapeMismatchError(f"a pruner kept different numbers of positions per row: {counts.tolist()}")
     B = keep.shape[0]
     idx = keep.nonzero()[:, 1].reshape(B, -1)
     out = []

@@ -12,12 +12,13 @@ for (ToMe's proportional attention); ``0`` turns that off.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 
 from ..core.attention import hf_self_attention
-from ..core.errors import LayerRangeError, UnsupportedError
-from .base import Pruner, register
+from ..core.errors import ConfigError, LayerRangeError, UnsupportedError
+from .base import Pruner, check_ratio
 
 
 def _run_layer(layer, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,14 +64,25 @@ def _select_and_merge(hid: torch.Tensor, cls_attn: torch.Tensor, k_d: int, k_c: 
     return keep, merged, sizes
 
 
-@register("visionzip")
 class VisionZip(Pruner):
+    """Options: ``keep``; ``contextual`` (share of the kept tokens that are merged context
+    tokens, [0, 1]); ``proportional`` (merged tokens draw the attention of their group);
+    ``tower_layer`` (select after this vision layer, 1..feature depth; default: the feature layer)."""
+
+    name = "visionzip"
     acts_on_vision = True
 
-    def __init__(self, keep: float, contextual: float = 0.3, proportional: int = 1, tower_layer: int | None = None):
-        super().__init__(keep)
-        self.contextual, self.proportional = float(contextual), bool(proportional)
-        self.tower_layer = None if tower_layer is None else int(tower_layer)
+    @dataclass
+    class Config(Pruner.Config):
+        contextual: float = 0.3
+        proportional: bool = True
+        tower_layer: int | None = None
+
+        def validate(self) -> None:
+            super().validate()
+            check_ratio("visionzip", self.contextual, "contextual")
+            if self.tower_layer is not None and self.tower_layer < 1:
+                raise ConfigError(f"visionzip: tower_layer must be >= 1, got {self.tower_layer}")
 
     def tower_schedule(self, n_image: int, n_tower_layers: int, feature_depth: int) -> list[int]:
         """Up to the feature layer only; after ``tower_layer`` the CLS token and the kept tokens."""
@@ -94,14 +106,12 @@ class VisionZip(Pruner):
         def hook(module, args, kwargs, output):
             got["attn"] = hf_self_attention(module, args, kwargs)
 
-        hnd = layers[m - 1].self_attn.register_forward_hook(hook, with_kwargs=True)
-        try:
+        with runner.adapter.raw_hooks() as hooks:
+            hooks.forward(layers[m - 1].self_attn, hook, with_kwargs=True)
             h = vm.embeddings(batch.inputs["pixel_values"].to(vm.embeddings.patch_embedding.weight.dtype))
             h = vm.pre_layrnorm(h) if hasattr(vm, "pre_layrnorm") else h
             for j in range(m):
                 h = _run_layer(layers[j], h)
-        finally:
-            hnd.remove()
         hid = h[:, 1:]                                           # [n, N, Dv] after tower layer m
         cls_attn = got["attn"][:, :, 0, 1:].float().mean(1)     # [n, N]
         n, N, _ = hid.shape

@@ -12,8 +12,13 @@ image-text sample agrees in feature space.
   feature's own scale in that modality (:func:`reference_activations`), ``omega`` takes each
   feature's top activations per modality (``balanced``), and the sum is divided by the ``omega``
   mass active on either side (``overlap``: a weighted Jaccard index).
-- :func:`colour_features`: per shapes-world colour, the feature best detecting "this patch covers
-  an object of that colour" (AUROC on image patches) and how it fires on the colour word.
+- :func:`colour_features`: per colour (an attribute of the items' objects), the feature best
+  detecting "this patch covers an object of that colour" (AUROC on image patches) and how it fires
+  on the colour word.
+- :func:`logit_effect`: the tokens a feature's decoder direction raises and lowers (LLaVA).
+
+Items are :class:`~vlinterp.core.items.Item` (sample ``i`` of a store is ``items[i]``); patch
+ground truth comes from their objects' masks.
 """
 from __future__ import annotations
 
@@ -135,11 +140,18 @@ def auroc(scores, labels) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def patch_colour_labels(store, scenes, min_cover: float = 0.5) -> np.ndarray:
-    """``[N]`` colour index of the object covering each image row's patch by ``min_cover`` or
-    more (-1: background, mixed or not an image row). ``scenes[i]`` is the scene of sample ``i``."""
-    from ..data.shapes import COLOURS, patch_coverage
+def _values(items, attr: str) -> list[str]:
+    return list(dict.fromkeys(o.attrs[attr] for it in items for o in it.objects if attr in o.attrs))
 
+
+def patch_colour_labels(store, items, min_cover: float = 0.5, colours=None, attr: str = "colour") -> np.ndarray:
+    """``[N]`` index (into ``colours``, default: the items' colours in order of appearance) of the
+    colour of the object covering each image row's patch by ``min_cover`` or more (-1: background,
+    mixed or not an image row). ``items[i]`` is the item of sample ``i``; objects carry
+    ``attrs[attr]``."""
+    from ..metrics.coverage import item_coverage
+
+    colours = list(colours) if colours is not None else _values(items, attr)
     rows = store.rows
     out = np.full(len(store), -1, np.int64)
     img = (rows["modality"] == IMAGE).numpy()
@@ -148,28 +160,28 @@ def patch_colour_labels(store, scenes, min_cover: float = 0.5) -> np.ndarray:
     for n in np.nonzero(img)[0]:
         s = int(rows["sample"][n])
         if s not in cache:
-            cache[s] = patch_coverage(scenes[s], grid)
+            cache[s] = item_coverage(items[s], grid)
         cov = cache[s][:, int(rows["row"][n]), int(rows["col"][n])]
         if len(cov) and cov.max() >= min_cover:
-            out[n] = COLOURS.index(scenes[s].objects[int(cov.argmax())].colour)
+            out[n] = colours.index(items[s].objects[int(cov.argmax())].attrs[attr])
     return out
 
 
-def colour_features(F: torch.Tensor, store, scenes, tokenizer=None) -> dict:
-    """Per colour: the feature with the best patch AUROC (patch covers that colour vs every other
-    image patch), its AUROC, and (with ``tokenizer``) the same feature's AUROC on text tokens for
-    "this token is the colour word"; ``cross_modal`` counts colours whose best patch feature has
-    patch AUROC >= 0.9 and colour-word AUROC >= 0.9."""
-    from ..data.shapes import COLOURS
-
-    lab = patch_colour_labels(store, scenes)
+def colour_features(F: torch.Tensor, store, items, tokenizer=None, colours=None) -> dict:
+    """Per colour (``colours``, default: the items' objects' colours): the feature with the best patch
+    AUROC (patch covers that colour vs every other image patch), its AUROC, and (with
+    ``tokenizer``) the same feature's AUROC on text tokens for "this token is the colour word";
+    ``cross_modal`` counts colours whose best patch feature has patch AUROC >= 0.9 and colour-word
+    AUROC >= 0.9."""
+    colours = list(colours) if colours is not None else _values(items, "colour")
+    lab = patch_colour_labels(store, items, colours=colours)
     img = (store.rows["modality"] == IMAGE).numpy()
     txt = ~img
     tok = store.rows["token"].numpy()
     Fn = F.numpy()
     out = {}
     n_cross = 0
-    for ci, c in enumerate(COLOURS):
+    for ci, c in enumerate(colours):
         y = lab[img] == ci
         if not y.any():
             continue
@@ -194,19 +206,18 @@ def colour_features(F: torch.Tensor, store, scenes, tokenizer=None) -> dict:
     return {"colours": out, "cross_modal": n_cross}
 
 
-def colour_alignment(store, scenes, tokenizer) -> dict[str, float]:
+def colour_alignment(store, items, tokenizer, colours=None) -> dict[str, float]:
     """Per colour: cosine between the colour's direction on image patches (mean over patches of
     that colour minus mean over object patches) and on text (mean over that colour word's tokens
     minus mean over text tokens), in the raw activations. Near 1: one direction could serve both
     modalities (a cross-modal feature is possible); near 0: the model keeps them apart."""
-    from ..data.shapes import COLOURS
-
-    lab = patch_colour_labels(store, scenes)
+    colours = list(colours) if colours is not None else _values(items, "colour")
+    lab = patch_colour_labels(store, items, colours=colours)
     X = store.acts.float()
     img = (store.rows["modality"] == IMAGE).numpy()
     tok = store.rows["token"].numpy()
     out = {}
-    for ci, c in enumerate(COLOURS):
+    for ci, c in enumerate(colours):
         wid = tokenizer.convert_tokens_to_ids(c)
         pm, wm = torch.as_tensor(lab == ci), torch.as_tensor(tok == wid)
         if not pm.any() or not wm.any():
@@ -217,6 +228,19 @@ def colour_alignment(store, scenes, tokenizer) -> dict[str, float]:
     return out
 
 
+def logit_effect(adapter, sae, k: int, n: int = 8) -> tuple[list[str], list[str]]:
+    """Tokens whose logits the decoder direction ``W_dec[k]`` raises / lowers most (LLaVA)."""
+    if adapter.kind != "vlm" or "logits" not in adapter.site_table:
+        return [], []
+    head = adapter.module("logits")
+    with torch.no_grad():
+        v = head(sae.W_dec[k].to(head.weight.device, head.weight.dtype)).float().cpu()
+    tok = adapter.tokenizer
+    up = [tok.convert_ids_to_tokens(int(i)) for i in torch.topk(v, n).indices]
+    down = [tok.convert_ids_to_tokens(int(i)) for i in torch.topk(-v, n).indices]
+    return up, down
+
+
 def filter_auroc(sample_score: dict[int, float], mismatched: set[int]) -> float:
     """AUROC of the sample score separating matched (positive) from mismatched pairs."""
     ids = sorted(sample_score)
@@ -224,4 +248,4 @@ def filter_auroc(sample_score: dict[int, float], mismatched: set[int]) -> float:
 
 
 __all__ = ["encode_rows", "feature_stats", "cross_modal_weights", "reference_activations", "sample_scores", "auroc", "patch_colour_labels",
-           "colour_features", "colour_alignment", "filter_auroc"]
+           "colour_features", "colour_alignment", "filter_auroc", "logit_effect"]

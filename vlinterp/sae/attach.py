@@ -3,27 +3,58 @@ splice the reconstruction in or scale features.
 
 ``save_sae`` writes SAELens's inference format (``cfg.json`` + ``sae_weights.safetensors``,
 loadable with ``sae_lens.SAE.load_from_disk``) plus ``vlinterp.json`` (site, model, training
-settings), atomically. ``load_sae`` reads any SAELens SAE directory (ours or SAELens's own).
+settings), as one output directory (:func:`vlinterp.core.io.output_dir`: files the user put there
+stay). ``cfg.json``'s ``metadata`` names the hook the way SAELens attaches it: ``hook_name`` is the
+TransformerLens name of the site (``blocks.2.resid`` -> ``blocks.2.hook_resid_post``, ``.attn`` ->
+``hook_attn_out``, ``.mlp`` -> ``hook_mlp_out``, ``embed`` -> ``hook_embed``), so
+``SAETransformerBridge.add_sae`` / ``HookedSAETransformer.add_sae`` splice it where vlinterp does;
+``model_name`` is the model it was trained on and ``vlinterp_site`` the site's vlinterp name.
+Sites TransformerLens has no name for (vision tower, UNet) keep ``hook_name`` = the vlinterp site.
+``load_sae`` reads any SAELens SAE directory (ours or SAELens's own).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import torch
 
-from ..core.errors import LoadError, ShapeMismatchError
+from ..core.errors import ConfigError, LoadError, ShapeMismatchError
 from ..core.layout import IMAGE, PAD, TEXT
+
+_TL_HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+
+
+def tl_hook_name(site: str) -> str | None:
+    """The TransformerLens / SAELens hook of a language-model site, or ``None`` when it has none."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(resid|attn|mlp)", str(site))
+    if m:
+        return f"blocks.{m.group(1)}.{_TL_HOOKS[m.group(2)]}"
+    return "hook_embed" if site == "embed" else None
+
+
+def set_metadata(sae, site: str | None, model: str | None) -> None:
+    """Write what SAELens reads to attach ``sae`` (``cfg.metadata.hook_name``, ``model_name``) and the
+    vlinterp site into its config (a model name SAELens already set is kept)."""
+    md = sae.cfg.metadata
+    if site:
+        md.hook_name = tl_hook_name(site) or site
+        md.vlinterp_site = site
+    if model and md.get("model_name") is None:
+        md.model_name = model
 
 
 def save_sae(sae, path: str, meta: dict | None = None) -> str:
-    """Write ``sae`` (training or inference SAELens SAE) to ``path`` in SAELens's inference format."""
-    from ..zoo.common import atomic_dir
+    """Write ``sae`` (training or inference SAELens SAE) to ``path`` in SAELens's inference format,
+    with the metadata SAELens attaches it by (see the module doc)."""
+    from ..core.io import output_dir, write_json
 
-    with atomic_dir(path) as tmp:
+    info = {**getattr(sae, "vlinterp_meta", {}), **(meta or {})}
+    set_metadata(sae, info.get("site"), info.get("model"))
+    with output_dir(path) as tmp:
         (sae.save_inference_model if hasattr(sae, "save_inference_model") else sae.save_model)(tmp)
-        with open(os.path.join(tmp, "vlinterp.json"), "w") as f:
-            json.dump({**getattr(sae, "vlinterp_meta", {}), **(meta or {})}, f, indent=1)
+        write_json(os.path.join(tmp, "vlinterp.json"), info)
     return path
 
 
@@ -54,7 +85,7 @@ def _mask(t: torch.Tensor, layout, positions: str) -> torch.Tensor:
     elif positions == "content":
         m &= (mod == IMAGE) | (mod == TEXT)
     elif positions != "all":
-        raise ValueError(f"positions must be all, content, image or text, got {positions!r}")
+        raise ConfigError(f"positions must be all, content, image or text, got {positions!r}")
     return m
 
 
@@ -107,4 +138,4 @@ def feature_edit(sae, features: dict[int, float], site: str = "", positions: str
     return fn
 
 
-__all__ = ["save_sae", "load_sae", "splice_edit", "feature_edit"]
+__all__ = ["save_sae", "load_sae", "splice_edit", "feature_edit", "tl_hook_name", "set_metadata"]

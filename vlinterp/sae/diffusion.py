@@ -1,26 +1,22 @@
-"""SAEs on a diffusion UNet's h-space (the mid-block output) and colour steering with them.
+"""SAEs on a diffusion model's activations (the UNet's h-space, the text encoder's output) and
+steering the samples with them: method code that takes prompts and labels, never a dataset.
 
-:func:`harvest_hspace` runs the sampler on single-object prompts and keeps the mid-block output
-at every step as rows (one per spatial position: ``[B, C, h, w]`` -> ``B*h*w`` rows of ``C``),
-with the prompt's colour per row in ``meta``. :func:`colour_feature` picks, per colour, the
-feature whose mean activation is highest on that colour's prompts relative to the others.
-:func:`steer_colour` samples with an edit at ``unet.mid.0`` that adds the target colour feature's
-decoder direction (strength ``alpha`` x its mean activation where active) and switches the prompt
-colour's feature off, at every position and step; :func:`steering_success` judges the samples'
-colours with the ``shapes-vit`` organism.
+:func:`harvest_prompts` runs the sampler on text prompts and keeps a site's output at every step as
+rows (one per spatial position: ``[B, C, h, w]`` -> ``B*h*w`` rows of ``C``), with each prompt's
+label index in ``meta["labels"]``. :func:`label_features` picks one distinct feature per label.
+:func:`steer_edit` adds a feature's decoder direction (and switches another off) and
+:func:`swap_edit` swaps one feature for another where it fires; :func:`steer_samples` samples with
+either. The shapes-world colour experiments built on these are :mod:`vlinterp.eval.sae_diffusion`.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError
 from ..core.layout import IMAGE
-from ..data.shapes import COLOURS, PAIRS
-from ..zoo.recipe_diffusion import SAMPLING
 
 SITE = "unet.mid.0"
-GUIDANCE = SAMPLING["guidance_scale"]  # sample as the organism does
 
 
 def _to_rows(t: torch.Tensor) -> torch.Tensor:
@@ -38,21 +34,19 @@ def _from_rows(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def harvest_hspace(adapter, n: int = 96, steps: int = 10, seed: int = 0, batch_size: int = 48, progress: bool = True,
-                   site: str = SITE):
-    """An :class:`~vlinterp.sae.store.ActivationStore` of h-space rows from sampling ``n``
-    single-object prompts (all 24 pairs cycled) with ``steps`` sampler steps (guidance ``GUIDANCE``).
-    ``meta["colour"]`` ``[n]``: colour index of sample ``i``'s prompt."""
-    from ..zoo.diffusion_data import caption
+def harvest_prompts(adapter, prompts: list[str], labels: list[int] | None = None, steps: int = 10, seed: int = 0,
+                    guidance_scale: float = 2.0, batch_size: int = 48, site: str = SITE, progress: bool = True, meta=None):
+    """An :class:`~vlinterp.sae.store.ActivationStore` of ``site``'s rows from sampling ``prompts``
+    (``steps`` sampler steps; chunk ``i`` seeded ``seed * 100003 + i``; the conditional rows when
+    guidance doubles the batch). ``labels``: an int per prompt, kept as ``meta["labels"]``."""
     from .store import ActivationStore
 
-    pairs = [PAIRS[(i + seed) % len(PAIRS)] for i in range(n)]
     parts = {k: [] for k in ("acts", "sample", "position", "step")}
-    for i in tqdm(range(0, n, batch_size), desc="harvest h-space", disable=not progress):
-        chunk = pairs[i:i + batch_size]
-        b = adapter.prepare(text=[caption([p]) for p in chunk], seed=seed * 100003 + i)
+    for i in tqdm(range(0, len(prompts), batch_size), desc=f"harvest {site} while sampling", disable=not progress):
+        chunk = prompts[i:i + batch_size]
+        b = adapter.prepare(text=list(chunk), seed=seed * 100003 + i)
         with adapter.capture([site]) as cache:
-            adapter.sample(b, steps=steps, guidance_scale=GUIDANCE, progress=False)
+            adapter.sample(b, steps=steps, guidance_scale=guidance_scale, progress=False)
         for s, t in enumerate(cache.steps[site]):
             r = _to_rows(t)
             r = r.view(len(chunk), 2, *r.shape[1:])[:, 1] if r.shape[0] == 2 * len(chunk) else r  # the conditional rows
@@ -65,28 +59,29 @@ def harvest_hspace(adapter, n: int = 96, steps: int = 10, seed: int = 0, batch_s
     N = len(rows["acts"])
     rows.update({"modality": torch.full((N,), IMAGE, dtype=torch.int8), "row": torch.full((N,), -1, dtype=torch.int16),
                  "col": torch.full((N,), -1, dtype=torch.int16), "token": torch.full((N,), -1, dtype=torch.int32)})
-    meta = {"site": site, "model": adapter.name, "family": adapter.family, "keep": "all", "samples_done": n,
-            "colour": [COLOURS.index(p[0]) for p in pairs], "pairs": [list(p) for p in pairs], "steps": steps, "complete": True}
-    return ActivationStore(rows, meta)
+    info = {"site": site, "model": adapter.name, "family": adapter.family, "tokens": "all", "samples_done": len(prompts),
+            "labels": list(labels) if labels is not None else None, "steps": steps, "complete": True, **(meta or {})}
+    return ActivationStore(rows, info)
 
 
 @torch.no_grad()
-def colour_feature(sae, store, score: str = "rate") -> dict[str, dict]:
-    """One distinct feature per colour: ``{"feature", "gap", "mean_active" (its mean activation
-    where > 0 on that colour)}``. ``score="rate"``: firing-rate difference P(f > 0 | colour's
-    prompts) - P(f > 0 | other prompts) (as SAVE scores features); ``"gap"``: mean-activation
-    difference. Colours pick greedily, the most separable first, each from the features no other
-    colour took (two colours sharing one feature could not be steered apart)."""
+def label_features(sae, store, names: list[str], score: str = "rate") -> dict[str, dict]:
+    """One distinct feature per label (``names[i]`` for label ``i`` of ``store.meta["labels"]``):
+    ``{name: {"feature", "gap", "mean_active" (its mean activation where > 0 on that label)}}``.
+    ``score="rate"``: firing-rate difference P(f > 0 | label's prompts) - P(f > 0 | others) (as
+    SAVE scores features); ``"gap"``: mean-activation difference. Labels pick greedily, the most
+    separable first, each from the features no other label took (two labels sharing one feature
+    could not be steered apart)."""
     from .analysis import encode_rows
 
     if score not in ("rate", "gap"):
-        raise ValueError(f"unknown feature score {score!r}; 'rate' or 'gap'")
+        raise ConfigError(f"unknown feature score {score!r}; 'rate' or 'gap'")
     F = encode_rows(sae, store.acts)
-    col = torch.as_tensor(store.meta["colour"])[store.rows["sample"]]
+    lab = torch.as_tensor(store.meta["labels"])[store.rows["sample"]]
     X = (F > 0).float() if score == "rate" else F
     scores = {}
-    for ci, c in enumerate(COLOURS):
-        m = col == ci
+    for ci, c in enumerate(names):
+        m = lab == ci
         if m.any():
             scores[c] = X[m].mean(0) - X[~m].mean(0)
     out, taken = {}, set()
@@ -96,9 +91,9 @@ def colour_feature(sae, store, score: str = "rate") -> dict[str, dict]:
             g[list(taken)] = -float("inf")
         k = int(g.argmax())
         taken.add(k)
-        fk = F[col == COLOURS.index(c), k]
+        fk = F[lab == names.index(c), k]
         out[c] = {"feature": k, "gap": float(g[k]), "mean_active": float(fk[fk > 0].mean()) if (fk > 0).any() else 0.0}
-    return {c: out[c] for c in COLOURS if c in out}
+    return {c: out[c] for c in names if c in out}
 
 
 def steer_edit(sae, add: int, strength: float, remove: int | None = None):
@@ -133,58 +128,36 @@ def swap_edit(sae, src: int, tgt: int, gain: float):
 
 
 @torch.no_grad()
-def steer_colour(adapter, sae, features: dict, target: str, prompts: list, alpha: float = 2.0, steps: int = 20,
-                 seed: int = 0, mode: str = "add", site: str | None = None) -> torch.Tensor:
-    """Samples ``[n, 3, S, S]`` for ``prompts`` (``(colour, shape)`` pairs) steered to ``target``.
+def steer_samples(adapter, sae, features: dict, target: str, prompts: list[str], sources: list[str], alpha: float = 2.0,
+                  steps: int = 20, seed: int = 0, mode: str = "add", site: str | None = None, guidance_scale: float = 2.0,
+                  batch_size: int = 48) -> torch.Tensor:
+    """Samples ``[n, 3, S, S]`` for text ``prompts`` steered to label ``target``; ``sources[i]``: the
+    label prompt ``i`` asks for, ``features``: :func:`label_features`'s output.
 
     ``mode="add"``: :func:`steer_edit` (target direction at every position, strength ``alpha`` x
-    its mean activation; the prompt colour's feature switched off). ``mode="swap"``:
-    :func:`swap_edit` from the prompt colour's feature to the target's, gain ``alpha`` x the
-    ratio of their mean activations (needs one prompt colour per chunk of 48). ``site``: where the
-    SAE was trained (default: its ``vlinterp_meta`` site, else ``unet.mid.0``)."""
-    from ..zoo.diffusion_data import caption
-
+    its mean activation; the source label's feature switched off when a chunk has one source).
+    ``mode="swap"``: :func:`swap_edit` from the source's feature to the target's, gain ``alpha`` x
+    the ratio of their mean activations (one source per chunk of ``batch_size``). ``site``: where
+    the SAE was trained (default: its ``vlinterp_meta`` site, else ``unet.mid.0``)."""
     if mode not in ("add", "swap"):
-        raise ValueError(f"unknown steering mode {mode!r}; 'add' or 'swap'")
+        raise ConfigError(f"unknown steering mode {mode!r}; 'add' or 'swap'")
     f_t = features[target]
     xs = []
-    for i in range(0, len(prompts), 48):
-        chunk = prompts[i:i + 48]
-        src = {p[0] for p in chunk}
+    for i in range(0, len(prompts), batch_size):
+        chunk, src = prompts[i:i + batch_size], set(sources[i:i + batch_size])
         remove = features[next(iter(src))]["feature"] if len(src) == 1 else None
-        b = adapter.prepare(text=[caption([p]) for p in chunk], seed=seed + i)
+        b = adapter.prepare(text=list(chunk), seed=seed + i)
         site = site or getattr(sae, "vlinterp_meta", {}).get("site") or SITE
         if mode == "swap":
             if remove is None:
-                raise ValueError("swap steering needs one prompt colour per chunk of 48 prompts")
+                raise ConfigError(f"swap steering needs one source label per chunk of {batch_size} prompts")
             f_s = features[next(iter(src))]
             edit = swap_edit(sae, remove, f_t["feature"], alpha * f_t["mean_active"] / max(f_s["mean_active"], 1e-6))
         else:
             edit = steer_edit(sae, f_t["feature"], alpha * f_t["mean_active"], remove)
         with adapter.edits({site: edit}):
-            xs.append(adapter.sample(b, steps=steps, guidance_scale=GUIDANCE, progress=False, return_tensor=True)[1].cpu())
+            xs.append(adapter.sample(b, steps=steps, guidance_scale=guidance_scale, progress=False, return_tensor=True)[1].cpu())
     return torch.cat(xs)
 
 
-def steering_success(adapter, sae, features: dict, judge, n_per_target: int = 16, alpha: float = 2.0, steps: int = 20,
-                     seed: int = 5, progress: bool = True, mode: str = "add", site: str | None = None) -> dict:
-    """For each target colour: prompts of other colours (cycled pairs), steered; the share of
-    samples the judge (``shapes-vit``) sees in the target colour, and the unsteered share."""
-    from ..zoo.recipe_diffusion import sample_prompts, vit_judge
-
-    rows = {}
-    hit, base_hit, total = 0, 0, 0
-    for ci, target in enumerate(tqdm(COLOURS, desc="steering", disable=not progress)):
-        src = COLOURS[(ci + 1) % len(COLOURS)]  # one source colour per target, so its feature can be removed
-        prompts = [(src, PAIRS[j % len(PAIRS)][1]) for j in range(n_per_target)]
-        x = steer_colour(adapter, sae, features, target, prompts, alpha, steps, seed, mode, site)
-        x0 = sample_prompts(adapter, prompts, seed=seed, steps=steps, guidance_scale=GUIDANCE)
-        got = [p is not None and p[0] == target for p in vit_judge(judge, x)]
-        got0 = [p is not None and p[0] == target for p in vit_judge(judge, x0)]
-        rows[target] = {"from": src, "steered": float(np.mean(got)), "unsteered": float(np.mean(got0))}
-        hit, base_hit, total = hit + sum(got), base_hit + sum(got0), total + len(got)
-    return {"success": hit / total, "unsteered": base_hit / total, "per_colour": rows, "alpha": alpha, "mode": mode,
-            "n": total}
-
-
-__all__ = ["harvest_hspace", "colour_feature", "steer_edit", "swap_edit", "steer_colour", "steering_success"]
+__all__ = ["harvest_prompts", "label_features", "steer_edit", "swap_edit", "steer_samples", "SITE"]

@@ -4,8 +4,8 @@ the reconstruction spliced in.
 - :func:`reconstruction`: fraction of variance unexplained (FVU = ``sum |x - x_hat|^2 /
   sum |x - mean(x)|^2``), overall and per modality; mean L0; dead fraction (features that never
   fire on the rows) and dense fraction (features firing on more than ``dense`` of the rows).
-- :func:`splice_effect`: POPE accuracy and the answer's cross-entropy with vs without the SAE
-  reconstruction at its site (an adapter edit; hooks removed afterwards).
+- :func:`splice_effect`: yes/no accuracy and the answer's cross-entropy on question items, with vs
+  without the SAE reconstruction at its site (an adapter edit; hooks removed afterwards).
 """
 from __future__ import annotations
 
@@ -46,18 +46,16 @@ def reconstruction(sae, acts: torch.Tensor, modality: torch.Tensor | None = None
     return out
 
 
-def splice_effect(adapter, sae, site: str, n: int = 256, split: str = "test", seed: int = 1,
-                  neg_type: str = "random", positions: str | None = None) -> dict:
-    """POPE accuracy and the mean cross-entropy of the gold answer token, plain vs with the SAE
-    reconstruction spliced in at ``site`` on ``positions`` (default: the tokens the SAE was
-    trained on, ``vlinterp_meta["keep"]``, else all)."""
-    from ..data.questions import pope_split
+def splice_effect(adapter, sae, site: str, items, positions: str | None = None) -> dict:
+    """Accuracy (the model's choice among ``yes`` / ``no``) and the mean cross-entropy of the gold
+    answer token on ``items`` (:class:`~vlinterp.core.items.Item` with image, yes/no question and
+    answer), plain vs with the SAE reconstruction spliced in at ``site`` on ``positions`` (default:
+    the tokens the SAE was trained on, ``vlinterp_meta["tokens"]``, else all)."""
     from ..metrics.pope import choose, yes_no_scores
     from .attach import splice_edit
 
-    items = pope_split(split, n, seed, neg_type)
-    qs = [(s.pil(), qa.question) for s, qa in items]
-    gold = [qa.answer for _, qa in items]
+    qs = [(it.image, it.prompt) for it in items]
+    gold = [it.answer for it in items]
 
     def ce() -> float:
         losses = []
@@ -73,12 +71,13 @@ def splice_effect(adapter, sae, site: str, n: int = 256, split: str = "test", se
 
     plain = yes_no_scores(choose(adapter, qs, ["yes", "no"]), gold)["accuracy"]
     ce_plain = ce()
-    positions = positions or getattr(sae, "vlinterp_meta", {}).get("keep") or "all"
+    meta = getattr(sae, "vlinterp_meta", {}) or {}
+    positions = positions or meta.get("tokens") or meta.get("keep") or "all"
     with adapter.edits({site: splice_edit(sae, site, positions)}):
         spliced = yes_no_scores(choose(adapter, qs, ["yes", "no"]), gold)["accuracy"]
         ce_spliced = ce()
     return {"accuracy": plain, "accuracy_spliced": spliced, "accuracy_change": spliced - plain,
-            "ce": ce_plain, "ce_spliced": ce_spliced, "ce_change": ce_spliced - ce_plain, "n": n, "site": site,
+            "ce": ce_plain, "ce_spliced": ce_spliced, "ce_change": ce_spliced - ce_plain, "n": len(items), "site": site,
             "positions": positions}
 
 

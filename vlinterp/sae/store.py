@@ -2,10 +2,15 @@
 position, token id and sample id, in memory or streamed to disk as safetensors shards.
 
 On disk a store is a directory with ``manifest.json`` and ``shard_00000.safetensors``, ...; each
-shard holds whole samples, is written to a temp file and renamed, and the manifest (rewritten
+shard holds whole samples, is written to a temp file and renamed (:mod:`vlinterp.core.io`, so the
+directory's ``.vlinterp-manifest.json`` knows what vlinterp wrote), and the manifest (rewritten
 atomically after every shard) lists only finished shards. A killed harvest, started again on the
-same directory, drops anything not in the manifest and continues at the first sample no shard
-holds: no duplicated and no lost rows.
+same directory, drops the shards it wrote that the manifest does not list and continues at the
+first sample no shard holds: no duplicated and no lost rows. Files vlinterp did not write are never
+removed or replaced.
+
+Items are :class:`~vlinterp.core.items.Item` (image or ``None``, ``prompt``, optional ``answer``:
+with answers on every item of a LLaVA batch, the answer follows the prompt as the assistant's turn).
 
 Row tensors (``N`` = tokens kept): ``acts`` ``[N, D]``, ``modality`` ``[N]`` (int8, the layout's
 codes: image 2, text 1, special 3...), ``row``/``col`` ``[N]`` (int16, patch grid position; -1
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,35 +28,50 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.errors import LoadError, PromptError, ShapeMismatchError
+from ..core.errors import ConfigError, LoadError, OutputError, PromptError, ShapeMismatchError
+from ..core.io import atomic_path, write_json, written_by_vlinterp
 from ..core.layout import IMAGE, PAD, TEXT
-from ..zoo.common import write_json_atomic
 
 FIELDS = ("acts", "modality", "row", "col", "token", "sample", "position")
 MANIFEST = "manifest.json"
+TOKENS = ("all", "content", "image", "text", "answer")
 
 
 def _save_shard(path: str, rows: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in rows.items()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
-def rows_from_batch(adapter, batch, site: str, sample_ids: Sequence[int], keep: str = "all",
-                    dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Run ``batch`` capturing ``site`` and return the row tensors of the kept tokens
-    (``keep``: ``all`` non-padding tokens, ``content`` = image patches and text tokens without
+def _drop_leftovers(out_dir: str, listed: set[str]) -> None:
+    """Remove what a killed run of ours left: shards it wrote that the manifest does not list, and
+    temp files. Anything else is the user's and stays (a stray shard name is refused)."""
+    for f in os.listdir(out_dir):
+        path = os.path.join(out_dir, f)
+        if f.startswith(".tmp-") and os.path.isfile(path):
+            os.remove(path)
+        elif f.startswith("shard_") and f not in listed:
+            if not written_by_vlinterp(path):
+                raise OutputError(f"{out_dir}: {f} is not a shard this store lists and was not written by vlinterp; move it away")
+            os.remove(path)
+
+
+def _tokens(tokens: str | None, keep: str | None) -> str:
+    """The token filter (``keep=`` is its earlier name)."""
+    t = tokens if tokens is not None else (keep if keep is not None else "all")
+    if t not in TOKENS:
+        raise ConfigError(f"tokens must be one of {', '.join(TOKENS)}, got {t!r}")
+    return t
+
+
+def rows_from_batch(adapter, batch, site: str, sample_ids: Sequence[int], tokens: str = "all",
+                    dtype=torch.float32, keep: str | None = None) -> dict[str, torch.Tensor]:
+    """Run ``batch`` capturing ``site`` and return the row tensors of the chosen tokens
+    (``tokens``: ``all`` non-padding tokens, ``content`` = image patches and text tokens without
     specials (BOS, role markers, image newlines), ``image``, ``text``, or ``answer`` = image patches
     and the teacher-forced answer's tokens: an image-caption pair without the instruction around it)."""
+    keep = _tokens(tokens if keep is None else keep, None)
     stream = adapter.site_table[site].stream
     out = adapter.run(batch, capture=[site])
     a = out.cache[site]
@@ -69,13 +88,11 @@ def rows_from_batch(adapter, batch, site: str, sample_ids: Sequence[int], keep: 
         mask &= (mod == IMAGE) | (mod == TEXT)
     elif keep == "answer":
         if "answer" not in lay.spans:
-            raise PromptError("keep='answer' needs (image, text, answer) items: this batch has no answers")
+            raise PromptError("tokens='answer' needs items with answers: this batch has none")
         ans = np.zeros_like(mask)
         for r in range(mask.shape[0]):
             ans[r, lay.span("answer", r).numpy()] = True
         mask &= (mod == IMAGE) | (ans & (mod == TEXT))
-    elif keep != "all":
-        raise ValueError(f"keep must be all, content, image, text or answer, got {keep!r}")
     R, T = mask.shape
     row = np.full((R, T), -1, np.int16)
     col = np.full((R, T), -1, np.int16)
@@ -105,7 +122,7 @@ def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class ActivationStore:
-    """Rows of one site (see the module doc). ``meta``: site, model, d, samples, keep..."""
+    """Rows of one site (see the module doc). ``meta``: site, model, d, samples, tokens..."""
 
     rows: dict[str, torch.Tensor]
     meta: dict
@@ -129,34 +146,23 @@ class ActivationStore:
     # ---------------------------------------------------------------- harvest
     @classmethod
     def harvest(cls, adapter, site: str, items: Sequence, out_dir: str | None = None, batch_size: int = 16,
-                shard_samples: int = 256, keep: str = "all", dtype=torch.float32, progress: bool = True,
-                stop_after: int | None = None, dataset: str | None = None) -> "ActivationStore":
-        """Harvest ``site`` over ``items`` (sequence of ``(image or None, text[, answer])``; sample id =
-        index). With ``out_dir``: shards of ``shard_samples`` samples, resumable; without: in
-        memory. ``stop_after``: stop after that many new shards (to test resuming); ``dataset``:
-        the items' spec (:func:`items_from_spec`), kept in the manifest."""
+                shard_samples: int = 256, tokens: str | None = None, dtype=torch.float32, progress: bool = True,
+                stop_after: int | None = None, dataset: str | None = None, keep: str | None = None) -> "ActivationStore":
+        """Harvest ``site`` over ``items`` (:class:`~vlinterp.core.items.Item`; sample id = index) keeping
+        the ``tokens`` rows (see :func:`rows_from_batch`; ``keep=`` is its earlier name). With
+        ``out_dir``: shards of ``shard_samples`` samples, resumable; without: in memory.
+        ``stop_after``: stop after that many new shards (to test resuming); ``dataset``: the items'
+        spec (:func:`vlinterp.eval.sae_data.items_from_spec`), kept in the manifest."""
+        tokens = _tokens(tokens, keep)
         if site not in adapter.site_table:
             from ..core.errors import UnknownSiteError
 
             raise UnknownSiteError(site, adapter.site_table.keys())
-        meta = {"site": site, "model": adapter.name, "family": adapter.family, "keep": keep, "n_items": len(items),
+        meta = {"site": site, "model": adapter.name, "family": adapter.family, "tokens": tokens, "n_items": len(items),
                 "dtype": str(dtype).replace("torch.", ""), "shards": [], "samples_done": 0, "dataset": dataset}
         start = 0
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            mpath = os.path.join(out_dir, MANIFEST)
-            if os.path.exists(mpath):
-                with open(mpath) as f:
-                    old = json.load(f)
-                for k in ("site", "model", "keep", "n_items", "dtype"):
-                    if old.get(k) != meta[k]:
-                        raise LoadError(f"{out_dir} holds a harvest with {k}={old.get(k)!r}, not {meta[k]!r}; use another directory")
-                meta = old
-                start = int(old["samples_done"])
-            listed = {s["file"] for s in meta["shards"]}
-            for f in os.listdir(out_dir):  # leftovers of a killed run
-                if (f.startswith("shard_") and f not in listed) or f.startswith(".tmp-"):
-                    os.remove(os.path.join(out_dir, f))
+            meta, start = resume_manifest(out_dir, meta, ("site", "model", "tokens", "n_items", "dtype"))
         parts, pending, new_shards = [], [], 0
         bar = tqdm(total=len(items), initial=start, desc=f"harvest {site}", disable=not progress)
 
@@ -171,7 +177,7 @@ class ActivationStore:
             meta["shards"].append({"file": name, "rows": int(rows["acts"].shape[0]), "samples": [first, last]})
             meta["samples_done"] = last + 1
             meta["d"] = int(rows["acts"].shape[1])
-            write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
+            write_json(os.path.join(out_dir, MANIFEST), meta)
             pending = []
 
         i = start
@@ -182,7 +188,7 @@ class ActivationStore:
                     boundary = (i // shard_samples + 1) * shard_samples
                     chunk = [j for j in chunk if j < boundary]
                 b = _prepare(adapter, [items[j] for j in chunk])
-                r = rows_from_batch(adapter, b, site, chunk, keep, dtype)
+                r = rows_from_batch(adapter, b, site, chunk, tokens, dtype)
                 if not torch.isfinite(r["acts"]).all():
                     from ..core.errors import NaNError
 
@@ -199,7 +205,7 @@ class ActivationStore:
         bar.close()
         if out_dir is not None:
             meta["complete"] = True
-            write_json_atomic(os.path.join(out_dir, MANIFEST), meta)
+            write_json(os.path.join(out_dir, MANIFEST), meta)
             return cls.open(out_dir)
         rows = _cat(parts)
         meta.update({"samples_done": len(items), "complete": True, "d": int(rows["acts"].shape[1]) if rows else 0})
@@ -215,16 +221,37 @@ class ActivationStore:
             raise LoadError(f"{path} is not an activation store (no {MANIFEST})")
         with open(mpath) as f:
             meta = json.load(f)
+        if "tokens" not in meta and "keep" in meta:  # stores written before the rename
+            meta["tokens"] = meta["keep"]
         parts = [load_file(os.path.join(path, s["file"])) for s in meta["shards"]]
         return cls(_cat(parts), meta)
 
 
+def resume_manifest(out_dir: str, meta: dict, same: tuple[str, ...]) -> tuple[dict, int]:
+    """``(meta, first sample to harvest)`` for a harvest into ``out_dir``: a new directory starts at
+    0; an earlier harvest with the same ``same`` fields continues where it stopped (its unlisted
+    shards and temp files removed); another harvest there is refused (:class:`LoadError`)."""
+    os.makedirs(out_dir, exist_ok=True)
+    mpath = os.path.join(out_dir, MANIFEST)
+    start = 0
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            old = json.load(f)
+        old.setdefault("tokens", old.get("keep"))
+        for k in same:
+            if old.get(k) != meta[k]:
+                raise LoadError(f"{out_dir} holds a harvest with {k}={old.get(k)!r}, not {meta[k]!r}; use another directory")
+        meta, start = old, int(old["samples_done"])
+    _drop_leftovers(out_dir, {s["file"] for s in meta["shards"]})
+    return meta, start
+
+
 def _prepare(adapter, items):
-    """``(image or None, text[, answer])`` items -> one batch (LLaVA: the answer follows the
-    prompt as the assistant's turn)."""
-    imgs = [it[0] for it in items]
-    texts = [it[1] for it in items]
-    kw = {"answer": [it[2] for it in items]} if adapter.kind == "vlm" and all(len(it) > 2 for it in items) else {}
+    """Items -> one batch (LLaVA: with answers on every item, the answer follows the prompt as the
+    assistant's turn)."""
+    imgs = [it.image for it in items]
+    texts = [it.prompt for it in items]
+    kw = {"answer": [it.answer for it in items]} if adapter.kind == "vlm" and all(it.answer is not None for it in items) else {}
     if adapter.kind in ("vit",):
         return adapter.prepare(images=imgs)
     if all(im is None for im in imgs):
@@ -234,46 +261,4 @@ def _prepare(adapter, items):
     return adapter.prepare(images=imgs, text=texts, **kw)
 
 
-def shapes_items(split: str = "sae", n: int = 512, seed: int = 0, kind: str = "caption") -> list:
-    """``(image, text, answer)`` items from the shapes world: ``caption`` (``describe the image.``
-    answered by the scene's caption, so text tokens name the colours and shapes), ``question``
-    (POPE presence questions with their answers, half yes, half no) or ``mixed`` (alternating;
-    the questions' negatives adversarial). Sample ``i`` shows scene ``i`` of the split."""
-    from ..data.questions import caption
-    from ..data.shapes import make_split
-
-    from ..data.questions import pope_split
-
-    if kind == "caption":
-        return [(s.pil(), "describe the image.", caption(s)) for s in make_split(split, n, seed)]
-    if kind == "question":
-        return [(s.pil(), qa.question, qa.answer) for s, qa in pope_split(split, n, seed, "random")]
-    if kind == "mixed":  # even samples captions, odd samples presence questions (POPE-style)
-        qs = pope_split(split, n, seed, "adversarial")
-        return [(s.pil(), "describe the image.", caption(s)) if i % 2 == 0 else (s.pil(), qa.question, qa.answer)
-                for i, (s, qa) in enumerate(qs)]
-    raise ValueError(f"kind must be caption, question or mixed, got {kind!r}")
-
-
-def items_from_spec(spec: str) -> list:
-    """Dataset items from a spec string (recorded in a store's manifest so dashboards can find
-    the images again): ``shapes:SPLIT:N[:SEED[:KIND]]`` (:func:`shapes_items`) or
-    ``jsonl:PATH`` (one ``{"image": path or null, "text": ..., "answer": ...}`` per line)."""
-    from ..core.errors import PromptError
-
-    kind, _, rest = spec.partition(":")
-    if kind == "shapes":
-        parts = rest.split(":")
-        if len(parts) < 2:
-            raise PromptError(f"dataset spec {spec!r}: expected shapes:SPLIT:N[:SEED[:KIND]]")
-        return shapes_items(parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0,
-                            parts[3] if len(parts) > 3 else "caption")
-    if kind == "jsonl":
-        from ..data.jsonl import read_jsonl
-
-        return [(img, d["text"], d["answer"]) if d.get("answer") is not None else (img, d["text"])
-                for d, img in read_jsonl(rest, ("text",))]
-    raise PromptError(f"unknown dataset spec {spec!r}: shapes:SPLIT:N[:SEED[:KIND]] or jsonl:PATH")
-
-
-__all__ = ["ActivationStore", "rows_from_batch", "shapes_items", "items_from_spec", "FIELDS"]
+__all__ = ["ActivationStore", "rows_from_batch", "resume_manifest", "FIELDS", "TOKENS", "MANIFEST"]

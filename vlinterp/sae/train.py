@@ -1,8 +1,12 @@
 """Train SAELens SAEs from an :class:`~vlinterp.sae.store.ActivationStore`.
 
-SAELens does the modelling (``TopKTrainingSAE``, ``BatchTopKTrainingSAE``, ``StandardTrainingSAE``
-(ReLU + L1), ``JumpReLUTrainingSAE``, ``MatryoshkaBatchTopKTrainingSAE``) and the optimisation
-(``SAETrainer.step``). vlinterp adds what it lacks for multimodal data:
+SAELens does the modelling (the architectures of :data:`~vlinterp.sae.archs.SAE_ARCHS`:
+``TopKTrainingSAE``, ``BatchTopKTrainingSAE``, ``StandardTrainingSAE`` (ReLU + L1),
+``JumpReLUTrainingSAE``, ``MatryoshkaBatchTopKTrainingSAE``) and the optimisation
+(``SAETrainer.step``). :func:`train_sae` returns the *inference* SAE, the same class and weights
+as its saved copy (a ``batchtopk`` SAE becomes the JumpReLU SAE with the learned threshold, as
+SAELens saves it), with the metadata SAELens attaches it by. vlinterp adds what SAELens lacks for
+multimodal data:
 
 - **modality-balanced batches**: each batch takes ``round(image_fraction * B)`` image-token rows
   and the rest from text tokens (``image_fraction=None``: uniform over rows);
@@ -16,7 +20,6 @@ SAELens does the modelling (``TopKTrainingSAE``, ``BatchTopKTrainingSAE``, ``Sta
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -24,34 +27,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..core.errors import NaNError, ShapeMismatchError
+from ..core.errors import ConfigError, NaNError, ShapeMismatchError
+from .archs import SAE_ARCHS, arch_config
 
-ARCHS = {"topk": ("TopKTrainingSAE", "TopKTrainingSAEConfig"),
-         "batchtopk": ("BatchTopKTrainingSAE", "BatchTopKTrainingSAEConfig"),
-         "standard": ("StandardTrainingSAE", "StandardTrainingSAEConfig"),
-         "jumprelu": ("JumpReLUTrainingSAE", "JumpReLUTrainingSAEConfig"),
-         "matryoshka": ("MatryoshkaBatchTopKTrainingSAE", "MatryoshkaBatchTopKTrainingSAEConfig")}
+ARCHS = SAE_ARCHS  # the name earlier releases exported
 
 
 def make_sae(arch: str, d_in: int, d_sae: int, k: int = 16, l1: float = 5.0, seed: int = 0, **extra):
-    """A fresh SAELens training SAE of architecture ``arch`` (see :data:`ARCHS`)."""
-    import sae_lens
-
-    if arch not in ARCHS:
-        raise ValueError(f"unknown SAE architecture {arch!r}; one of {', '.join(ARCHS)}")
-    cls, cfg_cls = (getattr(sae_lens, n) for n in ARCHS[arch])
-    kw = {"d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32", "device": "cpu", **extra}
-    if arch in ("topk", "batchtopk", "matryoshka"):
-        kw["k"] = int(k)
-        # the input scaling is folded into the weights after training; that is exact only when
-        # the top-k choice does not rescale by decoder norms
-        kw.setdefault("rescale_acts_by_decoder_norm", False)
-    if arch == "matryoshka":
-        kw.setdefault("matryoshka_widths", [d_sae // 4, d_sae // 2, d_sae])
-    if arch == "standard":
-        kw["l1_coefficient"] = float(l1)
-    torch.manual_seed(seed)
-    return cls(cfg_cls(**kw))
+    """A fresh SAELens training SAE of architecture ``arch`` (see :data:`SAE_ARCHS`; ``k`` / ``l1`` go
+    to the architectures that take them, ``extra`` to SAELens's config)."""
+    return SAE_ARCHS.create(SAE_ARCHS.check(arch), **vars(arch_config(arch, d_sae, k, l1))).build(d_in, seed, **extra)
 
 
 class BalancedBatches:
@@ -63,7 +48,7 @@ class BalancedBatches:
         self.frac = image_fraction
         if image_fraction is not None:
             if not 0.0 <= image_fraction <= 1.0:
-                raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
+                raise ConfigError(f"image_fraction must be in [0, 1], got {image_fraction}")
             self.img, self.txt = store.where("image"), store.where("text")
             if (image_fraction > 0 and not len(self.img)) or (image_fraction < 1 and not len(self.txt)):
                 raise ShapeMismatchError("the store lacks the image or text tokens that image_fraction asks for")
@@ -119,29 +104,24 @@ def setup(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int 
             trainer.load_trainer_state(path)
     meta = {"arch": arch, "d_in": store.d, "d_sae": d_sae, "k": k, "steps": steps, "batch_size": batch_size, "lr": lr,
             "image_fraction": image_fraction, "seed": seed, "site": store.meta.get("site"), "model": store.meta.get("model"),
-            "keep": store.meta.get("keep")}
+            "tokens": store.meta.get("tokens", store.meta.get("keep"))}
     return sae, trainer, batches, meta, start
 
 
 def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
               lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
               checkpoint_every: int = 500, resume: bool = False, progress: bool = True, l1: float = 5.0,
-              stop_after: int | None = None, data=None, workers: int = 1, address: str | None = None):
-    """Train an SAE on ``store`` rows and return it (a SAELens training SAE; ``.encode`` /
-    ``.decode``). Schedule: linear warm-up (10% up to 100 steps), constant ``lr``, linear decay
-    to 0 over the last 20% (SAELens's scheduler). ``stop_after``: stop after that many steps of this call (to test resuming);
-    ``data``: replace the batch source (``fn(i) -> [B, D]``). ``workers > 1``: data-parallel on Ray
-    Train (:mod:`vlinterp.sae.train_dp`; same checkpoints, so either kind of run resumes the other)."""
-    if workers > 1:
-        from .train_dp import train_data_parallel
-
-        if data is not None:
-            raise ValueError("data= replaces the store's batches; it cannot be shipped to data-parallel workers")
-        return train_data_parallel(store, arch, d_sae, k, steps, batch_size, lr, image_fraction, seed, checkpoint_dir,
-                                   checkpoint_every, resume, progress, l1, stop_after, workers, address)
+              stop_after: int | None = None, data=None):
+    """Train an SAE on ``store`` rows and return the inference SAE (SAELens; ``.encode`` /
+    ``.decode``; the same class and weights as :func:`~vlinterp.sae.attach.save_sae` writes).
+    Schedule: linear warm-up (10% up to 100 steps), constant ``lr``, linear decay to 0 over the
+    last 20% (SAELens's scheduler). ``stop_after``: stop after that many steps of this call (to
+    test resuming); ``data``: replace the batch source (``fn(i) -> [B, D]``). Data-parallel training
+    on Ray Train is :func:`vlinterp.scale.sae_train.train_data_parallel` (same checkpoints, so either
+    kind of run resumes the other)."""
     sae, trainer, batches, meta, start = setup(store, arch, d_sae, k, steps, batch_size, lr, image_fraction, seed,
                                                checkpoint_dir, resume, l1, data)
-    bar = tqdm(total=steps, initial=start, desc="SAE", disable=not progress)
+    bar = tqdm(total=steps, initial=start, desc=f"SAE training ({arch})", disable=not progress)
     done = 0
     for i in range(start, steps):
         if stop_after is not None and done >= stop_after:
@@ -163,11 +143,32 @@ def train_sae(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: 
 
 
 def finish(sae, trainer, meta: dict):
-    """Fold the activation scaling into the weights; eval mode; ``sae.vlinterp_meta``."""
+    """Fold the activation scaling into the weights; the inference SAE (:func:`inference_sae`) in eval
+    mode with ``.vlinterp_meta`` and SAELens's metadata (hook and model names)."""
+    from .attach import set_metadata
+
     sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     sae.eval()
     sae.vlinterp_meta = meta
-    return sae
+    set_metadata(sae, meta.get("site"), meta.get("model"))
+    return inference_sae(sae)
+
+
+def inference_sae(sae):
+    """The inference SAE of a SAELens training SAE: exactly what ``save_inference_model`` writes and
+    ``SAE.load_from_disk`` reads back (class, weights, thresholds, metadata); an inference SAE is
+    returned as is. ``.vlinterp_meta`` is kept."""
+    import tempfile
+
+    from sae_lens import SAE
+
+    if not hasattr(sae, "save_inference_model"):
+        return sae
+    with tempfile.TemporaryDirectory(prefix="vlinterp-sae-") as d:
+        sae.save_inference_model(d)
+        out = SAE.load_from_disk(d, device=str(sae.W_dec.device))
+    out.vlinterp_meta = dict(getattr(sae, "vlinterp_meta", {}))
+    return out.eval()
 
 
 def _guarded_step(trainer, x, i):
@@ -180,16 +181,16 @@ def _guarded_step(trainer, x, i):
 
 
 def save_checkpoint(trainer, checkpoint_dir: str, step: int, meta: dict) -> str:
-    """``checkpoint_dir/step_{step:07d}``: SAELens weights + cfg + trainer state, atomically."""
-    from ..zoo.common import atomic_dir
+    """``checkpoint_dir/step_{step:07d}``: SAELens weights + cfg + trainer state, one output directory
+    published at once (:func:`vlinterp.core.io.output_dir`)."""
+    from ..core.io import output_dir, write_json
 
     final = os.path.join(checkpoint_dir, f"step_{step:07d}")
-    with atomic_dir(final) as tmp:
+    with output_dir(final, "checkpoint") as tmp:
         trainer.sae.save_model(tmp)
         trainer.save_trainer_state(Path(tmp))
-        with open(os.path.join(tmp, "vlinterp.json"), "w") as f:
-            json.dump({**meta, "step": step}, f, indent=1)
+        write_json(os.path.join(tmp, "vlinterp.json"), {**meta, "step": step})
     return final
 
 
-__all__ = ["train_sae", "make_sae", "BalancedBatches", "save_checkpoint", "ARCHS"]
+__all__ = ["train_sae", "make_sae", "inference_sae", "BalancedBatches", "save_checkpoint", "SAE_ARCHS", "ARCHS"]

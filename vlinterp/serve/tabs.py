@@ -180,11 +180,12 @@ def sae_job(bench, job, iid: str, q: str, index: int, where: dict, top: int = 8)
 
 
 def dashboard(bench, index: int, feature: int) -> str:
-    """The HTML dashboard of one feature (:func:`vlinterp.sae.dashboard.write_dashboards`), built
+    """The HTML dashboard of one feature (:func:`vlinterp.viz.sae_dashboard.write_dashboards`), built
     on first request from the SAE's activation store and kept for the server's lifetime."""
     from ..sae.analysis import encode_rows
-    from ..sae.dashboard import write_dashboards
-    from ..sae.store import ActivationStore, items_from_spec
+    from ..eval.sae_data import items_from_spec
+    from ..sae.store import ActivationStore
+    from ..viz.sae_dashboard import write_dashboards
 
     if not 0 <= int(index) < len(bench.saes):
         raise UsageError(f"SAE {index} does not exist")

@@ -26,11 +26,12 @@ class SAVE(Steerer):
     @staticmethod
     def default_sae(adapter, site: str, n: int = 400, steps: int = 1500, seed: int = 0):
         """A TopK SAE (512 features, k = 32) trained on ``n`` shapes scenes' captions and questions."""
-        from ..sae import ActivationStore, shapes_items
+        from ..eval.sae_data import shapes_items
+        from ..sae import ActivationStore
         from ..sae.train import train_sae
 
         st = ActivationStore.harvest(adapter, site, shapes_items("save-sae", n, seed, "mixed"), batch_size=32,
-                                     progress=False, keep="content")
+                                     progress=False, tokens="content")
         return train_sae(st, d_sae=512, k=32, steps=steps, batch_size=256, image_fraction=0.5, seed=seed, progress=False)
 
     @classmethod

@@ -1,8 +1,11 @@
 """Causal tracing (ROME / FCCT) over adapters: :func:`trace`, :func:`trace_naive`, position
-groups, corruptions (image noise, pixel noise, blur, interchange, text noise)."""
-from .corrupt import Blur, Corruption, ImageNoise, Interchange, TextNoise, make_corruption
+groups, corruptions (one registry, :data:`CORRUPTIONS`: image noise, pixel noise, blur,
+interchange, text noise). Dataset sweeps and the shapes-world localisation check are in
+:mod:`vlinterp.eval.trace` and :mod:`vlinterp.eval.trace_curves`."""
+from .corrupt import CORRUPTIONS, Blur, Corruption, ImageNoise, Interchange, PixelNoise, TextNoise, make_corruption
 from .groups import GROUPS, patch_mask, position_groups, text_positions
-from .trace import trace, trace_naive
+from .trace import COMPONENTS, WINDOW_MODES, trace, trace_naive, window_layers
 
-__all__ = ["trace", "trace_naive", "GROUPS", "position_groups", "patch_mask", "text_positions", "Corruption",
-           "ImageNoise", "Blur", "Interchange", "TextNoise", "make_corruption"]
+__all__ = ["trace", "trace_naive", "window_layers", "COMPONENTS", "WINDOW_MODES", "GROUPS", "position_groups", "patch_mask",
+           "text_positions", "Corruption", "ImageNoise", "PixelNoise", "Blur", "Interchange", "TextNoise", "make_corruption",
+           "CORRUPTIONS"]

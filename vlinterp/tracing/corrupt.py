@@ -11,16 +11,32 @@ token embeddings ``[B, T, D]``).
 - :class:`Interchange` a second image in place of the first (deterministic; resized to the
   first image's size so the patch grids match).
 - :class:`TextNoise` Gaussian noise on chosen text-token embeddings.
+
+One registry, :data:`CORRUPTIONS` (``noise``, ``pixel-noise``, ``blur``, ``text-noise``,
+``interchange``); options are each class's dataclass ``Config``; :func:`make_corruption` builds one
+from a spec (``"blur:sigma=2"``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..core.errors import PromptError, ShapeMismatchError, UnsupportedError
+from ..core.errors import ConfigError, PromptError, ShapeMismatchError, UnsupportedError
 from ..core.images import load_image
 from ..core.layout import IMAGE
+from ..core.registry import Registry
+
+CORRUPTIONS = Registry("corruption", {
+    "noise": "vlinterp.tracing.corrupt:ImageNoise",
+    "pixel-noise": "vlinterp.tracing.corrupt:PixelNoise",
+    "blur": "vlinterp.tracing.corrupt:Blur",
+    "text-noise": "vlinterp.tracing.corrupt:TextNoise",
+    "interchange": "vlinterp.tracing.corrupt:Interchange",
+})
 
 
 def tile_like(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,10 +51,26 @@ def _repeat_rows(repl: torch.Tensor):
 
 
 class Corruption:
-    """Base: ``edits(plan, sample) -> {site: fn}`` producing the corrupted run for one sample."""
+    """Base: ``edits(plan, sample) -> {site: fn}`` producing the corrupted run for one sample.
+    Options live in the class's dataclass ``Config`` (``self.config``, its fields also attributes)."""
 
     kind = "base"
     stochastic = True
+    Config = None
+
+    def _configure(self, config=None, **opts) -> None:
+        if self.Config is None:
+            return
+        if config is None:
+            known = {f.name for f in dataclasses.fields(self.Config)}
+            unknown = sorted(set(opts) - known)
+            if unknown:
+                raise ConfigError(f"corruption {self.kind!r}: unknown option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+            config = self.Config(**opts)
+        config.validate()
+        self.config = config
+        for f in dataclasses.fields(config):
+            setattr(self, f.name, getattr(config, f.name))
 
     def edits(self, plan, sample: int) -> dict:
         raise NotImplementedError
@@ -63,18 +95,31 @@ class _PixelCorruption(Corruption):
         return {"vision.embed": _repeat_rows(emb)}
 
 
+def _positive(what: str, v: float) -> None:
+    if not v > 0:
+        raise ConfigError(f"{what} must be > 0, got {v}")
+
+
 class ImageNoise(_PixelCorruption):
     """Gaussian noise on the image: ``scale`` x std of the patch embeddings (``space="embed"``)
     or of the processed pixel values (``space="pixel"``)."""
 
     kind = "noise"
 
-    def __init__(self, scale: float = 3.0, space: str = "embed"):
-        if space not in ("embed", "pixel"):
-            raise ValueError(f"noise space must be 'embed' or 'pixel', got {space!r}")
-        if not scale > 0:
-            raise ValueError(f"noise scale must be > 0, got {scale}")
-        self.scale, self.space = float(scale), space
+    @dataclass
+    class Config:
+        scale: float = 3.0
+        space: Literal["embed", "pixel"] = "embed"
+
+        def validate(self) -> None:
+            _positive("noise scale", self.scale)
+            if self.space not in ("embed", "pixel"):
+                raise ConfigError(f"noise space must be 'embed' or 'pixel', got {self.space!r}")
+
+    def __init__(self, scale: float | None = None, space: str | None = None, config=None):
+        opts = {k: v for k, v in (("scale", scale), ("space", space)) if v is not None}
+        self._configure(config, **opts)
+        self.scale = float(self.scale)
 
     def describe(self):
         return {"kind": self.kind, "scale": self.scale, "space": self.space}
@@ -97,16 +142,30 @@ class ImageNoise(_PixelCorruption):
         return {"vision.embed": lambda t, layout: t + tile_like(z, t)}
 
 
+class PixelNoise(ImageNoise):
+    """:class:`ImageNoise` on the processed pixel values (``space="pixel"``)."""
+
+    @dataclass
+    class Config(ImageNoise.Config):
+        space: Literal["embed", "pixel"] = "pixel"
+
+
 class Blur(_PixelCorruption):
     """Gaussian blur of the processed pixels with std ``sigma`` (in processed pixels)."""
 
     kind = "blur"
     stochastic = False
 
-    def __init__(self, sigma: float = 4.0):
-        if not sigma > 0:
-            raise ValueError(f"blur sigma must be > 0, got {sigma}")
-        self.sigma = float(sigma)
+    @dataclass
+    class Config:
+        sigma: float = 4.0
+
+        def validate(self) -> None:
+            _positive("blur sigma", self.sigma)
+
+    def __init__(self, sigma: float | None = None, config=None):
+        self._configure(config, **({} if sigma is None else {"sigma": sigma}))
+        self.sigma = float(self.sigma)
 
     def describe(self):
         return {"kind": self.kind, "sigma": self.sigma}
@@ -149,11 +208,19 @@ class TextNoise(Corruption):
 
     kind = "text-noise"
 
-    def __init__(self, positions, scale: float = 3.0):
+    @dataclass
+    class Config:
+        scale: float = 3.0
+
+        def validate(self) -> None:
+            _positive("text-noise scale", self.scale)
+
+    def __init__(self, positions, scale: float | None = None, config=None):
+        self._configure(config, **({} if scale is None else {"scale": scale}))
+        self.scale = float(self.scale)
         self.positions = torch.as_tensor(list(positions), dtype=torch.long).reshape(-1)
         if self.positions.numel() == 0:
             raise PromptError("text noise needs at least one token position to corrupt")
-        self.scale = float(scale)
 
     def describe(self):
         return {"kind": self.kind, "scale": self.scale, "positions": self.positions.tolist()}
@@ -177,26 +244,29 @@ class TextNoise(Corruption):
         return {"embed": lambda t, layout: t + z.repeat(t.shape[0] // z.shape[0], 1, 1)}
 
 
-def make_corruption(spec, noise: float = 3.0, positions=None, image=None) -> Corruption:
-    """A :class:`Corruption` from a name (``noise``, ``pixel-noise``, ``blur``, ``text-noise``,
-    ``interchange``) or pass one through."""
+NEEDS = {"text-noise": "positions", "interchange": "image"}  # what a corruption takes beyond its options
+
+
+def make_corruption(spec, noise: float | None = None, positions=None, image=None) -> Corruption:
+    """A :class:`Corruption` from a spec (``"noise"``, ``"blur:sigma=2"``, see :data:`CORRUPTIONS`)
+    or pass one through. ``noise``: the scale of the noise corruptions (unless the spec gives one);
+    ``positions``: the token positions ``text-noise`` corrupts; ``image``: ``interchange``'s image."""
     if isinstance(spec, Corruption):
         return spec
-    if spec in (None, "noise"):
-        return ImageNoise(noise)
-    if spec == "pixel-noise":
-        return ImageNoise(noise, space="pixel")
-    if spec == "blur":
-        return Blur()
-    if spec == "text-noise":
+    name, opts = CORRUPTIONS.parse("noise" if spec is None else spec)
+    if noise is not None and name in ("noise", "pixel-noise", "text-noise"):
+        opts.setdefault("scale", noise)
+    args = ()
+    if name == "text-noise":
         if positions is None:
             raise PromptError("text-noise needs the token positions to corrupt (e.g. the object word)")
-        return TextNoise(positions, noise)
-    if spec == "interchange":
+        args = (positions,)
+    elif name == "interchange":
         if image is None:
             raise PromptError("interchange needs a second image")
-        return Interchange(image)
-    raise ValueError(f"unknown corruption {spec!r}: noise, pixel-noise, blur, text-noise, interchange")
+        args = (image,)
+    return CORRUPTIONS.create(name, *args, **opts)
 
 
-__all__ = ["Corruption", "ImageNoise", "Blur", "Interchange", "TextNoise", "make_corruption"]
+__all__ = ["Corruption", "ImageNoise", "PixelNoise", "Blur", "Interchange", "TextNoise", "make_corruption", "CORRUPTIONS",
+           "NEEDS"]

@@ -65,10 +65,9 @@ class LMResumer:
 
     def __init__(self, adapter):
         self.adapter = adapter
-        s = adapter._session
         self.L = adapter.num_layers("lm")
-        self.layers = [s.module(f"blocks.{i}.resid") for i in range(self.L)]
-        self.norm, self.head = s.module("norm"), s.module("logits")
+        self.layers = [adapter.module(f"blocks.{i}.resid") for i in range(self.L)]
+        self.norm, self.head = adapter.module("norm"), adapter.module("logits")
         self.inputs: list[torch.Tensor] = []
         self.kwargs: dict = {}
         self.kv = _KVRecorder()
@@ -89,12 +88,10 @@ class LMResumer:
 
             return pre
 
-        handles = [m.register_forward_pre_hook(make(i), with_kwargs=True) for i, m in enumerate(self.layers)]
-        try:
+        with self.adapter.raw_hooks() as hooks:
+            for i, m in enumerate(self.layers):
+                hooks.pre(m, make(i), with_kwargs=True)
             out = self.adapter.run(batch, edits=edits)
-        finally:
-            for h in handles:
-                h.remove()
         self.inputs = [got[i] for i in range(self.L)]
         self.kwargs, self.kv = kw, rec
         return out.logits
@@ -131,7 +128,7 @@ class LMResumer:
         T = self.inputs[0].shape[1]
         h = self.inputs[start][:, p0:].repeat(n, 1, 1)
         kw = self._suffix_kwargs(p0, T, h.device, h.dtype)
-        with torch.no_grad(), a._running(batch), a._session.hooks(None, edits):
+        with torch.no_grad(), a._running(batch), a.edits(edits):
             for i in range(start, self.L):
                 cache = {cache_kwarg(type(self.layers[i]).forward): _PrefixKV(self.kv.kv, p0, n)}
                 out = self.layers[i](h, use_cache=False, **cache, **kw)

@@ -9,6 +9,13 @@ repeated ``n`` times along dim 0 and each row restores a different (component, l
 
 Recovery rate ``RR = (P_patch - P_corr) / (P_clean - P_corr)`` with probabilities averaged over
 the noise samples; ``ie = P_patch - P_corr`` (indirect effect), ``te = P_clean - P_corr`` (total).
+
+Windows (``window=W``): the cell of layer ``l`` restores layers ``[l - W//2, l + ceil(W/2))``
+clipped to the model's layers, as ROME's ``trace_important_window`` does (``window_mode="rome"``,
+the default): at the first and last layers the window is cut short, so the edge cells restore
+fewer layers. ``window_mode="slide"`` keeps ``W`` layers everywhere by sliding the window inward
+at the edges (``[0, W)`` at the start, ``[L - W, L)`` at the end); the two differ only at the
+``W//2`` first and ``ceil(W/2) - 1`` last layers.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError
+from ..core.errors import ConfigError, LayerRangeError, PromptError, ShapeMismatchError
 from ..core.layout import IMAGE
 from ..core.result import Result
 from ..core.types import Batch
@@ -25,6 +32,18 @@ from .groups import position_groups
 from .resume import LMResumer, supports
 
 PREFIX = {"lm": "blocks.", "vision": "vision.blocks."}
+COMPONENTS = ("attn", "mlp", "resid")
+WINDOW_MODES = ("rome", "slide")
+
+
+def window_layers(l: int, window: int, n_layers: int, mode: str = "rome") -> list[int]:
+    """The layers the cell of layer ``l`` restores (see the module doc)."""
+    if mode == "rome":
+        return list(range(max(0, l - window // 2), min(n_layers, l - (-window // 2))))
+    if mode == "slide":
+        lo = max(0, min(l - window // 2, n_layers - window))
+        return list(range(lo, min(n_layers, lo + window)))
+    raise ConfigError(f"window_mode must be one of {', '.join(WINDOW_MODES)}, got {mode!r}")
 
 
 def _target(adapter, batch: Batch, target):
@@ -61,7 +80,7 @@ def _resolve_positions(layout, positions, object_mask, object_positions):
     elif positions == "all":
         groups = {"all": torch.arange(layout.shape[1])}
     else:
-        raise ValueError(f"positions must be 'groups', 'tokens', 'all' or a dict of name -> positions, got {positions!r}")
+        raise ConfigError(f"positions must be 'groups', 'tokens', 'all' or a dict of name -> positions, got {positions!r}")
     T = layout.shape[1]
     for k, v in groups.items():
         if v.numel() and (v.min() < 0 or v.max() >= T):
@@ -74,7 +93,7 @@ class _Plan:
 
     def __init__(self, adapter, batch, target, components="resid", positions="groups", window=1, noise=3.0, samples=3,
                  seed=0, object_mask=None, object_positions=None, stream=None, layers=None, corruption=None,
-                 resume=True):
+                 resume=True, window_mode="rome"):
         if batch.layout.shape[0] != 1:
             raise ShapeMismatchError(f"trace takes a batch of one row, got {batch.layout.shape[0]}")
         if "vision.embed" not in adapter.site_table:
@@ -82,7 +101,7 @@ class _Plan:
         self.adapter, self.batch = adapter, batch
         self.stream = stream or adapter.main_stream
         if self.stream not in PREFIX:
-            raise ValueError(f"stream must be 'lm' or 'vision', got {self.stream!r}")
+            raise ConfigError(f"stream must be 'lm' or 'vision', got {self.stream!r}")
         self.tid, self.last, self.label = _target(adapter, batch, target)
         L = adapter.num_layers(self.stream)
         self.n_layers = L
@@ -92,18 +111,22 @@ class _Plan:
                 raise LayerRangeError(f"layer {l} out of range: stream {self.stream!r} has {L} layers (0..{L - 1})")
         self.components = [components] if isinstance(components, str) else list(components)
         for c in self.components:
-            if c not in ("attn", "mlp", "resid"):
-                raise ValueError(f"component must be attn, mlp or resid, got {c!r}")
+            if c not in COMPONENTS:
+                from ..core.errors import UnknownNameError
+
+                raise UnknownNameError("trace component", c, COMPONENTS)
         if int(window) < 1:
             raise LayerRangeError(f"window must be >= 1, got {window}")
-        self.window = int(window)
+        if window_mode not in WINDOW_MODES:
+            raise ConfigError(f"window_mode must be one of {', '.join(WINDOW_MODES)}, got {window_mode!r}")
+        self.window, self.window_mode = int(window), window_mode
         self.layout = batch.layouts[self.stream]
         self.groups = _resolve_positions(self.layout, positions, object_mask, object_positions)
         self.group_names = list(self.groups)
         self.corruption = make_corruption(corruption, noise)
         self.samples = int(samples) if self.corruption.stochastic else 1
         if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
+            raise ConfigError(f"samples must be >= 1, got {samples}")
         self.seed = int(seed)
         pre = PREFIX[self.stream]
         self.site = lambda c, l: f"{pre}{l}.{c}"  # noqa: E731
@@ -123,8 +146,7 @@ class _Plan:
         return lg.float().softmax(-1)[:, self.tid]
 
     def window_of(self, l: int) -> list[int]:
-        lo = max(0, min(l - self.window // 2, self.n_layers - self.window))
-        return list(range(lo, min(self.n_layers, lo + self.window)))
+        return window_layers(l, self.window, self.n_layers, self.window_mode)
 
     def start_of(self, cell) -> int:
         return self.window_of(self.layers[cell[1]])[0]
@@ -193,13 +215,16 @@ class _Plan:
         meta = {"components": self.components, "layers": self.layers, "positions": self.group_names,
                 "group_positions": {k: v.tolist() for k, v in self.groups.items()}, "stream": self.stream,
                 "target": self.label, "target_id": self.tid, "corruption": self.corruption.describe(),
-                "samples": self.samples, "seed": self.seed, "window": self.window, "te": te}
+                "samples": self.samples, "seed": self.seed, "window": self.window, "window_mode": self.window_mode,
+                "te": te}
         return Result("trace", arrays, layout=self.layout, targets=[self.label], meta=meta)
 
 
 _DOC_ARGS = """``components``: any of ``attn``, ``mlp``, ``resid``; ``positions``: ``"groups"`` (FCCT groups,
     see :mod:`vlinterp.tracing.groups`), ``"tokens"`` (every non-pad position), ``"all"`` or a dict
-    ``{name: positions}``; ``window``: consecutive layers restored around each layer;
+    ``{name: positions}``; ``window``: consecutive layers restored around each layer, cut short at the
+    first and last layers as ROME does (``window_mode="rome"``) or slid inward to keep ``window``
+    layers there (``window_mode="slide"``);
     ``corruption``: a :class:`~vlinterp.tracing.corrupt.Corruption` or one of ``noise`` (default:
     patch-embedding noise of ``noise`` x std), ``pixel-noise``, ``blur``; ``samples``: noise samples
     averaged (1 for deterministic corruptions); ``stream``: ``lm`` (LLaVA language model, default
@@ -208,7 +233,8 @@ _DOC_ARGS = """``components``: any of ``attn``, ``mlp``, ``resid``; ``positions`
 
 def trace(adapter, batch: Batch, target, components=("resid",), positions="groups", window: int = 1, noise: float = 3.0,
           samples: int = 3, seed: int = 0, object_mask=None, batch_size: int = 32, object_positions=None,
-          stream: str | None = None, layers=None, corruption=None, resume: bool = True, progress: bool = False) -> Result:
+          stream: str | None = None, layers=None, corruption=None, resume: bool = True, progress: bool = False,
+          window_mode: str = "rome") -> Result:
     """Causal tracing of ``target`` (LLaVA: answer token str/id at ``last``; ViT: class index/name).
 
     Patched variants run ``batch_size`` rows per forward; on a LLaVA language model each chunk
@@ -216,7 +242,7 @@ def trace(adapter, batch: Batch, target, components=("resid",), positions="group
     (``resume=True``), skipping the vision tower and the lower blocks.
     """
     plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
-                 object_positions, stream, layers, corruption, resume)
+                 object_positions, stream, layers, corruption, resume, window_mode)
     resume = plan.resumer is not None
     # a packed vision tower (Qwen: every image's patches in one row) cannot hold one restored
     # variant per row: its cells run one forward each
@@ -245,10 +271,10 @@ def trace(adapter, batch: Batch, target, components=("resid",), positions="group
 
 def trace_naive(adapter, batch: Batch, target, components=("resid",), positions="groups", window: int = 1, noise: float = 3.0,
                 samples: int = 3, seed: int = 0, object_mask=None, object_positions=None, stream: str | None = None,
-                layers=None, corruption=None) -> Result:
+                layers=None, corruption=None, window_mode: str = "rome") -> Result:
     """Same as :func:`trace`, one full forward per (sample, cell): the reference for tests and benchmarks."""
     plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
-                 object_positions, stream, layers, corruption, resume=False)
+                 object_positions, stream, layers, corruption, resume=False, window_mode=window_mode)
     p_corr, p_patch = [], []
     for s in range(plan.samples):
         edits, pc = plan.corrupt(s, False)
@@ -263,4 +289,4 @@ trace.__doc__ += "\n    " + _DOC_ARGS + """
     ``p_clean`` ``[1]``, ``p_corrupt`` ``[samples]``, ``te`` ``[1]``."""
 trace_naive.__doc__ += "\n    " + _DOC_ARGS
 
-__all__ = ["trace", "trace_naive"]
+__all__ = ["trace", "trace_naive", "window_layers", "COMPONENTS", "WINDOW_MODES"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .overlay import write_bytes_atomic
+from ..core.io import write_bytes
 from .trace_plot import _figure_bytes
 
 
 def plot_retention(res: dict, path: str, title: str = "") -> str:
     """Retention (% of unpruned accuracy, all kinds pooled) vs keep ratio from
-    :func:`vlinterp.pruning.bench.run_bench`, written atomically to ``path`` (PNG)."""
+    :func:`vlinterp.eval.prune.run_bench`, written atomically to ``path`` (PNG; never over a file vlinterp did not write)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +27,7 @@ def plot_retention(res: dict, path: str, title: str = "") -> str:
     ax.set_title(title or f"{res['model']}: pruning, n={res['n_items']} held-out questions", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig), flag="--plot")
 
 
 def plot_information(summary: dict, path: str, title: str = "") -> str:
@@ -61,7 +61,7 @@ def plot_information(summary: dict, path: str, title: str = "") -> str:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig), flag="--plot")
 
 
 __all__ = ["plot_retention", "plot_information"]

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from .overlay import write_bytes_atomic
+from ..core.io import write_bytes
 
 COMPONENT_LABEL = {"resid": "residual (hidden) state", "attn": "attention output", "mlp": "MLP output"}
 
@@ -22,7 +22,7 @@ def _figure_bytes(fig) -> bytes:
 
 def plot_trace(result, path: str, title: str | None = None) -> str:
     """One heat map per component: RR ``[layers, positions]`` of a :func:`~vlinterp.tracing.trace`
-    result, written atomically to ``path`` (PNG)."""
+    result, written atomically to ``path`` (never over a file vlinterp did not write) (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +44,7 @@ def plot_trace(result, path: str, title: str | None = None) -> str:
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="recovery rate")
     p_clean, p_corr = float(result.arrays["p_clean"][0]), float(np.mean(result.arrays["p_corrupt"]))
     fig.suptitle(title or f"P({result.meta['target']}): clean {p_clean:.3f}, corrupted {p_corr:.3f}", fontsize=10)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig), flag="--plot")
 
 
 def plot_rr_curves(curves: dict[str, np.ndarray], path: str, title: str = "", err: dict[str, np.ndarray] | None = None,
@@ -71,7 +71,7 @@ def plot_rr_curves(curves: dict[str, np.ndarray], path: str, title: str = "", er
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
-    return write_bytes_atomic(path, _figure_bytes(fig))
+    return write_bytes(path, _figure_bytes(fig), flag="--plot")
 
 
 __all__ = ["plot_trace", "plot_rr_curves"]

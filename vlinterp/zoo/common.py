@@ -1,60 +1,25 @@
-"""Shared pieces of organism recipes: atomic output directories, model cards, schedules."""
+"""Shared pieces of organism recipes: output directories, model cards, schedules.
+
+``atomic_dir`` and ``write_json_atomic`` are the recipes' names for :func:`vlinterp.core.io.output_dir`
+and :func:`vlinterp.core.io.write_json`: an output directory is built aside and published, files
+vlinterp did not write are never replaced or deleted.
+"""
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
 
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str):
-    """Yield a temporary directory next to ``out_dir``; on success it replaces ``out_dir``
-    (rename), on error it is deleted and ``out_dir`` is untouched."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        yield tmp
-        _publish_modes(tmp)
-        if os.path.exists(out_dir):
-            old = out_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish_modes(root: str) -> None:
-    """mkdtemp/mkstemp create 0700/0600 entries; shipped files must be world-readable."""
-    os.chmod(root, 0o755)
-    for d, dirs, files in os.walk(root):
-        for x in dirs:
-            os.chmod(os.path.join(d, x), 0o755)
-        for x in files:
-            os.chmod(os.path.join(d, x), 0o644)
+from ..core.io import output_dir as atomic_dir  # noqa: F401  (the recipes' name)
+from ..core.io import write_json
 
 
 def write_json_atomic(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """:func:`vlinterp.core.io.write_json` (indent 2, as cards always had)."""
+    write_json(path, obj, indent=2)
 
 
 def write_card(out_dir: str, name: str, seed: int, command: str, train_seconds: float, metrics: dict, floors: dict, extra: dict | None = None) -> dict:

@@ -4,6 +4,9 @@ Each feature page shows its top-activating image patches as crops with the patch
 top text tokens in context (the token highlighted), a histogram of its activations on image vs
 text tokens, and the logit effect of its decoder direction (the tokens ``lm_head(W_dec[k])``
 raises and lowers most; LLaVA only). Pages embed their images (base64 PNG), so a page is one file.
+Items are the store's :class:`~vlinterp.core.items.Item` (sample ``i`` = ``items[i]``); pages are
+written with :mod:`vlinterp.core.io` (into a directory the caller publishes, e.g. with
+:func:`~vlinterp.core.io.output_dir`).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def _png(img) -> str:
 
 def _patch_box(adapter, item, r: int, c: int, stream: str):
     """The (r, c) patch's box in the item's original image pixels, from the ``stream`` layout."""
-    b = adapter.prepare(images=[item[0]], text=[item[1]]) if adapter.kind == "vlm" else adapter.prepare(images=[item[0]])
+    b = adapter.prepare(images=[item.image], text=[item.prompt]) if adapter.kind == "vlm" else adapter.prepare(images=[item.image])
     t = b.layouts[stream].images[0].tiles[0]
     rows, cols = t.grid
     x0, y0, x1, y1 = t.box
@@ -37,7 +40,7 @@ def _patch_box(adapter, item, r: int, c: int, stream: str):
 def _crop(adapter, item, r: int, c: int, stream: str, pad: float = 1.5):
     from PIL import ImageDraw
 
-    img = item[0].convert("RGB")
+    img = item.image.convert("RGB")
     x0, y0, x1, y1 = _patch_box(adapter, item, r, c, stream)
     w, h = x1 - x0, y1 - y0
     box = (max(0, int(x0 - pad * w)), max(0, int(y0 - pad * h)), min(img.width, int(x1 + pad * w)), min(img.height, int(y1 + pad * h)))
@@ -67,27 +70,14 @@ def _hist_png(vals_img: np.ndarray, vals_txt: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def logit_effect(adapter, sae, k: int, n: int = 8) -> tuple[list[str], list[str]]:
-    """Tokens whose logits the decoder direction ``W_dec[k]`` raises / lowers most (LLaVA)."""
-    if adapter.kind != "vlm" or "logits" not in adapter.site_table:
-        return [], []
-    head = adapter._session.module("logits")
-    with torch.no_grad():
-        v = head(sae.W_dec[k].to(head.weight.dtype))
-    tok = adapter.tokenizer
-    up = [tok.convert_ids_to_tokens(int(i)) for i in torch.topk(v, n).indices]
-    down = [tok.convert_ids_to_tokens(int(i)) for i in torch.topk(-v, n).indices]
-    return up, down
-
-
 def write_dashboards(adapter, sae, store, items, out_dir: str, features=None, top: int = 12, context: int = 5,
                      F: torch.Tensor | None = None, omega=None, progress: bool = True) -> str:
     """Write ``out_dir/index.html`` and ``out_dir/feature_{k}.html`` for ``features`` (default:
     the 32 most frequently firing). ``items``: the store's dataset items (sample id = index)."""
     from tqdm.auto import tqdm
 
-    from ..viz.overlay import write_bytes_atomic
-    from .analysis import encode_rows
+    from ..core.io import write_bytes
+    from ..sae.analysis import encode_rows, logit_effect
 
     F = encode_rows(sae, store.acts) if F is None else F
     rows = store.rows
@@ -104,7 +94,7 @@ def write_dashboards(adapter, sae, store, items, out_dir: str, features=None, to
         if t >= 0:
             seq.setdefault(s, {})[p] = t
     index_rows = []
-    for k in tqdm(features, desc="dashboards", disable=not progress):
+    for k in tqdm(features, desc="feature dashboards", disable=not progress):
         f = F[:, k]
         img_rows = torch.nonzero((mod == IMAGE) & (f > 0))[:, 0]
         txt_rows = torch.nonzero((mod != IMAGE) & (f > 0))[:, 0]
@@ -136,7 +126,7 @@ li b{{background:#ffd54f}} .m{{color:#555}}</style></head><body>
 <h2>top text tokens</h2><ol>{''.join(texts) or '<li>none</li>'}</ol>
 <h2>logit effect of the decoder direction</h2><p>raises: {html.escape(' '.join(up)) or 'n/a'}<br>lowers: {html.escape(' '.join(down)) or 'n/a'}</p>
 </body></html>"""
-        write_bytes_atomic(os.path.join(out_dir, f"feature_{k}.html"), page.encode())
+        write_bytes(os.path.join(out_dir, f"feature_{k}.html"), page.encode())
         index_rows.append(f'<tr><td><a href="feature_{k}.html">{k}</a></td><td>{int(fires[k])}</td><td>{share:.2f}</td><td>{om}</td></tr>')
     meta = store.meta
     index = f"""<!doctype html><html><head><meta charset="utf-8"><title>SAE features</title>
@@ -144,7 +134,7 @@ li b{{background:#ffd54f}} .m{{color:#555}}</style></head><body>
 <h1>SAE features: {html.escape(str(meta.get('model')))} @ {html.escape(str(meta.get('site')))}</h1>
 <p>d_sae {sae.cfg.d_sae}, {len(store)} tokens from {meta.get('samples_done')} samples</p>
 <table><tr><th>feature</th><th>fires</th><th>image share</th><th>ω</th></tr>{''.join(index_rows)}</table></body></html>"""
-    return write_bytes_atomic(os.path.join(out_dir, "index.html"), index.encode())
+    return write_bytes(os.path.join(out_dir, "index.html"), index.encode())
 
 
-__all__ = ["write_dashboards", "logit_effect"]
+__all__ = ["write_dashboards"]

@@ -1,4 +1,5 @@
-"""Pruning benchmark: accuracy retention, prefill latency and FLOPs ratios, side by side in one run.
+"""Pruning benchmark: accuracy retention, prefill latency and FLOPs ratios, side by side in one run,
+and the information curve's probe items.
 
 Items are held-out shapes questions (presence with adversarial negatives, colour, count); each
 answer is the model's choice among the candidates' first tokens at the last prompt position.
@@ -15,30 +16,45 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .base import make_pruner
-from .flops import lm_flops, tower_flops
-from .runner import PrunedLM
+from ..core.items import Item
+from ..pruning import PrunedLM, make_pruner
+from ..pruning.flops import lm_flops, tower_flops
+from ..pruning.information import horizon_for as _measure_horizon
+from ..pruning.information import known_horizon
+from . import shapes
 
 KINDS = ("presence", "colour", "count")
 
 
-def eval_items(split: str = "test", n: int = 128, seed: int = 21) -> list[tuple]:
-    """``[(image, question, answer, candidates, kind)]``: ``n`` POPE-adversarial presence items
-    (half yes), one colour item per scene whose shape is unique, one count item per scene."""
-    from ..data.questions import count_questions, pope_split
-    from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
+def eval_items(split: str = "test", n: int = 128, seed: int = 21) -> list[Item]:
+    """``n`` POPE-adversarial presence items (half yes), then per scene of ``n`` one colour item
+    (when a shape occurs once) and one count item; ``meta["candidates"]`` the answer words."""
+    return shapes.pope(split, n, seed, "adversarial") + shapes.colour_count(split, n, seed)
 
-    items = [(s.pil(), qa.question, qa.answer, ["yes", "no"], "presence") for s, qa in pope_split(split, n, seed, "adversarial")]
-    for s in make_split(split, n, seed):
-        rng = scene_rng(split, seed, s.index, 99)
-        uniq = [o for o in s.objects if s.count(o.shape) == 1]
-        if uniq:
-            o = uniq[int(rng.integers(len(uniq)))]
-            items.append((s.pil(), f"what color is the {o.shape}?", o.colour, list(COLOURS), "colour"))
-        cq = count_questions(s, rng)
-        qa = cq[int(rng.integers(len(cq)))]
-        items.append((s.pil(), qa.question, qa.answer, list(NUM_WORDS), "count"))
-    return items
+
+def probe_items(n: int = 8, seed: int = 101, split: str = "val") -> list[Item]:
+    """Presence, colour and count questions in turn (the information curve's items)."""
+    return shapes.mixed_questions(split, n, seed)
+
+
+_HORIZON_CACHE: dict[tuple, int] = {}
+
+
+def horizon_for(adapter, n: int = 8, seed: int = 101, progress: bool = False) -> int:
+    """The information horizon of ``adapter`` on ``n`` shapes probe items (cached per model, ``n`` and
+    ``seed``); afterwards ``hybrid`` pruners with ``horizon=None`` use it."""
+    key = (id(adapter.model), n, seed)
+    if key not in _HORIZON_CACHE:
+        _HORIZON_CACHE[key] = _measure_horizon(adapter, probe_items(n, seed), progress=progress)
+    return _HORIZON_CACHE[key]
+
+
+def resolve_horizon(adapter, pruner, progress: bool = False):
+    """``pruner`` ready to bind: a ``hybrid`` with ``horizon=None`` gets the model's measured horizon
+    (measured here on the shapes probe items when the model has none yet)."""
+    if getattr(pruner, "name", None) == "hybrid" and pruner.horizon is None and known_horizon(adapter) is None:
+        horizon_for(adapter, progress=progress)
+    return pruner
 
 
 def answers(runner: PrunedLM, items, pruner=None, batch_size: int = 32, seed: int = 0, start: int = 0) -> list[bool]:
@@ -50,18 +66,23 @@ def answers(runner: PrunedLM, items, pruner=None, batch_size: int = 32, seed: in
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         g = torch.Generator().manual_seed(seed * 1_000_003 + start + i)
-        b = a.prepare(images=[it[0] for it in chunk], text=[it[1] for it in chunk])
+        b = a.prepare(images=[it.image for it in chunk], text=[it.prompt for it in chunk])
         logits = runner.prefill(b, pruner, generator=g).logits.float().cpu()
-        for r, (_, _, ans, cands, _) in enumerate(chunk):
+        for r, it in enumerate(chunk):
+            cands = list(it.meta["candidates"])
             ids = [a.token_id(c) for c in cands]
-            ok.append(cands[int(logits[r, ids].argmax())] == ans)
+            ok.append(cands[int(logits[r, ids].argmax())] == it.answer)
     return ok
 
 
-def _acc(ok, items) -> dict[str, float]:
-    out = {k: float(np.mean([o for o, it in zip(ok, items) if it[4] == k])) for k in KINDS if any(it[4] == k for it in items)}
+def accuracy(ok, items) -> dict[str, float]:
+    """Accuracy per question kind and pooled (``all``)."""
+    out = {k: float(np.mean([o for o, it in zip(ok, items) if it.kind == k])) for k in KINDS if any(it.kind == k for it in items)}
     out["all"] = float(np.mean(ok))
     return out
+
+
+_acc = accuracy  # the name notebooks used
 
 
 def latency(runner: PrunedLM, batch, pruners: dict, repeats: int = 7) -> dict[str, dict[str, float]]:
@@ -79,9 +100,12 @@ def latency(runner: PrunedLM, batch, pruners: dict, repeats: int = 7) -> dict[st
     return {k: {m: float(np.median(v)) for m, v in d.items()} for k, d in times.items()}
 
 
+def _pruner(spec, horizon):
+    return None if spec is None else make_pruner(spec, **({"horizon": horizon} if spec.startswith("hybrid") else {}))
+
+
 def _answers_worker(adapter, items, start, spec=None, horizon=None, batch_size=32):
-    p = None if spec is None else make_pruner(spec, **({"horizon": horizon} if spec.startswith("hybrid") else {}))
-    return answers(PrunedLM(adapter), items, p, batch_size, start=start)
+    return answers(PrunedLM(adapter), items, _pruner(spec, horizon), batch_size, start=start)
 
 
 def method_spec(method: str, keep: float) -> str:
@@ -98,32 +122,29 @@ def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv",
     its workers; latencies are always timed here, side by side."""
     from functools import partial
 
-    from .information import horizon_for
-
     runner = PrunedLM(adapter)
     items = eval_items("test", n, seed)
     hz = horizon if horizon is not None else horizon_for(adapter, progress=progress)
 
     def ok_for(spec):
         if pool is None:
-            p = None if spec is None else make_pruner(spec, **({"horizon": hz} if spec.startswith("hybrid") else {}))
-            return answers(runner, items, p, batch_size)
+            return answers(runner, items, _pruner(spec, hz), batch_size)
         return pool.map(partial(_answers_worker, spec=spec, horizon=hz, batch_size=batch_size), items, shard=4 * batch_size,
                         desc=spec or "unpruned", progress=False)
 
-    base = _acc(ok_for(None), items)
+    base = accuracy(ok_for(None), items)
     specs, labels = {}, {}
     for k in keeps:
         for m in methods:
             spec = method_spec(m, k)
-            specs[spec] = make_pruner(spec, **({"horizon": hz} if m.startswith("hybrid") else {}))
+            specs[spec] = _pruner(spec, hz)
             labels[spec] = m
     rows = []
-    for name, p in tqdm(specs.items(), desc="pruning bench", disable=not progress):
-        acc = _acc(ok_for(name), items)
+    for name, p in tqdm(specs.items(), desc="pruning bench: accuracy per method and keep ratio", disable=not progress):
+        acc = accuracy(ok_for(name), items)
         rows.append({"method": labels[name], "keep": p.keep, "accuracy": acc,
                      "retention": {k: (acc[k] / base[k] if base[k] else float("nan")) for k in acc}})
-    lat_batch = adapter.prepare(images=[it[0] for it in items[:batch_size]], text=[it[1] for it in items[:batch_size]])
+    lat_batch = adapter.prepare(images=[it.image for it in items[:batch_size]], text=[it.prompt for it in items[:batch_size]])
     lat = latency(runner, lat_batch, {"none": None, **specs}, repeats)
     cfg = adapter.config.text_config
     ids = lat_batch.inputs["input_ids"][0]
@@ -155,4 +176,5 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["eval_items", "answers", "latency", "run_bench", "table", "method_spec", "KINDS"]
+__all__ = ["eval_items", "probe_items", "horizon_for", "resolve_horizon", "answers", "accuracy", "latency", "run_bench", "table",
+           "method_spec", "KINDS"]

@@ -1,5 +1,5 @@
 """The SAE-V acceptance run on the shapes world: one function, used by the tests and
-``benchmarks/sae_v.py``.
+``benchmarks/sae_v.py``, plus the data-filtering evaluation.
 
 Harvest a site over training scenes (captions and POPE questions alternating) and held-out
 scenes, train a TopK SAE through SAELens, then measure on held-out data: FVU and L0, the POPE
@@ -14,30 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.questions import caption
-from ..data.shapes import make_split
-from . import analysis as A
-from .quality import reconstruction, splice_effect
-from .store import ActivationStore, shapes_items
-from .train import make_sae, train_sae
-
-
-def swapped_captions(scenes, swap: float = 0.3, seed: int = 0):
-    """Items ``(image, "describe the image.", caption)`` with ``swap`` of the captions taken from
-    another scene, and the set of mismatched sample ids."""
-    rng = np.random.default_rng(seed)
-    n = len(scenes)
-    bad = set(rng.choice(n, int(round(swap * n)), replace=False).tolist())
-    items = []
-    for i, s in enumerate(scenes):
-        if i in bad:
-            j = (i + 1 + int(rng.integers(n - 1))) % n
-            while caption(scenes[j]) == caption(s):
-                j = (j + 1) % n
-            items.append((s.pil(), "describe the image.", caption(scenes[j])))
-        else:
-            items.append((s.pil(), "describe the image.", caption(s)))
-    return items, bad
+from ..data.shapes import COLOURS
+from ..sae import analysis as A
+from ..sae.quality import reconstruction, splice_effect
+from ..sae.store import ActivationStore
+from ..sae.train import make_sae, train_sae
+from . import shapes
+from .sae_data import shapes_items, swapped_captions
 
 
 MIN_REL_GRID = (0.0, 0.25, 0.5, 0.75)
@@ -45,9 +28,9 @@ MIN_REL_GRID = (0.0, 0.25, 0.5, 0.75)
 
 def _filter_set(adapter, site, scenes, seed, keep="answer"):
     """Activations ``[N, D]``, modality and sample id per row, and the mismatched ids of ``scenes``
-    with 30% of their captions swapped."""
+    (shapes items) with 30% of their captions swapped."""
     items, bad = swapped_captions(scenes, 0.3, seed)
-    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, keep=keep)
+    fs = ActivationStore.harvest(adapter, site, items, batch_size=32, progress=False, tokens=keep)
     return fs.acts, fs.rows["modality"], fs.rows["sample"], bad
 
 
@@ -104,26 +87,31 @@ def filter_eval(adapter, sae, site, Ftr, tr, scenes, val_scenes, seed: int = 0, 
     return out
 
 
+def splice_items(n: int = 256, split: str = "test", seed: int = 1, neg_type: str = "random"):
+    """POPE presence items for :func:`vlinterp.sae.quality.splice_effect`."""
+    return shapes.pope(split, n, seed, neg_type)
+
+
 def shapes_saev(adapter, site: str = "blocks.2.resid", n_train: int = 800, n_heldout: int = 200, d_sae: int = 512,
                 k: int = 32, steps: int = 4000, seed: int = 0, splice_n: int = 256, progress: bool = False) -> dict:
+    """Harvest, train (TopK) and measure SAE-V on the shapes world (see the module doc)."""
     tr = ActivationStore.harvest(adapter, site, shapes_items("sae-train", n_train, seed, "mixed"), batch_size=32,
-                                 progress=progress, keep="content")
-    ho_scenes = make_split("sae-heldout", n_heldout, seed + 1)
-    ho = ActivationStore.harvest(adapter, site, [(s.pil(), "describe the image.", caption(s)) for s in ho_scenes],
-                                 batch_size=32, progress=progress, keep="content")
+                                 progress=progress, tokens="content")
+    ho_items = shapes.captions("sae-heldout", n_heldout, seed + 1)
+    ho = ActivationStore.harvest(adapter, site, ho_items, batch_size=32, progress=progress, tokens="content")
     sae = train_sae(tr, d_sae=d_sae, k=k, steps=steps, batch_size=256, image_fraction=0.5, seed=seed, progress=progress)
     out = {"site": site, "d_sae": d_sae, "k": k, "steps": steps, "reconstruction": reconstruction(sae, ho.acts, ho.rows["modality"]),
-           "splice": splice_effect(adapter, sae, site, n=splice_n)}
+           "splice": splice_effect(adapter, sae, site, splice_items(splice_n))}
     F = A.encode_rows(sae, ho.acts)
-    out["colours"] = A.colour_features(F, ho, ho_scenes, getattr(adapter, "tokenizer", None))
+    out["colours"] = A.colour_features(F, ho, ho_items, getattr(adapter, "tokenizer", None), COLOURS)
     if getattr(adapter, "tokenizer", None) is not None:
-        out["colour_alignment"] = A.colour_alignment(ho, ho_scenes, adapter.tokenizer)
+        out["colour_alignment"] = A.colour_alignment(ho, ho_items, adapter.tokenizer, COLOURS)
     Ftr = A.encode_rows(sae, tr.acts)
     random_sae = make_sae("topk", tr.d, d_sae, k, seed=seed + 11)  # untrained: the random-feature baseline
-    out["filter"] = filter_eval(adapter, sae, site, Ftr, tr, ho_scenes, make_split("sae-val", n_heldout, seed + 5), seed,
+    out["filter"] = filter_eval(adapter, sae, site, Ftr, tr, ho_items, shapes.scenes("sae-val", n_heldout, seed + 5), seed,
                                 random_sae=random_sae)
     out["sae"] = sae
     return out
 
 
-__all__ = ["shapes_saev", "swapped_captions", "filter_eval", "MIN_REL_GRID"]
+__all__ = ["shapes_saev", "swapped_captions", "filter_eval", "splice_items", "MIN_REL_GRID"]

@@ -47,7 +47,7 @@ def _worker_loop(config: dict) -> None:
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
-    from .train import save_checkpoint, setup
+    from ..sae.train import save_checkpoint, setup
 
     torch.set_num_threads(int(config.pop("threads")))
     ctx = ray.train.get_context()
@@ -92,20 +92,22 @@ def _worker_loop(config: dict) -> None:
             h.remove()
 
 
-def train_data_parallel(store, arch, d_sae, k, steps, batch_size, lr, image_fraction, seed, checkpoint_dir,
-                        checkpoint_every, resume, progress, l1, stop_after, workers: int, address: str | None = None,
-                        threads: int = 1):
+def train_data_parallel(store, arch: str = "topk", d_sae: int = 1024, k: int = 16, steps: int = 1500, batch_size: int = 256,
+                        lr: float = 3e-4, image_fraction: float | None = 0.5, seed: int = 0, checkpoint_dir: str | None = None,
+                        checkpoint_every: int = 500, resume: bool = False, progress: bool = True, l1: float = 5.0,
+                        stop_after: int | None = None, workers: int = 2, address: str | None = None, threads: int = 1):
     """Run :func:`~vlinterp.sae.train.train_sae` on ``workers`` Ray Train workers and return the
-    SAE of the last checkpoint (a temporary checkpoint directory when none is given)."""
-    from ..scale.pool import WorkerError, _require_ray
-    from .train import train_sae
+    (inference) SAE of the last checkpoint (a temporary checkpoint directory when none is given)."""
+    from ..core.errors import ConfigError
+    from ..sae.train import train_sae
+    from .pool import WorkerError, _require_ray
 
     ray = _require_ray()
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if batch_size % workers:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of workers ({workers}) for equal shares")
+        raise ConfigError(f"batch_size {batch_size} must be a multiple of workers ({workers}) for equal shares")
     own = checkpoint_dir is None
     ckpt = checkpoint_dir or tempfile.mkdtemp(prefix="vlinterp-sae-dp-")
     started = False
