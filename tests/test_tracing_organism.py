@@ -31,10 +31,10 @@ def test_last_token_curves(shapes_llava):
 
 
 def test_iri_on_heldout_pope(shapes_llava):
-    from vlinterp.metrics.pope import pope
-    from vlinterp.steering import IRI
+    from vlinterp.eval.pope import pope
+    from vlinterp.eval.steer import fit
 
-    iri = IRI.fit(shapes_llava, n=24, n_eval=128)
+    iri = fit("iri", shapes_llava, n=24, n_calib=128)
     base = {k: pope(shapes_llava, k, "test", 256, 11)["accuracy"] for k in ("adversarial", "random")}
     with iri.applied(shapes_llava):
         steer = {k: pope(shapes_llava, k, "test", 256, 11)["accuracy"] for k in ("adversarial", "random")}
