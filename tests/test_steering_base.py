@@ -157,3 +157,60 @@ def test_layers_point_one_way(package, forbidden):
     for f in files:
         bad = [i for i in _imports(f) if any(i == x or i.startswith(x + ".") for x in forbidden)]
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+class _Shift(SteeringMethod):
+    """The README's example: a new method is this class plus one registration line."""
+
+    name = "shift"
+    strengths = ("alpha",)
+    needs = ("presence",)
+
+    @dataclasses.dataclass
+    class Config:
+        layer: int = 1
+        alpha: float = 0.1
+
+    def __init__(self, direction, config=None, meta=None, **opts):
+        super().__init__(config, meta, **opts)
+        self.direction = direction
+
+    @classmethod
+    def fit(cls, adapter, items, config=None, calib=None, progress=False):
+        cfg = cls.make_config(config)
+        cls.check_kind(adapter)
+        site = f"blocks.{cfg.layer}.resid"
+        b = adapter.prepare(images=[it.image for it in items], text=[it.prompt for it in items])
+        h = adapter.run(b, capture=[site]).cache[site][:, -1].float()  # [N, D] (left padding: last = T - 1)
+        yes = torch.tensor([it.answer == "yes" for it in items])
+        return cls(h[yes].mean(0) - h[~yes].mean(0), cfg)
+
+    def edits(self, adapter):
+        from vlinterp.steering.common import add_direction
+
+        self.check(adapter)
+        return {f"blocks.{self.config.layer}.resid": add_direction(self.direction, self.config.alpha)}
+
+    def tensors(self):
+        return {"direction": self.direction}
+
+    @classmethod
+    def from_saved(cls, tensors, state, config, meta):
+        return cls(tensors["direction"], config, meta)
+
+
+def test_a_new_method_is_one_class_and_one_registration(monkeypatch, tmp_path, capsys):
+    from vlinterp.cli import main
+
+    monkeypatch.setattr(STEERING, "_targets", dict(STEERING._targets))
+    monkeypatch.setattr(STEERING, "_loaded", dict(STEERING._loaded))
+    STEERING.register("shift", _Shift)  # the registration line
+    out = tmp_path / "fit"
+    assert main(["steer", "fit", "--method", "shift:alpha=0.5", "--dataset", "shapes:steer-probe:16", "--model", "tiny:llava",
+                 "--out", str(out)]) == 0
+    back = load(out)
+    assert isinstance(back, _Shift) and back.config == _Shift.Config(alpha=0.5)
+    js = tmp_path / "t.json"
+    assert main(["steer", "eval", "--model", "tiny:llava", "--methods", "none,shift:alpha=0.5", "--fit", str(out),
+                 "--n", "4", "--captions", "0", "--json", str(js)]) == 0
+    assert set(json.loads(js.read_text())) == {"none", "shift:alpha=0.5", "shift"}

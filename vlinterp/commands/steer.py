@@ -154,24 +154,27 @@ def _fit(name: str, opts: dict, adapter, dataset="shapes"):
     return method
 
 
-def _methods(args, adapter_fn) -> dict:
-    """``{row name: fitted method or None}``: the loaded ``--fit`` directories, then the ``--methods``
-    specs fitted (``adapter_fn()`` gives the model to fit on)."""
+def _methods(args, adapter_fn) -> tuple[dict, dict]:
+    """``({row name: fitted method or None}, {row name: seconds to fit or load})``: the ``--methods``
+    specs fitted (``adapter_fn()`` gives the model to fit on), then the ``--fit`` directories loaded."""
     import os
 
     from ..steering import load as load_fit
 
-    rows: dict = {}
+    rows, secs = {}, {}
     specs = args.methods if args.methods is not None else (_specs("none") if args.fit else _specs(ALL))
     for name, opts in specs:
         key = name if not opts else name + ":" + ",".join(f"{k}={v}" for k, v in opts.items())
+        t0 = time.perf_counter()
         rows[key] = _fit(name, opts, adapter_fn())
+        secs[key] = time.perf_counter() - t0
     for d in args.fit:
+        t0 = time.perf_counter()
         m = load_fit(d)
         key = m.name if m.name not in rows else f"{m.name} ({os.path.basename(os.path.normpath(d))})"
-        rows[key] = m
+        rows[key], secs[key] = m, time.perf_counter() - t0
         _say(f"loaded {d}: {m.describe()}")
-    return rows
+    return rows, secs
 
 
 def _print_table(table: dict) -> None:
@@ -202,7 +205,7 @@ def _eval_user(args) -> int:
     vocab = read_vocabulary(args.vocab) if args.vocab else None
     m = load(args.model)
     table = {}
-    for name, method in _methods(args, lambda: m).items():
+    for name, method in _methods(args, lambda: m)[0].items():
         table[name] = r = evaluate_user(m, method, pope, truth, vocab)
         pp, ch = r.get("pope", {}), r.get("chair", {})
         print(f"{name:9s} POPE acc {pp.get('accuracy', float('nan')):.3f} F1 {pp.get('f1', float('nan')):.3f} "
@@ -222,17 +225,13 @@ def _eval(args) -> int:
     items = tasks(args.n, args.seed, args.captions)
     table = {}
     with WorkerPool(args.model, args.workers, args.address) as pool:
-        t0 = time.perf_counter()
-        rows = _methods(args, pool.local_adapter)
-        fitted_s = time.perf_counter() - t0
+        rows, secs = _methods(args, pool.local_adapter)  # fitted (with progress) or loaded first, then evaluated
         for name, method in rows.items():
             t0 = time.perf_counter()
             preds = pool.map(partial(eval_shard, method=method), items, shard=64, desc=f"steer eval {name}",
                              ids=[f"{it.kind} item {i}" for i, it in enumerate(items)])
             table[name] = score(items, preds)
-            table[name]["eval_seconds"] = time.perf_counter() - t0
-        for r in table.values():
-            r["fit_seconds_all"] = fitted_s
+            table[name].update(fit_seconds=secs[name], eval_seconds=time.perf_counter() - t0)
     _print_table(table)
     if args.json:
         _write_json(args.json, table)

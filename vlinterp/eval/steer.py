@@ -172,7 +172,8 @@ def parse_fit_dataset(spec: str) -> FitData:
     return FitData("pope", path=s)
 
 
-#: per method: (default split, default n); the items each recipe draws are in :func:`fit_items`
+#: per method: (default split, default n); the items each recipe draws are in :func:`fit_items` (a method
+#: not listed gets ``steer-probe`` / 256 and items by what it ``needs``)
 DEFAULTS = {"iri": ("iri-calib", 32), "meandiff": ("steer-probe", 128), "save": ("steer-probe", 256),
             "probe": ("steer-probe", 1024), "ground": ("steer-probe", 2048), "vcd": ("steer-probe", 0)}
 
@@ -213,6 +214,12 @@ def fit_items(name: str, split: str | None = None, n: int | None = None, seed: i
     if name == "ground":
         return shapes.scenes(split, n, seed), (calibration(n_calib or 512, seed + 1, split, 256 if n_captions is None
                                                            else n_captions) if calib else None), {}
+    needs = STEERING.get(name).needs  # any other method: by what it needs
+    cal = calibration(n_calib or n, seed + 1, split, n_captions or 0) if calib else None
+    if "scenes" in needs:
+        return shapes.scenes(split, n, seed), cal, {}
+    if "presence" in needs:
+        return shapes.pope(split, n, seed, "adversarial"), cal, {}
     return [], None, {}  # vcd, or a method that takes no data
 
 

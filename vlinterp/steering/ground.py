@@ -32,6 +32,7 @@ least ``cover`` of it; objects carry ``colour`` and ``shape`` attributes). In a 
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from typing import Literal
@@ -309,7 +310,7 @@ def select_caption_rule(g: Grounding, adapter, betas, gates, items, min_mentions
     truths = [{(o.attrs.get("colour"), o.attrs.get("shape")) for o in it.objects} for it in items]
 
     def score(method, bar):
-        with method.applied(adapter) if method is not None else _null():
+        with method.applied(adapter) if method is not None else contextlib.nullcontext():
             caps = answer(adapter, items, progress=bar)
         return chair(caps, truths, nouns=g.shapes, attributes=g.colours)
 
@@ -329,12 +330,6 @@ def select_caption_rule(g: Grounding, adapter, betas, gates, items, min_mentions
     g.config = g.make_config(g.config, beta=beta, gate=gate)
     g.meta.update({"caption_grid": grid, "caption_base": base, "caption_calib": len(items)})
     return beta, gate
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
