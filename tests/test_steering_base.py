@@ -30,11 +30,16 @@ def test_registry_holds_every_method_with_one_shape():
 
 
 @pytest.fixture(scope="module")
-def tiny_fits():
+def tiny():
+    return vlinterp.load("tiny:llava")
+
+
+@pytest.fixture(scope="module")
+def tiny_fits(tiny):
     """Every method fitted on a random tiny LLaVA with small probe sets (strengths given)."""
     from vlinterp.eval import steer
 
-    m = vlinterp.load("tiny:llava")
+    m = tiny
     kw = {"iri": dict(n=2, lam=2.0), "vcd": dict(alpha=1.0), "meandiff": dict(n=32, alpha=0.5),
           "save": dict(n=32, alpha=0.5, sae_steps=30, sae_features=32, sae_k=4),
           "probe": dict(n=32, n_captions=0, alpha=0.5), "ground": dict(n=16, alpha=3.0, beta=1.0, gate=1.0)}
@@ -51,6 +56,7 @@ def tiny_fits():
     return m, fits
 
 
+@pytest.mark.slow
 def test_every_fit_saves_and_loads_to_bit_identical_generations(tiny_fits, tmp_path):
     from vlinterp.data.shapes import make_split
     from vlinterp.core.hooks import count_hooks
@@ -76,10 +82,11 @@ def test_every_fit_saves_and_loads_to_bit_identical_generations(tiny_fits, tmp_p
     assert torch.equal(m.generate(b, max_new_tokens=6).sequences, plain.sequences)  # nothing left behind
 
 
-def test_loading_errors_and_outputs_kept(tiny_fits, tmp_path):
-    from vlinterp.steering import IRI
+def test_loading_errors_and_outputs_kept(tmp_path):
+    from vlinterp.steering import IRI, VCD, MeanDiff, ProbeSteer
 
-    _, fits = tiny_fits
+    fits = {"vcd": VCD(), "meandiff": MeanDiff({1: torch.ones(16)}, alpha=0.1),
+            "probe": ProbeSteer({"question": (torch.ones(1, 16), torch.zeros(1), torch.ones(1, 16))}, layer=1, alpha=0.1)}
     with pytest.raises(LoadError, match="does not exist"):
         load(tmp_path / "nope")
     (tmp_path / "user").mkdir()
@@ -102,12 +109,11 @@ def test_loading_errors_and_outputs_kept(tiny_fits, tmp_path):
     assert type(load(tmp_path / "v2")).__name__ == "ProbeSteer"
 
 
-def test_fit_shows_progress(capsys):
+def test_fit_shows_progress(tiny, capsys):
     from vlinterp.eval import steer
 
-    m = vlinterp.load("tiny:llava")
     capsys.readouterr()
-    steer.fit("meandiff", m, n=32, progress=True, alpha=0.1)
+    steer.fit("meandiff", tiny, n=32, progress=True, alpha=0.1)
     assert "fitting meandiff: probe states" in capsys.readouterr().err
 
 
@@ -199,9 +205,10 @@ class _Shift(SteeringMethod):
         return cls(tensors["direction"], config, meta)
 
 
-def test_a_new_method_is_one_class_and_one_registration(monkeypatch, tmp_path, capsys):
+def test_a_new_method_is_one_class_and_one_registration(tiny, monkeypatch, tmp_path, capsys):
     from vlinterp.cli import main
 
+    monkeypatch.setattr(vlinterp, "load", lambda *a, **k: tiny)  # the CLI's model, loaded once
     monkeypatch.setattr(STEERING, "_targets", dict(STEERING._targets))
     monkeypatch.setattr(STEERING, "_loaded", dict(STEERING._loaded))
     STEERING.register("shift", _Shift)  # the registration line

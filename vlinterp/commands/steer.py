@@ -94,8 +94,8 @@ def _add(p):
     f.add_argument("--method", type=method_spec, required=True, metavar="M",
                    help="iri, vcd, meandiff, save, probe or ground, optionally with options (meandiff:alpha=0.1)")
     f.add_argument("--dataset", type=dataset_spec, default="shapes", metavar="SPEC",
-                   help="shapes[:split[:n[:seed]]] (default: the method's own probe split and size, calibration on "
-                        "seed + 1) or a POPE JSON-lines file (even lines probe, odd lines calibration)")
+                   help="shapes[:split[:n[:seed]]] (split and n unset: the method's own probe split and size; calibration "
+                        "on seed + 1) or a POPE JSON-lines file (even lines probe, odd lines calibration)")
     add_out(f, help="the fit's directory (new, empty, or an earlier vlinterp output; your own files in it are kept)")
     add_model(f)
     add_load_options(f)
@@ -105,7 +105,7 @@ def _add(p):
     e.add_argument("--fit", type=fit_dir, action="append", default=[], metavar="DIR",
                    help="a saved fit (vlinterp steer fit) to evaluate; repeatable")
     e.add_argument("--methods", type=method_specs, default=None, metavar="LIST",
-                   help=f"comma-separated method specs to fit and evaluate (default: {ALL}; with --fit: none)")
+                   help=f"comma-separated method specs to fit and evaluate (unset: {ALL}; with --fit: none)")
     e.add_argument("--n", type=positive_int, default=256, help="POPE questions per negative type (and colour/count scenes)")
     e.add_argument("--seed", type=integer, default=11, help="seed that draws the evaluation scenes")
     e.add_argument("--captions", type=nonneg_int, default=64, help="scenes captioned for CHAIR (0: skip)")
@@ -116,7 +116,7 @@ def _add(p):
     e.add_argument("--vocab", type=existing_file, default=None, metavar="PATH",
                    help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
     e.add_argument("--image-dir", type=existing_dir, default=None, metavar="DIR",
-                   help="folder the image paths in those files are relative to (default: each file's folder)")
+                   help="folder the image paths in those files are relative to (unset: each file's folder)")
     add_workers(e)
     add_json(e)
 
@@ -126,7 +126,7 @@ def _add(p):
     which = g.add_mutually_exclusive_group()
     which.add_argument("--fit", type=fit_dir, default=None, metavar="DIR", help="a saved fit (loads in seconds)")
     which.add_argument("--method", type=method_spec, default=None, metavar="M",
-                       help="fit this method first (ground, the default, takes minutes on a CPU)")
+                       help="fit this method first (unset and no --fit: ground, which takes minutes on a CPU)")
     add_model(g)
     g.add_argument("--max-new-tokens", type=positive_int, default=16, help="tokens to generate")
     add_load_options(g)

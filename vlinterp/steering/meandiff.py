@@ -55,11 +55,12 @@ class MeanDiff(SteeringMethod):
             if self.positions not in ("last", "all"):
                 raise ConfigError(f"meandiff positions must be last or all, got {self.positions!r}")
 
-    def __init__(self, vectors: dict[int, torch.Tensor], config=None, meta: dict | None = None, **opts):
+    def __init__(self, vectors: dict[int, torch.Tensor], config=None, meta: dict | None = None, unit: bool = False, **opts):
+        """``unit``: the vectors are unit already (a loaded fit: normalising again would move their last bits)."""
         super().__init__(config, meta, **opts)
         if not vectors:
             raise ConfigError("MeanDiff needs at least one layer vector")
-        self.vectors = {int(l): torch.nn.functional.normalize(v.float(), dim=0) for l, v in vectors.items()}
+        self.vectors = {int(l): v.float() if unit else torch.nn.functional.normalize(v.float(), dim=0) for l, v in vectors.items()}
 
     @property
     def alpha(self):
@@ -134,7 +135,7 @@ class MeanDiff(SteeringMethod):
 
     @classmethod
     def from_saved(cls, tensors, state, config, meta) -> "MeanDiff":
-        return cls({int(k): v for k, v in tensors.items()}, config, meta)
+        return cls({int(k): v for k, v in tensors.items()}, config, meta, unit=True)
 
 
 def effective_readouts(adapter, words) -> torch.Tensor:

@@ -50,9 +50,11 @@ class SAVE(SteeringMethod):
             if self.n_features < 1:
                 raise ConfigError("save: n_features must be at least 1")
 
-    def __init__(self, direction: torch.Tensor, features=None, scores=None, config=None, meta=None, **opts):
+    def __init__(self, direction: torch.Tensor, features=None, scores=None, config=None, meta=None, unit: bool = False,
+                 **opts):
+        """``unit``: ``direction`` is unit already (a loaded fit: normalising again would move its last bits)."""
         super().__init__(config, meta, **opts)
-        self.direction = torch.nn.functional.normalize(direction.float(), dim=0)
+        self.direction = direction.float() if unit else torch.nn.functional.normalize(direction.float(), dim=0)
         self.features = [int(f) for f in (features or [])]
         self.scores = [float(s) for s in (scores or [])]
 
@@ -135,7 +137,7 @@ class SAVE(SteeringMethod):
 
     @classmethod
     def from_saved(cls, tensors, state, config, meta) -> "SAVE":
-        return cls(tensors["direction"], state.get("features"), state.get("scores"), config, meta)
+        return cls(tensors["direction"], state.get("features"), state.get("scores"), config, meta, unit=True)
 
 
 __all__ = ["SAVE"]
