@@ -189,32 +189,48 @@ def save_sae_items(n: int = 400, seed: int = 0, split: str = "save-sae") -> list
     return out
 
 
+def _iri(split, n, seed, n_calib, n_captions, calib, sae_items):
+    items = [it for it in shapes.pope(split, 2 * n, seed, "random") if it.answer == "yes"][:n]
+    k = n_calib or 128
+    return items, (shapes.pope(split, k, seed + 1, "adversarial") + shapes.pope(split, k, seed + 1, "random")
+                   if calib else None), {}
+
+
+def _meandiff(split, n, seed, n_calib, n_captions, calib, sae_items):
+    return shapes.pope(split, n, seed, "adversarial"), calibration(n_calib or n, seed + 1, split) if calib else None, {}
+
+
+def _save(split, n, seed, n_calib, n_captions, calib, sae_items):
+    return shapes.pope(split, n, seed, "adversarial"), None, {"sae_items": save_sae_items()} if sae_items else {}
+
+
+def _probe(split, n, seed, n_calib, n_captions, calib, sae_items):
+    items = shapes.pope(split, n, seed, "adversarial") + shapes.pope(split, n // 2, seed, "random")
+    caps = 512 if n_captions is None else n_captions
+    items += shapes.captions(split, caps, seed) if caps else []
+    return items, calibration(n_calib or 512, seed + 1, split) if calib else None, {}
+
+
+def _ground(split, n, seed, n_calib, n_captions, calib, sae_items):
+    caps = 256 if n_captions is None else n_captions
+    return shapes.scenes(split, n, seed), calibration(n_calib or 512, seed + 1, split, caps) if calib else None, {}
+
+
+#: the probe / calibration recipes the README's numbers were measured with
+RECIPES = {"iri": _iri, "meandiff": _meandiff, "save": _save, "probe": _probe, "ground": _ground}
+
+
 def fit_items(name: str, split: str | None = None, n: int | None = None, seed: int = 0, n_calib: int | None = None,
               n_captions: int | None = None, calib: bool = True, sae_items: bool = True) -> tuple[list, list | None, dict]:
     """``(items, calib, extra fit arguments)`` of the shapes world for method ``name``: its probe items
-    (``n`` on ``split`` / ``seed``) and calibration items (``seed + 1``; only with ``calib``), as the
-    defaults the README's numbers were measured with."""
+    (``n`` on ``split`` / ``seed``) and calibration items (``seed + 1``; only with ``calib``), by its
+    recipe in :data:`RECIPES`, or for any other method by what it ``needs`` (POPE questions or scenes)."""
     STEERING.check(name)
     d_split, d_n = DEFAULTS.get(name, ("steer-probe", 256))
     split, n = split or d_split, n or d_n
-    if name == "iri":
-        items = [it for it in shapes.pope(split, 2 * n, seed, "random") if it.answer == "yes"][:n]
-        k = n_calib or 128
-        return items, (shapes.pope(split, k, seed + 1, "adversarial") + shapes.pope(split, k, seed + 1, "random")
-                       if calib else None), {}
-    if name == "meandiff":
-        return shapes.pope(split, n, seed, "adversarial"), calibration(n_calib or n, seed + 1, split) if calib else None, {}
-    if name == "save":
-        return shapes.pope(split, n, seed, "adversarial"), None, {"sae_items": save_sae_items()} if sae_items else {}
-    if name == "probe":
-        items = shapes.pope(split, n, seed, "adversarial") + shapes.pope(split, n // 2, seed, "random")
-        caps = 512 if n_captions is None else n_captions
-        items += shapes.captions(split, caps, seed) if caps else []
-        return items, calibration(n_calib or 512, seed + 1, split) if calib else None, {}
-    if name == "ground":
-        return shapes.scenes(split, n, seed), (calibration(n_calib or 512, seed + 1, split, 256 if n_captions is None
-                                                           else n_captions) if calib else None), {}
-    needs = STEERING.get(name).needs  # any other method: by what it needs
+    if name in RECIPES:
+        return RECIPES[name](split, n, seed, n_calib, n_captions, calib, sae_items)
+    needs = STEERING.get(name).needs
     cal = calibration(n_calib or n, seed + 1, split, n_captions or 0) if calib else None
     if "scenes" in needs:
         return shapes.scenes(split, n, seed), cal, {}
@@ -279,4 +295,4 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
 
 __all__ = ["NONE", "method_names", "tasks", "calibration", "colour_count", "run", "captions", "score", "evaluate",
            "evaluate_user", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
-           "save_sae_items", "DEFAULTS"]
+           "save_sae_items", "DEFAULTS", "RECIPES"]
