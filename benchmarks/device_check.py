@@ -49,7 +49,7 @@ def diff(a, b) -> float:
 
 def checks(scene, q):
     """``{name: (model name, fn(model, batch) -> result)}``."""
-    from vlinterp.steering import IRI, VCD, MeanDiff
+    from vlinterp.steering import IRI, VCD
     from vlinterp.tracing import trace, trace_naive
 
     def sal(name, **kw):
@@ -65,7 +65,9 @@ def checks(scene, q):
             return m.generate(b, max_new_tokens=8).texts
 
     def meandiff(m, b):
-        s = MeanDiff.fit(m, n=32, alpha=0.2)
+        from vlinterp.eval.steer import fit
+
+        s = fit("meandiff", m, n=32, alpha=0.2)
         with s.applied(m):
             return m.generate(b, max_new_tokens=8).texts
 
@@ -86,14 +88,14 @@ def checks(scene, q):
         return st.rows["acts"] if "acts" in st.rows else next(iter(st.rows.values()))
 
     def pope(m, b):
-        from vlinterp.metrics.pope import pope as p
+        from vlinterp.eval.pope import pope as p
 
         return p(m, "adversarial", "dev", 32, 1)["accuracy"]
 
     def probe(m, b):
-        from vlinterp.steering import ProbeSteer
+        from vlinterp.eval.steer import fit
 
-        s = ProbeSteer.fit(m, n=64, captions=32, alpha=0.2)
+        s = fit("probe", m, n=64, n_captions=32, alpha=0.2)
         with s.applied(m):
             return m.generate(b, max_new_tokens=8).texts
 
@@ -130,7 +132,7 @@ def checks(scene, q):
         "trace (batched)": (L, tr(trace)),
         "trace (naive)": (L, tr(trace_naive)),
         "IRI generate": (L, iri),
-        "VCD generate": (L, lambda m, b: VCD().generate(m, b, max_new_tokens=8)),
+        "VCD generate": (L, lambda m, b: VCD().generate(m, b, max_new_tokens=8).texts),
         "MeanDiff fit + generate": (L, meandiff),
         "pruning fastv 25%": (L, prune("fastv:0.25")),
         "pruning hybrid 25%": (L, prune("hybrid:0.25")),

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 import vlinterp as vi
-from vlinterp.metrics.pope import pope
+from vlinterp.core.errors import DataError
+from vlinterp.eval.pope import pope
+from vlinterp.eval.steer import fit_items
 from vlinterp.steering import IRI
 
 
@@ -35,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(2)
     m = vi.load(a.model)
     L = m.num_layers("lm")
-    rr = IRI.layer_rr(m, 32, "iri-calib", 0)
+    rr = IRI.layer_rr(m, fit_items("iri", "iri-calib", 32, 0, calib=False)[0])
     print("last-token RR per layer:", {k: np.round(v, 3).tolist() for k, v in rr.items()})
 
     def acc():
@@ -48,7 +50,7 @@ def main() -> None:
         for ns, nt in ((1, 1), (2, 1), (1, 2), (2, 2)):
             try:
                 cands.append((f"from_rr {'+'.join(comps)} sources {ns} targets {nt}", IRI.from_rr(rr, ns, nt, components=comps)))
-            except ValueError:  # no positive-RR source for that component
+            except DataError:  # no positive-RR source for that component
                 pass
     for sl in range(L - 1):
         for tl in range(sl + 1, L):
@@ -58,7 +60,7 @@ def main() -> None:
     res = []
     for name, iri in cands:
         for lam in (float(x) for x in a.lambdas.split(",")):
-            with iri.applied(m, lam):
+            with iri.replace(lam=lam).applied(m):
                 r = acc()
             res.append((r["adversarial"] - base["adversarial"], r["random"] - base["random"], name, lam))
     print(f"{len(res)} configurations; best adversarial change with random within -1 point:")

@@ -31,7 +31,6 @@ def part_injection(adapter, src: int, tgt: int, lam: float, part: str):
     keep ``part`` of layer ``src``'s attention output at the last position ``[B, D]`` and inject it
     into layer ``tgt``'s. Hooks are removed on exit, exceptions included."""
     model = adapter.model
-    attn_s, attn_t = (adapter._session.module(f"blocks.{l}.attn") for l in (src, tgt))
     img_id = model.config.image_token_index
     st: dict = {}
 
@@ -56,15 +55,11 @@ def part_injection(adapter, src: int, tgt: int, lam: float, part: str):
         t[:, -1] = y * x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (t,) + tuple(out[1:])
 
-    hs = []
-    try:
-        hs.append(model.register_forward_pre_hook(ids, with_kwargs=True))
-        hs.append(attn_s.register_forward_hook(keep, with_kwargs=True))
-        hs.append(attn_t.register_forward_hook(inject))
+    with adapter.raw_hooks() as h:
+        h.pre(model, ids, with_kwargs=True)
+        h.forward(f"blocks.{src}.attn", keep, with_kwargs=True)
+        h.forward(f"blocks.{tgt}.attn", inject)
         yield
-    finally:
-        for h in hs:
-            h.remove()
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ import torch
 
 import vlinterp as vi
 from vlinterp.data.questions import pope_split
-from vlinterp.metrics.pope import pope
-from vlinterp.steering import IRI
+from vlinterp.eval.pope import pope
+from vlinterp.eval.steer import fit
+from vlinterp.steering.base import config_dict
 
 
 def per_token_seconds(m, batch, new_tokens: int, ctx=None) -> float:
@@ -43,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(1)
     m = vi.load(a.model)
     t0 = time.time()
-    iri = IRI.fit(m, n=a.calib, progress=True)
+    iri = fit("iri", m, n=a.calib, progress=True)
     print(f"fitted in {time.time() - t0:.0f}s: sources {iri.sources}, targets {iri.targets}, lambda {iri.lam}")
     print("calibration grid:", json.dumps(iri.meta["calibration"]["grid"]))
     rows = {}
@@ -64,7 +65,8 @@ def main() -> None:
     print(f"generation per token: plain {1e3 * statistics.median(plain):.2f} ms, IRI {1e3 * statistics.median(steered):.2f} ms, ratio {ratio:.3f}x")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"iri": iri.to_json(), "pope": rows, "time_ratio": ratio}, f, indent=1)
+            json.dump({"iri": {**iri.state(), "config": config_dict(iri.config), "meta": iri.meta}, "pope": rows,
+                       "time_ratio": ratio}, f, indent=1)
 
 
 if __name__ == "__main__":

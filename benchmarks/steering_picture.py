@@ -17,8 +17,8 @@ import torch
 
 import vlinterp as vi
 from vlinterp.data.questions import pope_split
+from vlinterp.eval.steer import fit
 from vlinterp.metrics.pope import choose
-from vlinterp.steering import MeanDiff
 from vlinterp.viz.steer_plot import before_after
 
 
@@ -34,21 +34,16 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     m = vi.load("shapes-llava")
+    alpha = "auto" if a.alpha == "auto" else float(a.alpha)
     if a.method == "save":
-        from vlinterp.steering import SAVE
-
-        md = SAVE.fit(m)
+        md = fit("save", m, progress=True)
     elif a.method == "ground":
-        from vlinterp.steering import Grounding
-
-        md = Grounding.fit(m) if a.alpha == "auto" else Grounding.fit(m, alpha=float(a.alpha),
-                                                                        beta=float(a.beta or a.alpha), gate=a.gate)
+        md = fit("ground", m, progress=True) if alpha == "auto" else \
+            fit("ground", m, alpha=alpha, beta=float(a.beta or a.alpha), gate=a.gate, progress=True)
     elif a.method == "probe":
-        from vlinterp.steering import ProbeSteer
-
-        md = ProbeSteer.fit(m, alpha="auto" if a.alpha == "auto" else float(a.alpha))
+        md = fit("probe", m, alpha=alpha, progress=True)
     else:
-        md = MeanDiff.fit(m, n=256, alpha="auto" if a.alpha == "auto" else float(a.alpha))
+        md = fit("meandiff", m, n=256, alpha=alpha, progress=True)
     if a.captions:
         return caption_picture(m, md, a.captions, a.k, a.out if a.out != ap.get_default("out") else "assets/steering_captions.png")
     items = [(s, qa) for s, qa in pope_split("test", 256, 11, "adversarial") if qa.answer == "no"]
@@ -67,9 +62,9 @@ def main() -> None:
 
 
 def caption_picture(m, md, n: int, k: int, out: str) -> None:
-    from vlinterp.commands.steer import captions
     from vlinterp.data.shapes import make_split
-    from vlinterp.metrics.chair import chair
+    from vlinterp.eval.chair import shapes_chair as chair
+    from vlinterp.eval.steer import captions
 
     scenes = make_split("chair", n, 11)
     plain = captions(None, m, [s.pil() for s in scenes])

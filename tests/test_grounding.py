@@ -10,10 +10,10 @@ from vlinterp.core.hooks import count_hooks
 
 @pytest.fixture(scope="module")
 def fitted(shapes_llava):
-    from vlinterp.steering import Grounding
+    from vlinterp.eval import steer
 
     # the strengths the default fit ("auto") picks on the probe split (README); fixed here to save the sweep
-    return Grounding.fit(shapes_llava, n=1024, alpha=3.0, beta=1.0, gate=1.0)
+    return steer.fit("ground", shapes_llava, n=1024, alpha=3.0, beta=1.0, gate=1.0)
 
 
 def test_grounding_meets_the_floors_on_a_fresh_seed(shapes_llava, fitted):
@@ -21,10 +21,10 @@ def test_grounding_meets_the_floors_on_a_fresh_seed(shapes_llava, fitted):
     CHAIR_S at most 0.7x the unsteered organism's with as many objects named, random accuracy within a
     point, colour and count answers unchanged. A random probe of the same shape does not do it, and
     the negated strengths hallucinate more."""
-    from vlinterp.commands.steer import captions, evaluate
     from vlinterp.data.shapes import make_split
-    from vlinterp.metrics.chair import chair
-    from vlinterp.metrics.pope import pope
+    from vlinterp.eval.chair import shapes_chair
+    from vlinterp.eval.pope import pope
+    from vlinterp.eval.steer import captions, evaluate
     from vlinterp.steering import Grounding
 
     m = shapes_llava
@@ -32,14 +32,15 @@ def test_grounding_meets_the_floors_on_a_fresh_seed(shapes_llava, fitted):
     base = evaluate(m, None, 256, 23, 256)
     steered = evaluate(m, fitted, 256, 23, 256)
     g = torch.Generator().manual_seed(0)
+    # a random probe of the same shape (its gate 0, the constructor's default)
     rand = Grounding(torch.randn(fitted.W.shape, generator=g) * fitted.W.norm(dim=1, keepdim=True) / fitted.W.shape[1] ** 0.5,
-                     fitted.b, fitted.pairs, fitted.layer, fitted.alpha, fitted.beta)
+                     fitted.b, fitted.config, gate=0.0)
     scenes = make_split("chair", 256, 23)
     images = [s.pil() for s in scenes]
     other = []  # (adversarial POPE, CHAIR_S) with the random probe, then with the fitted one's strengths negated
-    for meth, strengths in ((rand, ()), (fitted, (-fitted.alpha, -fitted.beta))):
-        with meth.applied(m, *strengths):
-            other.append((pope(m, "adversarial", "test", 256, 23), chair(captions(None, m, images), scenes)["chair_s"]))
+    for meth in (rand, fitted.replace(alpha=-fitted.alpha, beta=-fitted.beta)):
+        with meth.applied(m):
+            other.append((pope(m, "adversarial", "test", 256, 23), shapes_chair(captions(None, m, images), scenes)["chair_s"]))
     assert count_hooks(m.model) == before
     fy = [base["adversarial"]["false_yes"], steered["adversarial"]["false_yes"], other[0][0]["false_yes"], other[1][0]["false_yes"]]
     acc = [base["adversarial"]["accuracy"], steered["adversarial"]["accuracy"], other[0][0]["accuracy"]]
@@ -69,7 +70,7 @@ def test_grounding_only_chooses_within_answer_groups(shapes_llava, fitted):
     shp = [(s.pil(), f"what shape is the {s.objects[0].colour} object?") for s in scenes]
     yn = [(s.pil(), qa.question) for s, qa in pope_split("test", 48, 5, "adversarial")]
     plain = (choose(m, col, COLOURS), choose(m, cnt, NUM_WORDS), choose(m, shp, SHAPES), choose(m, yn, ["yes", "no"]))
-    with fitted.applied(m, 50.0, 50.0):
+    with fitted.replace(alpha=50.0, beta=50.0).applied(m):
         after = (choose(m, col, COLOURS), choose(m, cnt, NUM_WORDS), choose(m, shp, SHAPES), choose(m, yn, ["yes", "no"]))
     assert after[:3] == plain[:3]
     assert sum(a != b for a, b in zip(after[3], plain[3])) >= 3
@@ -86,68 +87,90 @@ def test_grounding_only_chooses_within_answer_groups(shapes_llava, fitted):
 def test_grounding_gate_leaves_words_the_probe_calls_present(shapes_llava, fitted):
     """A probe that calls every pair present (log-odds +3 for all, any scene) re-chooses no caption
     word under gate 0, so captions stay exactly as the model wrote them; with the gate open (inf)
-    the same strength, with per-pair log-odds, rewrites some. The fitted gate is one of the grid's."""
-    from vlinterp.commands.steer import captions
+    the same strength, with per-pair log-odds, rewrites some."""
     from vlinterp.data.shapes import make_split
+    from vlinterp.eval.steer import captions
     from vlinterp.steering import Grounding
-    from vlinterp.steering.ground import GATES
 
     m = shapes_llava
     images = [s.pil() for s in make_split("chair", 16, 23)]
     plain = captions(None, m, images)
     W = torch.zeros_like(fitted.W)
-    present = Grounding(W, torch.full_like(fitted.b, 3.0), fitted.pairs, fitted.layer, 0.0, 20.0, gate=0.0)
+    present = Grounding(W, torch.full_like(fitted.b, 3.0), fitted.config, alpha=0.0, beta=20.0, gate=0.0)
     with present.applied(m):
         assert captions(None, m, images) == plain
-    ranked = Grounding(W, torch.linspace(-3, 3, len(fitted.b)), fitted.pairs, fitted.layer, 0.0, 20.0, gate=float("inf"))
+    ranked = Grounding(W, torch.linspace(-3, 3, len(fitted.b)), fitted.config, alpha=0.0, beta=20.0, gate=float("inf"))
     with ranked.applied(m):
         assert captions(None, m, images) != plain
-    assert fitted.gate in GATES
 
 
 def test_grounding_save_load_hooks_and_errors(shapes_llava, fitted, tmp_path):
+    """A saved and loaded fit gives bit-identical generations (and the same tensors and config)."""
+    from vlinterp import steering
     from vlinterp.data.shapes import make_split
+    from vlinterp.eval import steer
     from vlinterp.steering import Grounding
 
     m = shapes_llava
     hooks = count_hooks(m.model)
-    fitted.save(str(tmp_path / "g"))
-    back = Grounding.load(str(tmp_path / "g.safetensors"))
+    fitted.save(tmp_path / "g")
+    back = steering.load(tmp_path / "g")
+    assert isinstance(back, Grounding) and back.config == fitted.config and back.meta == fitted.meta
     assert torch.equal(back.W, fitted.W) and torch.equal(back.b, fitted.b) and back.pairs == fitted.pairs
-    assert (back.layer, back.alpha, back.beta, back.clip, back.gate) == (fitted.layer, fitted.alpha, fitted.beta, fitted.clip, fitted.gate)
-    b = m.prepare(images=[make_split("chair", 1, 23)[0].pil()], text=["describe the image."])
+    b = m.prepare(images=[s.pil() for s in make_split("chair", 4, 23)], text=["describe the image."] * 4)
     plain = m.run(b).logits
-    with back.applied(m):
-        g = m.generate(b, max_new_tokens=12)
-    assert g.texts[0] and torch.equal(m.run(b).logits, plain) and count_hooks(m.model) == hooks
+    g0, g1 = fitted.generate(m, b, max_new_tokens=12), back.generate(m, b, max_new_tokens=12)
+    assert g1.texts[0] and torch.equal(g0.sequences, g1.sequences)
+    assert torch.equal(m.run(b).logits, plain) and count_hooks(m.model) == hooks
     with pytest.raises(ShapeMismatchError, match="must be"):
-        Grounding(fitted.W[:5], fitted.b, fitted.pairs, 2)
+        Grounding(fitted.W[:5], fitted.b, fitted.config, layer=2)
     with pytest.raises(ShapeMismatchError, match="width"):
-        with Grounding(torch.zeros(fitted.W.shape[0], 7), fitted.b, fitted.pairs, 2).applied(m):
+        with Grounding(torch.zeros(fitted.W.shape[0], 7), fitted.b, fitted.config, layer=2).applied(m):
             m.run(b)
     assert count_hooks(m.model) == hooks  # raised inside the block: nothing left behind
     with pytest.raises(LayerRangeError, match="out of range"):
-        Grounding(fitted.W, fitted.b, fitted.pairs, 99).edits(m)
+        Grounding(fitted.W, fitted.b, fitted.config, layer=99).edits(m)
     with pytest.raises(LayerRangeError, match="out of range"):
-        Grounding.fit(m, n=8, layer=-1, alpha=1.0, beta=1.0)
+        steer.fit("ground", m, n=8, layer=-1, alpha=1.0, beta=1.0, gate=0.0)
 
 
 def test_grounding_on_tiny_llava_and_auto_strengths():
-    """A random tiny LLaVA: the probe fits, the strengths are picked on the probe split (their grids
-    recorded), generation runs with it on and leaves the model as it was; a ViT is a named error."""
+    """A random tiny LLaVA: the probe fits, the strengths are picked on the calibration items (their
+    grids recorded, and the chosen ones are those the grids' numbers say are best), generation runs
+    with it on and leaves the model as it was; a ViT is a named error."""
     import vlinterp as vi
     from vlinterp.data.shapes import make_split
-    from vlinterp.steering import Grounding
+    from vlinterp.eval import steer
+    from vlinterp.steering.ground import caption_rule
+    from vlinterp.steering.select import least_false_yes
 
     m = vi.load("tiny:llava")
     before = count_hooks(m.model)
-    g = Grounding.fit(m, n=16, n_select=16, n_captions=8)
+    g = steer.fit("ground", m, n=16, n_calib=16, n_captions=8)
     D = m.model.config.text_config.hidden_size
     assert g.W.shape == (len(g.pairs) + 1, D) and len(g.pairs) == 24
     assert set(g.meta["alpha_grid"]) == {"0.5", "1.0", "1.5", "2.0", "3.0"} and len(g.meta["caption_grid"]) == 6
+    assert g.alpha == least_false_yes(g.meta["alpha_base"], g.meta["alpha_grid"], g.config.max_drop)
+    pick = caption_rule(g.meta["caption_base"], g.meta["caption_grid"], g.config.min_mentions, g.config.max_cover_drop)
+    assert (g.beta, g.gate) == ((0.0, 0.0) if pick is None else tuple(float(x.split()[-1]) for x in pick.split(", ")[::-1]))
     b = m.prepare(images=[make_split("test", 1, 3)[0].pil()], text=["is there a red circle?"])
     plain = m.run(b).logits
     out = g.generate(m, b, max_new_tokens=3)
     assert len(out.texts) == 1 and count_hooks(m.model) == before and torch.equal(m.run(b).logits, plain)
-    with pytest.raises(UnsupportedError, match="LLaVA"):
+    with pytest.raises(UnsupportedError, match="vlm"):
         g.edits(vi.load("tiny:vit"))
+
+
+def test_caption_rule_chooses_what_the_numbers_say():
+    """The caption rule takes the lowest CHAIR_S among settings that keep mentions and coverage, even when
+    a lower CHAIR_S is on offer from a setting that names fewer objects; none better than off: None."""
+    from vlinterp.steering.ground import caption_rule
+
+    base = {"chair_s": 0.30, "coverage": 0.80, "mentions": 2.5}
+    grid = {"gate 0, beta 1": {"chair_s": 0.20, "coverage": 0.80, "mentions": 2.5},
+            "gate 0, beta 2": {"chair_s": 0.05, "coverage": 0.80, "mentions": 2.0},   # names fewer objects
+            "gate 1, beta 1": {"chair_s": 0.10, "coverage": 0.795, "mentions": 2.5},  # best that qualifies
+            "gate 1, beta 2": {"chair_s": 0.08, "coverage": 0.70, "mentions": 2.5},   # covers less
+            "gate 2, beta 1": {"chair_s": 0.10, "coverage": 0.79, "mentions": 2.5}}   # tie, less coverage
+    assert caption_rule(base, grid, 0.97, 0.01) == "gate 1, beta 1"
+    assert caption_rule(base, {"gate 0, beta 1": {"chair_s": 0.31, "coverage": 0.8, "mentions": 2.5}}, 0.97, 0.01) is None

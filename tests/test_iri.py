@@ -67,7 +67,7 @@ def test_zero_lambda_is_identity_and_generate_works(llava):
         assert torch.allclose(m.run(b).logits, plain, atol=1e-6)
     g0 = m.generate(b, max_new_tokens=4)
     assert iri.generate(m, b, max_new_tokens=4).texts == g0.texts  # lam=0: unchanged
-    with iri.applied(m, lam=5.0):
+    with iri.replace(lam=5.0).applied(m):
         g1 = m.generate(b, max_new_tokens=4)
         l1 = m.run(b).logits
     assert g1.new_tokens.shape == g0.new_tokens.shape
@@ -79,38 +79,62 @@ def test_hooks_removed_after_an_error(llava):
     m, b = llava
     before = count_hooks(m.model)
     with pytest.raises(RuntimeError):
-        with IRI([("attn", 0, 1.0)], [("attn", 1)]).applied(m):
+        with IRI([("attn", 0, 1.0)], [("attn", 1)], lam=1.0).applied(m):
             m.run(b)
             raise RuntimeError("boom")
     assert count_hooks(m.model) == before
 
 
 def test_from_rr_and_errors(llava, tmp_path):
-    m, _ = llava
+    from vlinterp import steering
+    from vlinterp.core.errors import ConfigError
+
+    m, b = llava
     rr = {"attn": np.array([0.1, 0.5, 0.2, 0.3]), "mlp": np.array([-0.1, 0.0, 0.4, 0.9])}
     iri = IRI.from_rr(rr, n_sources=1, n_targets=1)
     assert iri.sources == [("attn", 1, 1.0), ("mlp", 2, 1.0)]
     assert iri.targets == [("attn", 3), ("mlp", 3)]
-    iri.save(tmp_path / "iri.json")
-    back = IRI.load(tmp_path / "iri.json")
-    assert back.sources == iri.sources and back.targets == iri.targets and back.lam == iri.lam
+    iri.save(tmp_path / "iri")
+    back = steering.load(tmp_path / "iri")
+    assert back.sources == iri.sources and back.targets == iri.targets and back.config == iri.config
     with pytest.raises(LayerRangeError):
         IRI([("attn", 2, 1.0)], [("attn", 1)])
     with pytest.raises(LayerRangeError):  # tiny:llava has 2 layers
-        IRI([("attn", 0, 1.0)], [("attn", 5)]).edits(m)
+        IRI([("attn", 0, 1.0)], [("attn", 5)], lam=1.0).edits(m)
     with pytest.raises(ValueError):
         IRI([("norm", 0, 1.0)], [("attn", 1)])
     with pytest.raises(UnsupportedError):
-        IRI([("attn", 0, 1.0)], [("attn", 1)]).edits(vlinterp.load("tiny:vit"))
+        IRI([("attn", 0, 1.0)], [("attn", 1)], lam=1.0).edits(vlinterp.load("tiny:vit"))
+    with pytest.raises(ConfigError, match="auto"):  # a strength still to be chosen is not applied
+        with IRI([("attn", 0, 1.0)], [("attn", 1)]).applied(m):
+            m.run(b)
 
 
-def test_fit_on_tiny_llava_records_calibration():
+def test_fit_on_tiny_llava_chooses_lam_by_the_calibration_numbers():
+    """The calibration grid is recorded, and the chosen strength is the one its numbers say is best:
+    the highest adversarial accuracy with random accuracy within the tolerance (0 when none beats off)."""
+    from vlinterp.eval import steer
+    from vlinterp.steering.select import best_accuracy
+
     m = vlinterp.load("tiny:llava")
-    iri = IRI.fit(m, n=2, n_eval=4, lambdas=(0.5,))
+    iri = steer.fit("iri", m, n=2, n_calib=16, lambdas=(0.5, 4.0, 32.0))
     cal = iri.meta["calibration"]
-    assert set(cal["unsteered"]) == {"adversarial", "random"} and "0.5" in cal["grid"]
-    assert iri.lam in (0.0, 0.5)
+    assert list(cal["unsteered"]) == ["adversarial", "random"] and set(cal["grid"]) == {"0.5", "4.0", "32.0"}
+    assert iri.lam == best_accuracy(cal["unsteered"], cal["grid"], iri.config.max_random_drop)
     assert len(iri.meta["rr"]["attn"]) == m.num_layers()
+
+
+def test_best_accuracy_rule():
+    """The selection rule itself, on numbers where it has to choose: the best adversarial accuracy is
+    taken only with random accuracy within the tolerance; nothing better than off gives 0."""
+    from vlinterp.steering.select import best_accuracy
+
+    base = {"adversarial": 0.80, "random": 0.95}
+    grid = {"0.5": {"adversarial": 0.82, "random": 0.95}, "1.0": {"adversarial": 0.90, "random": 0.93},
+            "2.0": {"adversarial": 0.85, "random": 0.945}, "4.0": {"adversarial": 0.85, "random": 0.95}}
+    assert best_accuracy(base, grid, 0.01) == 2.0   # 1.0 is better but costs 2 points of random
+    assert best_accuracy(base, grid, 0.05) == 1.0
+    assert best_accuracy(base, {"1.0": {"adversarial": 0.80, "random": 0.99}}, 0.01) == 0.0
 
 
 class _Layout:

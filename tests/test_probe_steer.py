@@ -3,31 +3,31 @@ other answer groups, save/load, hooks, named errors, and a tiny LLaVA."""
 import pytest
 import torch
 
-from vlinterp.core.errors import LayerRangeError, PromptError, ShapeMismatchError
+from vlinterp.core.errors import LayerRangeError, ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
 
 
 @pytest.fixture(scope="module")
 def fitted(shapes_llava):
-    from vlinterp.steering import ProbeSteer
+    from vlinterp.eval import steer
 
-    return ProbeSteer.fit(shapes_llava, alpha=0.2)  # the default fit; alpha as "auto" picks on the probe split
+    return steer.fit("probe", shapes_llava, alpha=0.2)  # the default fit; alpha as "auto" picks on the probe split
 
 
 def test_probe_steer_halves_false_yes_and_chair_on_held_out(shapes_llava, fitted):
     """Held-out scenes (seed 11, never fitted on): adversarial false-yes at most half, CHAIR_S at most
     0.7x the unsteered organism's, random accuracy within a point, colour and count answers unchanged;
     steering the other way hallucinates more."""
-    from vlinterp.commands.steer import captions, evaluate
     from vlinterp.data.shapes import make_split
-    from vlinterp.metrics.chair import chair
-    from vlinterp.metrics.pope import pope
+    from vlinterp.eval.chair import shapes_chair as chair
+    from vlinterp.eval.pope import pope
+    from vlinterp.eval.steer import captions, evaluate
 
     m = shapes_llava
     before = count_hooks(m.model)
     base = evaluate(m, None, 256, 11)
     steered = evaluate(m, fitted, 256, 11)
-    with fitted.applied(m, -0.2):
+    with fitted.replace(alpha=-0.2).applied(m):
         wrong = pope(m, "adversarial", "test", 256, 11)["false_yes"]
     assert count_hooks(m.model) == before
     fy = (base["adversarial"]["false_yes"], steered["adversarial"]["false_yes"], wrong)
@@ -56,8 +56,8 @@ def test_probe_heads_leave_other_answer_groups_alone(shapes_llava, fitted):
     from vlinterp.steering.meandiff import readout_basis
 
     m = shapes_llava
-    q = ProbeSteer({"question": fitted.heads["question"]}, fitted.layer, 3.0)
-    c = ProbeSteer({"caption": fitted.heads["caption"]}, fitted.layer, 3.0)
+    q = ProbeSteer({"question": fitted.heads["question"]}, fitted.config, alpha=3.0)
+    c = ProbeSteer({"caption": fitted.heads["caption"]}, fitted.config, alpha=3.0)
     Q = readout_basis(m, (COLOURS, NUM_WORDS, SHAPES))
     assert float((fitted.heads["question"][2] @ Q).abs().max()) < 1e-5
     Qc = readout_basis(m, (COLOURS, NUM_WORDS, ("yes", "no")))
@@ -78,13 +78,14 @@ def test_probe_heads_leave_other_answer_groups_alone(shapes_llava, fitted):
 
 def test_probe_steer_save_load_and_errors(shapes_llava, fitted, tmp_path):
     from vlinterp.data.questions import pope_split
+    from vlinterp.eval import steer
     from vlinterp.steering import ProbeSteer
 
     m = shapes_llava
     hooks = count_hooks(m.model)
-    fitted.save(str(tmp_path / "ps"))
-    back = ProbeSteer.load(str(tmp_path / "ps.safetensors"))
-    assert back.layer == fitted.layer and back.alpha == fitted.alpha and set(back.heads) == {"question", "caption"}
+    fitted.save(tmp_path / "ps")
+    back = ProbeSteer.load(tmp_path / "ps")
+    assert back.config == fitted.config and set(back.heads) == {"question", "caption"}
     assert all(torch.equal(x, y) for h in fitted.heads for x, y in zip(fitted.heads[h], back.heads[h]))
     s, qa = pope_split("test", 1, 11, "adversarial")[0]
     b = m.prepare(images=[s.pil()], text=[qa.question])
@@ -97,15 +98,15 @@ def test_probe_steer_save_load_and_errors(shapes_llava, fitted, tmp_path):
     assert torch.allclose(plain[0, :last], steered[0, :last], atol=1e-5)  # only the last position moves
     W, bb, R = fitted.heads["question"][:3]
     with pytest.raises(ShapeMismatchError, match="must be"):
-        ProbeSteer({"q": (W, bb, R[:, :5])}, 3)
+        ProbeSteer({"q": (W, bb, R[:, :5])}, layer=3, alpha=0.1)
     with pytest.raises(ShapeMismatchError, match="width"):
-        with ProbeSteer({"q": (torch.zeros(1, 64), bb, torch.zeros(1, 64))}, 3).applied(m):
+        with ProbeSteer({"q": (torch.zeros(1, 64), bb, torch.zeros(1, 64))}, layer=3, alpha=0.1).applied(m):
             m.run(b)
     assert count_hooks(m.model) == hooks  # the edit raised inside the block: nothing left behind
     with pytest.raises(LayerRangeError, match="out of range"):
-        ProbeSteer({"q": (W, bb, R)}, 99).edits(m)
+        ProbeSteer({"q": (W, bb, R)}, layer=99, alpha=0.1).edits(m)
     with pytest.raises(LayerRangeError, match="out of range"):
-        ProbeSteer.fit(m, n=32, captions=0, layer=-1, alpha=0.1)
+        steer.fit("probe", m, n=32, n_captions=0, layer=-1, alpha=0.1)
     from vlinterp.core.errors import NaNError
     from vlinterp.steering.probe import fit_logistic
 
@@ -119,16 +120,17 @@ def test_probe_steer_on_tiny_llava():
     """A random tiny LLaVA: the question head fits and steers generation; its greedy captions name no
     colour-shape objects, so asking for a caption head is a named error."""
     import vlinterp as vi
-    from vlinterp.steering import ProbeSteer
+    from vlinterp.core.errors import DataError
+    from vlinterp.eval import steer
 
     m = vi.load("tiny:llava")
     before = count_hooks(m.model)
-    ps = ProbeSteer.fit(m, n=32, captions=0, alpha=0.5)
+    ps = steer.fit("probe", m, n=32, n_captions=0, alpha=0.5)
     assert set(ps.heads) == {"question"} and ps.heads["question"][0].shape == (1, m.model.config.text_config.hidden_size)
     from vlinterp.data.shapes import make_split
 
     b = m.prepare(images=[make_split("test", 1, 3)[0].pil()], text=["is there a red circle?"])
     g = ps.generate(m, b, max_new_tokens=2)
     assert len(g.texts) == 1 and count_hooks(m.model) == before
-    with pytest.raises(PromptError, match="caption"):
-        ProbeSteer.fit(m, n=32, captions=16, alpha=0.5)
+    with pytest.raises(DataError, match="caption"):
+        steer.fit("probe", m, n=32, n_captions=16, alpha=0.5)

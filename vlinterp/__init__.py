@@ -13,10 +13,24 @@ from .core.errors import VlinterpError  # noqa: F401  (light: no heavy imports)
 
 
 def load(name_or_path, **kw):
-    """Load a model behind its adapter; see :func:`vlinterp.adapters.registry.load`."""
+    """Load a model behind its adapter: a model-zoo organism name (``shapes-llava``...) through
+    :func:`vlinterp.zoo.load_organism`, anything else (``tiny:<variant>``, a local directory or
+    checkpoint) through :func:`vlinterp.adapters.registry.load`."""
+    import os
+
     from .adapters.registry import load as _load
 
-    return _load(name_or_path, **kw)
+    name = os.fspath(name_or_path)
+    if not name.startswith("tiny:") and not os.path.exists(name):
+        from . import zoo
+
+        if zoo.is_organism(name):
+            return zoo.load_organism(name, **kw)
+        from .core.errors import LoadError
+
+        raise LoadError(f"{name!r} is neither a local path nor a known name (tiny:<family>, or a zoo organism: "
+                        f"{', '.join(zoo.names())}); vlinterp never downloads: pass a local directory or checkpoint")
+    return _load(name, **kw)
 
 
 def explain(model, image=None, prompt=None, method=None, layers=None, **options):
@@ -27,7 +41,7 @@ def explain(model, image=None, prompt=None, method=None, layers=None, **options)
     """
     from .saliency.explanation import explain as _explain
 
-    return _explain(model, image, prompt, method, layers, **options)
+    return _explain(model, image, prompt, method, layers, loader=load, **options)
 
 
 def __getattr__(name):  # lazy submodules: vi.metrics, vi.data, vi.zoo ...

@@ -82,13 +82,9 @@ def load(name_or_path: str, **kw):
             raise LoadError(f"unknown tiny model {name!r}; known: {', '.join('tiny:' + v for v in TINY)}")
         return adapter_class(TINY[variant]).tiny(variant, **kw)
     if not os.path.exists(name):
-        from .. import zoo
-
-        if zoo.is_organism(name):
-            return zoo.load_organism(name, **kw)
         raise LoadError(
-            f"{name!r} is neither a local path nor a known name (tiny:<family>, or a zoo organism: "
-            f"{', '.join(zoo.names())}); vlinterp never downloads: pass a local directory or checkpoint"
+            f"{name!r} is neither a local path nor a known name (tiny:<family>, or a zoo organism through "
+            f"vlinterp.load: see `vlinterp zoo list`); vlinterp never downloads: pass a local directory or checkpoint"
         )
     for family in FAMILIES:
         try:

@@ -1,198 +1,180 @@
-"""`vlinterp steer eval|generate`: hallucination steering compared on POPE.
+"""`vlinterp steer fit|eval|generate`: hallucination steering, fitted once, compared on POPE / CHAIR.
 
-    vlinterp steer eval --model shapes-llava --methods none,iri,vcd,meandiff,save,probe,ground [--n 256] [--seed 11] [--json PATH]
+    vlinterp steer fit --method ground [--dataset shapes[:split[:n[:seed]]] | --dataset pope.jsonl] --out fits/ground
+    vlinterp steer eval [--fit fits/ground ...] [--methods none,iri,vcd,meandiff,save,probe,ground] [--n 256] [--seed 11] [--json PATH]
     vlinterp steer eval --model PATH --methods none,vcd --pope-jsonl pope.jsonl [--captions-jsonl caps.jsonl --vocab syn.json] [--image-dir DIR]
-    vlinterp steer generate IMAGE --prompt "describe the image." [--method ground] [--model M]
+    vlinterp steer generate IMAGE --prompt "describe the image." (--fit fits/ground | --method ground) [--model M]
 
-User data (any LLaVA): POPE-format lines ``{"image", "text", "label"}``; caption truth lines
-``{"image", "objects": [...]}`` with a synonym table ``{object: [synonyms]}`` for CHAIR. The
-methods themselves are still fitted on the shapes world's probe splits.
-
-Methods are fitted on their own probe / calibration splits, never on the evaluation scenes. The
-table: POPE accuracy, F1, yes rate and false-yes rate per negative type, colour / count accuracy
-(collateral damage), and CHAIR_S / CHAIR_I on free captions of ``--captions`` scenes.
+A method spec is ``name`` or ``name:key=value,...`` (its config options, e.g. ``meandiff:alpha=0.1``).
+Methods named without ``--fit`` are fitted first on their own probe / calibration items of the shapes
+world (never the evaluation scenes), with progress; ``steer fit`` saves a fit that ``--fit`` loads
+in seconds. The table: POPE accuracy, F1, yes rate and false-yes rate per negative type, colour /
+count accuracy (collateral damage), and CHAIR_S / CHAIR_I on free captions of ``--captions`` scenes.
+User data (any LLaVA-style model): POPE-format lines ``{"image", "text", "label"}``; caption truth
+lines ``{"image", "objects": [...]}`` with a synonym table ``{object: [synonyms]}`` for CHAIR.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 
 from ..cli import register
+from .args import (_type, add_json, add_load_options, add_model, add_out, add_workers, existing_dir, existing_file,
+                   image_file, integer, load_kwargs, nonneg_int, positive_int)
 
-METHODS = ("none", "iri", "vcd", "meandiff", "save", "probe", "ground")
+ALL = "none,iri,vcd,meandiff,save,probe,ground"
 
 
-def _add(p: argparse.ArgumentParser):
+# ------------------------------------------------------------ argument types
+def _spec(text: str, allow_none: bool) -> tuple[str, dict]:
+    from ..core.registry import parse_spec
+    from ..eval.steer import NONE, make_config
+    from ..steering import STEERING
+
+    name, opts = parse_spec(text)
+    if allow_none and name == NONE:
+        if opts:
+            raise ValueError("'none' (the unsteered model) takes no options")
+        return name, {}
+    if name not in STEERING:
+        from ..core.errors import UnknownNameError
+
+        raise UnknownNameError("steering method", name, ([NONE] if allow_none else []) + STEERING.names())
+    make_config(name, **opts)  # unknown options, wrong types, bad values: now, before any model loads
+    return name, opts
+
+
+def _specs(text: str) -> list[tuple[str, dict]]:
+    """``none,meandiff:alpha=0.1,pca=true,ground`` or ``none,meandiff[alpha=0.1,pca=true],ground``: commas
+    split methods, except inside brackets, and a ``key=value`` part continues the spec before it."""
+    parts, depth, cur = [], 0, ""
+    for ch in str(text):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    merged: list[str] = []
+    for p in (x.strip() for x in parts):
+        if p and "=" in p and ":" not in p and "[" not in p and merged and ":" in merged[-1]:
+            merged[-1] += "," + p
+        elif p:
+            merged.append(p)
+    specs = [_spec(p, True) for p in merged]
+    if not specs:
+        raise ValueError("give at least one steering method (none, iri, vcd, meandiff, save, probe, ground)")
+    return specs
+
+
+def _fit_dir(text: str) -> str:
+    from ..steering.base import read_header
+
+    read_header(text)
+    return text
+
+
+def _dataset(text: str):
+    from ..eval.steer import parse_fit_dataset
+
+    return parse_fit_dataset(text)
+
+
+method_spec = _type(lambda t: _spec(t, False), "method")
+method_specs = _type(_specs, "method list")
+fit_dir = _type(_fit_dir, "fit directory")
+dataset_spec = _type(_dataset, "dataset")
+
+
+def _add(p):
     sub = p.add_subparsers(dest="steer_cmd", required=True)
-    e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy)")
-    e.add_argument("--model", default="shapes-llava")
-    e.add_argument("--methods", default="none,iri,vcd,meandiff,save,probe,ground")
-    e.add_argument("--captions", type=int, default=64, help="scenes captioned for CHAIR (0: skip)")
-    e.add_argument("--n", type=int, default=256)
-    e.add_argument("--seed", type=int, default=11)
-    e.add_argument("--pope-jsonl", help="your POPE-format file (image, text, label per line) instead of the shapes splits")
-    e.add_argument("--captions-jsonl", help="your caption-truth file (image, objects per line) for CHAIR")
-    e.add_argument("--vocab", help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
-    e.add_argument("--image-dir", help="folder the image paths in those files are relative to")
-    e.add_argument("--workers", type=int, default=1, help="Ray workers, each fitting the methods once (needs vlinterp[scale])")
-    e.add_argument("--address", help="existing Ray cluster instead of a local one")
-    e.add_argument("--json")
+    f = sub.add_parser("fit", help="fit a steering method on its probe items and save it (a directory --fit loads)")
+    f.add_argument("--method", type=method_spec, required=True, metavar="M",
+                   help="iri, vcd, meandiff, save, probe or ground, optionally with options (meandiff:alpha=0.1)")
+    f.add_argument("--dataset", type=dataset_spec, default="shapes", metavar="SPEC",
+                   help="shapes[:split[:n[:seed]]] (split and n unset: the method's own probe split and size; calibration "
+                        "on seed + 1) or a POPE JSON-lines file (even lines probe, odd lines calibration)")
+    add_out(f, help="the fit's directory (new, empty, or an earlier vlinterp output; your own files in it are kept)")
+    add_model(f)
+    add_load_options(f)
+
+    e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy, CHAIR)")
+    add_model(e)
+    e.add_argument("--fit", type=fit_dir, action="append", default=[], metavar="DIR",
+                   help="a saved fit (vlinterp steer fit) to evaluate; repeatable")
+    e.add_argument("--methods", type=method_specs, default=None, metavar="LIST",
+                   help=f"comma-separated method specs to fit and evaluate (unset: {ALL}; with --fit: none)")
+    e.add_argument("--n", type=positive_int, default=256, help="POPE questions per negative type (and colour/count scenes)")
+    e.add_argument("--seed", type=integer, default=11, help="seed that draws the evaluation scenes")
+    e.add_argument("--captions", type=nonneg_int, default=64, help="scenes captioned for CHAIR (0: skip)")
+    e.add_argument("--pope-jsonl", type=existing_file, default=None, metavar="PATH",
+                   help="your POPE-format file (image, text, label per line) instead of the shapes splits")
+    e.add_argument("--captions-jsonl", type=existing_file, default=None, metavar="PATH",
+                   help="your caption-truth file (image, objects per line) for CHAIR (needs --vocab)")
+    e.add_argument("--vocab", type=existing_file, default=None, metavar="PATH",
+                   help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
+    e.add_argument("--image-dir", type=existing_dir, default=None, metavar="DIR",
+                   help="folder the image paths in those files are relative to (unset: each file's folder)")
+    add_workers(e)
+    add_json(e)
+
     g = sub.add_parser("generate", help="answer with a steering method on")
-    g.add_argument("image")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--model", default="shapes-llava")
-    g.add_argument("--method", default="ground", choices=METHODS)
-    g.add_argument("--max-new-tokens", type=int, default=16)
+    g.add_argument("image", type=image_file, metavar="IMAGE", help="the image")
+    g.add_argument("--prompt", required=True, help="the question or instruction")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--fit", type=fit_dir, default=None, metavar="DIR", help="a saved fit (loads in seconds)")
+    which.add_argument("--method", type=method_spec, default=None, metavar="M",
+                       help="fit this method first (unset and no --fit: ground, which takes minutes on a CPU)")
+    add_model(g)
+    g.add_argument("--max-new-tokens", type=positive_int, default=16, help="tokens to generate")
+    add_load_options(g)
 
 
-def fit_method(name: str, m):
-    """The method ``name`` fitted on its probe split with its default options (strengths chosen
-    there); the chosen strengths go to stderr."""
-    import sys
+# ------------------------------------------------------------------ running
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    method = _fit(name, m)
-    said = {k: getattr(method, k) for k in ("alpha", "beta", "gate") if isinstance(getattr(method, k, None), (int, float))}
-    if said:
-        print(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in said.items()), file=sys.stderr)
+
+def _fit(name: str, opts: dict, adapter, dataset="shapes"):
+    """Fit ``name`` (with progress) and say what it chose."""
+    from ..eval.steer import NONE, fit
+
+    from ..eval.steer import parse_fit_dataset
+    from ..steering import STEERING
+
+    if name == NONE:
+        return None
+    data = (parse_fit_dataset(dataset) if isinstance(dataset, str) else dataset).resolved(name)
+    if STEERING.get(name).needs:
+        _say(f"fitting {name} on {data.describe()} (calibration on the next seed where strengths are chosen) ...")
+    method = fit(name, adapter, data, progress=True, **opts)
+    _say(method.describe())
     return method
 
 
-def _fit(name: str, m):
-    from ..steering import IRI, SAVE, VCD, Grounding, MeanDiff, ProbeSteer
+def _methods(args, adapter_fn) -> tuple[dict, dict]:
+    """``({row name: fitted method or None}, {row name: seconds to fit or load})``: the ``--methods``
+    specs fitted (``adapter_fn()`` gives the model to fit on), then the ``--fit`` directories loaded."""
+    import os
 
-    if name == "none":
-        return None
-    if name == "iri":
-        return IRI.fit(m)
-    if name == "vcd":
-        return VCD()
-    if name == "meandiff":
-        return MeanDiff.fit(m, alpha="auto")
-    if name == "save":
-        return SAVE.fit(m)
-    if name == "probe":
-        return ProbeSteer.fit(m)
-    if name == "ground":
-        return Grounding.fit(m)
-    from ..core.errors import UnsupportedError
+    from ..steering import load as load_fit
 
-    raise UnsupportedError(f"unknown steering method {name!r}; one of {', '.join(METHODS)}")
-
-
-def _answers(method, m, items, candidates):
-    import contextlib
-
-    from ..metrics.pope import choose
-
-    if method is not None and hasattr(method, "choose"):
-        return method.choose(m, items, candidates)
-    with method.applied(m) if method is not None else contextlib.nullcontext():
-        return choose(m, items, candidates)
-
-
-def captions(method, m, images, max_new_tokens: int = 24) -> list[str]:
-    """Free captions (``describe the image.``) of PIL ``images`` with ``method`` on."""
-    out = []
-    for i in range(0, len(images), 32):
-        chunk = images[i:i + 32]
-        b = m.prepare(images=chunk, text=["describe the image."] * len(chunk))
-        if method is None:
-            out += m.generate(b, max_new_tokens=max_new_tokens).texts
-        elif hasattr(method, "applied"):
-            out += method.generate(m, b, max_new_tokens=max_new_tokens).texts
-        else:
-            out += method.generate(m, b, max_new_tokens=max_new_tokens)
-    return out
-
-
-def evaluate_user(m, method, pope_items=None, caption_truth=None, vocab=None) -> dict:
-    """Scores on user data: POPE items ``[(image, question, label)]``, and CHAIR on captions of
-    ``caption_truth = (images, [objects])`` with the synonym ``vocab``."""
-    from ..metrics.chair import chair
-    from ..metrics.pope import yes_no_scores
-
-    row = {}
-    if pope_items:
-        pred = _answers(method, m, [(im, q) for im, q, _ in pope_items], ["yes", "no"])
-        row["pope"] = yes_no_scores(pred, [a for _, _, a in pope_items])
-    if caption_truth:
-        imgs, truths = caption_truth
-        caps = captions(method, m, imgs)
-        row["chair"] = chair(caps, truths, vocabulary=vocab)
-        row["captions"] = caps
-    return row
-
-
-def eval_tasks(n: int, seed: int, n_captions: int = 0, split: str = "test") -> list[tuple]:
-    """The evaluation as a flat task list ``(key, image, prompt, candidates or None, truth)``: POPE
-    random / popular / adversarial, colour, count, and free captions (``candidates`` None) for CHAIR."""
-    from ..data.questions import count_questions, pope_split
-    from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
-
-    tasks = []
-    for neg in ("random", "popular", "adversarial"):
-        tasks += [(neg, s.pil(), qa.question, ("yes", "no"), qa.answer) for s, qa in pope_split(split, n, seed, neg)]
-    for s in make_split(split, n, seed):
-        rng = scene_rng(split, seed, s.index, 99)
-        once = [o for o in s.objects if s.count(o.shape) == 1]
-        if once:
-            o = once[int(rng.integers(len(once)))]
-            tasks.append(("colour", s.pil(), f"what color is the {o.shape}?", tuple(COLOURS), o.colour))
-        qa = count_questions(s, rng)[0]
-        tasks.append(("count", s.pil(), qa.question, tuple(NUM_WORDS), qa.answer))
-    if n_captions:
-        tasks += [("chair", s.pil(), "describe the image.", None, s) for s in make_split("chair", n_captions, seed)]
-    return tasks
-
-
-def run_tasks(method, m, tasks) -> list[str]:
-    """Predictions for consecutive runs of tasks with the same candidates (captions: free text)."""
-    out = []
-    i = 0
-    while i < len(tasks):
-        j = i
-        while j < len(tasks) and tasks[j][3] == tasks[i][3]:
-            j += 1
-        run = tasks[i:j]
-        if run[0][3] is None:
-            out += captions(method, m, [t[1] for t in run])
-        else:
-            out += _answers(method, m, [(t[1], t[2]) for t in run], list(run[0][3]))
-        i = j
-    return out
-
-
-def score_tasks(tasks, preds) -> dict:
-    from ..metrics.chair import chair
-    from ..metrics.pope import yes_no_scores
-
-    row = {}
-    for key in ("random", "popular", "adversarial"):
-        got = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == key]
-        row[key] = yes_no_scores([p for p, _ in got], [g for _, g in got])
-    for key in ("colour", "count"):
-        got = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == key]
-        row[key] = sum(p == g for p, g in got) / max(1, len(got))
-    caps = [(p, t[4]) for t, p in zip(tasks, preds) if t[0] == "chair"]
-    if caps:
-        row["chair"] = chair([p for p, _ in caps], [s for _, s in caps])
-    return row
-
-
-def evaluate(m, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
-    tasks = eval_tasks(n, seed, n_captions, split)
-    return score_tasks(tasks, run_tasks(method, m, tasks))
-
-
-_FITTED: dict = {}
-
-
-def _steer_worker(adapter, tasks, start, name: str):
-    key = (id(adapter.model), name)
-    if key not in _FITTED:
-        _FITTED[key] = fit_method(name, adapter)
-    return run_tasks(_FITTED[key], adapter, tasks)
+    rows, secs = {}, {}
+    specs = args.methods if args.methods is not None else (_specs("none") if args.fit else _specs(ALL))
+    for name, opts in specs:
+        key = name if not opts else name + ":" + ",".join(f"{k}={v}" for k, v in opts.items())
+        t0 = time.perf_counter()
+        rows[key] = _fit(name, opts, adapter_fn())
+        secs[key] = time.perf_counter() - t0
+    for d in args.fit:
+        t0 = time.perf_counter()
+        m = load_fit(d)
+        key = m.name if m.name not in rows else f"{m.name} ({os.path.basename(os.path.normpath(d))})"
+        rows[key], secs[key] = m, time.perf_counter() - t0
+        _say(f"loaded {d}: {m.describe()}")
+    return rows, secs
 
 
 def _print_table(table: dict) -> None:
@@ -206,71 +188,110 @@ def _print_table(table: dict) -> None:
               f"{ch.get('chair_i', float('nan')):7.3f} {ch.get('coverage', float('nan')):5.3f}")
 
 
-def _run(args) -> int:
+def _write_json(path, table) -> None:
+    from ..core.io import write_json
+
+    write_json(path, table, flag="--json")
+
+
+def _eval_user(args) -> int:
     from .. import load
+    from ..eval.chair import read_caption_truth, read_vocabulary
+    from ..eval.pope import read_pope_jsonl
+    from ..eval.steer import evaluate_user
 
-    shapes_eval = args.steer_cmd == "eval" and not (args.pope_jsonl or args.captions_jsonl)
-    m = None if shapes_eval else load(args.model)
-    if args.steer_cmd == "eval" and (args.pope_jsonl or args.captions_jsonl):
-        from ..core.errors import PromptError
-        from ..metrics.chair import load_caption_truth, load_vocabulary
-        from ..metrics.pope import load_pope_jsonl
-
-        if args.captions_jsonl and not args.vocab:
-            raise PromptError("--captions-jsonl needs --vocab (the synonym table)")
-        items = load_pope_jsonl(args.pope_jsonl, args.image_dir) if args.pope_jsonl else None
-        truth = load_caption_truth(args.captions_jsonl, args.image_dir) if args.captions_jsonl else None
-        vocab = load_vocabulary(args.vocab) if args.vocab else None
-        table = {}
-        for name in [x.strip() for x in args.methods.split(",") if x.strip()]:
-            table[name] = evaluate_user(m, fit_method(name, m), items, truth, vocab)
-            r = table[name]
-            pp = r.get("pope", {})
-            ch = r.get("chair", {})
-            print(f"{name:9s} POPE acc {pp.get('accuracy', float('nan')):.3f} F1 {pp.get('f1', float('nan')):.3f} "
-                  f"yes {pp.get('yes_rate', float('nan')):.3f}  CHAIR_S {ch.get('chair_s', float('nan')):.3f} CHAIR_I {ch.get('chair_i', float('nan')):.3f}")
-        if args.json:
-            from ..viz.overlay import write_bytes_atomic
-
-            write_bytes_atomic(args.json, json.dumps(table, indent=1).encode())
-    elif shapes_eval:
-        from functools import partial
-
-        from ..scale import WorkerPool
-
-        names = [x.strip() for x in args.methods.split(",") if x.strip()]
-        bad = [x for x in names if x not in METHODS]
-        if bad:
-            from ..core.errors import UnsupportedError
-
-            raise UnsupportedError(f"unknown steering method(s) {', '.join(bad)}; one of {', '.join(METHODS)}")
-        tasks = eval_tasks(args.n, args.seed, args.captions)
-        table = {}
-        with WorkerPool(args.model, args.workers, args.address) as pool:
-            for name in names:
-                t0 = time.perf_counter()
-                preds = pool.map(partial(_steer_worker, name=name), tasks, shard=64, desc=f"steer eval {name}",
-                                 ids=[f"{t[0]} item {i}" for i, t in enumerate(tasks)])
-                table[name] = score_tasks(tasks, preds)
-                table[name]["fit_and_eval_seconds"] = time.perf_counter() - t0
-        _print_table(table)
-        if args.json:
-            from ..viz.overlay import write_bytes_atomic
-
-            write_bytes_atomic(args.json, json.dumps(table, indent=1).encode())
-    else:
-        from ..core.images import load_image
-
-        b = m.prepare(images=[load_image(args.image, name="IMAGE")], text=[args.prompt])
-        method = fit_method(args.method, m)
-        if method is None:
-            text = m.generate(b, max_new_tokens=args.max_new_tokens).texts[0]
-        elif hasattr(method, "applied"):
-            text = method.generate(m, b, max_new_tokens=args.max_new_tokens).texts[0]
-        else:
-            text = method.generate(m, b, max_new_tokens=args.max_new_tokens)[0]
-        print(text)
+    pope = read_pope_jsonl(args.pope_jsonl, args.image_dir) if args.pope_jsonl else None
+    truth = read_caption_truth(args.captions_jsonl, args.image_dir) if args.captions_jsonl else None
+    vocab = read_vocabulary(args.vocab) if args.vocab else None
+    m = load(args.model)
+    table = {}
+    for name, method in _methods(args, lambda: m)[0].items():
+        table[name] = r = evaluate_user(m, method, pope, truth, vocab)
+        pp, ch = r.get("pope", {}), r.get("chair", {})
+        print(f"{name:9s} POPE acc {pp.get('accuracy', float('nan')):.3f} F1 {pp.get('f1', float('nan')):.3f} "
+              f"yes {pp.get('yes_rate', float('nan')):.3f}  CHAIR_S {ch.get('chair_s', float('nan')):.3f} "
+              f"CHAIR_I {ch.get('chair_i', float('nan')):.3f}")
+    if args.json:
+        _write_json(args.json, table)
     return 0
 
 
-register("steer", "hallucination steering (IRI, VCD, mean-difference) compared on POPE; generate with steering on", _add, _run)
+def _eval(args) -> int:
+    from functools import partial
+
+    from ..eval.steer import eval_shard, score, tasks
+    from ..scale import WorkerPool
+
+    items = tasks(args.n, args.seed, args.captions)
+    table = {}
+    with WorkerPool(args.model, args.workers, args.address) as pool:
+        rows, secs = _methods(args, pool.local_adapter)  # fitted (with progress) or loaded first, then evaluated
+        for name, method in rows.items():
+            t0 = time.perf_counter()
+            preds = pool.map(partial(eval_shard, method=method), items, shard=64, desc=f"steer eval {name}",
+                             ids=[f"{it.kind} item {i}" for i, it in enumerate(items)])
+            table[name] = score(items, preds)
+            table[name].update(fit_seconds=secs[name], eval_seconds=time.perf_counter() - t0)
+    _print_table(table)
+    if args.json:
+        _write_json(args.json, table)
+    return 0
+
+
+def _fit_cmd(args) -> int:
+    from .. import load
+    from ..core.errors import UsageError
+    from ..steering import STEERING
+
+    name, opts = args.method
+    if args.dataset.kind == "pope" and "scenes" in STEERING.get(name).needs:
+        raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
+    m = load(args.model, **load_kwargs(args))
+    method = _fit(name, opts, m, args.dataset)
+    method.save(args.out)
+    _say(f"saved {args.out} (load it with --fit {args.out})")
+    return 0
+
+
+def _generate(args) -> int:
+    from .. import load
+    from ..core.images import load_image
+    from ..steering import load as load_fit
+
+    method = load_fit(args.fit) if args.fit else None
+    m = load(args.model, **load_kwargs(args))
+    b = m.prepare(images=[load_image(args.image, name="IMAGE")], text=[args.prompt])
+    if method is None:
+        name, opts = args.method or ("ground", {})
+        if not args.method:
+            _say("no --fit given: fitting ground first (minutes on a CPU; `vlinterp steer fit --method ground --out DIR` "
+                 "once, then --fit DIR loads in seconds)")
+        method = _fit(name, opts, m)
+    else:
+        _say(f"loaded {args.fit}: {method.describe()}")
+    print(method.generate(m, b, max_new_tokens=args.max_new_tokens).texts[0])
+    return 0
+
+
+def _run(args) -> int:
+    from ..core.errors import UsageError
+
+    if args.steer_cmd == "fit":
+        return _fit_cmd(args)
+    if args.steer_cmd == "generate":
+        return _generate(args)
+    if args.captions_jsonl and not args.vocab:
+        raise UsageError("--captions-jsonl needs --vocab (the synonym table)")
+    if args.vocab and not args.captions_jsonl:
+        raise UsageError("--vocab is the synonym table of --captions-jsonl; give that file too")
+    if args.pope_jsonl:
+        from ..eval.pope import scan_pope_jsonl
+
+        scan_pope_jsonl(args.pope_jsonl, args.image_dir)  # every line and image path, before the model loads
+    if args.pope_jsonl or args.captions_jsonl:
+        return _eval_user(args)
+    return _eval(args)
+
+
+register("steer", "hallucination steering (IRI, VCD, mean-difference, SAVE, probes, grounding): fit, compare on "
+         "POPE / CHAIR, generate", _add, _run)

@@ -282,8 +282,7 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
 
     import numpy as np
 
-    from .. import saliency
-    from ..adapters.registry import load
+    from .. import load, saliency
     from ..core.errors import ConfigError, UnsupportedError
     from ..scale import WorkerPool
 

@@ -283,9 +283,11 @@ def _jsonable(d: dict) -> dict:
 # ----------------------------------------------------------------- the call
 def explain(model, image=None, prompt: str | None = None, method: str | None = None, layers=None, *, target=None,
             texts=None, word: str | None = None, compare=(), per_layer: bool = False, max_new_tokens: int = 12,
-            seed: int = 0, steps: int | None = None, progress: bool | None = False, **options) -> Explanation:
+            seed: int = 0, steps: int | None = None, progress: bool | None = False, loader=None,
+            **options) -> Explanation:
     """Answer, then explain the answer with saliency ``method`` (default: relevancy; daam for
-    diffusion). ``model``: an adapter or a name for ``vi.load``; ``image``: a path, PIL image or
+    diffusion). ``model``: an adapter or a name for ``loader`` (``vi.explain`` passes ``vi.load``, which
+    knows organism names; default :func:`vlinterp.adapters.registry.load`: tiny names and paths); ``image``: a path, PIL image or
     array (optional for diffusion); ``layers``: the main method's layers (``layers=``, or ``layer=``
     for one-layer methods); ``options``: the main method's options (see ``saliency.options(name)``);
     ``steps``: diffusion sampler steps for every method that takes ``steps``; ``progress``: tqdm
@@ -293,7 +295,7 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
     from tqdm.auto import tqdm
 
     from . import config, create, get
-    from ..adapters.registry import load
+    from ..adapters.registry import load as registry_load
     from ..core.images import fit_note, load_image, original_size
 
     if max_new_tokens < 1:
@@ -308,7 +310,7 @@ def explain(model, image=None, prompt: str | None = None, method: str | None = N
     source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
     if image is not None:
         img = load_image(image, name="IMAGE" if source else "image")
-    m = load(model) if isinstance(model, str) else model
+    m = (loader or registry_load)(model) if isinstance(model, str) else model
     if m.kind not in SUBJECTS:
         raise UnsupportedError(f"explain does not support {m.family} models")
     main = method or DEFAULT_METHOD.get(m.kind, "relevancy")

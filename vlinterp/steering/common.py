@@ -1,11 +1,7 @@
-"""What the steering methods share: the last-prompt-position index, a norm-scaled direction edit,
-the ``applied`` / ``generate`` pair, and saving vectors as safetensors + JSON, atomically."""
+"""Edit helpers the steering methods share: the last-prompt-position index (found once per layout)
+and a norm-scaled direction edit. The interface itself is :mod:`.base`."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 import weakref
 
 import torch
@@ -61,75 +57,4 @@ def add_direction(direction: torch.Tensor, alpha: float, positions: str = "last"
     return fn
 
 
-class Steerer:
-    """Mixin: a subclass provides ``edits(adapter, strength=None) -> {site: fn}`` (its strength
-    parameter may have its own name: IRI's ``lam``, MeanDiff's and SAVE's ``alpha``)."""
-
-    @contextlib.contextmanager
-    def applied(self, adapter, *strength, **named):
-        """Steer every run/generate of ``adapter`` inside the block (strength as for ``edits``)."""
-        with adapter.edits(self.edits(adapter, *strength, **named)):
-            yield adapter
-
-    def generate(self, adapter, batch, strength: float | None = None, **kw):
-        """``adapter.generate(batch, **kw)`` with the steering on at every decoding step."""
-        with self.applied(adapter, strength):
-            return adapter.generate(batch, **kw)
-
-
-def select_alpha(steerer, adapter, alphas, n: int, split: str, seed: int, max_drop: float = 0.01) -> float:
-    """Set ``steerer.alpha`` to the grid value of ``alphas`` with the lowest POPE-adversarial false-yes
-    rate on ``n`` questions of ``split``/``seed`` whose random-POPE, colour and count accuracies each
-    drop by at most ``max_drop`` (0 when none qualifies); the grid's numbers go to ``steerer.meta``."""
-    from ..commands.steer import evaluate
-
-    def summary(r):
-        return {"false_yes": r["adversarial"]["false_yes"], "random": r["random"]["accuracy"], "colour": r["colour"],
-                "count": r["count"]}
-
-    base = summary(evaluate(adapter, None, n, seed, split=split))
-    grid, best = {}, (base["false_yes"], 0.0)
-    for a in alphas:
-        with steerer.applied(adapter, a):
-            r = summary(evaluate(adapter, None, n, seed, split=split))
-        grid[str(a)] = r
-        ok = all(r[k] >= base[k] - max_drop for k in ("random", "colour", "count"))
-        if ok and r["false_yes"] < best[0]:
-            best = (r["false_yes"], float(a))
-    steerer.alpha = best[1]
-    steerer.meta.update({"alpha_grid": grid, "alpha_base": base, "alpha_split": [split, seed]})
-    return steerer.alpha
-
-
-def _base(path: str) -> str:
-    return path[: -len(".safetensors")] if path.endswith(".safetensors") else path
-
-
-def save_tensors(path: str, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    """``path`` (``.safetensors``) + the same name with ``.json`` (``info``), each written atomically."""
-    from safetensors.torch import save_file
-
-    from ..viz.overlay import write_bytes_atomic
-
-    base = _base(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(base)), prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, base + ".safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    write_bytes_atomic(base + ".json", json.dumps(info).encode())
-
-
-def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors.torch import load_file
-
-    base = _base(path)
-    with open(base + ".json") as f:
-        return load_file(base + ".safetensors"), json.load(f)
-
-
-__all__ = ["last_index", "last_position", "add_direction", "Steerer", "select_alpha", "save_tensors", "load_tensors"]
+__all__ = ["last_index", "last_position", "add_direction"]

@@ -7,9 +7,10 @@ captions hallucinate; the shape probe of :class:`ProbeSteer` catches few of them
 tokens still do, patch by patch: a one-vs-rest logistic probe per patch, max over patches, flags
 ~60% of the hallucinated caption mentions as absent while keeping 99% of the named real objects.
 
-The probe: ``W`` ``[K + 1, D]``, ``b`` ``[K + 1]`` over the ``K`` (colour, shape) pairs of
-:data:`pairs` plus background, fitted on patch labels from the shapes world's masks (a patch is
-an object when that object covers at least ``cover`` of it). In a forward with images, at
+The probe: ``W`` ``[K + 1, D]``, ``b`` ``[K + 1]`` over the ``K`` (colour, shape) pairs (every
+colour word of ``config.colours`` with every shape word of ``config.shapes``) plus background, fitted
+on patch labels from the probe items' object masks (a patch is an object when that object covers at
+least ``cover`` of it; objects carry ``colour`` and ``shape`` attributes). In a forward with images, at
 ``blocks.{layer}.resid`` every image's patch states ``[P, D]`` give ``d = max_p (W x_p + b)[:K]``
 ``[K]`` per row (max over the row's images), clipped to ``[-clip, clip]``. Three hooks, one forward:
 
@@ -31,12 +32,17 @@ an object when that object covers at least ``cover`` of it). In a forward with i
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
+from dataclasses import dataclass
+from typing import Literal
 
+import numpy as np
 import torch
 
-from ..core.errors import LayerRangeError, PromptError, ShapeMismatchError, UnsupportedError
-from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
+from ..core.errors import ConfigError, DataError, LayerRangeError, ShapeMismatchError
+from .base import SteeringMethod, progress_bar
+from .common import last_index
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0)
 BETAS = (1.0, 2.0)
@@ -50,29 +56,74 @@ def _image_rows(layout) -> list[tuple[int, torch.Tensor]]:
     return _POS[layout]
 
 
-class Grounding(Steerer):
-    """``W`` ``[K + 1, D]``, ``b`` ``[K + 1]``: the patch probe (last class: background); ``pairs``:
-    the ``K`` (colour, shape) words; ``layer``: the LM residual site it reads; ``alpha``: strength on
-    yes/no answers; ``beta``: on caption colour and shape words; ``clip``: log-odds bound; ``gate``: a
-    caption word is re-chosen only when the probe's log-odds for the word the model is about to say
-    are below it (0: the probe calls it absent; ``inf``: always)."""
+class Grounding(SteeringMethod):
+    """``W`` ``[K + 1, D]``, ``b`` ``[K + 1]``: the patch probe (last class: background) over
+    :attr:`pairs`, the ``K`` (colour, shape) words of the config. Strengths: ``alpha`` on yes/no
+    answers, ``beta`` on caption colour and shape words, ``gate``: a caption word is re-chosen only
+    when the probe's log-odds for the word the model is about to say are below it (0: the probe calls
+    it absent; ``inf``: always)."""
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, pairs, layer: int, alpha: float = 0.3, beta: float = 1.0,
-                 clip: float = 8.0, meta: dict | None = None, gate: float = 0.0):
+    name = "ground"
+    strengths = ("alpha", "beta", "gate")
+    needs = ("scenes",)
+
+    @dataclass
+    class Config:
+        """``layer``: the LM residual site read (default the middle layer); ``cover``: a patch is an
+        object's when it covers that share of it; ``clip``: log-odds bound; ``alpha`` (``"auto"``:
+        :func:`.select.least_false_yes` over ``alphas`` on the calibration questions, other groups
+        within ``max_drop``); ``beta`` and ``gate`` (``"auto"``: :func:`select_caption_rule` over
+        ``betas`` x ``gates`` on the calibration captions; a numeric gate with ``beta="auto"`` fixes the
+        gate, a numeric beta with ``gate="auto"`` takes gate 0); ``colours`` / ``shapes``: the words;
+        ``prompt``: the text beside each probe image."""
+
+        layer: int | None = None
+        cover: float = 0.15
+        alpha: float | Literal["auto"] = "auto"
+        beta: float | Literal["auto"] = "auto"
+        gate: float | Literal["auto"] = "auto"
+        clip: float = 8.0
+        alphas: tuple[float, ...] = ALPHAS
+        betas: tuple[float, ...] = BETAS
+        gates: tuple[float, ...] = GATES
+        max_drop: float = 0.01
+        min_mentions: float = 0.97
+        max_cover_drop: float = 0.01
+        colours: tuple[str, ...] = ()
+        shapes: tuple[str, ...] = ()
+        prompt: str = "describe the image."
+
+        def validate(self):
+            if not 0 < self.cover <= 1:
+                raise ConfigError(f"ground: cover must be in (0, 1], got {self.cover}")
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, config=None, meta: dict | None = None, **opts):
+        super().__init__(config, meta, **opts)
+        cfg = self.config
+        if not cfg.colours or not cfg.shapes:
+            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=)")
+        if cfg.layer is None:
+            raise ConfigError("grounding needs its layer (config.layer)")
         W, b = W.detach().float().cpu(), b.detach().float().cpu().reshape(-1)
-        pairs = [tuple(p) for p in pairs]
+        pairs = self.pairs
         if W.ndim != 2 or W.shape[0] != len(pairs) + 1 or b.shape[0] != W.shape[0]:
             raise ShapeMismatchError(f"patch probe W {tuple(W.shape)}, b {tuple(b.shape)} must be [K + 1, D], [K + 1] "
                                      f"for K = {len(pairs)} pairs")
-        self.W, self.b, self.pairs = W, b, pairs
-        self.layer, self.alpha, self.beta, self.clip = int(layer), float(alpha), float(beta), float(clip)
-        self.gate = float(gate)
-        self.colours = sorted({c for c, _ in pairs}, key=[c for c, _ in pairs].index)
-        self.shapes = sorted({s for _, s in pairs}, key=[s for _, s in pairs].index)
-        idx = {p: k for k, p in enumerate(pairs)}
-        # [C, S] -> index into the K pairs (-1: no such pair)
-        self.grid = torch.tensor([[idx.get((c, s), -1) for s in self.shapes] for c in self.colours])
-        self.meta = meta or {}
+        self.W, self.b = W, b
+        self.colours, self.shapes = list(cfg.colours), list(cfg.shapes)
+        # [C, S] -> index into the K pairs
+        self.grid = torch.arange(len(pairs)).reshape(len(self.colours), len(self.shapes))
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The ``K`` (colour, shape) pairs, colour-major."""
+        return [(c, s) for c in self.config.colours for s in self.config.shapes]
+
+    layer = property(lambda self: self.config.layer)
+    alpha = property(lambda self: self.config.alpha)
+    beta = property(lambda self: self.config.beta)
+    gate = property(lambda self: self.config.gate)
+    clip = property(lambda self: self.config.clip)
 
     # ---------------------------------------------------------------- scores
     def scores(self, states: torch.Tensor) -> torch.Tensor:
@@ -88,11 +139,9 @@ class Grounding(Steerer):
         out = d.clamp(-self.clip, self.clip)[:, g.clamp_min(0)]
         return out.masked_fill(g < 0, -self.clip)
 
-    def edits(self, adapter, alpha: float | None = None, beta: float | None = None) -> dict:
-        a = self.alpha if alpha is None else float(alpha)
-        be = self.beta if beta is None else float(beta)
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"grounding needs a LLaVA model, not {adapter.family}")
+    def edits(self, adapter) -> dict:
+        self.check(adapter)
+        a, be = float(self.alpha), float(self.beta)
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
             raise LayerRangeError(f"grounding layer {self.layer} out of range (0..{L - 1})")
@@ -190,105 +239,150 @@ class Grounding(Steerer):
 
     # ------------------------------------------------------------------ fit
     @classmethod
-    def fit(cls, adapter, n: int = 2048, split: str = "steer-probe", seed: int = 0, layer: int | None = None,
-            cover: float = 0.15, alpha: float | str = "auto", beta: float | str = "auto", alphas=ALPHAS, betas=BETAS,
-            n_select: int = 512, n_captions: int = 256, max_drop: float = 0.01, gate: float | str = "auto", gates=GATES,
-            progress: bool = False) -> "Grounding":
-        """Patch probe on ``n`` scenes of ``split``/``seed``; ``layer``: default the middle LM layer.
-        ``alpha="auto"``: as :class:`ProbeSteer` (:func:`select_alpha` on ``split``/``seed + 1``);
-        ``beta="auto"``: :func:`select_caption_rule` on ``n_captions`` captions of ``split``/``seed + 1``
-        chooses ``beta`` and, with ``gate="auto"``, the gate (``gate`` a number: that gate, beta alone)."""
-        from ..data.shapes import COLOURS, SHAPES
+    def fit(cls, adapter, items, config=None, calib=None, progress: bool = False) -> "Grounding":
+        """Patch probe on the images of ``items`` (objects with masks and ``colour`` / ``shape``
+        attributes; on the organism 2,048 probe-split scenes). Strengths given as ``"auto"`` are
+        chosen on ``calib``: ``alpha`` on its questions (yes/no with ``neg_type``, colour, count),
+        ``beta`` / ``gate`` on its caption items (``kind == "caption"``); see :class:`Config`."""
         from .probe import fit_logistic
+        from .select import select_least_false_yes
 
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"grounding needs a LLaVA model, not {adapter.family}")
+        cfg = cls.make_config(config)
+        cls.check_kind(adapter)
+        if not cfg.colours or not cfg.shapes:
+            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=)")
         L = adapter.num_layers("lm")
-        layer = L // 2 if layer is None else int(layer)
+        layer = L // 2 if cfg.layer is None else int(cfg.layer)
         if not 0 <= layer < L:
             raise LayerRangeError(f"grounding layer {layer} out of range (0..{L - 1})")
-        pairs = [(c, s) for c in COLOURS for s in SHAPES]
-        X, y = patch_states(adapter, layer, n, split, seed, pairs, cover, progress)
+        pairs = [(c, s) for c in cfg.colours for s in cfg.shapes]
+        X, y = patch_states(adapter, layer, items, pairs, cfg.cover, cfg.prompt, progress)
         if len(torch.unique(y)) < 2:
-            raise PromptError("the probe scenes need patches of objects and of background")
+            raise DataError("the probe scenes need patches of objects and of background")
         W, b = fit_logistic(X, torch.nn.functional.one_hot(y, len(pairs) + 1).float(), steps=300)
-        g = cls(W, b, pairs, layer, 0.0 if alpha == "auto" else float(alpha), 0.0 if beta == "auto" else float(beta),
-                meta={"n": n, "split": split, "seed": seed, "layer": layer, "cover": cover, "patches": len(y)},
-                gate=0.0 if gate == "auto" else float(gate))
-        if alpha == "auto":
-            select_alpha(g, adapter, alphas, n_select, split, seed + 1, max_drop)
-        if beta == "auto":
-            select_caption_rule(g, adapter, betas, gates if gate == "auto" else (g.gate,), n_captions, split, seed + 1)
+        auto = {k: getattr(cfg, k) == "auto" for k in ("alpha", "beta", "gate")}
+        g = cls(W, b, cls.make_config(cfg, layer=layer, **{k: 0.0 for k, v in auto.items() if v}),
+                meta={"n": len(items), "layer": layer, "cover": cfg.cover, "patches": len(y)})
+        if (auto["alpha"] or auto["beta"]) and not calib:
+            raise ConfigError("grounding with 'auto' strengths needs calibration items (calib=...), or give alpha, beta and gate")
+        if auto["alpha"]:
+            questions = [it for it in calib if it.meta.get("candidates")]
+            select_least_false_yes(g, adapter, "alpha", cfg.alphas, questions, cfg.max_drop, progress)
+        if auto["beta"]:
+            caps = [it for it in calib if it.kind == "caption"]
+            if not caps:
+                raise ConfigError("grounding with beta='auto' needs caption items in calib (kind 'caption')")
+            select_caption_rule(g, adapter, cfg.betas, cfg.gates if auto["gate"] else (g.gate,), caps, cfg.min_mentions,
+                                cfg.max_cover_drop, progress)
         return g
 
     # ------------------------------------------------------------------- io
-    def save(self, path: str) -> None:
-        """``path`` (.safetensors: ``W``, ``b``) + ``path`` with ``.json`` (pairs, layer, strengths, meta)."""
-        save_tensors(path, {"W": self.W, "b": self.b}, {"pairs": self.pairs, "layer": self.layer, "alpha": self.alpha,
-                                                         "beta": self.beta, "clip": self.clip, "gate": self.gate,
-                                                         "meta": self.meta})
+    def tensors(self) -> dict:
+        return {"W": self.W, "b": self.b}
 
     @classmethod
-    def load(cls, path: str) -> "Grounding":
-        t, d = load_tensors(path)
-        return cls(t["W"], t["b"], d["pairs"], d["layer"], d["alpha"], d["beta"], d["clip"], d.get("meta"), d.get("gate", 0.0))
+    def from_saved(cls, tensors, state, config, meta) -> "Grounding":
+        return cls(tensors["W"], tensors["b"], config, meta)
 
 
-def select_caption_rule(g: Grounding, adapter, betas, gates, n: int, split: str, seed: int, min_mentions: float = 0.97,
-                        max_cover_drop: float = 0.01) -> tuple[float, float]:
-    """Set ``g.beta`` and ``g.gate`` to the pair of ``betas`` x ``gates`` with the lowest CHAIR_S (then
-    the highest coverage) on free captions of ``n`` scenes of ``split``/``seed``, among those naming
-    at least ``min_mentions`` x the unsteered captions' objects and covering the images' objects
-    within ``max_cover_drop`` of them (beta 0 when none is better than off); the numbers go to
-    ``g.meta``. A higher gate cleans more captions but re-chooses words the probe is unsure of, so
-    the captions come to repeat the objects it is surest of: coverage is the price it is held to."""
-    from ..commands.steer import captions
-    from ..data.shapes import make_split
+def caption_rule(base: dict, grid: dict, min_mentions: float, max_cover_drop: float) -> tuple[float, float] | None:
+    """The ``(beta, gate)`` of ``grid`` (``{(beta, gate): CHAIR numbers}``, in order) with the lowest
+    CHAIR_S, then the highest coverage, among those naming at least ``min_mentions`` x the base's
+    objects and covering within ``max_cover_drop`` of it, if it beats the base; else ``None``."""
+    best = ((base["chair_s"], -base["coverage"]), None)
+    for key, r in grid.items():
+        ok = r["mentions"] >= min_mentions * base["mentions"] and r["coverage"] >= base["coverage"] - max_cover_drop
+        if ok and (r["chair_s"], -r["coverage"]) < best[0]:
+            best = ((r["chair_s"], -r["coverage"]), key)
+    return best[1]
+
+
+def select_caption_rule(g: Grounding, adapter, betas, gates, items, min_mentions: float = 0.97,
+                        max_cover_drop: float = 0.01, progress: bool = False) -> tuple[float, float]:
+    """Set ``g``'s ``beta`` and ``gate`` to the pair of ``betas`` x ``gates`` that :func:`caption_rule`
+    picks on free captions of the caption ``items`` (CHAIR against their objects' colour-shape pairs;
+    beta 0, gate unchanged, when none is better than off); the numbers go to ``g.meta``. A higher gate
+    cleans more captions but re-chooses words the probe is unsure of, so the captions come to repeat
+    the objects it is surest of: coverage is the price it is held to."""
+    from ..metrics.answers import answer
     from ..metrics.chair import chair
 
-    scenes = make_split(split, n, seed)
-    images = [s.pil() for s in scenes]
-    base = chair(captions(None, adapter, images), scenes)
-    grid, best = {}, ((base["chair_s"], -base["coverage"]), 0.0, g.gate)
-    keep_gate = g.gate
-    for gate in gates:
-        g.gate = float(gate)
-        for be in betas:
-            with g.applied(adapter, 0.0, be):
-                r = chair(captions(None, adapter, images), scenes)
-            grid[f"gate {gate:g}, beta {be:g}"] = r
-            ok = r["mentions"] >= min_mentions * base["mentions"] and r["coverage"] >= base["coverage"] - max_cover_drop
-            if ok and (r["chair_s"], -r["coverage"]) < best[0]:
-                best = ((r["chair_s"], -r["coverage"]), float(be), float(gate))
-    g.beta, g.gate = best[1], best[2] if best[1] else keep_gate
-    g.meta.update({"caption_grid": grid, "caption_base": base, "caption_split": [split, seed]})
-    return g.beta, g.gate
+    truths = [{(o.attrs.get("colour"), o.attrs.get("shape")) for o in it.objects} for it in items]
+
+    def score(method, bar):
+        with method.applied(adapter) if method is not None else contextlib.nullcontext():
+            caps = answer(adapter, items, progress=bar)
+        return chair(caps, truths, nouns=g.shapes, attributes=g.colours)
+
+    bar = progress_bar(progress, (len(betas) * len(gates) + 1) * len(items), "fitting ground: choosing beta and gate")
+    try:
+        base = score(None, bar)
+        grid, keys = {}, {}
+        for gate in gates:
+            for be in betas:
+                name = f"gate {gate:g}, beta {be:g}"
+                grid[name] = score(g.replace(alpha=0.0, beta=float(be), gate=float(gate)), bar)
+                keys[name] = (float(be), float(gate))
+    finally:
+        bar.close()
+    pick = caption_rule(base, grid, min_mentions, max_cover_drop)
+    beta, gate = keys[pick] if pick is not None else (0.0, g.gate)
+    g.config = g.make_config(g.config, beta=beta, gate=gate)
+    g.meta.update({"caption_grid": grid, "caption_base": base, "caption_calib": len(items)})
+    return beta, gate
 
 
-def patch_states(adapter, layer: int, n: int, split: str, seed: int, pairs, cover: float = 0.15, progress: bool = False):
-    """Image-token states ``[N, D]`` at ``blocks.{layer}.resid`` of ``n`` scenes and their labels
-    ``[N]`` (index into ``pairs``; ``len(pairs)``: background, i.e. no object covers ``cover`` of it)."""
-    import numpy as np
-    from tqdm.auto import tqdm
+def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """float32 ``[n_obj, rows, cols]``: the share of each cell of a ``rows x cols`` grid over the whole
+    image covered by each object's mask (``masks`` ``[n_obj, H, W]`` bool)."""
+    rows, cols = int(grid[0]), int(grid[1])
+    n, h, w = masks.shape
 
-    from ..data.shapes import make_split, patch_coverage
+    def overlap(edges, n_pixels):  # [cells, pixels]: share of each cell's extent overlapped by each pixel
+        lo, hi = edges[:-1, None], edges[1:, None]
+        px = np.arange(n_pixels, dtype=np.float64)[None, :]
+        return np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0, None) / (hi - lo)
 
-    scenes = make_split(split, n, seed)
-    site = f"blocks.{layer}.resid"
+    if n == 0:
+        return np.zeros((0, rows, cols), dtype=np.float32)
+    wy, wx = overlap(np.linspace(0.0, float(h), rows + 1), h), overlap(np.linspace(0.0, float(w), cols + 1), w)
+    return np.einsum("ry,nyx,cx->nrc", wy, masks.astype(np.float64), wx).astype(np.float32)
+
+
+def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt: str = "describe the image.",
+                 progress: bool = False):
+    """Image-token states ``[N, D]`` at ``blocks.{layer}.resid`` of the items' images (with ``prompt``,
+    32 per forward) and their labels ``[N]`` (index into ``pairs``; ``len(pairs)``: background, i.e. no
+    object covers ``cover`` of the patch)."""
     index = {tuple(p): k for k, p in enumerate(pairs)}
+    site = f"blocks.{layer}.resid"
     X, y = [], []
+    bar = progress_bar(progress, len(items), "fitting ground: probe states")
     with torch.no_grad():
-        for i in tqdm(range(0, len(scenes), 32), desc="grounding: patches", disable=not progress):
-            ch = scenes[i:i + 32]
-            bt = adapter.prepare(images=[s.pil() for s in ch], text=["describe the image."] * len(ch))
+        for i in range(0, len(items), 32):
+            ch = items[i:i + 32]
+            bt = adapter.prepare(images=[it.image for it in ch], text=[prompt] * len(ch))
             out = adapter.run(bt, capture=[site])
-            for k, s in enumerate(ch):
+            for k, it in enumerate(ch):
                 X.append(out.cache[site][bt.layout.image_row(k), bt.layout.image_positions(k)].float().cpu())
-                cov = patch_coverage(s, bt.layout.grid(k)).reshape(len(s.objects), -1)
-                lab = np.where(cov.max(0) >= cover, [index[(s.objects[j].colour, s.objects[j].shape)] for j in cov.argmax(0)],
-                               len(pairs))
+                try:
+                    lab_of = [index[(o.attrs["colour"], o.attrs["shape"])] for o in it.objects]
+                    masks = np.stack([o.box_mask(it.size) for o in it.objects]) if it.objects else \
+                        np.zeros((0, *it.size), bool)
+                except KeyError as e:
+                    raise DataError(f"item {it.id or i + k}: grounding needs objects with colour and shape attributes "
+                                    f"among its words ({e})") from None
+                cov = patch_coverage(masks, bt.layout.grid(k)).reshape(len(it.objects), -1)
+                if not len(lab_of):
+                    lab = np.full(cov.shape[1], len(pairs))
+                else:
+                    lab = np.where(cov.max(0) >= cover, [lab_of[j] for j in cov.argmax(0)], len(pairs))
                 y.append(torch.as_tensor(lab, dtype=torch.long))
+            bar.update(len(ch))
+    bar.close()
+    if not X:
+        raise DataError("grounding needs probe images; the probe items have none")
     return torch.cat(X), torch.cat(y)
 
 
-__all__ = ["Grounding", "patch_states", "select_caption_rule"]
+__all__ = ["Grounding", "patch_states", "patch_coverage", "select_caption_rule", "caption_rule", "ALPHAS", "BETAS", "GATES"]

@@ -1,11 +1,11 @@
 """Intermediate Representation Injection (IRI): reinforce the visual object information that
 causal tracing shows flowing through the last token.
 
-Fit (:meth:`IRI.fit`) on calibration scenes: trace the attention and MLP outputs at the last
-token (:func:`vlinterp.tracing.trace`, image noise) for the correct answer of presence
-questions, rank layers by mean recovery rate (RR), take the top ``n_sources`` layers per
-component as sources (weights proportional to RR) and that component's top ``n_targets`` later
-layers as targets, then pick the strength ``lam`` from a grid on the calibration POPE splits.
+Fit (:meth:`IRI.fit`) on presence questions whose answer is "yes": trace the attention and MLP
+outputs at the last token (:func:`vlinterp.tracing.trace`, image noise) for that answer, rank layers
+by mean recovery rate (RR), take the top ``n_sources`` layers per component as sources (weights
+proportional to RR) and that component's top ``n_targets`` later layers as targets, then pick the
+strength ``lam`` from a grid on calibration yes/no items (:func:`.select.best_accuracy`).
 
 Apply (:meth:`IRI.edits`, :meth:`IRI.applied`): in every forward (each decoding step
 included) the sources' outputs at the last position ``a_s`` ``[B, D]`` are kept, and at each
@@ -16,53 +16,76 @@ take every earlier source), weights renormalised to sum to 1. One edit per site,
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..core.errors import LayerRangeError, ShapeMismatchError, UnsupportedError
-from .common import Steerer, last_index, last_position
+from ..core.errors import ConfigError, DataError, LayerRangeError, ShapeMismatchError
+from .base import SteeringMethod, progress_bar
+from .common import last_index, last_position
 
 LAMBDAS = (0.25, 0.5, 1.0, 2.0, 4.0)
+COMPONENTS = ("attn", "mlp", "resid")
 
 
-@dataclass
-class IRI(Steerer):
-    """``sources``: ``[(component, layer, weight)]``; ``targets``: ``[(component, layer)]``;
-    ``lam``: injection strength; ``meta``: the calibration numbers."""
+class IRI(SteeringMethod):
+    """``sources``: ``[(component, layer, weight)]``; ``targets``: ``[(component, layer)]``; the
+    strength ``config.lam``; ``meta``: the calibration numbers."""
 
-    sources: list[tuple[str, int, float]]
-    targets: list[tuple[str, int]]
-    lam: float = 1.0
-    meta: dict = field(default_factory=dict)
+    name = "iri"
+    strengths = ("lam",)
+    needs = ("presence",)
 
-    def __post_init__(self):
-        self.sources = [(str(c), int(l), float(w)) for c, l, w in self.sources]
-        self.targets = [(str(c), int(l)) for c, l in self.targets]
+    @dataclass
+    class Config:
+        """``lam``: injection strength (``"auto"``: the grid value of ``lambdas`` with the best
+        calibration accuracy on the adversarial yes/no items whose other groups' accuracy drops by at
+        most ``max_random_drop``); ``n_sources`` / ``n_targets`` per component; ``samples``: noise
+        samples per traced question."""
+
+        lam: float | Literal["auto"] = "auto"
+        lambdas: tuple[float, ...] = LAMBDAS
+        n_sources: int = 1
+        n_targets: int = 1
+        samples: int = 2
+        max_random_drop: float = 0.01
+
+        def validate(self):
+            if self.n_sources < 1 or self.n_targets < 1 or self.samples < 1:
+                raise ConfigError("IRI: n_sources, n_targets and samples must be at least 1")
+
+    def __init__(self, sources, targets, config=None, meta: dict | None = None, **opts):
+        super().__init__(config, meta, **opts)
+        self.sources = [(str(c), int(l), float(w)) for c, l, w in sources]
+        self.targets = [(str(c), int(l)) for c, l in targets]
         if not self.sources or not self.targets:
-            raise ValueError("IRI needs at least one source and one target layer")
+            raise ConfigError("IRI needs at least one source and one target layer")
         for c, _ in [(c, l) for c, l, _ in self.sources] + self.targets:
-            if c not in ("attn", "mlp", "resid"):
-                raise ValueError(f"IRI components are attn, mlp or resid (targets), got {c!r}")
+            if c not in COMPONENTS:
+                raise ConfigError(f"IRI components are attn, mlp or resid (targets), got {c!r}")
         for c, l in self.targets:
             if not any(sl < l for _, sl, _ in self.sources):
                 raise LayerRangeError(f"IRI target {c}@{l} has no source layer before it (sources {self.sources})")
 
+    @property
+    def lam(self) -> float:
+        return self.config.lam
+
     # -------------------------------------------------------------- applying
     def check(self, adapter) -> None:
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"IRI steers LLaVA language models, not {adapter.family}")
+        super().check(adapter)
         L = adapter.num_layers("lm")
         for c, l in [(c, l) for c, l, _ in self.sources] + self.targets:
             if not 0 <= l < L:
                 raise LayerRangeError(f"IRI layer {l} out of range: the language model has {L} layers (0..{L - 1})")
 
-    def edits(self, adapter, lam: float | None = None) -> dict:
+    def edits(self, adapter) -> dict:
         """``{site: fn}`` for :meth:`Adapter.edits` / ``run(edits=...)``."""
         self.check(adapter)
-        lam = self.lam if lam is None else float(lam)
+        lam = float(self.config.lam)
         kept: dict[str, torch.Tensor] = {}  # site -> last-position state [B, 1, D]
 
         def last_at(t, layout):  # index of each row's last prompt position: shared (a view) or a gather per row
@@ -117,44 +140,35 @@ class IRI(Steerer):
         return out
 
     # ------------------------------------------------------------------- io
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str) -> None:
-        from ..viz.overlay import write_bytes_atomic
-
-        write_bytes_atomic(path, json.dumps(self.to_json(), indent=1).encode())
+    def state(self) -> dict:
+        return {"sources": [list(x) for x in self.sources], "targets": [list(x) for x in self.targets]}
 
     @classmethod
-    def load(cls, path: str) -> "IRI":
-        with open(path) as f:
-            d = json.load(f)
-        return cls([tuple(s) for s in d["sources"]], [tuple(t) for t in d["targets"]], d.get("lam", 1.0), d.get("meta", {}))
+    def from_saved(cls, tensors, state, config, meta) -> "IRI":
+        return cls([tuple(x) for x in state["sources"]], [tuple(x) for x in state["targets"]], config, meta)
 
     # ------------------------------------------------------------------ fit
     @staticmethod
-    def layer_rr(adapter, n: int = 32, split: str = "iri-calib", seed: int = 0, samples: int = 2,
-                 progress: bool = False) -> dict[str, np.ndarray]:
-        """Mean RR ``{component: [n_layers]}`` of the attention / MLP output at the last token,
-        over the positive presence questions of ``n`` calibration scenes (answer ``yes``)."""
-        from tqdm.auto import tqdm
-
-        from ..data.questions import positive_presence
+    def layer_rr(adapter, items, samples: int = 2, progress: bool = False) -> dict[str, np.ndarray]:
+        """Mean RR ``{component: [n_layers]}`` of the attention / MLP output at the last token for the
+        answer ``"yes"``, over ``items`` (presence questions whose answer is yes)."""
         from ..tracing import trace
 
-        items = positive_presence(split, n, seed)
         rr = []
-        for s, qa in tqdm(items, desc="IRI: tracing", disable=not progress):
-            b = adapter.prepare(images=[s.pil()], text=[qa.question])
+        bar = progress_bar(progress, len(items), "fitting iri: tracing")
+        for it in items:
+            b = adapter.prepare(images=[it.image], text=[it.prompt])
             last = b.layout.span("last", 0).tolist()
             r = trace(adapter, b, "yes", components=("attn", "mlp"), positions={"last": last}, samples=samples)
             rr.append(r.arrays["rr"][:, :, 0])
+            bar.update(1)
+        bar.close()
         m = np.mean(rr, 0)
         return {"attn": m[0], "mlp": m[1]}
 
     @classmethod
     def from_rr(cls, rr: dict[str, np.ndarray], n_sources: int = 1, n_targets: int = 1, lam: float = 1.0,
-                components=("attn", "mlp")) -> "IRI":
+                components=("attn", "mlp"), config=None) -> "IRI":
         """Per component: sources = its top ``n_sources`` layers by RR (positive RR, not the last
         layer), weights proportional to RR; targets = its top ``n_targets`` layers after its
         latest source. A component without a positive-RR source is left alone."""
@@ -172,31 +186,35 @@ class IRI(Steerer):
             srcs += [(c, l, r / total) for r, l in top]
             tgts += [(c, l) for _, l in later]
         if not srcs:
-            raise ValueError(f"no layer has a positive recovery rate: {rr}")
-        return cls(srcs, tgts, lam, {"rr": {c: np.asarray(v).round(4).tolist() for c, v in rr.items()}})
+            raise DataError(f"no layer has a positive recovery rate: {rr}")
+        opts = {"n_sources": n_sources, "n_targets": n_targets} | ({} if config is not None else {"lam": lam})
+        cfg = cls.make_config(config, **opts)
+        return cls(srcs, tgts, cfg, {"rr": {c: np.asarray(v).round(4).tolist() for c, v in rr.items()}})
 
     @classmethod
-    def fit(cls, adapter, n: int = 32, split: str = "iri-calib", seed: int = 0, lambdas=LAMBDAS, n_sources: int = 1,
-            n_targets: int = 1, n_eval: int = 128, max_random_drop: float = 0.01, progress: bool = False) -> "IRI":
-        """Layers from the RR ranking on ``n`` calibration scenes, then ``lam`` = the grid value
-        with the best calibration POPE-adversarial accuracy whose random-split accuracy drops by
-        at most ``max_random_drop`` (``lam=0``, no steering, when none helps)."""
-        from ..metrics.pope import pope
+    def fit(cls, adapter, items, config=None, calib=None, progress: bool = False) -> "IRI":
+        """Layers from the RR ranking over the yes-answered presence questions of ``items``; then, with
+        ``lam="auto"``, ``lam`` = :func:`.select.best_accuracy` over ``lambdas`` on ``calib`` (yes/no
+        items: the adversarial group's accuracy, the others' within ``max_random_drop``; 0 when none helps)."""
+        from .select import accuracies, best_accuracy, grid_scores
 
-        rr = cls.layer_rr(adapter, n, split, seed, progress=progress)
-        iri = cls.from_rr(rr, n_sources, n_targets)
-        base = {k: pope(adapter, k, split, n_eval, seed + 1)["accuracy"] for k in ("adversarial", "random")}
-        grid = {}
-        best = (base["adversarial"], 0.0)
-        for lam in lambdas:
-            with iri.applied(adapter, lam):
-                acc = {k: pope(adapter, k, split, n_eval, seed + 1)["accuracy"] for k in ("adversarial", "random")}
-            grid[str(lam)] = acc
-            if acc["random"] >= base["random"] - max_random_drop and acc["adversarial"] > best[0]:
-                best = (acc["adversarial"], float(lam))
-        iri.lam = best[1]
-        iri.meta.update({"calibration": {"split": split, "seed": seed, "n_trace": n, "n_eval": n_eval,
-                                         "unsteered": base, "grid": grid}})
+        cfg = cls.make_config(config)
+        cls.check_kind(adapter)
+        positives = [it for it in items if it.answer == "yes" and it.prompt]
+        if not positives:
+            raise DataError("IRI traces presence questions answered 'yes'; the probe items have none")
+        rr = cls.layer_rr(adapter, positives, cfg.samples, progress)
+        iri = cls.from_rr(rr, cfg.n_sources, cfg.n_targets, config=dataclasses.replace(cfg, lam=0.0))
+        iri.meta["n_trace"] = len(positives)
+        if cfg.lam == "auto":
+            if not calib:
+                raise ConfigError("IRI with lam='auto' needs calibration items (calib=...), or give lam a number")
+            base, grid = grid_scores(adapter, iri, "lam", cfg.lambdas, calib, accuracies, progress)
+            lam = best_accuracy(base, grid, cfg.max_random_drop)
+            iri.meta["calibration"] = {"n_calib": len(calib), "unsteered": base, "grid": grid}
+        else:
+            lam = float(cfg.lam)
+        iri.config = cls.make_config(cfg, lam=lam)
         return iri
 
 

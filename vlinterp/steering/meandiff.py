@@ -16,99 +16,126 @@ at earlier layers it only removes the direct path.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-from ..core.errors import LayerRangeError, PromptError, UnsupportedError
-from .common import Steerer, add_direction, load_tensors, save_tensors, select_alpha
+from ..core.errors import ConfigError, DataError, LayerRangeError
+from .base import SteeringMethod, progress_bar
+from .common import add_direction
+
+ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
 
-class MeanDiff(Steerer):
-    """``vectors``: ``{layer: [D]}`` unit directions; ``alpha``: strength (relative to the state's norm)."""
+class MeanDiff(SteeringMethod):
+    """``vectors``: ``{layer: [D]}`` unit directions; ``config.alpha``: strength (relative to the state's norm)."""
 
-    def __init__(self, vectors: dict[int, torch.Tensor], alpha: float = 0.1, positions: str = "last", meta: dict | None = None):
+    name = "meandiff"
+    strengths = ("alpha",)
+    needs = ("presence",)
+
+    @dataclass
+    class Config:
+        """``layers``: LM layers steered (default: the upper half); ``alpha``: strength (``"auto"``:
+        :func:`.select.least_false_yes` over ``alphas`` on the calibration items, each other group's
+        accuracy within ``max_drop``); ``pca``: the top principal direction of the right - wrong pairs
+        instead of the mean difference; ``positions``: ``last`` (the last prompt position and each
+        decoding step) or ``all``; ``protect``: groups of answer words the direction must not reorder."""
+
+        layers: tuple[int, ...] | None = None
+        alpha: float | Literal["auto"] = "auto"
+        pca: bool = False
+        positions: Literal["last", "all"] = "last"
+        alphas: tuple[float, ...] = ALPHAS
+        max_drop: float = 0.01
+        protect: tuple[tuple[str, ...], ...] | None = None
+
+        def validate(self):
+            if self.positions not in ("last", "all"):
+                raise ConfigError(f"meandiff positions must be last or all, got {self.positions!r}")
+
+    def __init__(self, vectors: dict[int, torch.Tensor], config=None, meta: dict | None = None, unit: bool = False, **opts):
+        """``unit``: the vectors are unit already (a loaded fit: normalising again would move their last bits)."""
+        super().__init__(config, meta, **opts)
         if not vectors:
-            raise ValueError("MeanDiff needs at least one layer vector")
-        if positions not in ("last", "all"):
-            raise ValueError(f"positions must be last or all, got {positions!r}")
-        self.vectors = {int(l): torch.nn.functional.normalize(v.float(), dim=0) for l, v in vectors.items()}
-        self.alpha, self.positions, self.meta = float(alpha), positions, meta or {}
+            raise ConfigError("MeanDiff needs at least one layer vector")
+        self.vectors = {int(l): v.float() if unit else torch.nn.functional.normalize(v.float(), dim=0) for l, v in vectors.items()}
+
+    @property
+    def alpha(self):
+        return self.config.alpha
 
     @classmethod
-    def fit(cls, adapter, n: int = 128, split: str = "steer-probe", seed: int = 0, layers=None, alpha: float | str = 0.1,
-            pca: bool = False, positions: str = "last", alphas=(0.05, 0.1, 0.15, 0.2, 0.3), max_drop: float = 0.01,
-            protect: tuple | list | None = None) -> "MeanDiff":
-        """Probe: ``n`` adversarial POPE questions; states of the questions answered right vs
-        wrongly (hallucinated "yes" on negatives, "no" on positives). ``alpha="auto"``: the grid
-        value of ``alphas`` with the lowest adversarial false-yes rate on a second probe sample
-        (``seed + 1``) whose random-POPE, colour and count accuracies each drop by at most
-        ``max_drop`` (0 when none qualifies)."""
-        from ..data.questions import pope_split
+    def fit(cls, adapter, items, config=None, calib=None, progress: bool = False) -> "MeanDiff":
+        """Probe ``items``: yes/no questions with answers (POPE, adversarial negatives); states of the
+        questions the model answers right vs wrongly (hallucinated "yes" on negatives, "no" on
+        positives). ``alpha="auto"``: chosen on ``calib`` (see :class:`Config`)."""
+        from .select import select_least_false_yes
 
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"mean-difference steering needs a LLaVA model, not {adapter.family}")
+        cfg = cls.make_config(config)
+        cls.check_kind(adapter)
         L = adapter.num_layers("lm")
-        layers = list(range(L // 2, L)) if layers is None else [int(l) for l in layers]
+        layers = list(range(L // 2, L)) if cfg.layers is None else [int(l) for l in cfg.layers]
         for l in layers:
             if not 0 <= l < L:
                 raise LayerRangeError(f"layer {l} out of range (0..{L - 1})")
-        items = pope_split(split, n, seed, "adversarial")
+        items = [it for it in items if it.answer in ("yes", "no") and it.prompt]
         ids = torch.tensor([adapter.token_id("yes"), adapter.token_id("no")])
         states = {l: [] for l in layers}
         right = []
+        bar = progress_bar(progress, len(items), "fitting meandiff: probe states")
         with torch.no_grad():
             for i in range(0, len(items), 32):
                 ch = items[i:i + 32]
-                b = adapter.prepare(images=[s.pil() for s, _ in ch], text=[qa.question for _, qa in ch])
+                b = adapter.prepare(images=[it.image for it in ch], text=[it.prompt for it in ch])
                 out = adapter.run(b, capture=[f"blocks.{l}.resid" for l in layers])
                 last = torch.tensor([int(b.layout.span("last", r)[0]) for r in range(len(ch))])
                 lg = out.logits[torch.arange(len(ch)), last][:, ids]
                 pred = ["yes" if a > c else "no" for a, c in lg.tolist()]
-                right += [p == qa.answer for p, (_, qa) in zip(pred, ch)]
+                right += [p == it.answer for p, it in zip(pred, ch)]
                 for l in layers:
                     states[l].append(out.cache[f"blocks.{l}.resid"][torch.arange(len(ch)), last].float())
-        right = torch.tensor(right)
+                bar.update(len(ch))
+        bar.close()
+        right = torch.tensor(right, dtype=torch.bool)
         if right.all() or (~right).all():
-            raise PromptError(f"the probe set has {'no wrong' if right.all() else 'no right'} answers; use more items")
+            raise DataError(f"the probe set has {'no wrong' if right.all() else 'no right'} answers; use more items")
         vec = {}
         for l in layers:
             h = torch.cat(states[l])
             d = h[right].mean(0) - h[~right].mean(0)
-            if pca:  # top principal direction of (right - wrong) pairings, signed like the mean difference
+            if cfg.pca:  # top principal direction of (right - wrong) pairings, signed like the mean difference
                 diffs = h[right][:, None] - h[~right][None]
                 u = torch.linalg.svd(diffs.reshape(-1, h.shape[1]) - 0, full_matrices=False).Vh[0]
                 d = u * torch.sign(u @ d)
             vec[l] = d
-        if protect:
-            Q = readout_basis(adapter, protect)
+        if cfg.protect:
+            Q = readout_basis(adapter, cfg.protect)
             vec = {l: d - Q @ (Q.T @ d.to(Q.dtype)) for l, d in vec.items()}
-        md = cls(vec, 0.0 if alpha == "auto" else float(alpha), positions,
-                 {"n": n, "split": split, "seed": seed, "right": float(right.float().mean()), "pca": pca,
-                  "protect": [list(g) for g in protect] if protect else None})
-        if alpha == "auto":
-            md.select_alpha(adapter, alphas, n, split, seed + 1, max_drop)
+        md = cls(vec, cls.make_config(cfg, layers=tuple(layers), alpha=0.0 if cfg.alpha == "auto" else float(cfg.alpha)),
+                 {"n": len(items), "right": float(right.float().mean())})
+        if cfg.alpha == "auto":
+            if not calib:
+                raise ConfigError("meandiff with alpha='auto' needs calibration items (calib=...), or give alpha a number")
+            select_least_false_yes(md, adapter, "alpha", cfg.alphas, calib, cfg.max_drop, progress)
         return md
 
-    def select_alpha(self, adapter, alphas, n: int, split: str, seed: int, max_drop: float = 0.01) -> float:
-        """Set ``alpha`` from the grid (see :meth:`fit` and :func:`select_alpha`)."""
-        return select_alpha(self, adapter, alphas, n, split, seed, max_drop)
-
-    def edits(self, adapter, alpha: float | None = None) -> dict:
-        a = self.alpha if alpha is None else float(alpha)
+    def edits(self, adapter) -> dict:
+        self.check(adapter)
+        a = float(self.config.alpha)
         L = adapter.num_layers("lm")
         for l in self.vectors:
             if not 0 <= l < L:
                 raise LayerRangeError(f"layer {l} out of range (0..{L - 1})")
-        return {f"blocks.{l}.resid": add_direction(v, a, self.positions) for l, v in self.vectors.items()}
+        return {f"blocks.{l}.resid": add_direction(v, a, self.config.positions) for l, v in self.vectors.items()}
 
-    def save(self, path: str) -> None:
-        """``path`` (.safetensors) + ``path`` with ``.json`` (alpha, positions, meta)."""
-        save_tensors(path, {str(l): v for l, v in self.vectors.items()},
-                     {"alpha": self.alpha, "positions": self.positions, "meta": self.meta})
+    def tensors(self) -> dict:
+        return {str(l): v for l, v in self.vectors.items()}
 
     @classmethod
-    def load(cls, path: str) -> "MeanDiff":
-        vec, d = load_tensors(path)
-        return cls({int(k): v for k, v in vec.items()}, d["alpha"], d["positions"], d.get("meta"))
+    def from_saved(cls, tensors, state, config, meta) -> "MeanDiff":
+        return cls({int(k): v for k, v in tensors.items()}, config, meta, unit=True)
 
 
 def effective_readouts(adapter, words) -> torch.Tensor:
@@ -128,7 +155,7 @@ def readout_basis(adapter, groups) -> torch.Tensor:
     cols = []
     for group in groups:
         if len(group) < 2:
-            raise ValueError(f"a protected group needs at least two words, got {list(group)}")
+            raise ConfigError(f"a protected group needs at least two words, got {list(group)}")
         R = effective_readouts(adapter, group)
         cols.append((R - R.mean(0, keepdim=True)).T)
     U, S, _ = torch.linalg.svd(torch.cat(cols, 1), full_matrices=False)  # centring costs a rank per group

@@ -12,7 +12,8 @@ optionally a gate ``G`` ``[1, D]``, ``g`` ``[1]`` (a probe for "this state is wh
 At site ``blocks.{layer}.resid``, at the last prompt position and at each decoding step, the state
 ``h`` ``[B, D]`` becomes ``h + alpha * |h| * sum_heads sigmoid(G h + g) * (W h + b) @ R`` (gate 1 when absent).
 
-Heads fitted by :meth:`ProbeSteer.fit` on the shapes world's probe split (never the evaluation scenes):
+Heads fitted by :meth:`ProbeSteer.fit` on probe items (on the organism: the shapes world's probe split,
+never the evaluation scenes):
 
 - ``question``: ``K = 1``; label "the asked object is present" on POPE questions (adversarial and random);
   ``R`` = the effective readout of ``yes`` minus ``no``. With a caption head, its gate is a probe for
@@ -32,8 +33,12 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import LayerRangeError, NaNError, PromptError, ShapeMismatchError, UnsupportedError
-from .common import Steerer, last_index, load_tensors, save_tensors, select_alpha
+from dataclasses import dataclass
+from typing import Literal
+
+from ..core.errors import ConfigError, DataError, LayerRangeError, NaNError, ShapeMismatchError
+from .base import SteeringMethod, progress_bar
+from .common import last_index
 from .meandiff import effective_readouts, readout_basis
 
 ALPHAS = (0.05, 0.1, 0.15, 0.2, 0.3)
@@ -63,22 +68,48 @@ def fit_logistic(X: torch.Tensor, Y: torch.Tensor, l2: float = 1e-4, steps: int 
 
 
 def _protect(R: torch.Tensor, adapter, groups) -> torch.Tensor:
-    Q = readout_basis(adapter, groups)
-    R = R - (R @ Q) @ Q.T
+    groups = [g for g in groups if len(g) >= 2]
+    if groups:
+        Q = readout_basis(adapter, groups)
+        R = R - (R @ Q) @ Q.T
     return torch.nn.functional.normalize(R, dim=-1)
 
 
-class ProbeSteer(Steerer):
+class ProbeSteer(SteeringMethod):
     """``heads``: ``{name: (W [K, D], b [K], R [K, D])}`` or ``(W, b, R, G [1, D], g [1])`` with a gate;
-    ``layer``: the residual site; ``alpha``: strength."""
+    ``config.layer``: the residual site; ``config.alpha``: strength."""
 
-    def __init__(self, heads: dict, layer: int, alpha: float = 0.1, meta: dict | None = None):
+    name = "probe"
+    strengths = ("alpha",)
+    needs = ("presence",)
+
+    @dataclass
+    class Config:
+        """``layer``: default the last (where the readout protection is exact); ``alpha``: strength
+        (``"auto"``: :func:`.select.least_false_yes` over ``alphas`` on the calibration items, each other
+        group's accuracy within ``max_drop``); ``colours`` / ``shapes`` / ``numbers``: the world's answer
+        words (the caption head writes onto the shape words after a colour word; every write direction
+        loses the other groups' readout differences); ``caption_tokens``: greedy caption length."""
+
+        layer: int | None = None
+        alpha: float | Literal["auto"] = "auto"
+        alphas: tuple[float, ...] = ALPHAS
+        max_drop: float = 0.01
+        colours: tuple[str, ...] = ()
+        shapes: tuple[str, ...] = ()
+        numbers: tuple[str, ...] = ()
+        caption_tokens: int = 24
+
+    def __init__(self, heads: dict, config=None, meta: dict | None = None, **opts):
+        super().__init__(config, meta, **opts)
         if not heads:
-            raise ValueError("ProbeSteer needs at least one head")
+            raise ConfigError("ProbeSteer needs at least one head")
+        if self.config.layer is None:
+            raise ConfigError("ProbeSteer needs its layer (config.layer)")
         self.heads = {}
         for name, head in heads.items():
             if len(head) not in (3, 5):
-                raise ValueError(f"head {name!r}: (W, b, R) or (W, b, R, G, g), got {len(head)} tensors")
+                raise ConfigError(f"head {name!r}: (W, b, R) or (W, b, R, G, g), got {len(head)} tensors")
             head = tuple(h.detach().float().cpu() for h in head)  # kept on the CPU; edits() places copies
             W, b, R = head[0], head[1].reshape(-1), head[2]
             if W.ndim != 2 or W.shape != R.shape or b.shape[0] != W.shape[0]:
@@ -95,7 +126,6 @@ class ProbeSteer(Steerer):
         if len(dims) != 1:
             raise ShapeMismatchError(f"ProbeSteer heads disagree on the state width: {sorted(dims)}")
         self.dim = dims.pop()
-        self.layer, self.alpha, self.meta = int(layer), float(alpha), meta or {}
         # two matmuls per step: probes and gates stacked [sum K + H, D]; write directions [sum K, D]
         hs = list(self.heads.values())
         self._k = [h[0].shape[0] for h in hs]
@@ -104,10 +134,17 @@ class ProbeSteer(Steerer):
         self._R = torch.cat([h[2] for h in hs])
         self._rep = torch.repeat_interleave(torch.arange(len(hs)), torch.tensor(self._k))  # gate index per probe row
 
-    def edits(self, adapter, alpha: float | None = None) -> dict:
-        a = self.alpha if alpha is None else float(alpha)
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
+    @property
+    def layer(self) -> int:
+        return self.config.layer
+
+    @property
+    def alpha(self):
+        return self.config.alpha
+
+    def edits(self, adapter) -> dict:
+        self.check(adapter)
+        a = float(self.config.alpha)
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
             raise LayerRangeError(f"probe layer {self.layer} out of range (0..{L - 1})")
@@ -141,110 +178,111 @@ class ProbeSteer(Steerer):
 
     # ------------------------------------------------------------------ fit
     @classmethod
-    def fit(cls, adapter, n: int = 1024, split: str = "steer-probe", seed: int = 0, layer: int | None = None,
-            captions: int = 512, alpha: float | str = "auto", alphas=ALPHAS, max_drop: float = 0.01,
-            n_select: int = 512, progress: bool = False) -> "ProbeSteer":
-        """Question head on ``n`` adversarial + ``n // 2`` random POPE questions of ``split``/``seed``;
-        caption head on greedy captions of ``captions`` scenes (0: no caption head). ``layer``:
-        default the last (where the readout protection is exact). ``alpha="auto"``: the grid value
-        with the lowest adversarial false-yes rate on ``n_select`` questions per task of ``split``/``seed + 1``
-        whose random-POPE, colour and count accuracies each drop by at most ``max_drop``
-        (:func:`select_alpha`; at 256 one question is 0.4 points, too coarse for a 1-point tolerance)."""
-        from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
+    def fit(cls, adapter, items, config=None, calib=None, progress: bool = False) -> "ProbeSteer":
+        """Question head on the yes/no questions of ``items`` (with answers; on the organism ``n``
+        adversarial + ``n // 2`` random POPE questions); caption head on greedy captions of the
+        caption items (``kind == "caption"``, objects with ``colour`` / ``shape`` attributes), when
+        there are any. ``alpha="auto"``: chosen on ``calib`` (see :class:`Config`; at 256 questions per
+        task one question is 0.4 points, too coarse for a 1-point tolerance: the organism uses 512)."""
+        from .select import select_least_false_yes
 
-        if adapter.kind != "vlm":
-            raise UnsupportedError(f"probe steering needs a LLaVA model, not {adapter.family}")
+        cfg = cls.make_config(config)
+        cls.check_kind(adapter)
         L = adapter.num_layers("lm")
-        layer = L - 1 if layer is None else int(layer)
+        layer = L - 1 if cfg.layer is None else int(cfg.layer)
         if not 0 <= layer < L:
             raise LayerRangeError(f"probe layer {layer} out of range (0..{L - 1})")
-        X, y = question_states(adapter, layer, n, split, seed, progress)
+        questions = [it for it in items if it.kind != "caption" and it.answer in ("yes", "no") and it.prompt]
+        caps = [it for it in items if it.kind == "caption"]
+        X, y = question_states(adapter, layer, questions, progress)
         if y.all() or not y.any():
-            raise PromptError("the probe questions need both present and absent objects")
+            raise DataError("the probe questions need both present and absent objects")
         W, b = fit_logistic(X, y[:, None].float())
-        R = _protect(effective_readouts(adapter, ["yes"]) - effective_readouts(adapter, ["no"]), adapter, (COLOURS, NUM_WORDS, SHAPES))
+        colours, numbers, shapes = cfg.colours, cfg.numbers, cfg.shapes
+        R = _protect(effective_readouts(adapter, ["yes"]) - effective_readouts(adapter, ["no"]), adapter, (colours, numbers, shapes))
         heads = {"question": (W, b, R)}
-        meta = {"n": n, "split": split, "seed": seed, "layer": layer, "captions": captions}
-        if captions:
-            Xc, Yc, Xg, yg = caption_states(adapter, layer, captions, split, seed, progress)
+        meta = {"n": len(questions), "captions": len(caps)}
+        if caps:
+            if len(shapes) < 2 or not colours:
+                raise ConfigError("probe: a caption head needs the world's colour and shape words (config colours=, shapes=)")
+            Xc, Yc, Xg, yg = caption_states(adapter, layer, caps, colours, shapes, cfg.caption_tokens, progress)
             if len(Xc) < 8 or Yc.all() or not Yc.any():
-                raise PromptError(f"the greedy captions named too few colour-shape objects ({len(Xc)}) to fit a caption probe")
+                raise DataError(f"the greedy captions named too few colour-shape objects ({len(Xc)}) to fit a caption probe")
             Wc, bc = fit_logistic(Xc, Yc.float())
             Gc, gc = fit_logistic(Xg, yg[:, None].float())
-            Rc = effective_readouts(adapter, SHAPES)
+            Rc = effective_readouts(adapter, shapes)
             Rc = Rc - Rc.mean(0, keepdim=True)
-            heads["caption"] = (Wc, bc, _protect(Rc, adapter, (COLOURS, NUM_WORDS, ("yes", "no"))), Gc, gc)
+            heads["caption"] = (Wc, bc, _protect(Rc, adapter, (colours, numbers, ("yes", "no"))), Gc, gc)
             # the question head's gate: yes/no question states against every caption state, so that
             # free generation (where its probe means nothing) is left alone
             Gq, gq = fit_logistic(torch.cat([X, Xg]), torch.cat([torch.ones(len(X)), torch.zeros(len(Xg))])[:, None])
             heads["question"] = (W, b, R, Gq, gq)
             meta.update(caption_states=len(Xc), gate_states=len(Xg))
-        ps = cls(heads, layer, 0.0 if alpha == "auto" else float(alpha), meta)
-        if alpha == "auto":
-            select_alpha(ps, adapter, alphas, n_select, split, seed + 1, max_drop)
+        ps = cls(heads, cls.make_config(cfg, layer=layer, alpha=0.0 if cfg.alpha == "auto" else float(cfg.alpha)), meta)
+        if cfg.alpha == "auto":
+            if not calib:
+                raise ConfigError("probe with alpha='auto' needs calibration items (calib=...), or give alpha a number")
+            select_least_false_yes(ps, adapter, "alpha", cfg.alphas, calib, cfg.max_drop, progress)
         return ps
 
     # ------------------------------------------------------------------- io
-    def save(self, path: str) -> None:
-        """``path`` (.safetensors: ``{head}.W|b|R``) + ``path`` with ``.json`` (layer, alpha, meta)."""
-        t = {f"{h}.{k}": v for h, hd in self.heads.items() for k, v in zip("WbRGg", hd)}
-        save_tensors(path, t, {"layer": self.layer, "alpha": self.alpha, "heads": list(self.heads), "meta": self.meta})
+    def tensors(self) -> dict:
+        return {f"{h}.{k}": v for h, hd in self.heads.items() for k, v in zip("WbRGg", hd)}
+
+    def state(self) -> dict:
+        return {"heads": list(self.heads)}
 
     @classmethod
-    def load(cls, path: str) -> "ProbeSteer":
-        t, d = load_tensors(path)
-        return cls({h: tuple(t[f"{h}.{k}"] for k in "WbRGg") for h in d["heads"]}, d["layer"], d["alpha"], d.get("meta"))
+    def from_saved(cls, tensors, state, config, meta) -> "ProbeSteer":
+        return cls({h: tuple(tensors[f"{h}.{k}"] for k in "WbRGg") for h in state["heads"]}, config, meta)
 
 
-def question_states(adapter, layer: int, n: int, split: str, seed: int, progress: bool = False):
-    """States ``[N, D]`` at the last prompt token of POPE presence questions (``n`` adversarial +
-    ``n // 2`` random) and their truth ``[N]`` (bool: object present)."""
-    from tqdm.auto import tqdm
-
-    from ..data.questions import pope_split
-
-    items = pope_split(split, n, seed, "adversarial") + pope_split(split, n // 2, seed, "random")
+def question_states(adapter, layer: int, items, progress: bool = False):
+    """States ``[N, D]`` at the last prompt token of the yes/no question ``items`` (batches of 32, in
+    order) and their truth ``[N]`` (bool: answer "yes", the object present)."""
     site = f"blocks.{layer}.resid"
     X, y = [], []
+    bar = progress_bar(progress, len(items), "fitting probe: question states")
     with torch.no_grad():
-        for i in tqdm(range(0, len(items), 32), desc="probe: questions", disable=not progress):
+        for i in range(0, len(items), 32):
             ch = items[i:i + 32]
-            bt = adapter.prepare(images=[s.pil() for s, _ in ch], text=[qa.question for _, qa in ch])
+            bt = adapter.prepare(images=[it.image for it in ch], text=[it.prompt for it in ch])
             out = adapter.run(bt, capture=[site])
             last = torch.tensor([int(bt.layout.span("last", r)[0]) for r in range(len(ch))])
             X.append(out.cache[site][torch.arange(len(ch)), last].float())
-            y += [qa.answer == "yes" for _, qa in ch]
-    return torch.cat(X), torch.tensor(y)
+            y += [it.answer == "yes" for it in ch]
+            bar.update(len(ch))
+    bar.close()
+    if not X:
+        raise DataError("probe steering needs yes/no questions with answers; the probe items have none")
+    return torch.cat(X), torch.tensor(y, dtype=torch.bool)
 
 
-def caption_states(adapter, layer: int, n: int, split: str, seed: int, progress: bool = False):
-    """On greedy captions (``describe the image.``) of ``n`` scenes: the states ``[N, D]`` that
-    predict a shape word right after a colour word, and ``[N, 4]`` (bool): is an object of that
-    colour and each shape (``SHAPES`` order) in the scene; then every caption state up to the end of
-    its caption ``[M, D]`` and ``[M]`` (bool): is it one of the former (the gate's data)."""
-    from tqdm.auto import tqdm
-
-    from ..data.shapes import COLOURS, SHAPES, make_split
-
-    scenes = make_split(split, n, seed)
+def caption_states(adapter, layer: int, items, colours, shapes, max_new_tokens: int = 24, progress: bool = False):
+    """On greedy captions of the caption ``items`` (their prompt, their objects' ``colour`` / ``shape``
+    attributes as the truth): the states ``[N, D]`` that predict a shape word right after a colour
+    word, and ``[N, S]`` (bool): is an object of that colour and each shape (``shapes`` order) in the
+    image; then every caption state up to the end of its caption ``[M, D]`` and ``[M]`` (bool): is it
+    one of the former (the gate's data)."""
     site = f"blocks.{layer}.resid"
-    colour_id = {adapter.token_id(c): c for c in COLOURS}
-    shape_ids = {adapter.token_id(s) for s in SHAPES}
+    colour_id = {adapter.token_id(c): c for c in colours}
+    shape_ids = {adapter.token_id(s) for s in shapes}
     X, Y, Xg, yg = [], [], [], []
     eos = adapter.tokenizer.eos_token_id
-    for i in tqdm(range(0, len(scenes), 32), desc="probe: captions", disable=not progress):
-        ch = scenes[i:i + 32]
+    bar = progress_bar(progress, len(items), "fitting probe: caption states")
+    for i in range(0, len(items), 32):
+        ch = items[i:i + 32]
         steps: list[torch.Tensor] = []
 
         def keep(t, layout):
             steps.append(t[torch.arange(t.shape[0]), last_index(t, layout)].detach().float())
             return t
 
-        bt = adapter.prepare(images=[s.pil() for s in ch], text=["describe the image."] * len(ch))
+        bt = adapter.prepare(images=[it.image for it in ch], text=[it.prompt for it in ch])
         with adapter.edits({site: keep}):
-            new = adapter.generate(bt, max_new_tokens=24).new_tokens
-        for r, s in enumerate(ch):
-            present = {(o.colour, o.shape) for o in s.objects}
+            new = adapter.generate(bt, max_new_tokens=max_new_tokens).new_tokens
+        for r, it in enumerate(ch):
+            present = {(o.attrs.get("colour"), o.attrs.get("shape")) for o in it.objects}
             for j in range(min(new.shape[1], len(steps))):
                 prev, tok = (int(new[r, j - 1]) if j else -1), int(new[r, j])
                 hit = prev in colour_id and tok in shape_ids
@@ -252,12 +290,14 @@ def caption_states(adapter, layer: int, n: int, split: str, seed: int, progress:
                 yg.append(hit)
                 if hit:
                     X.append(steps[j][r])
-                    Y.append([(colour_id[prev], sh) in present for sh in SHAPES])
+                    Y.append([(colour_id[prev], sh) in present for sh in shapes])
                 if tok == eos:
                     break
+        bar.update(len(ch))
+    bar.close()
     D = adapter.model.config.text_config.hidden_size
     st = (lambda xs: torch.stack(xs) if xs else torch.zeros(0, D))
-    return st(X), torch.tensor(Y, dtype=torch.bool).reshape(-1, len(SHAPES)), st(Xg), torch.tensor(yg, dtype=torch.bool)
+    return st(X), torch.tensor(Y, dtype=torch.bool).reshape(-1, len(shapes)), st(Xg), torch.tensor(yg, dtype=torch.bool)
 
 
 __all__ = ["ProbeSteer", "fit_logistic", "question_states", "caption_states"]

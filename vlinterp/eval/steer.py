@@ -1,0 +1,298 @@
+"""Hallucination-steering evaluation: the task items (POPE, colour / count questions, CHAIR captions),
+running a steering method over them, their scores, and fitting a method on its default probe and
+calibration items (the shapes world), or on a POPE JSON-lines file.
+
+    tasks = steer.tasks(256, 11, n_captions=64)          # items, in the order the numbers depend on
+    row = steer.score(tasks, steer.run(method, adapter, tasks))
+    row = steer.evaluate(adapter, method, 256, 11, 64)   # the same, one call
+    g = steer.fit("ground", adapter, progress=True)      # its probe / calibration items, strengths chosen
+    g = steer.fit("meandiff", adapter, "shapes:steer-probe:256:3", alpha=0.1)
+
+``method`` is a fitted :class:`~vlinterp.steering.base.SteeringMethod` or ``None`` (unsteered). Answers
+come from :func:`vlinterp.metrics.answers.answer` (runs of items with the same candidates, 32 per
+batch), so a list of items always gives the same numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from ..core.errors import ConfigError, UsageError
+from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
+from ..metrics.answers import answer, group_scores
+from ..steering.base import STEERING
+from . import shapes
+from .chair import chair_items
+
+NONE = "none"  # the unsteered baseline, a row of every table
+NEG_TYPES = ("random", "popular", "adversarial")
+WORDS = {"colours": tuple(COLOURS), "shapes": tuple(SHAPES), "numbers": tuple(NUM_WORDS)}
+
+
+def method_names() -> list[str]:
+    """``none`` and every registered steering method."""
+    return [NONE, *STEERING.names()]
+
+
+# ------------------------------------------------------------------ items
+def colour_count(split: str, n: int, seed: int = 0) -> list:
+    """Per scene of ``n``: its colour question (when a shape occurs once) then its count question."""
+    colour = {it.id: it for it in shapes.colour(split, n, seed)}
+    out = []
+    for it in shapes.count(split, n, seed):
+        if it.id in colour:
+            out.append(colour[it.id])
+        out.append(it)
+    return out
+
+
+def tasks(n: int, seed: int, n_captions: int = 0, split: str = "test", neg_types=NEG_TYPES) -> list:
+    """The evaluation items in order: POPE (``n`` per negative type), colour / count (``n`` scenes),
+    then ``n_captions`` free captions of the ``chair`` split (CHAIR)."""
+    items = [it for neg in neg_types for it in shapes.pope(split, n, seed, neg)]
+    items += colour_count(split, n, seed)
+    if n_captions:
+        items += shapes.captions("chair", n_captions, seed)
+    return items
+
+
+def calibration(n: int, seed: int, split: str, n_captions: int = 0) -> list:
+    """Calibration items for choosing strengths: random + adversarial POPE and colour / count questions
+    (``n`` each) and ``n_captions`` captions of ``split`` (the probe split, never the test scenes)."""
+    items = tasks(n, seed, 0, split, ("random", "adversarial"))
+    return items + (shapes.captions(split, n_captions, seed) if n_captions else [])
+
+
+# ---------------------------------------------------------------- running
+def _on(method, adapter):
+    return method.applied(adapter) if method is not None else contextlib.nullcontext()
+
+
+def run(method, adapter, items, progress=None) -> list[str]:
+    """The answers to ``items`` with ``method`` on (``None``: unsteered); ``progress``: a tqdm-like bar."""
+    with _on(method, adapter):
+        return answer(adapter, items, progress=progress)
+
+
+def captions(method, adapter, images, max_new_tokens: int = 24) -> list[str]:
+    """Free captions (``describe the image.``) of PIL ``images`` with ``method`` on."""
+    from ..metrics.answers import captions as _captions
+
+    with _on(method, adapter):
+        return _captions(adapter, images, max_new_tokens=max_new_tokens)
+
+
+def score(items, preds, vocabulary: dict | None = None) -> dict:
+    """POPE scores per negative type, colour / count accuracy, other groups, and CHAIR of the caption
+    items (their colour-shape pairs, or with ``vocabulary`` their object names)."""
+    groups = group_scores(items, preds)
+    row = {k: groups.pop(k) for k in (*NEG_TYPES, "colour", "count") if k in groups}
+    row.update(groups)
+    caps = [(p, it) for it, p in zip(items, preds) if not it.meta.get("candidates")]
+    if caps:
+        row["chair"] = chair_items([p for p, _ in caps], [it for _, it in caps], vocabulary)
+    return row
+
+
+def evaluate(adapter, method, n: int, seed: int, n_captions: int = 0, split: str = "test") -> dict:
+    """:func:`score` of :func:`run` on :func:`tasks`."""
+    items = tasks(n, seed, n_captions, split)
+    return score(items, run(method, adapter, items))
+
+
+def evaluate_user(adapter, method, pope_items=None, caption_items=None, vocabulary: dict | None = None) -> dict:
+    """Scores on user data: ``pope`` (yes/no scores of POPE items), and ``chair`` + ``captions`` on the
+    caption items (CHAIR against their object names with the synonym ``vocabulary``)."""
+    from ..metrics.pope import yes_no_scores
+
+    row: dict = {}
+    if pope_items:
+        row["pope"] = yes_no_scores(run(method, adapter, pope_items), [it.answer for it in pope_items])
+    if caption_items:
+        caps = run(method, adapter, caption_items)
+        row["chair"] = chair_items(caps, caption_items, vocabulary)
+        row["captions"] = caps
+    return row
+
+
+def eval_shard(adapter, items, start: int, method=None) -> list[str]:
+    """:func:`run` as a :class:`~vlinterp.scale.WorkerPool` shard function (``method`` bound by partial)."""
+    return run(method, adapter, items)
+
+
+# ---------------------------------------------------------------- fitting
+@dataclass(frozen=True)
+class FitData:
+    """Where a fit's items come from: ``shapes`` (``split`` / ``n`` / ``seed``, ``None`` = the
+    method's default) or ``pope`` (``path``: a POPE JSON-lines file)."""
+
+    kind: str = "shapes"
+    split: str | None = None
+    n: int | None = None
+    seed: int = 0
+    path: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "pope":
+            return f"POPE file {self.path}"
+        return "shapes:" + ":".join(str(x) for x in (self.split or "default", self.n or "default", self.seed))
+
+    def resolved(self, name: str) -> "FitData":
+        """The spec with method ``name``'s default split and size filled in."""
+        if self.kind != "shapes":
+            return self
+        d_split, d_n = DEFAULTS.get(name, ("steer-probe", 256))
+        return dataclasses.replace(self, split=self.split or d_split, n=self.n or d_n)
+
+
+def parse_fit_dataset(spec: str) -> FitData:
+    """``shapes[:split[:n[:seed]]]`` or the path of a POPE JSON-lines file (checked, images not
+    loaded). :class:`UsageError` / :class:`~vlinterp.core.errors.DataError` name what is wrong."""
+    from .pope import scan_pope_jsonl
+
+    s = str(spec).strip()
+    if s == "shapes" or s.startswith("shapes:"):
+        parts = s.split(":")[1:]
+        if len(parts) > 3:
+            raise UsageError(f"dataset {spec!r}: shapes[:split[:n[:seed]]] takes at most three fields")
+        split = parts[0] or None if parts else None
+        try:
+            n = int(parts[1]) if len(parts) > 1 and parts[1] else None
+            seed = int(parts[2]) if len(parts) > 2 and parts[2] else 0
+        except ValueError:
+            raise UsageError(f"dataset {spec!r}: n and seed must be integers (shapes[:split[:n[:seed]]])") from None
+        if n is not None and n < 1:
+            raise UsageError(f"dataset {spec!r}: n must be a positive integer")
+        return FitData("shapes", split, n, seed)
+    if not os.path.exists(s):
+        raise UsageError(f"dataset {spec!r}: neither shapes[:split[:n[:seed]]] nor an existing POPE JSON-lines file")
+    scan_pope_jsonl(s)
+    return FitData("pope", path=s)
+
+
+#: per method: (default split, default n); the items each recipe draws are in :func:`fit_items` (a method
+#: not listed gets ``steer-probe`` / 256 and items by what it ``needs``)
+DEFAULTS = {"iri": ("iri-calib", 32), "meandiff": ("steer-probe", 128), "save": ("steer-probe", 256),
+            "probe": ("steer-probe", 1024), "ground": ("steer-probe", 2048), "vcd": ("steer-probe", 0)}
+
+
+def save_sae_items(n: int = 400, seed: int = 0, split: str = "save-sae") -> list:
+    """SAVE's default SAE data: ``n`` scenes, even ones captioned, odd ones asked an adversarial POPE question."""
+    from ..data.questions import caption
+
+    out = []
+    for i, it in enumerate(shapes.pope(split, n, seed, "adversarial")):
+        scene = it.meta["scene"]
+        out.append(shapes.scene_item(scene, "describe the image.", caption(scene), "caption") if i % 2 == 0 else it)
+    return out
+
+
+def _iri(split, n, seed, n_calib, n_captions, calib, sae_items):
+    items = [it for it in shapes.pope(split, 2 * n, seed, "random") if it.answer == "yes"][:n]
+    k = n_calib or 128
+    return items, (shapes.pope(split, k, seed + 1, "adversarial") + shapes.pope(split, k, seed + 1, "random")
+                   if calib else None), {}
+
+
+def _meandiff(split, n, seed, n_calib, n_captions, calib, sae_items):
+    return shapes.pope(split, n, seed, "adversarial"), calibration(n_calib or n, seed + 1, split) if calib else None, {}
+
+
+def _save(split, n, seed, n_calib, n_captions, calib, sae_items):
+    return shapes.pope(split, n, seed, "adversarial"), None, {"sae_items": save_sae_items()} if sae_items else {}
+
+
+def _probe(split, n, seed, n_calib, n_captions, calib, sae_items):
+    items = shapes.pope(split, n, seed, "adversarial") + shapes.pope(split, n // 2, seed, "random")
+    caps = 512 if n_captions is None else n_captions
+    items += shapes.captions(split, caps, seed) if caps else []
+    return items, calibration(n_calib or 512, seed + 1, split) if calib else None, {}
+
+
+def _ground(split, n, seed, n_calib, n_captions, calib, sae_items):
+    caps = 256 if n_captions is None else n_captions
+    return shapes.scenes(split, n, seed), calibration(n_calib or 512, seed + 1, split, caps) if calib else None, {}
+
+
+#: the probe / calibration recipes the README's numbers were measured with
+RECIPES = {"iri": _iri, "meandiff": _meandiff, "save": _save, "probe": _probe, "ground": _ground}
+
+
+def fit_items(name: str, split: str | None = None, n: int | None = None, seed: int = 0, n_calib: int | None = None,
+              n_captions: int | None = None, calib: bool = True, sae_items: bool = True) -> tuple[list, list | None, dict]:
+    """``(items, calib, extra fit arguments)`` of the shapes world for method ``name``: its probe items
+    (``n`` on ``split`` / ``seed``) and calibration items (``seed + 1``; only with ``calib``), by its
+    recipe in :data:`RECIPES`, or for any other method by what it ``needs`` (POPE questions or scenes)."""
+    STEERING.check(name)
+    d_split, d_n = DEFAULTS.get(name, ("steer-probe", 256))
+    split, n = split or d_split, n or d_n
+    if name in RECIPES:
+        return RECIPES[name](split, n, seed, n_calib, n_captions, calib, sae_items)
+    needs = STEERING.get(name).needs
+    cal = calibration(n_calib or n, seed + 1, split, n_captions or 0) if calib else None
+    if "scenes" in needs:
+        return shapes.scenes(split, n, seed), cal, {}
+    if "presence" in needs:
+        return shapes.pope(split, n, seed, "adversarial"), cal, {}
+    return [], None, {}  # vcd, or a method that takes no data
+
+
+def make_config(name: str, config=None, world: bool = True, **opts):
+    """The ``Config`` of ``name`` from ``config`` and ``opts`` (strings from a CLI spec are converted),
+    with the shapes world's colour / shape / number words filled into the fields that want them (``world``)."""
+    if config is None:
+        cfg = STEERING.config(name, **opts)
+    else:
+        fields = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(opts) - fields)
+        if unknown:
+            raise ConfigError(f"steering method {name!r}: unknown option(s) {', '.join(unknown)}")
+        cfg = dataclasses.replace(config, **opts)
+    if cfg is None:
+        return None
+    if world:
+        fill = {k: v for k, v in WORDS.items() if hasattr(cfg, k) and not getattr(cfg, k)}
+        cfg = dataclasses.replace(cfg, **fill)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = False, n: int | None = None,
+        split: str | None = None, seed: int | None = None, n_calib: int | None = None, n_captions: int | None = None,
+        sae=None, **opts):
+    """Fit steering method ``name`` on ``dataset`` (a spec for :func:`parse_fit_dataset` or a
+    :class:`FitData`; ``n`` / ``split`` / ``seed`` override its fields) with ``config`` / ``opts``.
+    A POPE file gives yes/no items: its even lines are the probe items, its odd lines the calibration
+    items. ``sae``: SAVE's SAE (default: one trained on :func:`save_sae_items`). The data used is
+    recorded in ``meta["data"]``."""
+    data = parse_fit_dataset(dataset) if isinstance(dataset, str) else dataset
+    data = dataclasses.replace(data, **{k: v for k, v in (("n", n), ("split", split), ("seed", seed)) if v is not None})
+    data = data.resolved(name)
+    cls = STEERING.get(name)
+    extra: dict = {}
+    if data.kind == "pope":
+        if "scenes" in cls.needs:
+            raise UsageError(f"{name} needs images with object masks (shapes scenes), not POPE questions")
+        from .pope import read_pope_jsonl
+
+        lines = read_pope_jsonl(data.path)
+        items, calib = (lines[0::2], lines[1::2]) if cls.needs else ([], None)
+        cfg = make_config(name, config, world=False, **opts)
+    else:
+        cfg = make_config(name, config, **opts)
+        auto = any(getattr(cfg, k, None) == "auto" for k in cls.strengths)
+        items, calib, extra = fit_items(name, data.split, data.n, data.seed, n_calib, n_captions, calib=auto,
+                                        sae_items=sae is None)
+    if sae is not None:
+        extra["sae"] = sae
+    method = cls.fit(adapter, items, cfg, calib=calib, progress=progress, **extra)
+    method.meta["data"] = {"dataset": data.describe(), "items": len(items), "calib": len(calib or [])}
+    return method
+
+
+__all__ = ["NONE", "method_names", "tasks", "calibration", "colour_count", "run", "captions", "score", "evaluate",
+           "evaluate_user", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
+           "save_sae_items", "DEFAULTS", "RECIPES"]
