@@ -90,6 +90,26 @@ def test_knockout_window_blocks_its_layers(llava):
         assert abs(r.arrays["p"][0, w] - p) <= 1e-6
 
 
+def test_knockout_of_layer_l_acts_at_layer_l(llava):
+    """The cell of layer ``l`` edits layer ``l``'s attention: every earlier layer's output is the clean
+    one, and layer ``l``'s attention output at the last position changes."""
+    m, b = llava
+    g = knockout_groups(b.layout)
+    L, last = m.num_layers(), _last(b)
+    sites = [f"blocks.{l}.{c}" for l in range(L) for c in ("attn", "resid")]
+    with torch.no_grad():
+        clean = m.run(b, capture=sites).cache
+    for l in range(L):
+        with m.raw_hooks() as h, torch.no_grad():
+            knockout_hooks(h, m, {l: [(0, g["last"], g["image"])]})
+            ko = m.run(b, capture=sites).cache
+        for k in range(l):
+            assert torch.equal(ko[f"blocks.{k}.resid"], clean[f"blocks.{k}.resid"]), (l, k)
+        assert (ko[f"blocks.{l}.attn"][0, last] - clean[f"blocks.{l}.attn"][0, last]).abs().max() > 1e-4, l
+        # only the last position's query was blocked: the other positions of layer l are untouched
+        assert torch.equal(ko[f"blocks.{l}.attn"][0, :last], clean[f"blocks.{l}.attn"][0, :last]), l
+
+
 def test_knockout_errors(llava):
     m, b = llava
     with pytest.raises(UnknownNameError, match="knockout group"):
