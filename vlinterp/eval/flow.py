@@ -150,25 +150,27 @@ def knockout_flow(adapter, n: int = 32, split: str = "test", seed: int = 11, edg
 
 
 def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, components=("attn", "mlp", "resid"),
-                   samples: int = 3, rules: str = "lrp", min_rel: float = 0.01, progress: bool = False) -> dict:
+                   samples: int = 3, rules: str = "lrp", min_rel: float = 0.01, metric: str = "prob",
+                   progress: bool = False) -> dict:
     """RelP against activation patching on the same cells (components x layers x the seven FCCT
     groups, image noise, noise seed = the scene's index) of ``n`` positive presence questions answered
     ``yes``. Sign agreement over all cells with a nonzero patched effect, and over the cells whose
     patched effect is at least ``min_rel`` of the item's total effect; the RelP and patched tables
-    per item. ``rules="none"``: attribution patching (plain gradients) instead."""
+    per item. ``rules="none"``: attribution patching (plain gradients) instead; ``metric``: what RelP
+    differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes")."""
     from ..tracing import relp, sign_agreement, trace
     from .trace import shapes_items
 
     est, ie, tes = [], [], []
     skipped = 0
-    for it in tqdm(shapes_items(n, seed, split), desc=f"relp ({rules}) vs patching", disable=not progress):
+    for it in tqdm(shapes_items(n, seed, split), desc=f"relp ({rules}, {metric}) vs patching", disable=not progress):
         b = adapter.prepare(images=[it.image], text=[it.prompt])
         if not _answers(adapter, b):
             skipped += 1
             continue
         s = int(it.meta["scene"].index)
         kw = dict(components=components, samples=samples, seed=s, object_mask=it.objects[0].box)
-        r = relp(adapter, b, "yes", rules=rules, **kw)
+        r = relp(adapter, b, "yes", rules=rules, metric=metric, **kw)
         t = trace(adapter, b, "yes", **kw)
         est.append(r.arrays["ie"])
         ie.append(t.arrays["ie"])
@@ -179,8 +181,9 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
     all_share, all_n = sign_agreement(e, t, 0.0)
     big = float(np.mean(np.sign(e[keep]) == np.sign(t[keep]))) if keep.any() else float("nan")
     corr = float(np.corrcoef(e.ravel(), t.ravel())[0, 1]) if e.size > 1 else float("nan")
-    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "agreement": all_share, "cells": all_n,
-            "agreement_large": big, "cells_large": int(keep.sum()), "min_rel": min_rel, "pearson": corr,
+    by_comp = {c: sign_agreement(e[:, ci], t[:, ci], 0.0)[0] for ci, c in enumerate(components)}
+    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "metric": metric, "agreement": all_share, "cells": all_n,
+            "agreement_large": big, "cells_large": int(keep.sum()), "min_rel": min_rel, "pearson": corr, "agreement_by_component": by_comp,
             "estimate": e.tolist(), "patched": t.tolist(), "te": tes}
 
 
