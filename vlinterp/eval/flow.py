@@ -153,12 +153,13 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
                    samples: int = 3, rules: str = "lrp", min_rel: float = 0.01, metric: str = "prob",
                    progress: bool = False) -> dict:
     """RelP against activation patching on the same cells (components x layers x the seven FCCT
-    groups, image noise, noise seed = the scene's index) of ``n`` positive presence questions answered
+    groups, the object's patches from its box and its words from the prompt, image noise, noise
+    seed = the scene's index) of ``n`` positive presence questions answered
     ``yes``. Sign agreement over all cells with a nonzero patched effect, and over the cells whose
     patched effect is at least ``min_rel`` of the item's total effect; the RelP and patched tables
     per item. ``rules="none"``: attribution patching (plain gradients) instead; ``metric``: what RelP
     differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes")."""
-    from ..tracing import relp, sign_agreement, trace
+    from ..tracing import relp, sign_agreement, text_positions, trace
     from .trace import shapes_items
 
     est, ie, tes = [], [], []
@@ -169,7 +170,8 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
             skipped += 1
             continue
         s = int(it.meta["scene"].index)
-        kw = dict(components=components, samples=samples, seed=s, object_mask=it.objects[0].box)
+        kw = dict(components=components, samples=samples, seed=s, object_mask=it.objects[0].box,
+                  object_positions=text_positions(adapter, b, it.meta["object"]))
         r = relp(adapter, b, "yes", rules=rules, metric=metric, **kw)
         t = trace(adapter, b, "yes", **kw)
         est.append(r.arrays["ie"])
