@@ -91,7 +91,19 @@ def main(argv=None) -> dict:
         rec = {}
         if name != "before":
             if feats is None:
-                feats = S.pool_features(model, pool)
+                fpath = os.path.join(a.out, "features.safetensors")  # the frozen tower's features, kept between runs
+                if os.path.isfile(fpath):
+                    from safetensors.torch import load_file
+
+                    feats = load_file(fpath)["features"]
+                if feats is None or feats.shape[0] != len(pool):
+                    from safetensors.torch import save_file
+
+                    from vlinterp.core.io import atomic_path
+
+                    feats = S.pool_features(model, pool)
+                    with atomic_path(fpath) as tmp:
+                        save_file({"features": feats.contiguous()}, tmp)
             rec = S.finetune(model, proc, pool, feats, subsets[name], steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
                              log=log)
         row = S.measure(VlmAdapter(model, proc, name=f"{a.model}+{name}"), n=a.eval_n, n_captions=a.caption_n)
