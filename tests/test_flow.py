@@ -238,3 +238,12 @@ def test_tracing_methods_registry(llava):
         TRACING_METHODS.create("knockout", window=0)
     with pytest.raises(UnknownNameError):
         TRACING_METHODS.parse("rome")
+
+
+def test_sign_agreement_counts_only_cells_with_an_effect():
+    from vlinterp.tracing import sign_agreement
+
+    assert sign_agreement(np.array([1.0, -1.0, 0.5, 3.0]), np.array([2.0, 1.0, 0.0, 0.05])) == (2 / 3, 3)
+    assert sign_agreement(np.array([1.0, -1.0, 0.5, 3.0]), np.array([2.0, 1.0, 0.0, 0.05]), min_abs=0.1) == (0.5, 2)
+    share, n = sign_agreement(np.zeros(3), np.zeros(3))
+    assert n == 0 and np.isnan(share)
