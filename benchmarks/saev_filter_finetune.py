@@ -6,7 +6,8 @@ colour, count and CHAIR after each (see :mod:`vlinterp.eval.saev_finetune`).
 
 Every stage is kept in ``--out`` (``scores.json``, ``results.json``): a rerun skips what is done.
 One thread (``torch.set_num_threads(1)``); on this 2-core machine the default settings take about
-1.5 hours.
+1.5 hours. ``assets/saev_finetune.{json,png}`` were made with ``--eval-n 128 --caption-n 64 --steps 100``
+(one or two ``--runs`` per invocation, the pool's scores and features kept in ``--out``).
 """
 from __future__ import annotations
 
