@@ -16,6 +16,9 @@ every item (JSON lines with ``image``, ``prompt`` and optionally ``target``, ``b
 questions of ``--n`` held-out scenes drawn with ``--seed``, with the ground-truth box of the object
 asked about) and writes the per-item RR tables and the RR of the means over the items (ROME). Item
 ``i`` uses noise seed ``--noise-seed + i``, so ``--workers N`` writes the same file as one process.
+
+``--knockout FROM:TO`` (attention knockout), ``--method dla`` (direct logit attribution) and
+``--method relp`` (relevance patching) run the other tracing methods (:mod:`.trace_flow`).
 """
 from __future__ import annotations
 
@@ -55,6 +58,21 @@ def _saliency(text: str) -> str:
     return text
 
 
+def _method(text: str) -> str:
+    """A tracing method spec (``relp``, ``knockout:window=2`` ...), name and options checked."""
+    from ..tracing.methods import TRACING_METHODS
+
+    name, opts = TRACING_METHODS.parse(text)
+    TRACING_METHODS.config(name, **opts)
+    return str(text)
+
+
+def _edges(text: str) -> list[str]:
+    from ..tracing.knockout import parse_edges
+
+    return [f"{a}:{b}" for a, b in parse_edges(text)]
+
+
 def _add(p: argparse.ArgumentParser):
     p.add_argument("image", nargs="?", type=A.image_file, metavar="IMAGE", help="image file (or --dataset)")
     p.add_argument("--dataset", type=dataset(), metavar="SPEC",
@@ -90,6 +108,13 @@ def _add(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=A.positive_int, default=32, help="patched rows per forward")
     A.add_json(p, "output RR table (JSON, written atomically)", required=True)
     p.add_argument("--plot", type=A.png_file, metavar="PATH", help="output heat map PNG (one panel per component)")
+    p.add_argument("--method", type=A._type(_method, "tracing method"), default="causal", metavar="SPEC",
+                   help="causal (activation patching), knockout, dla (direct logit attribution) or relp (relevance "
+                        "patching); options after a colon (relp:rules=none)")
+    p.add_argument("--knockout", type=A._type(_edges, "knockout edges"), metavar="FROM:TO",
+                   help="attention knockout of these edges (comma-separated FROM:TO; groups: image, object, question, "
+                        "text, last and the FCCT groups) over --window layers around each layer")
+    p.add_argument("--foil", metavar="TOKEN", help="--method dla: the token the target's logit is compared with (default: the runner-up)")
 
 
 def options(args):
@@ -106,6 +131,8 @@ def _check(args) -> None:
     from ..core.errors import UsageError
 
     kind = args.corruption.split(":")[0]
+    if getattr(args, "foil", None) is not None:
+        raise UsageError("--foil is for --method dla")
     if args.dataset:
         from ..eval.trace import check_sweep
 
@@ -196,6 +223,12 @@ def run_trace(args) -> dict:
 
 
 def _run(args) -> int:
+    from .trace_flow import method_name
+
+    if method_name(args) != "causal":
+        from .trace_flow import run
+
+        return run(args)
     out = run_trace(args)
     meta = out["meta"]
     if args.dataset:

@@ -1,0 +1,249 @@
+"""Attention knockout, direct logit attribution, LRP rules and relevance patching on tiny models
+(mechanics: exactness against independent references, batching, no leaks)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vlinterp
+from vlinterp.core.errors import ConfigError, UnknownNameError, UnsupportedError
+from vlinterp.core.hooks import count_hooks
+from vlinterp.tracing import TRACING_METHODS, dla, knockout, parse_edges, relp, trace
+from vlinterp.tracing.knockout import knockout_groups, knockout_hooks
+from vlinterp.tracing.lrp import lrp_rules
+from vlinterp.tracing.relp import relevance_grads
+
+
+def _img(seed=0):
+    return Image.fromarray((np.random.RandomState(seed).rand(64, 64, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def llava():
+    torch.set_num_threads(1)
+    m = vlinterp.load("tiny:llava")
+    return m, m.prepare(images=[_img()], text=["is there a red circle?"])
+
+
+def _last(b):
+    return int(b.layout.span("last", 0)[0])
+
+
+# ------------------------------------------------------------------------------- knockout
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_knockout_of_image_into_last_equals_an_explicit_mask(impl):
+    """Every image -> last edge blocked at every layer == the model run with a 4-D attention mask in
+    which the last position never sees the image tokens (built by hand, passed to the model)."""
+    m = vlinterp.load("tiny:llava")
+    m.model.set_attn_implementation(impl)
+    b = m.prepare(images=[_img()], text=["is there a red circle?"])
+    last, T = _last(b), b.layout.shape[1]
+    img = b.layout.image_positions(0)
+    keep = torch.ones(T, T, dtype=torch.bool).tril()
+    keep[last, img] = False
+    mask = torch.zeros(1, 1, T, T).masked_fill(~keep, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        clean = m.model(**b.inputs).logits[0, last]
+        ref = m.model(input_ids=b.inputs["input_ids"], pixel_values=b.inputs["pixel_values"], attention_mask=mask).logits[0, last]
+    g = knockout_groups(b.layout)
+    assert torch.equal(g["image"].sort().values, img.sort().values)
+    n_hooks = count_hooks(m.model)
+    with m.raw_hooks() as h, torch.no_grad():
+        knockout_hooks(h, m, {l: [(0, g["last"], g["image"])] for l in range(m.num_layers())})
+        got = m.run(b).logits[0, last]
+    assert (got - ref).abs().max() <= 1e-5
+    assert (clean - ref).abs().max() > 1e-3  # the reference does differ from the clean run
+    assert count_hooks(m.model) == n_hooks
+    with torch.no_grad():
+        assert torch.equal(m.run(b).logits[0, last], clean)  # nothing left behind
+    # the same through knockout(): one window covering every layer
+    tid = int(clean.argmax())
+    r = knockout(m, b, tid, edges="image:last", window=m.num_layers(), window_mode="slide", layers=[0])
+    assert abs(r.arrays["p"][0, 0] - float(ref.softmax(-1)[tid])) <= 1e-5
+
+
+def test_knockout_batched_equals_one_by_one_and_causality(llava):
+    m, b = llava
+    edges = ["image:last", "question:last", "image:question", "text:last", "last:image", "last:last"]
+    a = knockout(m, b, "yes", edges=edges, window=1, batch_size=64)
+    s = knockout(m, b, "yes", edges=edges, window=1, batch_size=1)
+    assert a.arrays["p"].shape == (len(edges), m.num_layers())
+    assert np.abs(a.arrays["p"] - s.arrays["p"]).max() <= 1e-6
+    pc = a.arrays["p_clean"][0]
+    # a token never attends to a later one, and a token's edge to itself is never blocked
+    assert np.all(a.arrays["p"][4] == pc) and np.all(a.arrays["p"][5] == pc)
+    assert np.abs(a.arrays["p"][:4] - pc).max() > 1e-5  # real edges do change the answer
+    assert np.allclose(a.arrays["drop"], (pc - a.arrays["p"]) / pc)
+    assert a.meta["windows"] == [[l] for l in range(m.num_layers())]
+
+
+def test_knockout_window_blocks_its_layers(llava):
+    """A window's knockout equals blocking its layers by hand."""
+    m, b = llava
+    r = knockout(m, b, "yes", edges="image:last", window=2, window_mode="rome")
+    g = knockout_groups(b.layout)
+    tid = m.token_id("yes")
+    for w, layers in enumerate(r.meta["windows"]):
+        with m.raw_hooks() as h, torch.no_grad():
+            knockout_hooks(h, m, {l: [(0, g["last"], g["image"])] for l in layers})
+            p = float(m.run(b).logits[0, _last(b)].softmax(-1)[tid])
+        assert abs(r.arrays["p"][0, w] - p) <= 1e-6
+
+
+def test_knockout_of_layer_l_acts_at_layer_l(llava):
+    """The cell of layer ``l`` edits layer ``l``'s attention: every earlier layer's output is the clean
+    one, and layer ``l``'s attention output at the last position changes."""
+    m, b = llava
+    g = knockout_groups(b.layout)
+    L, last = m.num_layers(), _last(b)
+    sites = [f"blocks.{l}.{c}" for l in range(L) for c in ("attn", "resid")]
+    with torch.no_grad():
+        clean = m.run(b, capture=sites).cache
+    for l in range(L):
+        with m.raw_hooks() as h, torch.no_grad():
+            knockout_hooks(h, m, {l: [(0, g["last"], g["image"])]})
+            ko = m.run(b, capture=sites).cache
+        for k in range(l):
+            assert torch.equal(ko[f"blocks.{k}.resid"], clean[f"blocks.{k}.resid"]), (l, k)
+        assert (ko[f"blocks.{l}.attn"][0, last] - clean[f"blocks.{l}.attn"][0, last]).abs().max() > 1e-4, l
+        # only the last position's query was blocked: the other positions of layer l are untouched
+        assert torch.equal(ko[f"blocks.{l}.attn"][0, :last], clean[f"blocks.{l}.attn"][0, :last]), l
+
+
+def test_knockout_errors(llava):
+    m, b = llava
+    with pytest.raises(UnknownNameError, match="knockout group"):
+        parse_edges("image:lastt")
+    with pytest.raises(ConfigError, match="FROM:TO"):
+        parse_edges("image-last")
+    assert parse_edges("image>last, question:last") == [("image", "last"), ("question", "last")]
+    with pytest.raises(ConfigError, match="object mask"):
+        knockout(m, b, "yes", edges="object:last")
+    with pytest.raises(UnsupportedError):
+        knockout(type("Vit", (), {"kind": "vit"})(), b, 0)
+
+
+# ------------------------------------------------------------------------------------- DLA
+@pytest.mark.parametrize("name", ["tiny:llava", "tiny:qwen2-vl"])
+def test_dla_parts_sum_to_the_logit_difference(name):
+    m = vlinterp.load(name)
+    b = m.prepare(images=[_img(3)], text=["is there a red circle?"])
+    r = dla(m, b, "yes", foil="no")
+    a = r.arrays
+    with torch.no_grad():
+        lg = m.run(b).logits[0, _last(b)]
+    total = float(lg[m.token_id("yes")] - lg[m.token_id("no")])
+    assert abs(a["total"][0] - total) <= 1e-5
+    assert abs(a["components"].sum() + a["direct"][0] + a["other"][0] + a["const"][0] - total) <= 1e-4
+    assert abs(a["other"][0]) <= 1e-5  # LLaVA / Qwen2-VL add nothing between decoder layers
+    assert np.abs(a["heads"].sum(1) + a["head_bias"] - a["components"][0]).max() <= 1e-5
+    assert np.abs(a["components"]).max() > 1e-3 and a["heads"].shape == (m.num_layers(), m.text_config.num_attention_heads)
+    assert r.meta["foil"] == "no"
+
+
+def test_dla_frozen_scale_is_what_makes_it_exact(llava):
+    """The parts pushed through the model's own norm one by one (its scale re-computed per part) do
+    not add up: the frozen clean-run scale is what makes the decomposition exact."""
+    m, b = llava
+    r = dla(m, b, "yes", foil="no")
+    L = m.num_layers()
+    out = m.run(b, capture=["inputs_embeds"] + [f"blocks.{l}.{c}" for l in range(L) for c in ("attn", "mlp")])
+    head, norm, last = m.module("logits"), m.module("norm"), _last(b)
+    u = head.weight[m.token_id("yes")] - head.weight[m.token_id("no")]
+    with torch.no_grad():
+        naive = sum(float(norm(v[0, last][None])[0] @ u) for v in out.cache.values())
+    assert abs(naive - r.arrays["total"][0]) > 1e-2
+
+
+def test_dla_unknown_norm_is_refused():
+    from vlinterp.tracing.dla import frozen_norm
+
+    class Tanh(torch.nn.Module):
+        eps = 1e-6
+
+        def forward(self, x):
+            return torch.tanh(x)
+
+    with pytest.raises(UnsupportedError, match="neither"):
+        frozen_norm(Tanh(), torch.randn(8))
+
+
+# ------------------------------------------------------------------------------ LRP / RelP
+def test_lrp_rules_keep_values_and_conserve_relevance(llava):
+    """The rules change no value, and make the LM linear for the backward pass: input embeddings x
+    their LRP gradient sum to the target logit (the LM has no biases); plain gradient x input does not."""
+    m, b = llava
+    last = _last(b)
+    with torch.no_grad():
+        clean = m.run(b).logits
+    n_hooks = count_hooks(m.model)
+    with m.raw_hooks() as h, torch.no_grad():
+        lrp_rules(h, m)
+        ruled = m.run(b).logits
+    assert (ruled - clean).abs().max() <= 1e-5
+    assert count_hooks(m.model) == n_hooks
+    tid = m.token_id("yes")
+    for rules, conserved in (("lrp", True), ("none", False)):
+        v, g, logit = relevance_grads(m, b, ["inputs_embeds"], lambda lg: lg[0, last, tid], rules=rules)
+        R = float((v["inputs_embeds"] * g["inputs_embeds"]).sum())
+        assert (abs(R - logit) <= 1e-4 * max(1.0, abs(logit))) == conserved, (rules, R, logit)
+    assert all(p.grad is None for p in m.model.parameters())
+    with torch.no_grad():
+        assert torch.equal(m.run(b).logits, clean)
+
+
+def test_relp_lines_up_with_tracing(llava):
+    m, b = llava
+    kw = dict(components=("attn", "mlp", "resid"), samples=2, seed=3)
+    r = relp(m, b, "yes", **kw)
+    t = trace(m, b, "yes", **kw)
+    for k in ("components", "layers", "positions", "group_positions"):
+        assert r.meta[k] == t.meta[k]
+    assert r.arrays["ie"].shape == t.arrays["ie"].shape
+    assert np.abs(r.arrays["p_corrupt"] - t.arrays["p_corrupt"]).max() <= 1e-6
+    assert abs(r.arrays["p_clean"][0] - t.arrays["p_clean"][0]) <= 1e-7
+    assert np.allclose(r.arrays["rr"], r.arrays["ie"] / r.arrays["te"][0])
+    # cells that restore nothing (empty groups) are zero; the others are estimated
+    empty = [i for i, g in enumerate(r.meta["positions"]) if not r.meta["group_positions"][g]]
+    assert np.all(r.arrays["ie"][:, :, empty] == 0)
+    assert np.abs(r.arrays["ie"]).max() > 0
+    # attribution patching (plain gradients) is a different estimate
+    a = relp(m, b, "yes", rules="none", **kw)
+    assert np.abs(a.arrays["ie"] - r.arrays["ie"]).max() > 1e-7
+
+
+def test_relp_window_is_the_sum_of_its_layers(llava):
+    m, b = llava
+    one = relp(m, b, "yes", components=("mlp",), samples=1, window=1)
+    two = relp(m, b, "yes", components=("mlp",), samples=1, window=2, window_mode="slide")
+    L = m.num_layers()
+    for li, layers in enumerate([list(range(max(0, min(l - 1, L - 2)), max(0, min(l - 1, L - 2)) + 2)) for l in range(L)]):
+        assert np.allclose(two.arrays["ie"][0, li], one.arrays["ie"][0, layers].sum(0))
+
+
+# ------------------------------------------------------------------------------- registry
+def test_tracing_methods_registry(llava):
+    m, b = llava
+    assert TRACING_METHODS.names() == ["causal", "knockout", "dla", "relp"]
+    assert TRACING_METHODS.kind == "tracing method"
+    name, opts = TRACING_METHODS.parse("knockout:edges=image>last+question>last,window=2")
+    k = TRACING_METHODS.create(name, **opts)
+    assert k.config.edges == ("image>last", "question>last") and k.config.window == 2
+    r = k.run(m, b, "yes")
+    assert r.method == "knockout" and r.meta["edges"] == ["image:last", "question:last"]
+    assert TRACING_METHODS.create("dla", foil="no").run(m, b, "yes").meta["foil"] == "no"
+    with pytest.raises(ConfigError):
+        TRACING_METHODS.create("relp", rules="zz")
+    with pytest.raises(ConfigError):
+        TRACING_METHODS.create("knockout", window=0)
+    with pytest.raises(UnknownNameError):
+        TRACING_METHODS.parse("rome")
+
+
+def test_sign_agreement_counts_only_cells_with_an_effect():
+    from vlinterp.tracing import sign_agreement
+
+    assert sign_agreement(np.array([1.0, -1.0, 0.5, 3.0]), np.array([2.0, 1.0, 0.0, 0.05])) == (2 / 3, 3)
+    assert sign_agreement(np.array([1.0, -1.0, 0.5, 3.0]), np.array([2.0, 1.0, 0.0, 0.05]), min_abs=0.1) == (0.5, 2)
+    share, n = sign_agreement(np.zeros(3), np.zeros(3))
+    assert n == 0 and np.isnan(share)
