@@ -67,7 +67,11 @@ class Adapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The floating dtype of most of the model's weights (inputs are cast to it); a
+        mixed-precision model whose norms stay fp32 still reports its matrices' dtype."""
+        from .dtypes import model_dtype
+
+        return model_dtype(self.model)
 
     def sites(self, pattern: str | None = None) -> list[str]:
         """Uniform site names (all, or those matching a wildcard pattern)."""

@@ -316,9 +316,13 @@ class VlmAdapter(Adapter):
     @classmethod
     def from_path(cls, path: str, device=None, dtype=None, attn_implementation: str | None = None, **kw) -> "VlmAdapter":
         """Load a local checkpoint directory with its family's transformers class and
-        ``AutoProcessor`` (``from_pretrained``, local files only)."""
+        ``AutoProcessor`` (``from_pretrained``, local files only). ``dtype``: see
+        :func:`~vlinterp.adapters.dtypes.resolve_dtype` (``"auto"``/``None``: the checkpoint's, fp16 -> bf16 on a CPU)."""
         from transformers import AutoConfig, AutoProcessor
 
+        from .dtypes import resolve_dtype
+
+        dtype = resolve_dtype(dtype, path, device)  # "auto": the checkpoint's, never fp16 on a CPU
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         spec = families.for_model_type(cfg.model_type)
         if spec is None:
@@ -339,6 +343,7 @@ class VlmAdapter(Adapter):
         spec = families.for_tiny(variant)
         if spec is None:
             raise LoadError(f"unknown tiny VLM {variant!r}; known: {', '.join(v for f in families.all_families() for v in f.tiny)}")
+        dtype = None if isinstance(dtype, str) and dtype == "auto" else dtype
         model, proc = spec.build_tiny(variant, **kw)
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)

@@ -19,6 +19,7 @@ import json
 import time
 
 from ..cli import register
+from . import args as A
 
 METHODS = ("none", "iri", "vcd", "meandiff", "save", "probe", "ground")
 
@@ -38,12 +39,14 @@ def _add(p: argparse.ArgumentParser):
     e.add_argument("--workers", type=int, default=1, help="Ray workers, each fitting the methods once (needs vlinterp[scale])")
     e.add_argument("--address", help="existing Ray cluster instead of a local one")
     e.add_argument("--json")
+    A.add_load_options(e)
     g = sub.add_parser("generate", help="answer with a steering method on")
     g.add_argument("image")
     g.add_argument("--prompt", required=True)
     g.add_argument("--model", default="shapes-llava")
     g.add_argument("--method", default="ground", choices=METHODS)
     g.add_argument("--max-new-tokens", type=int, default=16)
+    A.add_load_options(g)
 
 
 def fit_method(name: str, m):
@@ -210,7 +213,7 @@ def _run(args) -> int:
     from .. import load
 
     shapes_eval = args.steer_cmd == "eval" and not (args.pope_jsonl or args.captions_jsonl)
-    m = None if shapes_eval else load(args.model)
+    m = None if shapes_eval else load(args.model, **A.load_kwargs(args))
     if args.steer_cmd == "eval" and (args.pope_jsonl or args.captions_jsonl):
         from ..core.errors import PromptError
         from ..metrics.chair import load_caption_truth, load_vocabulary
@@ -246,7 +249,7 @@ def _run(args) -> int:
             raise UnsupportedError(f"unknown steering method(s) {', '.join(bad)}; one of {', '.join(METHODS)}")
         tasks = eval_tasks(args.n, args.seed, args.captions)
         table = {}
-        with WorkerPool(args.model, args.workers, args.address) as pool:
+        with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             for name in names:
                 t0 = time.perf_counter()
                 preds = pool.map(partial(_steer_worker, name=name), tasks, shard=64, desc=f"steer eval {name}",
