@@ -20,7 +20,10 @@ Parts (each within 15 minutes on 2 shared CPU cores):
 * ``memory``: capturing every residual of the LLaVA-1.5 geometry over several prompts with and
   without ``budget_mb``: resident memory above a plain forward's peak.
 * ``sae``: harvesting a residual site into an activation store: rows/s and time / plain forwards.
-* ``steering``: per generated token with each steering method on, / plain generation.
+* ``steering``: not written yet (reports that it measured nothing).
+
+``--models vit_b16,clip_b32`` restricts capture / relevancy / pruning to those builders (the parts
+that fit a few minutes on a loaded 2-core CPU; the Llama-7B-width ones need a GPU or an idle machine).
 """
 from __future__ import annotations
 
@@ -67,6 +70,11 @@ def resid_sites(m) -> list[str]:
     return [s for s in m.sites() if s.endswith(".resid") or s.startswith(("unet.down.", "unet.mid.", "unet.up."))]
 
 
+def wanted(args, name: str) -> bool:
+    """``--models`` (empty: every builder a part uses) names the builders to run."""
+    return not args.models or name in args.models
+
+
 def build(name, args, **kw):
     t0 = time.perf_counter()
     m = M.BUILDERS[name](dtype=args.torch_dtype, **kw)
@@ -79,7 +87,9 @@ def build(name, args, **kw):
 # ------------------------------------------------------------------- capture
 def part_capture(args):
     rows = []
-    for name, kw in (("llava15", {"lm_layers": 4}), ("llava_qwen05", {}), ("vit_b16", {}), ("clip_b32", {}), ("sd15", {})):
+    for name, kw in (("llava15", {"lm_layers": args.lm_layers}), ("llava_qwen05", {}), ("vit_b16", {}), ("clip_b32", {}), ("sd15", {})):
+        if not wanted(args, name):
+            continue
         m = build(name, args, **kw)
         b = batch_for(m)
         sites = resid_sites(m)
@@ -213,28 +223,13 @@ def part_pruning(args):
 # ----------------------------------------------------------------- relevancy
 def part_relevancy(args):
     from vlinterp import saliency
-    from vlinterp.saliency.relevancy import relevance_and_layers
 
     rows = []
-    m = build("llava15", args, lm_layers=args.lm_layers)
-    answer = "yes red circle"
-    b = vlm_batch(m)
-    rel = saliency.create("relevancy", m)
-    t = rel.resolve(b, answer)
-    n = t.n
-    (res, peak), s = timed(lambda: peak_mb(lambda: rel.attribute(b, target=answer)), args.device)
-    (_, peak2), s2 = timed(lambda: peak_mb(lambda: rel.attribute(b, target=answer)), args.device)
-    (_, peak_full), s_full = timed(lambda: peak_mb(lambda: relevance_and_layers(m, t, None, None, score="logprob", queries=t.queries)),
-                                   args.device)
-    r = {"model": m.name, "method": "relevancy", "tokens": int(b.layout.shape[1]), "answer_tokens": n,
-         "s_per_image": statistics.median([s, s2]), "s_per_answer_token": statistics.median([s, s2]) / n,
-         "peak_mb": max(peak, peak2), "former_path_s": s_full, "former_path_peak_mb": peak_full}
-    rows.append(r)
-    say(f"relevancy {m.name}: {r['tokens']} tokens, {n} answer tokens: {r['s_per_image']:.1f}s per image, "
-        f"{r['s_per_answer_token']:.1f}s per answer token, peak +{r['peak_mb']:.0f} MB (process RSS {rss_mb():.0f} MB); "
-        f"the former path (full T x T maps, graph from the pixels) {s_full:.1f}s, peak +{peak_full:.0f} MB")
-    del m, rel, t, res
+    for name in [n for n in ("llava15", "llava_next") if wanted(args, n) and (n == "llava15" or args.models)]:
+        rows.append(_relevancy_vlm(args, name))
     for name in ("vit_b16", "clip_b32"):
+        if not wanted(args, name):
+            continue
         m = build(name, args)
         b = batch_for(m)
         for meth in ("relevancy", "gradcam"):
@@ -250,6 +245,30 @@ def part_relevancy(args):
             say(f"{meth} {m.name}: {r['s_per_image']:.2f}s per image, peak +{r['peak_mb']:.0f} MB")
         del m
     return rows
+
+
+def _relevancy_vlm(args, name: str) -> dict:
+    """Relevancy on a VLM geometry: the answer's rows (no vision-tower graph) vs the former path."""
+    from vlinterp import saliency
+    from vlinterp.saliency.relevancy import relevance_and_layers
+
+    m = build(name, args, lm_layers=args.lm_layers)
+    answer = "yes red circle"
+    b = vlm_batch(m)
+    rel = saliency.create("relevancy", m)
+    t = rel.resolve(b, answer)
+    n = t.n
+    (res, peak), s = timed(lambda: peak_mb(lambda: rel.attribute(b, target=answer)), args.device)
+    (_, peak2), s2 = timed(lambda: peak_mb(lambda: rel.attribute(b, target=answer)), args.device)
+    (_, peak_full), s_full = timed(lambda: peak_mb(lambda: relevance_and_layers(m, t, None, None, score="logprob", queries=t.queries)),
+                                   args.device)
+    r = {"model": m.name, "method": "relevancy", "tokens": int(b.layout.shape[1]), "answer_tokens": n,
+         "s_per_image": statistics.median([s, s2]), "s_per_answer_token": statistics.median([s, s2]) / n,
+         "peak_mb": max(peak, peak2), "former_path_s": s_full, "former_path_peak_mb": peak_full}
+    say(f"relevancy {m.name}: {r['tokens']} tokens, {n} answer tokens: {r['s_per_image']:.1f}s per image, "
+        f"{r['s_per_answer_token']:.1f}s per answer token, peak +{r['peak_mb']:.0f} MB (process RSS {rss_mb():.0f} MB); "
+        f"the former path (full T x T maps, graph from the pixels) {s_full:.1f}s, peak +{peak_full:.0f} MB")
+    return r
 
 
 # -------------------------------------------------------------------- memory
@@ -309,9 +328,10 @@ def part_sae(args):
 
 
 def part_steering(args):
-    from realsize_steering import part_steering as run
-
-    return run(args, build, vlm_batch, say)
+    """Not written yet: steering overhead per generated token at real geometry is still measured only
+    on the organisms (``benchmarks/steering_overhead.py``)."""
+    say("steering: not measured at real geometry yet (no realsize steering part); see benchmarks/steering_overhead.py")
+    return []
 
 
 def main(argv=None) -> int:
@@ -323,7 +343,8 @@ def main(argv=None) -> int:
     p.add_argument("--lm-layers", type=int, default=4, help="language-model layers of the Llama-7B-width geometries")
     p.add_argument("--trace-layers", type=int, default=2)
     p.add_argument("--trace-batch", type=int, default=16)
-    p.add_argument("--models", default="", help="pruning: only these builders (llava15,llava_qwen05)")
+    p.add_argument("--models", default="", help="only these builders (comma-separated: llava15, llava_qwen05, llava_next, vit_b16, clip_b32, sd15); "
+                   "capture, relevancy and pruning honour it")
     p.add_argument("--decode-tokens", type=int, default=8)
     p.add_argument("--decode-batch", default="1,8")
     p.add_argument("--memory-prompts", type=int, default=6)
@@ -347,9 +368,9 @@ def main(argv=None) -> int:
         RESULTS[part]["seconds"] = time.perf_counter() - t0
         RESULTS[part]["load_after"] = os.getloadavg()
         say(f"== {part}: {RESULTS[part]['seconds'] / 60:.1f} min ({load()})")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine(a.device), "dtype": a.dtype, "parts": RESULTS}, f, indent=1, default=str)
+        if a.json:  # after every part: a run stopped later keeps what it measured
+            with open(a.json, "w") as f:
+                json.dump({"machine": machine(a.device), "dtype": a.dtype, "parts": RESULTS}, f, indent=1, default=str)
     return 0
 
 
