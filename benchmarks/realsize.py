@@ -364,7 +364,8 @@ def main(argv=None) -> int:
     for part in a.only or PARTS:
         t0 = time.perf_counter()
         say(f"== {part} ({load()})")
-        RESULTS[part] = {"rows": globals()[f"part_{part}"](a), "load_before": os.getloadavg()}
+        before = os.getloadavg()
+        RESULTS[part] = {"rows": globals()[f"part_{part}"](a), "load_before": before}
         RESULTS[part]["seconds"] = time.perf_counter() - t0
         RESULTS[part]["load_after"] = os.getloadavg()
         say(f"== {part}: {RESULTS[part]['seconds'] / 60:.1f} min ({load()})")
