@@ -8,6 +8,7 @@ else (capture, edits, attention for chosen layers, leak-free contexts) lives her
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from typing import Iterable, Mapping
 
@@ -67,7 +68,11 @@ class Adapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The floating dtype of most of the model's weights (inputs are cast to it); a
+        mixed-precision model whose norms stay fp32 still reports its matrices' dtype."""
+        from .dtypes import model_dtype
+
+        return model_dtype(self.model)
 
     def sites(self, pattern: str | None = None) -> list[str]:
         """Uniform site names (all, or those matching a wildcard pattern)."""
@@ -158,9 +163,16 @@ class Adapter:
         stream = stream or self.main_stream
         return {s.layer: n for n, s in self.site_table.items() if s.stream == stream and n.endswith(".attn") and s.layer is not None and not n.startswith("unet")}
 
-    def attention(self, batch: Batch, layers: Iterable[int] | None = None, stream: str | None = None) -> dict[int, torch.Tensor]:
+    def attention(self, batch: Batch, layers: Iterable[int] | None = None, stream: str | None = None,
+                  queries=None) -> dict[int, torch.Tensor]:
         """Attention probabilities ``{layer: [B, H, Tq, Tk]}`` for the chosen layers of ``stream``,
-        recomputed from each layer's inputs, whatever kernel the model runs (sdpa included)."""
+        recomputed from each layer's inputs, whatever kernel the model runs (sdpa included).
+
+        ``queries`` (positions in ``stream``, negative from the end; the same for every row): only
+        those query rows, ``{layer: [B, H, len(queries), Tk]}`` in the order given. What a method
+        reads is usually a few rows (the answer's positions); the full maps are ``[B, H, T, T]`` per
+        layer (0.25-0.55 GB each at LLaVA-NeXT lengths). Families that can (transformers attention)
+        project only those queries; the others compute every row and keep those."""
         sites = self.attention_sites(stream)
         if not sites:
             raise UnsupportedError(f"{self.family}: no attention layers in stream {stream or self.main_stream!r}")
@@ -171,11 +183,20 @@ class Adapter:
                 raise LayerRangeError(f"layer {l} out of range: stream {stream or self.main_stream!r} has {n} layers (0..{n - 1})")
         layers = [l % n for l in layers]
         probs: dict[int, torch.Tensor] = {}
+        q = None if queries is None else [int(x) for x in torch.as_tensor(queries).flatten().tolist()]
+        takes_queries = q is not None and "queries" in inspect.signature(self._attention_probs).parameters
 
         def make(l, site):
             def hook(module, args, kwargs, output):
                 with torch.no_grad():
-                    probs[l] = self._attention_probs(site, module, args, kwargs, output).detach()
+                    if takes_queries:
+                        probs[l] = self._attention_probs(site, module, args, kwargs, output, queries=q).detach()
+                        return
+                    p = self._attention_probs(site, module, args, kwargs, output).detach()
+                    if q is not None:
+                        T = p.shape[-2]
+                        p = p.index_select(-2, torch.as_tensor([x % T for x in q], device=p.device))
+                    probs[l] = p
 
             return hook
 

@@ -380,8 +380,11 @@ class ClipAdapter(Adapter):
     def from_path(cls, path: str, device=None, dtype=None, attn_implementation: str | None = None, **kw) -> "ClipAdapter":
         """open_clip directory (``open_clip_config.json`` + weights) via open_clip's own
         ``local-dir:`` loading (weights_only), or a transformers CLIP directory via ``from_pretrained``."""
+        from .dtypes import resolve_dtype
+
         path = os.fspath(path)
         name = os.path.basename(os.path.normpath(path))
+        dtype = resolve_dtype(dtype, path, device)  # "auto": the checkpoint's, never fp16 on a CPU
         if not os.path.isfile(os.path.join(path, OC_CONFIG)):
             with open(os.path.join(path, "config.json")) as f:
                 model_type = json.load(f).get("model_type")
@@ -396,7 +399,9 @@ class ClipAdapter(Adapter):
             raise LoadError(f"{path!r}: {OC_CONFIG} found but no weights ({' or '.join(OC_WEIGHTS)})")
         import open_clip
 
-        precision = {None: "fp32", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype)
+        # "pure_*": every weight, norm and embedding in that dtype. open_clip's "fp16"/"bf16" keep
+        # LayerNorms and embeddings in fp32 (OpenAI's mixed precision), which no single input dtype suits.
+        precision = {None: "fp32", torch.float32: "fp32", torch.float16: "pure_fp16", torch.bfloat16: "pure_bf16"}.get(dtype)
         if precision is None:
             raise LoadError(f"dtype {dtype} is not supported by open_clip (float32, float16, bfloat16)")
         model, _, preprocess = open_clip.create_model_and_transforms(

@@ -75,6 +75,12 @@ class DiffusionAdapter(Adapter):
             raise ShapeMismatchError(f"VAE latent_channels {vae.config.latent_channels} != UNet in_channels {unet.config.in_channels}")
         if getattr(unet.config, "addition_embed_type", None):
             raise UnsupportedError("UNets with added conditioning (SDXL-style) are not supported")
+        from .dtypes import model_dtype
+
+        d_unet, d_text = model_dtype(unet), model_dtype(text_encoder)
+        if d_unet != d_text:
+            raise LoadError(f"the UNet is {d_unet} but the text encoder {d_text}: cast both to one dtype "
+                            "(unet.to(dtype), text_encoder.to(dtype)), or load the directory with vlinterp.load(path, dtype=...)")
         return cls(DiffusionModel(unet, text_encoder, vae), tokenizer, scheduler, name=name)
 
     @classmethod
@@ -86,20 +92,24 @@ class DiffusionAdapter(Adapter):
     def from_path(cls, path, device=None, dtype=None, scheduler: str = "ddim", **kw) -> "DiffusionAdapter":
         """Load a diffusers pipeline directory (``model_index.json``) or our component directory
         (``vlinterp_diffusion.json``) from local files only. ``scheduler="ddim"`` converts the
-        saved scheduler to ``DDIMScheduler`` (same betas); ``"native"`` keeps it."""
+        saved scheduler to ``DDIMScheduler`` (same betas); ``"native"`` keeps it. Every part loads in
+        one dtype: ``dtype``, or for ``"auto"``/``None`` the UNet's stored dtype (fp16 -> bf16 on a CPU;
+        a pipeline saved in fp16 would otherwise come back with an fp16 text encoder beside an fp32 UNet)."""
         from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 
         p = os.fspath(path)
         if not cls.can_load(p):
             raise LoadError(f"{p!r} is not a diffusers pipeline directory (no model_index.json or {CONFIG_NAME})")
-        dtype = kw.pop("torch_dtype", dtype)
+        from .dtypes import model_dtype, resolve_dtype
+
+        dtype = resolve_dtype(kw.pop("torch_dtype", dtype), p, device)
         if os.path.isfile(os.path.join(p, CONFIG_NAME)):
             from .diffusion_tiny import load_components
 
             c = load_components(p)
             unet, te, tok, sch, vae = (c[k] for k in ("unet", "text_encoder", "tokenizer", "scheduler", "vae"))
         else:
-            pipe = DiffusionPipeline.from_pretrained(p, local_files_only=True, **kw)
+            pipe = DiffusionPipeline.from_pretrained(p, local_files_only=True, **({"torch_dtype": dtype} if dtype else {}), **kw)
             unet, te, tok, sch = (getattr(pipe, k, None) for k in ("unet", "text_encoder", "tokenizer", "scheduler"))
             vae = getattr(pipe, "vae", None)
             if not isinstance(unet, UNet2DConditionModel) or te is None or tok is None or getattr(pipe, "text_encoder_2", None) is not None:
@@ -108,10 +118,11 @@ class DiffusionAdapter(Adapter):
             sch = DDIMScheduler.from_config(sch.config)
         if not isinstance(sch, SchedulerMixin):
             raise LoadError(f"{p!r}: no usable scheduler")
-        m = cls.from_components(unet, te, tok, sch, vae=vae, name=p)
-        if device is not None or dtype is not None:
-            m.model.to(device=device, dtype=dtype)
-        return m
+        dtype = dtype or model_dtype(unet)  # one dtype for every part (the libraries' defaults differ)
+        for part in (unet, te, vae):
+            if part is not None:
+                part.to(device=device, dtype=dtype)
+        return cls.from_components(unet, te, tok, sch, vae=vae, name=p)
 
     @classmethod
     def tiny(cls, variant: str = "diffusion", **kw) -> "DiffusionAdapter":
@@ -121,6 +132,8 @@ class DiffusionAdapter(Adapter):
 
         if variant not in ("diffusion", "diffusion-pixel"):
             raise LoadError(f"unknown tiny diffusion variant {variant!r}; known: diffusion, diffusion-pixel")
+        if isinstance(kw.get("dtype"), str) and kw["dtype"] == "auto":
+            kw["dtype"] = None
         c = build_components(pixel=variant == "diffusion-pixel", image_size=kw.pop("image_size", None))
         m = cls.from_components(c["unet"], c["text_encoder"], c["tokenizer"], c["scheduler"], c["vae"], name=f"tiny:{variant}")
         if kw.get("device") or kw.get("dtype"):

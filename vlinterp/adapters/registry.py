@@ -74,18 +74,28 @@ def load(name_or_path: str, **kw):
     ``dinov2-reg``, ``diffusion``, ``diffusion-pixel``), a model-zoo organism name (``shapes-llava``...),
     or a local directory / checkpoint file (HF, open_clip, timm or diffusers format).
     Keyword arguments go to the family's loader (``device``, ``dtype``, ``attn_implementation``...).
+    ``dtype``: a torch dtype, ``"float32"`` / ``"bfloat16"`` / ``"float16"``, or ``"auto"`` (also
+    ``None``, the default): the checkpoint's own dtype, except that fp16 loads as bf16 on a CPU
+    (:mod:`vlinterp.adapters.dtypes`); ``tiny:`` models and organisms without a stored dtype stay fp32.
     """
+    from .dtypes import parse_dtype, resolve_dtype
+
     name = os.fspath(name_or_path)
+    if "dtype" in kw:
+        kw["dtype"] = parse_dtype(kw["dtype"])  # a bad name fails here, before anything loads
     if name.startswith("tiny:"):
         variant = name[5:]
         if variant not in TINY:
             raise LoadError(f"unknown tiny model {name!r}; known: {', '.join('tiny:' + v for v in TINY)}")
+        if kw.get("dtype") == "auto":
+            kw["dtype"] = None
         return adapter_class(TINY[variant]).tiny(variant, **kw)
     if not os.path.exists(name):
         raise LoadError(
             f"{name!r} is neither a local path nor a known name (tiny:<family>, or a zoo organism through "
             f"vlinterp.load: see `vlinterp zoo list`); vlinterp never downloads: pass a local directory or checkpoint"
         )
+    kw["dtype"] = resolve_dtype(kw.get("dtype"), name, kw.get("device"))
     for family in FAMILIES:
         try:
             cls = adapter_class(family)

@@ -85,7 +85,10 @@ class VitAdapter(Adapter):
     @classmethod
     def from_path(cls, path, **kw) -> "VitAdapter":
         """Load a local timm hub-format checkpoint or HF ViT directory (never downloads).
-        ``kw``: ``device``, ``dtype``; HF also ``attn_implementation``."""
+        ``kw``: ``device``, ``dtype`` (``"auto"``: the checkpoint's, never fp16 on a CPU); HF also ``attn_implementation``."""
+        from .dtypes import resolve_dtype
+
+        kw["dtype"] = resolve_dtype(kw.get("dtype"), path, kw.get("device"))
         if timm_files(path) is not None:
             from .vit_timm import TimmVitAdapter
 

@@ -17,7 +17,8 @@ features included: a pre-hook on decoder layer 0), ``blocks.{i}.{attn,mlp,resid}
 Attention (``attention(batch, layers, stream)``, recomputed from each layer's inputs whatever kernel
 runs): ``lm`` ``[B, H, T, T]``; ``vision`` ``[n_crops, H, t, t]`` for CLIP towers, and for a packed
 tower (Qwen) one row ``[1, H, N, N]`` over all patches of the batch in block order, each image's
-(Qwen2.5-VL: each window's) probabilities on the diagonal and zeros between them.
+(Qwen2.5-VL: each window's) probabilities on the diagonal and zeros between them. ``queries=``
+keeps only those query rows (``lm``: ``[B, H, nq, T]``, only those queries projected).
 
 The public surface methods use instead of reaching into a model class: :attr:`lm` (the text
 model), :attr:`lm_layers`, :attr:`lm_norm`, :attr:`lm_head`, :attr:`text_embeddings`,
@@ -275,10 +276,14 @@ class VlmAdapter(Adapter):
         out = self.model(**batch.inputs)
         return out.logits, out
 
-    def _attention_probs(self, site, module, args, kwargs, output):
+    def _attention_probs(self, site, module, args, kwargs, output, queries=None):
         if self.site_table[site].stream == "vision":
-            return VISION_ATTENTION[self.spec.vision_attention](module, args, kwargs)
-        return hf_self_attention(module, args, kwargs)
+            p = VISION_ATTENTION[self.spec.vision_attention](module, args, kwargs)
+            if queries is not None:
+                T = p.shape[-2]
+                p = p.index_select(-2, torch.as_tensor([int(x) % T for x in queries], device=p.device))
+            return p
+        return hf_self_attention(module, args, kwargs, queries=queries)
 
     def generate(self, batch: Batch, max_new_tokens: int = 8, keep_scores: bool = False, **kw) -> Generation:
         """Greedy (default) generation. Hooks and edits active around the call apply at every
@@ -316,9 +321,13 @@ class VlmAdapter(Adapter):
     @classmethod
     def from_path(cls, path: str, device=None, dtype=None, attn_implementation: str | None = None, **kw) -> "VlmAdapter":
         """Load a local checkpoint directory with its family's transformers class and
-        ``AutoProcessor`` (``from_pretrained``, local files only)."""
+        ``AutoProcessor`` (``from_pretrained``, local files only). ``dtype``: see
+        :func:`~vlinterp.adapters.dtypes.resolve_dtype` (``"auto"``/``None``: the checkpoint's, fp16 -> bf16 on a CPU)."""
         from transformers import AutoConfig, AutoProcessor
 
+        from .dtypes import resolve_dtype
+
+        dtype = resolve_dtype(dtype, path, device)  # "auto": the checkpoint's, never fp16 on a CPU
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         spec = families.for_model_type(cfg.model_type)
         if spec is None:
@@ -339,6 +348,7 @@ class VlmAdapter(Adapter):
         spec = families.for_tiny(variant)
         if spec is None:
             raise LoadError(f"unknown tiny VLM {variant!r}; known: {', '.join(v for f in families.all_families() for v in f.tiny)}")
+        dtype = None if isinstance(dtype, str) and dtype == "auto" else dtype
         model, proc = spec.build_tiny(variant, **kw)
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)

@@ -197,7 +197,24 @@ def _out_file(suffixes: tuple[str, ...]):
     return parse
 
 
+def _device(text) -> str:
+    import re
+
+    t = str(text).strip().lower()
+    if not re.fullmatch(r"cpu|mps|(cuda|xpu)(:\d+)?", t):
+        raise ValueError(f"{text!r} is not a device (cpu, cuda, cuda:1, mps)")
+    if t.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        k = int(t.split(":")[1]) if ":" in t else 0
+        if k >= n:
+            raise ValueError(f"{text!r}: this machine has {n} CUDA device(s)" + ("" if n else "; use --device cpu"))
+    return t
+
+
 existing_file = _type(_file, "file")
+device = _type(_device, "device")
 existing_dir = _type(_dir, "directory")
 image_file = _type(_image, "image")
 out_dir = _type(_out_dir, "directory")
@@ -221,7 +238,7 @@ def add_load_options(p):
     """``--dtype`` and ``--device``, for every command that loads a model."""
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights' dtype; auto: the checkpoint's, except that on a CPU fp16 becomes bf16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 ... (unset: the CPU)")
 
 
 def add_n_seed(p, n: int, seed: int, what: str = "items"):
@@ -248,7 +265,8 @@ def add_out(p, help: str = "output directory (new, empty, or an earlier vlinterp
 
 
 def load_kwargs(args) -> dict:
-    """``vi.load`` keyword arguments from ``--dtype`` / ``--device`` (``auto`` / absent: none)."""
+    """``vi.load`` keyword arguments from ``--dtype`` / ``--device`` (``auto`` / absent: none; ``vi.load``'s
+    default is ``auto``: the checkpoint's dtype, fp16 -> bf16 on a CPU)."""
     kw = {}
     dtype = getattr(args, "dtype", None)
     if dtype and dtype != "auto":
@@ -261,6 +279,6 @@ def load_kwargs(args) -> dict:
 
 
 __all__ = ["Parser", "positive_int", "nonneg_int", "integer", "number", "positive_float", "nonneg_float", "ratio",
-           "open_ratio", "ratios", "int_list", "names_in", "existing_file", "existing_dir", "image_file", "out_dir",
+           "open_ratio", "ratios", "int_list", "names_in", "existing_file", "existing_dir", "device", "image_file", "out_dir",
            "json_file", "png_file", "npy_file", "out_file", "add_model", "add_load_options", "add_n_seed", "add_workers",
            "add_json", "add_out", "load_kwargs"]

@@ -66,11 +66,11 @@ def _run(args) -> int:
     items = _items(args)  # read (and checked) before any model loads
     emb = None
     if args.embedder == "auto" and args.dataset["kind"] == "shapes":
-        emb = vi.load("shapes-clip")
+        emb = vi.load("shapes-clip", **A.load_kwargs(args))
     elif args.embedder not in ("auto", "none"):
-        emb = vi.load(args.embedder)
+        emb = vi.load(args.embedder, **A.load_kwargs(args))
     ids = [it.id for it in items]
-    with WorkerPool(args.model, args.workers, args.address) as pool:
+    with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
         work = partial(_raw_worker, seed=args.seed, factors=not args.no_factors, inside=True)
         raw = pool.map(partial(work, sigma=0.0), items, shard=32, desc="audit", ids=ids)
         raw_planted = pool.map(partial(work, sigma=args.plant_noise), items, shard=32, desc="audit (planted)", ids=ids) if args.plant_noise > 0 else None

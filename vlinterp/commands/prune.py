@@ -105,7 +105,7 @@ def _run(args) -> int:
         from ..scale import WorkerPool
         from ..viz.prune_plot import plot_retention
 
-        with WorkerPool(args.model, args.workers, args.address) as pool:
+        with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             res = run_bench(m, args.keep, args.methods, n=args.n, seed=args.seed, batch_size=args.batch, repeats=args.repeats,
                             horizon=args.horizon, pool=pool if args.workers > 1 else None, progress=progress)
         res["workers"] = args.workers

@@ -175,7 +175,7 @@ def _run(args) -> int:
             from ..eval.sae_parallel import harvest_parallel
             from ..scale import WorkerPool
 
-            with WorkerPool(args.model, args.workers, args.address) as pool:
+            with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
                 st = harvest_parallel(pool, args.model, args.site, spec, args.out, args.batch_size, args.shard_samples, args.tokens)
         else:
             m = vi.load(args.model, **A.load_kwargs(args))

@@ -117,6 +117,7 @@ def _add(p):
                    help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
     e.add_argument("--image-dir", type=existing_dir, default=None, metavar="DIR",
                    help="folder the image paths in those files are relative to (unset: each file's folder)")
+    add_load_options(e)
     add_workers(e)
     add_json(e)
 
@@ -203,7 +204,7 @@ def _eval_user(args) -> int:
     pope = read_pope_jsonl(args.pope_jsonl, args.image_dir) if args.pope_jsonl else None
     truth = read_caption_truth(args.captions_jsonl, args.image_dir) if args.captions_jsonl else None
     vocab = read_vocabulary(args.vocab) if args.vocab else None
-    m = load(args.model)
+    m = load(args.model, **load_kwargs(args))
     table = {}
     for name, method in _methods(args, lambda: m)[0].items():
         table[name] = r = evaluate_user(m, method, pope, truth, vocab)
@@ -224,7 +225,7 @@ def _eval(args) -> int:
 
     items = tasks(args.n, args.seed, args.captions)
     table = {}
-    with WorkerPool(args.model, args.workers, args.address) as pool:
+    with WorkerPool(args.model, args.workers, args.address, load_options=load_kwargs(args)) as pool:
         rows, secs = _methods(args, pool.local_adapter)  # fitted (with progress) or loaded first, then evaluated
         for name, method in rows.items():
             t0 = time.perf_counter()

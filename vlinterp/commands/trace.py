@@ -191,7 +191,7 @@ def run_trace(args) -> dict:
         from ..scale import WorkerPool
 
         items = _items(args)  # read (and checked) before the model loads
-        with WorkerPool(args.model, args.workers, args.address) as pool:
+        with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             out = trace_dataset(pool, items, opts, progress=sys.stderr.isatty())
             name = pool.local_adapter().name if args.workers <= 1 else args.model
         meta = out["meta"]

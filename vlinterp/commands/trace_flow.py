@@ -100,7 +100,7 @@ def run(args) -> int:
         from ..scale import WorkerPool
 
         items = _items(args)
-        with WorkerPool(args.model, args.workers, args.address) as pool:
+        with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             out = flow_dataset(pool, items, m, args.corruption, args.noise, progress=sys.stderr.isatty())
             model = pool.local_adapter().name if args.workers <= 1 else args.model
         out["meta"].update(model=model, dataset=args.dataset["spec"], workers=args.workers)

@@ -28,6 +28,7 @@ def _add(p: argparse.ArgumentParser):
     e.add_argument("name", type=organism, metavar="NAME", help="a zoo organism (`vlinterp zoo list`)")
     e.add_argument("--split", default="test", metavar="SPLIT", help="shapes split the held-out scenes come from")
     A.add_n_seed(e, 256, 1, "held-out scenes")
+    A.add_load_options(e)
     A.add_json(e, "also write the metrics and floors as JSON to this file")
     t = sub.add_parser("train", help="train an organism from scratch (reproduces the shipped weights from the seed)",
                        description="train an organism from scratch (reproduces the shipped weights from the seed)")
@@ -54,7 +55,7 @@ def _run(args) -> int:
         return 0
     rec = zoo.recipe(args.name)
     if args.zoo_cmd == "eval":
-        m = zoo.load_organism(args.name)
+        m = zoo.load_organism(args.name, **A.load_kwargs(args))
         metrics = rec.evaluate(m, split=args.split, n=args.n, seed=args.seed, progress=True)
         res = {"name": args.name, "split": args.split, "n": args.n, "seed": args.seed, "metrics": metrics,
                "floors": {k: {"op": op, "value": v, "met": check_floor(metrics.get(k), op, v)} for k, (op, v) in rec.FLOORS.items()}}

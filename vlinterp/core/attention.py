@@ -11,41 +11,88 @@ from __future__ import annotations
 import torch
 
 
+CHUNK_ELEMENTS = 1 << 25  # float32 scores computed at once (128 MB): longer sequences go in query chunks
+
+
 def _softmax(scores: torch.Tensor, dtype) -> torch.Tensor:
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
 
 
-def _apply_mask(scores: torch.Tensor, mask, causal: bool) -> torch.Tensor:
+def _apply_mask(scores: torch.Tensor, mask, causal: bool, rows: torch.Tensor | None = None, T: int | None = None) -> torch.Tensor:
+    """Mask ``scores`` ``[..., Tq, Tk]``. ``rows`` ``[Tq]``: the query positions the rows hold, out of
+    ``T`` (default: all ``T = Tq`` positions in order)."""
     Tq, Tk = scores.shape[-2:]
+    T = Tq if T is None else T
     if mask is not None:
-        m = mask[..., :Tq, :Tk]
+        m = mask[..., :T, :Tk]
+        if rows is not None and m.shape[-2] != 1:
+            m = m.index_select(-2, rows.to(m.device))
         if m.dtype == torch.bool:
             scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
         else:
             scores = scores + m.to(scores.dtype)
-    elif causal and Tq > 1:
-        keep = torch.ones(Tq, Tk, dtype=torch.bool, device=scores.device).tril(Tk - Tq)
+    elif causal and T > 1:
+        q = torch.arange(T, device=scores.device) if rows is None else rows.to(scores.device)
+        keep = torch.arange(Tk, device=scores.device)[None, :] <= (q[:, None] + (Tk - T))
         scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
     return scores
 
 
-def hf_self_attention(module, args, kwargs) -> torch.Tensor:
+def _query_rows(queries, T: int, device) -> torch.Tensor | None:
+    """``queries`` (ints, negative from the end) -> LongTensor ``[nq]`` of positions in ``0..T-1``."""
+    if queries is None:
+        return None
+    q = torch.as_tensor(queries, dtype=torch.long).flatten()
+    return (q % T).to(device)
+
+
+def probs_in_chunks(q: torch.Tensor, k: torch.Tensor, scale: float, mask_fn, out_dtype, cap=None) -> torch.Tensor:
+    """``softmax(q k^T * scale)`` ``[B, H, Tq, Tk]`` computed ``rows`` at a time so the float32
+    scores never exceed :data:`CHUNK_ELEMENTS` (a 600-token LLaVA prompt with 32 heads would hold
+    several copies of ``[B, 32, 600, 600]`` at once). ``mask_fn(scores, lo, hi)`` masks rows ``lo:hi``."""
+    B, H, Tq, _ = q.shape
+    Tk = k.shape[-2]
+    step = max(1, CHUNK_ELEMENTS // max(1, B * H * Tk))
+    if step >= Tq:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if cap:
+            scores = torch.tanh(scores / cap) * cap
+        return _softmax(mask_fn(scores, 0, Tq), out_dtype)
+    out = torch.empty(B, H, Tq, Tk, dtype=out_dtype, device=q.device)
+    kt = k.transpose(-1, -2)
+    for lo in range(0, Tq, step):
+        hi = min(Tq, lo + step)
+        scores = torch.matmul(q[:, :, lo:hi], kt) * scale
+        if cap:
+            scores = torch.tanh(scores / cap) * cap
+        out[:, :, lo:hi] = _softmax(mask_fn(scores, lo, hi), out_dtype)
+    return out
+
+
+def hf_self_attention(module, args, kwargs, queries=None) -> torch.Tensor:
     """transformers attention with ``q_proj``/``k_proj`` (Llama, Mistral, Qwen, CLIP, ViT...).
 
     Handles optional ``q_norm``/``k_norm`` (per head: Qwen3, Gemma 3; over the whole projection:
     InternViT), rotary ``position_embeddings``, grouped KV heads, logit soft-capping (Gemma 2's
     ``attn_logit_softcapping``) and the layer's mask (4D float/bool, or ``None`` with a causal
     module): the mask the layer really receives, so bidirectional blocks (Gemma 3's image tokens,
-    PaliGemma's prefix) and sliding windows come out as the model computes them."""
+    PaliGemma's prefix) and sliding windows come out as the model computes them.
+
+    ``queries`` (positions, negative from the end): only those query rows, ``[B, H, nq, T]``; the
+    queries are projected at those positions only. Long sequences are computed in query chunks
+    (:func:`probs_in_chunks`)."""
     h = kwargs.get("hidden_states", args[0] if args else None)
     B, T, _ = h.shape
+    rows = _query_rows(queries, T, h.device)
     hd = getattr(module, "head_dim", None) or module.q_proj.out_features // module.num_heads
-    q, k = module.q_proj(h), module.k_proj(h)
+    hq = h if rows is None else h.index_select(1, rows)
+    Tq = hq.shape[1]
+    q, k = module.q_proj(hq), module.k_proj(h)
     qn, kn = getattr(module, "q_norm", None), getattr(module, "k_norm", None)
     full_width = qn is not None and getattr(qn, "weight", None) is not None and qn.weight.shape[-1] == q.shape[-1] != hd
     if full_width:
         q, k = qn(q), kn(k)
-    q, k = q.view(B, T, -1, hd), k.view(B, T, -1, hd)
+    q, k = q.view(B, Tq, -1, hd), k.view(B, T, -1, hd)
     if qn is not None and not full_width:
         q, k = qn(q), kn(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
@@ -53,18 +100,24 @@ def hf_self_attention(module, args, kwargs) -> torch.Tensor:
     if pe is not None:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        q, k = apply_rotary_pos_emb(q, k, *pe)
+        cos, sin = pe
+        k = apply_rotary_pos_emb(k, k, cos, sin)[0]
+        if rows is not None and cos.dim() >= 2 and cos.shape[-2] == T:
+            cos, sin = cos.index_select(-2, rows), sin.index_select(-2, rows)
+        q = apply_rotary_pos_emb(q, q, cos, sin)[0]
     rep = q.shape[1] // k.shape[1]
     if rep > 1:
         k = k.repeat_interleave(rep, dim=1)
     scale = getattr(module, "scaling", None) or getattr(module, "scale", None) or hd**-0.5
-    scores = torch.matmul(q, k.transpose(2, 3)) * scale
     cap = getattr(module, "attn_logit_softcapping", None)
-    if cap:
-        scores = torch.tanh(scores / cap) * cap
     mask = kwargs.get("attention_mask")
-    scores = _apply_mask(scores, mask, causal=bool(getattr(module, "is_causal", False)))
-    return _softmax(scores, q.dtype)
+    causal = bool(getattr(module, "is_causal", False))
+    all_rows = torch.arange(T, device=h.device) if rows is None else rows
+
+    def mask_fn(scores, lo, hi):
+        return _apply_mask(scores, mask, causal, all_rows[lo:hi], T)
+
+    return probs_in_chunks(q, k, scale, mask_fn, q.dtype, cap)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

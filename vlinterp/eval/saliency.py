@@ -298,7 +298,7 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
         names = [x for x in saliency.names(m.kind) if x not in saliency.WRAPPERS]
     work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps,
                    guidance=guidance)
-    with WorkerPool(model if isinstance(model, str) else m.name, workers, address) as pool:
+    with WorkerPool(model if isinstance(model, str) else m.name, workers, address, load_options=load_options) as pool:
         if workers <= 1:
             pool._local = m
         entries = pool.map(work, list(range(n)), shard=max(1, -(-n // max(1, 2 * workers))), desc=f"bench {m.name}",

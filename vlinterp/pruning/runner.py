@@ -72,6 +72,15 @@ class Prefill:
     positions: torch.Tensor | None = None
     bias: list = field(default_factory=list)
 
+    def repeat(self, n: int) -> "Prefill":
+        """This prefill's state for ``n`` copies of each row (a decode batch of ``B * n`` rows that
+        share the prompt; benchmarks time decoding at a batch size without running that prefill)."""
+        rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
+        kv = _LayerKV(len(self.cache.k))
+        kv.k, kv.v = [rep(t) for t in self.cache.k], [rep(t) for t in self.cache.v]
+        return Prefill(rep(self.logits), {l: rep(i) for l, i in self.kept.items()}, rep(self.image_kept), kv,
+                       [rep(v) for v in self.valid], rep(self.positions), [rep(b) for b in self.bias])
+
 
 class _LayerKV:
     """Per-layer key/value store with the cache protocol ``update(k, v, layer_idx) -> (k, v)``;
@@ -151,18 +160,19 @@ class PrunedLM:
         return emb, image, grid
 
     # ----------------------------------------------------------------- masks
-    def _mask(self, index: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None):
+    def _mask(self, index: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None, additive: bool = False):
         """Mask ``[B, 1, T', T']`` over the current positions ``index``: causal by original index,
         padding keys excluded, each query sees itself; ``bias`` ``[B, T']`` (log group sizes of
-        merged tokens) is added to the keys' attention logits."""
+        merged tokens) is added to the keys' attention logits. ``additive``: always the float form
+        (what the eager kernel takes)."""
         allowed = (index[:, None, :] <= index[:, :, None]) & valid[:, None, :].bool()
         allowed |= index[:, None, :] == index[:, :, None]
-        return self._finish(allowed[:, None], bias)
+        return self._finish(allowed[:, None], bias, additive)
 
-    def _finish(self, allowed: torch.Tensor, bias: torch.Tensor | None):
+    def _finish(self, allowed: torch.Tensor, bias: torch.Tensor | None, additive: bool = False):
         """Bool ``allowed`` ``[B, 1, Tq, Tk]`` -> the form the attention kernel takes (bool for
         sdpa without bias, else additive float)."""
-        if self.impl == "sdpa" and bias is None:
+        if self.impl == "sdpa" and bias is None and not additive:
             return allowed
         dtype = self.lm.embed_tokens.weight.dtype
         m = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -175,6 +185,25 @@ class PrunedLM:
 
         return create_causal_mask(config=self.lm.config, inputs_embeds=h, attention_mask=valid, position_ids=pos,
                                   **{cache_kwarg(create_causal_mask): None})
+
+    def _layer_with_probs(self, layer, h, mask, pe, pos, cache):
+        """Run ``layer`` once with the eager attention kernel and keep what it computes on the way:
+        ``(output, probabilities [B, H, T', T'], normed attention input [B, T', D])``. The ranking of a
+        pruner at the next layer (FastV) is fused into the prefill: no second pass over this
+        layer's queries and keys (a recomputation costs ~1/6 of a Llama layer at 600 tokens)."""
+        got = {}
+
+        def tap(module, args, kwargs, output):
+            got["in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            got["attn"] = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+
+        with self.adapter.raw_hooks() as hooks:
+            hooks.forward(layer.self_attn, tap, with_kwargs=True)
+            hooks.setattr(layer.self_attn.config, "_attn_implementation", "eager")
+            out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
+        if got.get("attn") is None:  # an attention module that returns no probabilities: recompute them
+            got["attn"] = hf_self_attention(layer.self_attn, (got["in"],), {"position_embeddings": pe, "attention_mask": mask})
+        return out, got["attn"], got["in"]
 
     # --------------------------------------------------------------- prefill
     @torch.no_grad()
@@ -243,13 +272,15 @@ class PrunedLM:
             if mask is None:
                 mask = self._mask(index, key_ok, bias) if (pruned or hidden_keys.any()) else self._hf_mask(h, valid, pos)
             pe = self.lm.rotary_emb(h, position_ids=pos)
-            want = pruner is not None and pruner.wants_attention(l + 1)
-            if want:
-                attn_in = layer.input_layernorm(h)
-                attn = hf_self_attention(layer.self_attn, (attn_in,), {"position_embeddings": pe, "attention_mask": mask})
+            want = pruner is not None and pruner.wants_attention(l + 1)  # this layer's probabilities rank the next drop
+            if want and _drops(pruner):
+                out, attn, attn_in = self._layer_with_probs(layer, h, self._mask(index, key_ok, bias, additive=True), pe, pos, cache)
             else:
                 attn = attn_in = None
-            out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
+                if want:  # keep=1: the model's own kernel runs (bit-identical), the probabilities recomputed beside it
+                    attn_in = layer.input_layernorm(h)
+                    attn = hf_self_attention(layer.self_attn, (attn_in,), {"position_embeddings": pe, "attention_mask": mask})
+                out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
             h = out[0] if isinstance(out, tuple) else out
         logits = self.head(self.lm.norm(h))[:, -1]
         if logits.is_cuda:  # the timings are of finished work, not of queued kernels (t1 follows a sync: int(...))
@@ -264,8 +295,18 @@ class PrunedLM:
         """Greedy decoding after a pruned prefill; each decode step attends to each layer's own
         kept keys plus the generated tokens, at positions continuing the original ones."""
         pre = self.prefill(batch, pruner, generator)
+        new_t, scores = self.decode(pre, max_new_tokens)
         tok = self.adapter.tokenizer
-        eos = tok.eos_token_id
+        texts = [tok.decode(r, skip_special_tokens=True).strip() for r in new_t]
+        seq = torch.cat([batch.inputs["input_ids"].to(new_t.device), new_t], 1)
+        return Generation(seq, new_t, texts, scores)
+
+    @torch.no_grad()
+    def decode(self, pre: Prefill, max_new_tokens: int = 8, stop_at_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy tokens ``[B, n]`` and their logits ``[n, B, V]`` from a prefill's state (``pre`` is
+        extended in place: its cache grows). ``stop_at_eos=False`` always makes ``max_new_tokens``."""
+        tok = self.adapter.tokenizer
+        eos = tok.eos_token_id if stop_at_eos else None
         B = pre.logits.shape[0]
         nxt = pre.logits.argmax(-1)
         new, scores = [nxt], [pre.logits]
@@ -293,10 +334,14 @@ class PrunedLM:
                 done = done | (nxt == eos)
             new.append(nxt)
             scores.append(logits)
-        new_t = torch.stack(new, 1)
-        texts = [tok.decode(r, skip_special_tokens=True).strip() for r in new_t]
-        seq = torch.cat([batch.inputs["input_ids"].to(new_t.device), new_t], 1)
-        return Generation(seq, new_t, texts, torch.stack(scores))
+        return torch.stack(new, 1), torch.stack(scores)
+
+
+def _drops(pruner) -> bool:
+    """Whether ``pruner`` can drop tokens (``keep < 1``); at ``keep=1`` the prefill stays bit-identical
+    to the model's own forward, so its layers keep their own attention kernel."""
+    keep = getattr(getattr(pruner, "config", None), "keep", None)
+    return keep is None or float(keep) < 1.0
 
 
 def _take(keep: torch.Tensor, *tensors: torch.Tensor):

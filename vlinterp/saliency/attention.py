@@ -21,12 +21,13 @@ from .targets import Targets
 from .tokens import keep_layer_scores, keep_text_scores
 
 
-def attention_stack(adapter, t: Targets, layers, heads) -> tuple[list[int], torch.Tensor]:
-    """``(layers, A [L, H', T, T])`` of row ``t.row`` of ``t.stream``, float32, on CPU. With a
-    pooling probe (``t.pool``) its attention ``[H, T]`` goes to ``t.arrays["pool_attention"]``."""
+def attention_stack(adapter, t: Targets, layers, heads, queries=None) -> tuple[list[int], torch.Tensor]:
+    """``(layers, A [L, H', T, T])`` of row ``t.row`` of ``t.stream``, float32, on CPU; with
+    ``queries`` only those rows, ``[L, H', len(queries), T]``. With a pooling probe (``t.pool``) its
+    attention ``[H, T]`` goes to ``t.arrays["pool_attention"]``."""
     layers = check_layers(adapter, layers, t.stream)
     with probe_attention(adapter, t) as pool:
-        probs = adapter.attention(t.batch, layers, t.stream)
+        probs = adapter.attention(t.batch, layers, t.stream, queries=queries)
     if "probs" in pool:
         t.arrays["pool_attention"] = pool["probs"][t.row, :, 0].float().cpu().numpy()
     A = torch.stack([probs[l][t.row].float().cpu() for l in layers])
@@ -47,9 +48,11 @@ class RawAttention(SaliencyMethod):
         """``layers`` / ``heads`` averaged (``None`` = all)."""
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads)
+        # only the explained rows are computed, except under a pooling probe (its row mixes them all)
+        rows = None if t.pool is not None else list(t.queries)
+        layers, A = attention_stack(self.adapter, t, self.config.layers, self.config.heads, queries=rows)
         t.meta["layers"] = layers
-        q = torch.as_tensor(t.queries)
+        q = torch.as_tensor(t.queries) if rows is None else torch.arange(len(rows))
         per = torch.stack([with_probe_row(a.mean(0), probe_row(t))[q] for a in A], 1)  # [n, L, T]
         keep_layer_scores(t, layers, per)
         rows = per.mean(1)  # = the mean over layers and heads, read at the queries

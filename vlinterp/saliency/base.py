@@ -192,6 +192,27 @@ def with_pixel_grad(batch: Batch) -> Batch:
 
 
 @contextlib.contextmanager
+def graph_from_layer(adapter, layer: int):
+    """For the block: every parameter frozen and the autograd graph started at the input of
+    language-model decoder layer ``layer`` (a leaf that requires grad), so a ``run(..., grad=True)``
+    records nothing before it: not the vision tower, the projector or earlier layers. Gradients of
+    anything computed from layer ``layer`` on (its attention probabilities) are unchanged; on
+    LLaVA-NeXT shapes this cut relevancy's peak memory from 8.6 to 6.8 GB. Undone on exit."""
+    with adapter.raw_hooks() as h:
+        for p in adapter.model.parameters():
+            if p.requires_grad:
+                h.setattr(p, "requires_grad", False)
+
+        def leaf(module, args, kwargs):
+            if args:
+                return (args[0].detach().requires_grad_(True),) + tuple(args[1:]), kwargs
+            return args, dict(kwargs, hidden_states=kwargs["hidden_states"].detach().requires_grad_(True))
+
+        h.pre(f"blocks.{int(layer)}.resid", leaf, with_kwargs=True)
+        yield
+
+
+@contextlib.contextmanager
 def attention_with_grad(adapter, layers: Iterable[int], stream: str, pool: str | None = None):
     """Yield ``{layer: probs [B, H, Tq, Tk]}``, filled by the next ``adapter.run(..., grad=True)``
     inside the block with the attention probabilities the model actually multiplies with its

@@ -24,13 +24,15 @@ ViT and CLIP keep the logit (multi-label ViT heads are sigmoids, not a softmax).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..core.errors import ConfigError, PromptError
-from .base import LayersConfig, SaliencyMethod, attention_with_grad, check_layers, select_heads, with_pixel_grad, with_probe_row
+from .base import (LayersConfig, SaliencyMethod, attention_with_grad, check_layers, graph_from_layer, select_heads, with_pixel_grad,
+                   with_probe_row)
 from .targets import Targets
 from .tokens import keep_layer_scores, keep_text_scores
 
@@ -114,6 +116,60 @@ def relevance_and_layers(adapter, t: Targets, layers, heads, stream: str | None 
     return layers, maps, (torch.stack(per_layer) if per_layer else None)
 
 
+def relevance_rows(adapter, t: Targets, layers, heads, score: str = "logit"):
+    """Only the rows the answer needs: ``(layers, rows [n_targets, T], per_layer [n_targets, n_layers, T])``
+    with ``rows[k]`` = row ``t.queries[k]`` of :func:`relevance_maps`' ``[T, T]`` map and ``per_layer``
+    as :func:`relevance_and_layers` gives (streams without a pooling probe).
+
+    Row ``q`` of ``R = (I + Abar_L) ... (I + Abar_1)`` is ``e_q`` pushed through the factors from the
+    last layer down (``r += r @ Abar_l``): ``O(T^2)`` per layer instead of ``O(T^3)``, and no ``[T, T]``
+    relevance matrix. Each layer's gradient is reduced to its ``Abar`` ``[T, T]`` by a tensor hook as
+    the backward pass reaches it, so the ``[H, T, T]`` gradients of every layer are never held
+    together. On a language model the graph starts at the first explained layer, with every
+    parameter frozen (:func:`~.base.graph_from_layer`): the vision tower keeps no autograd graph."""
+    stream = t.stream
+    layers = check_layers(adapter, layers, stream)
+    lm = adapter.kind == "vlm" and stream == "lm"
+    with contextlib.ExitStack() as stack:
+        if lm:
+            stack.enter_context(graph_from_layer(adapter, layers[0]))
+        probs = stack.enter_context(attention_with_grad(adapter, layers, stream))
+        out = adapter.run(t.batch if lm else with_pixel_grad(t.batch), grad=True)
+    y = explained_scores(t, out.logits, score)[t.row]
+    del out
+    r = t.row
+    As = [probs[l] for l in layers]
+    T = As[0].shape[-1]
+    rows, per_layer = [], []
+    for k in range(t.n):
+        abars: dict[int, torch.Tensor] = {}
+
+        def reduce(i):
+            def hook(G):
+                with torch.no_grad():
+                    A = select_heads(As[i][r].detach(), heads)
+                    abars[i] = (select_heads(G[r], heads).float() * A.float()).clamp(min=0).mean(0).cpu()
+
+            return hook
+
+        handles = [A.register_hook(reduce(i)) for i, A in enumerate(As)]
+        try:  # the backward to the first layer's probabilities passes every later layer's: each hook fires once
+            torch.autograd.grad(y[k], As[:1], retain_graph=k < t.n - 1, allow_unused=True)
+        finally:
+            for hd in handles:
+                hd.remove()
+        q = int(t.queries[k])
+        e = torch.zeros(T)
+        e[q] = 1.0
+        v = e.clone()
+        for i in reversed(range(len(layers))):
+            if i in abars:
+                v = v + v @ abars[i]
+        rows.append(v)
+        per_layer.append(torch.stack([e + abars[i][q] if i in abars else e for i in range(len(layers))]))
+    return layers, torch.stack(rows), torch.stack(per_layer)
+
+
 class Relevancy(SaliencyMethod):
     name = "relevancy"
 
@@ -134,10 +190,14 @@ class Relevancy(SaliencyMethod):
         return self.config.score or DEFAULT_SCORE.get(self.adapter.kind, "logit")
 
     def compute(self, t: Targets) -> np.ndarray:
-        layers, maps, per_layer = relevance_and_layers(self.adapter, t, self.config.layers, self.config.heads, score=self.score,
-                                                       queries=t.queries)
+        if t.pool is None:  # only the rows the answer reads (see relevance_rows)
+            layers, rows, per_layer = relevance_rows(self.adapter, t, self.config.layers, self.config.heads, score=self.score)
+        else:  # a pooling probe reads every row
+            layers, maps, per_layer = relevance_and_layers(self.adapter, t, self.config.layers, self.config.heads, score=self.score,
+                                                           queries=t.queries)
+            rows = torch.stack([R[q] for q, R in zip(t.queries, maps)])
         t.meta["layers"] = layers
         t.meta["score"] = self.score
         keep_layer_scores(t, layers, per_layer)
-        keep_text_scores(self.adapter, t, torch.stack([R[q] for q, R in zip(t.queries, maps)]))
-        return np.stack([R[q, t.patches].numpy() for q, R in zip(t.queries, maps)])
+        keep_text_scores(self.adapter, t, rows)
+        return rows[:, t.patches].numpy()

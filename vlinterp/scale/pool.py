@@ -36,14 +36,14 @@ def _require_ray():
 def _make_actor(ray):
     @ray.remote(num_cpus=1)
     class ShardWorker:
-        def __init__(self, model: str, threads: int, env: dict):
+        def __init__(self, model: str, threads: int, env: dict, load_options: dict):
             os.environ.update(env)
             import torch
 
             torch.set_num_threads(threads)
             import vlinterp as vi
 
-            self.adapter = vi.load(model)
+            self.adapter = vi.load(model, **load_options)
 
         def run(self, fn, items, start: int):
             return fn(self.adapter, items, start)
@@ -52,8 +52,11 @@ def _make_actor(ray):
 
 
 class WorkerPool:
-    def __init__(self, model: str, workers: int = 1, address: str | None = None, threads: int = 1):
+    def __init__(self, model: str, workers: int = 1, address: str | None = None, threads: int = 1,
+                 load_options: dict | None = None):
+        """``load_options``: keyword arguments of ``vlinterp.load`` (``dtype``, ``device``) for every replica."""
         self.model, self.workers, self.address, self.threads = model, int(workers), address, int(threads)
+        self.load_options = dict(load_options or {})
         self._ray = None
         self._actors = []
         self._started = False
@@ -70,7 +73,7 @@ class WorkerPool:
             self._started = True
         env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "VLINTERP_", "OMP_"))}
         Actor = _make_actor(ray)
-        self._actors = [Actor.remote(self.model, self.threads, env) for _ in range(self.workers)]
+        self._actors = [Actor.remote(self.model, self.threads, env, self.load_options) for _ in range(self.workers)]
         return self
 
     def __exit__(self, *exc):
@@ -86,7 +89,7 @@ class WorkerPool:
         if self._local is None:
             import vlinterp as vi
 
-            self._local = vi.load(self.model)
+            self._local = vi.load(self.model, **self.load_options)
         return self._local
 
     def map(self, fn, items: list, shard: int = 32, desc: str = "items", ids=None, progress: bool = True, on_done=None) -> list:

@@ -198,9 +198,8 @@ class Workbench:
         job.step(1, 2, "attention, every layer")
         sites = self.m.attention_sites("lm")
         layers = sorted(sites)
-        A = self.m.attention(t.batch, layers, "lm")
-        q_ = torch.as_tensor(t.queries)
-        rows = torch.stack([A[l][0][:, q_].float().cpu() for l in layers])  # [L, H, n, T]
+        A = self.m.attention(t.batch, layers, "lm", queries=list(t.queries))  # only the answer's rows
+        rows = torch.stack([A[l][0].float().cpu() for l in layers])  # [L, H, n, T]
         entry = {"rows": rows.numpy(), "layers": layers, "layout": t.layout, "patches": t.patches.numpy(),
                  "labels": list(t.labels), "sequence": self.sequence(t), "queries": list(t.queries)}
         with self._lock:
