@@ -136,7 +136,7 @@ def audit_raw(adapter, items, start: int = 0, seed: int = 0, factors: bool = Tru
     if adapter.kind != "vlm":
         from ..core.errors import UnsupportedError
 
-        raise UnsupportedError(f"the modality audit runs LLaVA-family models, not {adapter.family!r}")
+        raise UnsupportedError(f"the modality audit asks a vision-language model questions about images and text; {adapter.family} ({adapter.kind}) models do not answer questions")
     rend = [renderings(it, seed, factors) for it in items]
     ctx = adapter.edits(edits) if edits else contextlib.nullcontext()
     with ctx:
