@@ -100,7 +100,8 @@ def _sae(m) -> str:
 
         items = [Item(image(i), "") for i in range(2)]
     store = ActivationStore.harvest(m, site, items, batch_size=2, progress=False)
-    sae = train_sae(store, d_sae=16, k=2, steps=3, batch_size=8, progress=False)
+    # encoders' streams hold image tokens only: no image/text balance to draw
+    sae = train_sae(store, d_sae=16, k=2, steps=3, batch_size=8, image_fraction=0.5 if m.kind == "vlm" else None, progress=False)
     b = m.prepare(images=[image()], text=[PROMPT]) if m.kind == "vlm" else m.prepare(images=[image()])
     with torch.no_grad():
         plain = _out(m.run(b))
