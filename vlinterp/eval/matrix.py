@@ -5,7 +5,7 @@ note of what it measured; where the method does not apply it raises
 :class:`~vlinterp.core.errors.UnsupportedError` naming why (that reason is the cell's ``✗``).
 ``tests/test_method_matrix.py`` runs every cell; :func:`markdown` prints the table for the README
 (``python -m vlinterp.eval.matrix``). Steering is not in the matrix yet (its registry is being
-rewritten).
+rewritten); DAAM (diffusion models only) neither.
 
 Shapes: images are ``[H, W, 3]`` uint8; ``logits`` ``[B, T, V]``.
 """
@@ -24,6 +24,8 @@ VLMS = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava-onev
 ENCODERS = ("clip", "siglip", "vit", "dinov2")
 MODELS = VLMS + ENCODERS
 
+# methods of another model kind than any here: DAAM explains text-to-image diffusion models
+NOT_IN_MATRIX = ("daam",)
 PROMPT = "what is in the image?"
 TEXTS = ["a red circle", "a blue square"]
 
@@ -42,7 +44,18 @@ def _items(n: int = 2):
 # ------------------------------------------------------------------ saliency
 def _saliency(name: str):
     def run(m) -> str:
+        from ..saliency import get
         from ..saliency.explanation import explain
+
+        if name == "clip_text":  # scores the text tokens, not the image: no map for explain to draw
+            from ..saliency.base import check_kind
+
+            cls = get(name)
+            check_kind(cls, m)
+            res = cls(m).attribute(m.prepare(images=[image()], text=TEXTS), target=[0, 1])
+            if not np.isfinite(res.scores).all() or float(np.abs(res.scores).max()) == 0.0:
+                raise AssertionError(f"{name} on {m.family}: empty or non-finite scores")
+            return f"{res.scores.shape[1]} text tokens"
 
         kw = {"texts": TEXTS} if m.kind == "clip" else {}
         if name == "ig":
@@ -166,7 +179,8 @@ def methods() -> dict[str, Callable]:
 
     out: dict[str, Callable] = {}
     for name in REGISTRY.names():
-        out[f"saliency:{name}"] = _saliency(name)
+        if name not in NOT_IN_MATRIX:
+            out[f"saliency:{name}"] = _saliency(name)
     for name in CORRUPTIONS.names():
         out[f"trace:{name}"] = _trace(name)
     out["trace:tokens"] = _trace(None, "tokens")

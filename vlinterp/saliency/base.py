@@ -306,7 +306,8 @@ def pixels(t: Targets) -> torch.Tensor:
     x = t.batch.inputs.get("pixel_values")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = None if x is None else tuple(x.shape)
-        raise UnsupportedError(f"pixel-space methods need pixel_values [n_images, 3, H, W] (one crop per image); got {shape}")
+        raise UnsupportedError(f"pixel-space methods perturb one crop per image ([3, H, W]); this model's processor gives "
+                               f"pixel_values of shape {shape} (tiles, or patches packed into rows)")
     if t.stream == "lm" and len(t.layout.images[t.image_index].tiles) != 1:
         raise UnsupportedError(f"pixel-space methods perturb one crop per image; this image is split into "
                                f"{len(t.layout.images[t.image_index].tiles)} tiles")
