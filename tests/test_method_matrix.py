@@ -3,9 +3,8 @@
 Each cell either runs end to end (a finite, non-empty map / effect / reconstruction that changes
 the output / pruned run that keeps fewer image tokens) or raises ``UnsupportedError`` whose
 message names why. Which cells are refused is pinned below: a method that stops running on a
-family, or starts running where it should not, fails the test. Prototype fitting (a linear probe,
-~4 s a model) runs on every model in the slow lane, on tiny:vit in the fast one. Steering is not
-in the matrix yet (being rewritten)."""
+family, or starts running where it should not, fails the test. The fast lane runs a part (see
+``_fast``), the slow lane the rest. Steering is not in the matrix yet (being rewritten)."""
 import functools
 
 import pytest
@@ -59,8 +58,21 @@ def _adapter(model):
 
 
 METHODS = list(M.methods())
-FAST = [(meth, model) for model in M.MODELS for meth in METHODS if meth != "prototypes"] + [("prototypes", "vit")]
-SLOW = [("prototypes", model) for model in M.MODELS if model != "vit"]
+# fast lane: every refusal (they fail before any work), every pruning cell, and every cell on one
+# model of each layout kind (llava-1.5, Qwen's packed M-RoPE, Gemma 3's bidirectional image
+# blocks, a ViT). The rest (prototypes included: a probe fit, ~4 s a model) runs in the slow lane.
+FAST_MODELS = ("llava", "qwen2.5-vl", "gemma3", "vit")
+CELLS = [(meth, model) for model in M.MODELS for meth in METHODS]
+
+
+def _fast(meth, model):
+    if meth == "prototypes":  # a probe fit per model: slow lane (tests/test_prototypes.py covers a ViT fast)
+        return False
+    return refused(meth, model) is not None or meth.startswith("prune:") or model in FAST_MODELS
+
+
+FAST = [c for c in CELLS if _fast(*c)]
+SLOW = [c for c in CELLS if not _fast(*c)]
 
 
 def _check(meth, model):
@@ -97,5 +109,5 @@ def test_every_method_family_is_in_the_matrix():
     want |= {"trace:tokens", "sae:harvest+splice", "prototypes", "audit"}
     assert want <= set(METHODS)
     table = M.markdown({("audit", "llava"): (True, "8 fields"), ("audit", "clip"): (False, "no questions"),
-                        ("prune:random", "clip"): (False, "no questions")})
+                        ("prune:random", "llava"): (False, "no questions"), ("prune:random", "clip"): (False, "no questions")})
     assert "| audit | ✓ | ✗1 |" in table and "| prune:random | ✗1 | ✗1 |" in table and "1. no questions" in table
