@@ -222,6 +222,19 @@ def run_all(models=MODELS, progress: bool = True) -> dict[tuple[str, str], tuple
     return out
 
 
+def _general(reason: str, model: str) -> str:
+    """A refusal's reason with the model's names and sizes generalised, so one footnote serves
+    every model it applies to ("<family>'s tower has no CLS token", "split into n tiles")."""
+    import re
+
+    from ..adapters.registry import TINY
+
+    for name in sorted({model, TINY.get(model, model)}, key=len, reverse=True):
+        reason = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w.-])", "<family>", reason)
+    reason = re.sub(r"\(\d+(?:, \d+)+\)", "(...)", reason)
+    return re.sub(r"\b\d+ (tiles|crops|image\(s\))", r"n \1", reason)
+
+
 def markdown(results: dict[tuple[str, str], tuple[bool, str]]) -> str:
     """The matrix as a Markdown table (methods down, models across; ✓, or ✗ with a footnote giving the reason)."""
     models = list(dict.fromkeys(m for _, m in results))
@@ -235,6 +248,7 @@ def markdown(results: dict[tuple[str, str], tuple[bool, str]]) -> str:
             if ok:
                 row.append("✓")
             else:
+                note = _general(note, m)
                 if note not in reasons:
                     reasons.append(note)
                 row.append(f"✗{reasons.index(note) + 1}")
