@@ -45,3 +45,23 @@ def test_pruned_qwen_equals_model_fed_only_kept_tokens(family):
             pos = torch.cat([pos, pos.amax((0, 2), keepdim=True).expand(3, -1, 1) + 1], 2)
     ref = torch.stack(toks, 1)
     assert torch.equal(g.new_tokens[:, :steps], ref)
+
+
+@pytest.mark.parametrize("family", ["llava-next", "qwen2-vl", "qwen3-vl", "llava-onevision", "gemma3", "paligemma", "internvl",
+                                    "smolvlm"])
+def test_nothing_dropped_equals_the_model_and_dropping_changes_it(family):
+    """Keep-all prefill gives the model's own logits (bit-identical; Qwen3-VL within 1e-6: its
+    DeepStack additions are re-added as recorded differences) and a 0.25 FastV keep changes them."""
+    m = vi.load(f"tiny:{family}")
+    b = m.prepare(images=[_image()], text=["what is it?"])
+    runner = PrunedLM(m)
+    ref = m.run(b).logits[:, -1]
+    same = runner.prefill(b, make_pruner("fastv:1.0:layer=1")).logits
+    if family == "qwen3-vl":
+        assert (same - ref).abs().max() < 1e-6
+    else:
+        assert torch.equal(same, ref)
+    p = make_pruner("fastv:0.25:layer=1")
+    pre = runner.prefill(b, p)
+    assert pre.image_kept.shape[1] == p.n_keep(runner.n_image(b)) < runner.n_image(b)
+    assert (pre.logits - ref).abs().max() > 1e-6
