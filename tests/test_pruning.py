@@ -109,7 +109,7 @@ def test_pruned_generation_equals_model_fed_only_kept_tokens(shapes_llava):
     pre = runner.prefill(b, p, generator=torch.Generator().manual_seed(5))
     keep = pre.kept[0]  # [B, T'] original indices
     with torch.no_grad():
-        emb, _, _ = runner.embed(b, runner.features(b.inputs["pixel_values"]))
+        emb = runner.lm_inputs(b).h
         e = torch.gather(emb, 1, keep[..., None].expand(-1, -1, emb.shape[-1]))
         mask = torch.gather(b.inputs["attention_mask"], 1, keep)
         pos = keep.clone()
@@ -240,9 +240,12 @@ def test_tiny_llava_and_unsupported_layouts(tmp_path):
     assert torch.equal(runner.prefill(b, make_pruner("fastv:1.0:layer=1")).logits, ref)
     g = runner.generate(b, make_pruner("visionzip:0.5"), max_new_tokens=3)
     assert g.new_tokens.shape[0] == 2
-    with pytest.raises(UnsupportedError, match="llava-1.5 layout"):
-        PrunedLM(LlavaAdapter.tiny("llava-next"))
-    with pytest.raises(UnsupportedError, match="LLaVA-family"):
+    nx = LlavaAdapter.tiny("llava-next")  # tiles + newline tokens: LM-side pruning runs, VisionZip says why not
+    bn = nx.prepare(images=[np.zeros((32, 48, 3), np.uint8)], text=["what is it?"])
+    assert torch.equal(PrunedLM(nx).prefill(bn, make_pruner("fastv:1.0:layer=1")).logits, nx.run(bn).logits[:, -1])
+    with pytest.raises(UnsupportedError, match="crops"):
+        PrunedLM(nx).prefill(bn, make_pruner("visionzip:0.5"))
+    with pytest.raises(UnsupportedError, match="vision-language model"):
         PrunedLM(vi.load("tiny:vit"))
 
 
@@ -278,7 +281,8 @@ def test_visionzip_merged_tokens_get_proportional_attention(shapes_llava):
     assert bool((sizes > 1).any()) and int(keep_grid.sum(1)[0]) == 25
     pre = runner.prefill(b, p)
     with torch.no_grad():
-        emb, image, grid = runner.embed(b, feats)
+        inp = runner.lm_inputs(b, feats)
+        emb, image, grid = inp.h, inp.image, inp.grid
         keep = ~image | torch.gather(keep_grid, 1, grid.clamp(min=0))
         idx = keep.nonzero()[:, 1].reshape(4, -1)
         e = torch.gather(emb, 1, idx[..., None].expand(-1, -1, emb.shape[-1]))
@@ -310,7 +314,7 @@ def test_visionzip_inside_the_tower(shapes_llava):
 
     feats, keep, sizes = make_pruner("visionzip:0.25:tower_layer=2:contextual=0").vision(runner, b)
     assert int(keep.sum(1).min()) == int(keep.sum(1).max()) == 25 and bool((sizes == 1).all())
-    tower = runner.inner.vision_tower
+    tower = m.model.model.vision_tower
     layers = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers
     with torch.no_grad():
         hs = tower(b.inputs["pixel_values"], output_hidden_states=True).hidden_states[2]  # after tower layer 2
@@ -320,7 +324,7 @@ def test_visionzip_inside_the_tower(shapes_llava):
             for j in range(2, depth):
                 out = layers[j](x, None)
                 x = out[0] if isinstance(out, tuple) else out
-            ref = runner.inner.multi_modal_projector(x[0, 1:])
+            ref = m.model.model.multi_modal_projector(x[0, 1:])
             assert torch.allclose(feats[i, pos], ref, atol=1e-5)
     # and the selection is the top CLS attention after layer 2, not the feature layer's
     assert not torch.equal(keep, make_pruner("visionzip:0.25:contextual=0").vision(runner, b)[1])

@@ -136,7 +136,8 @@ def audit_raw(adapter, items, start: int = 0, seed: int = 0, factors: bool = Tru
     if adapter.kind != "vlm":
         from ..core.errors import UnsupportedError
 
-        raise UnsupportedError(f"the modality audit runs LLaVA-family models, not {adapter.family!r}")
+        raise UnsupportedError(f"the modality audit asks a vision-language model questions about images and text; {adapter.family} ({adapter.kind}) models do not answer questions")
+    _check_text_only(adapter)
     rend = [renderings(it, seed, factors) for it in items]
     ctx = adapter.edits(edits) if edits else contextlib.nullcontext()
     with ctx:
@@ -152,6 +153,18 @@ def audit_raw(adapter, items, start: int = 0, seed: int = 0, factors: bool = Tru
             row["states"] = {n: v[k] for n, v in inner["states"].items() if k in v}
         out.append(row)
     return out
+
+
+def _check_text_only(adapter) -> None:
+    """:class:`UnsupportedError` when the model cannot be asked a question without an image (the
+    audit's text renderings): PaliGemma's processor needs an image in every prompt."""
+    from ..core.errors import PromptError, UnsupportedError
+
+    try:
+        adapter.prepare(images=None, text=["is there a circle?"])
+    except PromptError as e:
+        raise UnsupportedError(f"the modality audit asks every question as text alone too; {adapter.family} cannot take "
+                               f"a prompt without an image ({e})") from e
 
 
 def _raw_worker(adapter, items, start, seed, factors, inside, sigma):

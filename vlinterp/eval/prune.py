@@ -146,9 +146,8 @@ def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv",
                      "retention": {k: (acc[k] / base[k] if base[k] else float("nan")) for k in acc}})
     lat_batch = adapter.prepare(images=[it.image for it in items[:batch_size]], text=[it.prompt for it in items[:batch_size]])
     lat = latency(runner, lat_batch, {"none": None, **specs}, repeats)
-    cfg = adapter.config.text_config
-    ids = lat_batch.inputs["input_ids"][0]
-    N = int((ids == runner.image_token).sum())
+    cfg = adapter.text_config
+    N = runner.n_image(lat_batch)
     n_text = int(lat_batch.inputs["attention_mask"][0].sum()) - N
     full = lm_flops(cfg, n_text, [N] * runner.L)
     vcfg, Lv, depth = runner.tower_shape()

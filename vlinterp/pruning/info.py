@@ -50,7 +50,7 @@ def proxy_scores(ctx, proxy: str = "combined") -> torch.Tensor:
         return received_attention(ctx.attn)
     if proxy == "last_attention":
         return ctx.attn[:, :, -1, :].float().mean(1)
-    c = contribution(ctx.attn, ctx.attn_in, ctx.prev_layer.self_attn)
+    c = contribution(ctx.attn, ctx.attn_in, ctx.prev_attn)
     if proxy == "contribution":
         return c
     if proxy == "combined":

@@ -57,18 +57,19 @@ def token_information(adapter, items, layers=None, progress: bool = True) -> dic
     exact, prox = [], {k: [] for k in PROXIES}
     for it in tqdm(items, desc="token information (removal per layer)", disable=not progress):
         b = adapter.prepare(images=[it.image], text=[it.prompt])
-        feats = runner.features(b.inputs["pixel_values"])
+        inputs = runner.lm_inputs(b)
         rec = _ProxyRecorder()
-        base = runner.prefill(b, rec, feats=feats).logits  # [1, V]
-        image_pos = (b.inputs["input_ids"][0] == runner.image_token).nonzero().flatten()
+        base = runner.prefill(b, rec, inputs=inputs).logits  # [1, V]
+        image_pos = inputs.image[0].nonzero().flatten().cpu()
         N = len(image_pos)
         T = b.inputs["input_ids"].shape[1]
         rows = b.repeat(N)
+        rows_in = inputs.repeat(N)
         hide = torch.zeros(N, T, dtype=torch.bool)
         hide[torch.arange(N), image_pos] = True
         per_layer = np.full((L, N), np.nan)
         for l in layers:
-            out = runner.prefill(rows, removed={l: hide}, feats=feats.repeat(N, 1, 1)).logits
+            out = runner.prefill(rows, removed={l: hide}, inputs=rows_in).logits
             per_layer[l] = _tv(base.expand_as(out), out).cpu().numpy()
         exact.append(per_layer)
         for k in PROXIES:

@@ -1,16 +1,22 @@
-"""Run a LLaVA language model with visual tokens really removed, layer by layer.
+"""Run a VLM's language model with visual tokens really removed, layer by layer.
 
-:class:`PrunedLM` drives the decoder layers of a transformers LLaVA (llava-1.5 layout) itself:
-image features are merged into the embeddings, then before each layer ``l`` a pruner may drop
-image positions. Dropped positions leave the hidden states, the rotary position table, the
-attention mask and that layer's (and every later layer's) key/value cache; the kept ones keep
-their original position ids. Nothing is masked while kept in compute.
+:class:`PrunedLM` drives the decoder layers of any VLM family itself (LLaVA, LLaVA-NeXT, Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, Gemma 3, PaliGemma, InternVL, SmolVLM / Idefics3): the
+model's own forward first gives what its decoder layers receive (:mod:`.lm_inputs`: the merged
+embeddings, each layer's attention mask and rotary table, DeepStack additions), then before each
+layer ``l`` a pruner may drop image positions. Dropped positions leave the hidden states, the
+rotary table, the attention mask and that layer's (and every later layer's) key/value cache; the
+kept ones keep their original position ids (Qwen's 3-D M-RoPE ids included) and their original
+attention pattern (the model's mask restricted to the kept positions: Gemma 3's bidirectional
+image blocks, PaliGemma's bidirectional prefix, sliding windows by original index). Nothing is
+masked while kept in compute.
 
 Until the first drop, the layers get exactly the mask and position table the model's own forward
 builds, so with nothing dropped the logits are bit-identical to ``model(**inputs)``.
 
 Shapes: ``B`` rows, ``T`` the prompt length, ``T'`` the current (pruned) length, ``N`` image
-tokens per row, ``D`` the LM width, ``V`` the vocabulary.
+tokens per row (patch positions of the layout: image newlines and separators are not pruned),
+``D`` the LM width, ``V`` the vocabulary.
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ import torch
 from ..core.attention import hf_self_attention
 from ..core.compat import cache_kwarg
 from ..core.errors import PromptError, UnsupportedError
+from ..core.layout import IMAGE
 from ..core.types import Batch, Generation
+from .lm_inputs import LMInputs, record, record_step, record_vision
 
 
 @dataclass
@@ -32,7 +40,8 @@ class LayerCtx:
     current position; ``image`` ``[B, T']`` bool, image tokens; ``grid`` ``[B, T']`` index of the
     image token among the row's ``N`` image tokens (``-1`` elsewhere); ``attn`` ``[B, H, T', T']``
     the previous layer's attention probabilities (when the pruner asked for them) and
-    ``attn_in`` ``[B, T', D]`` that layer's normed attention input; ``n_image`` = ``N``."""
+    ``attn_in`` ``[B, T', D]`` that layer's normed attention input, ``prev_attn`` its attention
+    module (``v_proj``/``o_proj``); ``n_image`` = ``N``."""
 
     layer: int
     h: torch.Tensor
@@ -44,6 +53,7 @@ class LayerCtx:
     attn_in: torch.Tensor | None = None
     prev_layer: torch.nn.Module | None = None
     generator: torch.Generator | None = None
+    prev_attn: torch.nn.Module | None = None
 
     def keep_top(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """Keep mask ``[B, T']``: every non-image position plus the ``k`` image positions with
@@ -74,12 +84,14 @@ class Prefill:
 
     def repeat(self, n: int) -> "Prefill":
         """This prefill's state for ``n`` copies of each row (a decode batch of ``B * n`` rows that
-        share the prompt; benchmarks time decoding at a batch size without running that prefill)."""
+        share the prompt; benchmarks time decoding at a batch size without running that prefill).
+        ``positions`` is ``[B]`` or ``[3, B]`` (M-RoPE): rows are its last dimension."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
         kv = _LayerKV(len(self.cache.k))
         kv.k, kv.v = [rep(t) for t in self.cache.k], [rep(t) for t in self.cache.v]
+        pos = None if self.positions is None else self.positions.repeat_interleave(n, -1)
         return Prefill(rep(self.logits), {l: rep(i) for l, i in self.kept.items()}, rep(self.image_kept), kv,
-                       [rep(v) for v in self.valid], rep(self.positions), [rep(b) for b in self.bias])
+                       [rep(v) for v in self.valid], pos, [rep(b) for b in self.bias])
 
 
 class _LayerKV:
@@ -102,115 +114,117 @@ class _LayerKV:
 
 
 class PrunedLM:
-    """Pruned prefill and greedy decoding for one LLaVA adapter (``adapter.kind == "vlm"``,
-    llava-1.5 feature layout, sdpa or eager attention)."""
+    """Pruned prefill and greedy decoding for one VLM adapter (``adapter.kind == "vlm"``, any
+    family; sdpa or eager attention)."""
 
     def __init__(self, adapter):
         if adapter.kind != "vlm":
-            raise UnsupportedError(f"visual token pruning needs a LLaVA-family model, not {adapter.family!r}")
-        cfg = adapter.config
-        if cfg.model_type != "llava":
-            raise UnsupportedError(f"pruning supports the llava-1.5 layout; {cfg.model_type!r} (tiles + newline tokens) is not supported yet")
+            raise UnsupportedError(f"visual token pruning needs a vision-language model, not a {adapter.family} ({adapter.kind}) model")
         self.adapter = adapter
-        inner = adapter.model.model
-        self.inner, self.lm, self.head = inner, inner.language_model, adapter.model.lm_head
-        self.layers = list(self.lm.layers)
+        self.layers = list(adapter.lm_layers)
         self.L = len(self.layers)
-        self.impl = self.lm.config._attn_implementation
+        self.attn = [adapter.module(f"blocks.{l}.attn") for l in range(self.L)]
+        self.impl = adapter.text_config._attn_implementation
         if self.impl not in ("sdpa", "eager"):
             raise UnsupportedError(f"pruning builds its own attention masks for sdpa/eager; the model runs {self.impl!r} (load it with attn_implementation='sdpa')")
-        self.image_token = cfg.image_token_index
+        self.image_token = adapter.image_token_id
         self.cache_arg = cache_kwarg(type(self.layers[0]).forward)
+        self.softcap = getattr(adapter.text_config, "final_logit_softcapping", None)
         self.timing: dict[str, float] = {}  # seconds of the last prefill: vision side (tower, projector, embedding) and LM
 
     def tower_shape(self):
         """``(vision config, tower layers, feature depth)``: the depth is how many tower layers
-        feed the projector (``vision_feature_layer`` -2 of 24 layers: 23)."""
+        feed the projector (``vision_feature_layer`` -2 of 24 layers: 23; the whole tower when the
+        config names no feature layer)."""
         cfg = self.adapter.config
-        vcfg = cfg.vision_config
-        Lv = vcfg.num_hidden_layers
-        fl = cfg.vision_feature_layer
+        vcfg = getattr(cfg, "vision_config", None)
+        Lv = len(self.adapter.vision_blocks)
+        fl = getattr(cfg, "vision_feature_layer", -1)
         depth = fl if isinstance(fl, int) and fl >= 0 else Lv + 1 + (fl if isinstance(fl, int) else -1)
         return vcfg, Lv, depth
 
-    # ---------------------------------------------------------------- inputs
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image features ``[n_images, N, D]`` as the model's own forward makes them."""
-        cfg = self.adapter.config
-        pixel_values = pixel_values.to(self.adapter.device)  # callers may pass a prepared (CPU) batch's pixels
-        out = self.inner.get_image_features(pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
-                                            vision_feature_select_strategy=cfg.vision_feature_select_strategy)
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out
-        return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    def n_image(self, batch: Batch) -> int:
+        """Image patch tokens per row of ``batch`` (``N``; the same in every row)."""
+        counts = (batch.layouts["lm"].modality == IMAGE).sum(1)
+        if counts.min() != counts.max():
+            raise PromptError(f"pruning needs the same number of image tokens in every row; got {sorted(set(counts.tolist()))}")
+        return int(counts[0])
 
-    def embed(self, batch: Batch, feats: torch.Tensor):
-        """``(embeds [B, T, D], image [B, T] bool, grid [B, T])`` with ``feats`` ``[n_images, N, D]``
-        scattered into the image positions (images in prompt order)."""
-        ids = batch.inputs["input_ids"]
-        image = ids == self.image_token
-        n_per_row = image.sum(1)
-        if int(n_per_row.min()) != int(n_per_row.max()):
-            raise PromptError(f"pruning needs the same number of image tokens in every row; got {sorted(set(n_per_row.tolist()))}")
-        emb = self.lm.embed_tokens(ids)
-        flat = feats.reshape(-1, feats.shape[-1]).to(emb.dtype)
-        if flat.shape[0] != int(image.sum()):
-            raise PromptError(f"{flat.shape[0]} image features for {int(image.sum())} image tokens")
-        emb = emb.masked_scatter(image[..., None].expand_as(emb), flat)
-        grid = (image.long().cumsum(1) - 1).masked_fill(~image, -1)
-        return emb, image, grid
+    # ---------------------------------------------------------------- inputs
+    def lm_inputs(self, batch: Batch, features: torch.Tensor | None = None) -> LMInputs:
+        """What the model's own forward gives its decoder layers for ``batch`` (:func:`.lm_inputs.record`);
+        ``features`` ``[n_images, N, D]`` replace the tower's image features."""
+        self.n_image(batch)
+        return record(self.adapter, batch, features)
+
+    def vision_input(self, batch: Batch) -> torch.Tensor:
+        """The input of vision block 0 ``[n_crops, t, Dv]`` as the model's own forward makes it
+        (patch + position embeddings and any pre-norm), without running the tower's blocks."""
+        return record_vision(self.adapter, batch)
 
     # ----------------------------------------------------------------- masks
-    def _mask(self, index: torch.Tensor, valid: torch.Tensor, bias: torch.Tensor | None = None, additive: bool = False):
-        """Mask ``[B, 1, T', T']`` over the current positions ``index``: causal by original index,
-        padding keys excluded, each query sees itself; ``bias`` ``[B, T']`` (log group sizes of
-        merged tokens) is added to the keys' attention logits. ``additive``: always the float form
-        (what the eager kernel takes)."""
-        allowed = (index[:, None, :] <= index[:, :, None]) & valid[:, None, :].bool()
-        allowed |= index[:, None, :] == index[:, :, None]
-        return self._finish(allowed[:, None], bias, additive)
-
-    def _finish(self, allowed: torch.Tensor, bias: torch.Tensor | None, additive: bool = False):
+    def _finish(self, allowed: torch.Tensor, bias: torch.Tensor | None):
         """Bool ``allowed`` ``[B, 1, Tq, Tk]`` -> the form the attention kernel takes (bool for
         sdpa without bias, else additive float)."""
-        if self.impl == "sdpa" and bias is None and not additive:
+        if self.impl == "sdpa" and bias is None:
             return allowed
-        dtype = self.lm.embed_tokens.weight.dtype
+        dtype = self.adapter.dtype
         m = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
         if bias is not None:
             m = m + bias[:, None, None, :].to(dtype).masked_fill(~allowed, 0)
         return m
 
-    def _hf_mask(self, h, valid, pos):
-        from transformers.masking_utils import create_causal_mask
+    @staticmethod
+    def _allowed(mask: torch.Tensor, B: int) -> torch.Tensor:
+        """A recorded mask ``[B|1, 1, T, T]`` (bool, or additive float) as bool ``[B, T, T]`` (True = attend)."""
+        m = mask[:, 0] if mask.dim() == 4 else mask
+        m = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        return m.expand(B, -1, -1)
 
-        return create_causal_mask(config=self.lm.config, inputs_embeds=h, attention_mask=valid, position_ids=pos,
-                                  **{cache_kwarg(create_causal_mask): None})
+    def _mask(self, full, index: torch.Tensor, key_ok: torch.Tensor, bias: torch.Tensor | None):
+        """The mask over the current positions ``index`` ``[B, T']``: the model's own pattern
+        between them (``full``, the recorded mask), padding and hidden keys excluded, each query
+        sees itself; ``bias`` ``[B, T']`` (log group sizes of merged tokens) is added to the keys'
+        attention logits."""
+        B, Tc = index.shape
+        if full is None:  # the kernel's causal mask: causal by original index
+            allowed = index[:, None, :] <= index[:, :, None]
+        else:
+            allowed = self._allowed(full, B)
+            T = allowed.shape[-1]
+            allowed = torch.gather(allowed, 1, index[:, :, None].expand(B, Tc, T))
+            allowed = torch.gather(allowed, 2, index[:, None, :].expand(B, Tc, Tc))
+        allowed = allowed & key_ok[:, None, :].bool()
+        allowed |= index[:, None, :] == index[:, :, None]
+        return self._finish(allowed[:, None], bias)
 
-    def _layer_with_probs(self, layer, h, mask, pe, pos, cache):
-        """Run ``layer`` once with the eager attention kernel and keep what it computes on the way:
-        ``(output, probabilities [B, H, T', T'], normed attention input [B, T', D])``. The ranking of a
-        pruner at the next layer (FastV) is fused into the prefill: no second pass over this
-        layer's queries and keys (a recomputation costs ~1/6 of a Llama layer at 600 tokens)."""
-        got = {}
+    @staticmethod
+    def _gather_pos(v, index: torch.Tensor):
+        """Position ids ``[B|1, T]`` / ``[k, B|1, T]`` or a rotary table ``(cos, sin)`` ``[B|1, T, hd]``
+        at the current positions ``index`` ``[B, T']``."""
+        B = index.shape[0]
+        if isinstance(v, tuple):
+            return tuple(torch.gather(t.expand(B, *t.shape[1:]), 1, index[..., None].expand(-1, -1, t.shape[-1])) for t in v)
+        if isinstance(v, torch.Tensor) and v.dim() >= 2:
+            lead = v.shape[:-2]
+            e = v.expand(*lead, B, v.shape[-1])
+            return torch.gather(e, -1, index.expand(*lead, -1, -1))
+        return v
 
-        def tap(module, args, kwargs, output):
-            got["in"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            got["attn"] = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-
-        with self.adapter.raw_hooks() as hooks:
-            hooks.forward(layer.self_attn, tap, with_kwargs=True)
-            hooks.setattr(layer.self_attn.config, "_attn_implementation", "eager")
-            out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
-        if got.get("attn") is None:  # an attention module that returns no probabilities: recompute them
-            got["attn"] = hf_self_attention(layer.self_attn, (got["in"],), {"position_embeddings": pe, "attention_mask": mask})
-        return out, got["attn"], got["in"]
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``[B, T', V]`` from the last layer's output: final norm, head, soft-capping (Gemma 2)."""
+        a = self.adapter
+        logits = a.lm_head(a.lm_norm(h))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     # --------------------------------------------------------------- prefill
     @torch.no_grad()
     def prefill(self, batch: Batch, pruner=None, generator: torch.Generator | None = None, removed: dict | None = None,
-                feats: torch.Tensor | None = None) -> Prefill:
-        """Run the prompt with ``pruner`` (``None``: nothing dropped). ``feats`` ``[n_images, N, D]``:
-        image features already computed for these images (skips the tower).
+                inputs: LMInputs | None = None) -> Prefill:
+        """Run the prompt with ``pruner`` (``None``: nothing dropped). ``inputs``: the decoder-layer
+        inputs of ``batch`` recorded already (:meth:`lm_inputs`; skips the vision tower).
 
         ``removed`` (analysis): ``{layer: bool [B, T]}`` original positions hidden as keys from
         that layer on, without changing the sequence (each row of a batch can hide a different
@@ -225,13 +239,11 @@ class PrunedLM:
         if pruner is not None:
             pruner.bind(self)
         vis = pruner.vision(self, batch) if pruner is not None and pruner.acts_on_vision else None
-        if vis is not None:
-            feats = vis[0]
-        elif feats is None:
-            feats = self.features(batch.inputs["pixel_values"])
-        h, image, grid = self.embed(batch, feats)
+        if inputs is None:
+            inputs = self.lm_inputs(batch, vis[0] if vis is not None else None)
+        h, image, grid = inputs.h, inputs.image, inputs.grid
+        kwargs = inputs.kwargs
         index = torch.arange(T, device=h.device)[None].expand(B, T)
-        pos = index
         hidden_keys = torch.zeros(B, T, dtype=torch.bool, device=h.device)
         pruned = False
         bias = None
@@ -240,60 +252,88 @@ class PrunedLM:
             if len(vis) > 2 and vis[2] is not None and bool((vis[2] > 1).any()):  # merged tokens: proportional attention
                 sizes = torch.gather(vis[2].reshape(B, -1).float(), 1, grid.clamp(min=0))
                 bias = torch.where(image, sizes.clamp(min=1).log(), torch.zeros_like(sizes))
-            h, index, pos, valid, image, grid = _take(keep, h, index, pos, valid, image, grid)
+            h, index, valid, image, grid = _take(keep, h, index, valid, image, grid)
             if bias is not None:
                 (bias,) = _take(keep, bias)
             hidden_keys = torch.gather(hidden_keys, 1, index)
             pruned = not bool(keep.all())
-        n_image = int((ids[0] == self.image_token).sum())
+        n_image = inputs.n_image
         t1 = time.perf_counter()
         cache = _LayerKV(self.L)
         kept: dict[int, torch.Tensor] = {}
         valids: list[torch.Tensor] = []
         biases: list[torch.Tensor | None] = []
         attn = attn_in = None
-        mask = None
-        for l, layer in enumerate(self.layers):
-            if pruner is not None:
-                ctx = LayerCtx(l, h, index, image, grid, n_image, attn, attn_in, self.layers[l - 1] if l else None, generator)
-                keep = pruner.at_layer(ctx)
-                if keep is not None and not bool(keep.all()):
-                    h, index, pos, valid, image, grid, hidden_keys = _take(keep, h, index, pos, valid, image, grid, hidden_keys)
-                    if bias is not None:
-                        (bias,) = _take(keep, bias)
-                    pruned, mask = True, None
-            if removed is not None and l in removed:
-                hidden_keys = hidden_keys | torch.gather(removed[l].to(h.device), 1, index)
-                mask = None
-            kept[l] = index
-            key_ok = valid.bool() & ~hidden_keys
-            valids.append(key_ok)
-            biases.append(bias)
-            if mask is None:
-                mask = self._mask(index, key_ok, bias) if (pruned or hidden_keys.any()) else self._hf_mask(h, valid, pos)
-            pe = self.lm.rotary_emb(h, position_ids=pos)
-            want = pruner is not None and pruner.wants_attention(l + 1)  # this layer's probabilities rank the next drop
-            if want and _drops(pruner):
-                out, attn, attn_in = self._layer_with_probs(layer, h, self._mask(index, key_ok, bias, additive=True), pe, pos, cache)
-            else:
-                attn = attn_in = None
-                if want:  # keep=1: the model's own kernel runs (bit-identical), the probabilities recomputed beside it
-                    attn_in = layer.input_layernorm(h)
-                    attn = hf_self_attention(layer.self_attn, (attn_in,), {"position_embeddings": pe, "attention_mask": mask})
-                out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos, use_cache=True, **{self.cache_arg: cache})
-            h = out[0] if isinstance(out, tuple) else out
-        logits = self.head(self.lm.norm(h))[:, -1]
+        want = [pruner is not None and pruner.wants_attention(l + 1) for l in range(self.L)]
+        seen: dict = {}  # per recorded mask / table: its form at the current positions
+        tapped: dict = {}  # the attention probabilities and input of the layer just run
+
+        def tap(module, args, kw, output):
+            tapped["attn"] = hf_self_attention(module, args, kw)
+            tapped["attn_in"] = kw.get("hidden_states", args[0] if args else None)
+
+        with a.raw_hooks() as hooks:
+            for l in range(self.L):
+                if want[l]:
+                    hooks.forward(self.attn[l], tap, with_kwargs=True)
+            for l, layer in enumerate(self.layers):
+                if pruner is not None:
+                    ctx = LayerCtx(l, h, index, image, grid, n_image, attn, attn_in, self.layers[l - 1] if l else None, generator,
+                                   self.attn[l - 1] if l else None)
+                    keep = pruner.at_layer(ctx)
+                    if keep is not None and not bool(keep.all()):
+                        h, index, valid, image, grid, hidden_keys = _take(keep, h, index, valid, image, grid, hidden_keys)
+                        if bias is not None:
+                            (bias,) = _take(keep, bias)
+                        pruned = True
+                        seen.clear()
+                if removed is not None and l in removed:
+                    hidden_keys = hidden_keys | torch.gather(removed[l].to(h.device), 1, index)
+                    seen.clear()
+                kept[l] = index
+                key_ok = valid.bool() & ~hidden_keys
+                valids.append(key_ok)
+                biases.append(bias)
+                kw = self._layer_kwargs(kwargs[l], index, key_ok, bias, pruned or bool(hidden_keys.any()), seen)
+                out = layer(h, use_cache=True, **{self.cache_arg: cache}, **kw)
+                h = out[0] if isinstance(out, tuple) else out
+                if l in inputs.adds:  # what the text model adds between layers (DeepStack), at the kept positions
+                    add = inputs.adds[l]
+                    h = h + torch.gather(add, 1, index[..., None].expand(-1, -1, add.shape[-1]))
+                attn, attn_in = (tapped.pop("attn", None), tapped.pop("attn_in", None)) if want[l] else (None, None)
+        logits = self._logits(h)[:, -1]
         if logits.is_cuda:  # the timings are of finished work, not of queued kernels (t1 follows a sync: int(...))
             torch.cuda.synchronize(logits.device)
         self.timing = {"vision": t1 - t0, "lm": time.perf_counter() - t1}
         img_kept = torch.stack([grid[b][image[b]] for b in range(B)]) if image.any() else grid[:, :0]
-        return Prefill(logits, kept, img_kept, cache, valids, pos[:, -1], biases)
+        return Prefill(logits, kept, img_kept, cache, valids, inputs.positions[..., -1], biases)
+
+    def _layer_kwargs(self, rec: dict, index: torch.Tensor, key_ok: torch.Tensor, bias, changed: bool, seen: dict) -> dict:
+        """Layer kwargs at the current positions: the recorded ones while nothing changed, else
+        the mask restricted to ``index`` (:meth:`_mask`) and the position ids / rotary table gathered."""
+        if not changed and bias is None:
+            return rec
+        out = {}
+        for k, v in rec.items():
+            key = (k, id(v))
+            if key not in seen:
+                if k == "attention_mask":
+                    seen[key] = self._mask(v, index, key_ok, bias)
+                elif k in ("position_ids", "position_embeddings"):
+                    seen[key] = self._gather_pos(v, index)
+                else:
+                    seen[key] = v
+            out[k] = seen[key]
+        if "attention_mask" not in rec:
+            out["attention_mask"] = self._mask(None, index, key_ok, bias)
+        return out
 
     # -------------------------------------------------------------- generate
     @torch.no_grad()
     def generate(self, batch: Batch, pruner=None, max_new_tokens: int = 8, generator: torch.Generator | None = None) -> Generation:
         """Greedy decoding after a pruned prefill; each decode step attends to each layer's own
-        kept keys plus the generated tokens, at positions continuing the original ones."""
+        kept keys plus the generated tokens (within the layer's sliding window, by original index),
+        at positions continuing the original ones (Qwen: the next M-RoPE text position)."""
         pre = self.prefill(batch, pruner, generator)
         new_t, scores = self.decode(pre, max_new_tokens)
         tok = self.adapter.tokenizer
@@ -305,29 +345,36 @@ class PrunedLM:
     def decode(self, pre: Prefill, max_new_tokens: int = 8, stop_at_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy tokens ``[B, n]`` and their logits ``[n, B, V]`` from a prefill's state (``pre`` is
         extended in place: its cache grows). ``stop_at_eos=False`` always makes ``max_new_tokens``."""
-        tok = self.adapter.tokenizer
+        a = self.adapter
+        tok = a.tokenizer
         eos = tok.eos_token_id if stop_at_eos else None
         B = pre.logits.shape[0]
+        T = int(pre.kept[0][:, -1].max()) + 1  # the prompt length: every row's last position is T - 1 (left padding)
         nxt = pre.logits.argmax(-1)
         new, scores = [nxt], [pre.logits]
         done = nxt == eos if eos is not None else torch.zeros(B, dtype=torch.bool, device=nxt.device)
         valids, biases = list(pre.valid), list(pre.bias)
+        keypos = [pre.kept[l] for l in range(self.L)]  # original index of every cached key, per layer
+        windows = [getattr(m, "sliding_window", None) for m in self.attn]
         pos = pre.positions
-        for _ in range(max_new_tokens - 1):
+        for step in range(max_new_tokens - 1):
             if bool(done.all()):
                 break
             pos = pos + 1
-            h = self.lm.embed_tokens(nxt)[:, None]
-            p = pos[:, None]
-            pe = self.lm.rotary_emb(h, position_ids=p)
+            q = T + step  # the new token's original index
+            h, kws = record_step(a, a.text_embeddings(nxt)[:, None], pos[..., None])
             for l, layer in enumerate(self.layers):
                 valids[l] = torch.cat([valids[l], torch.ones(B, 1, dtype=torch.bool, device=h.device)], 1)
+                keypos[l] = torch.cat([keypos[l], torch.full((B, 1), q, dtype=keypos[l].dtype, device=h.device)], 1)
                 if biases[l] is not None:
                     biases[l] = torch.cat([biases[l], torch.zeros(B, 1, dtype=biases[l].dtype, device=h.device)], 1)
-                mask = self._finish(valids[l][:, None, None, :], biases[l])
-                out = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=p, use_cache=True, **{self.cache_arg: pre.cache})
+                allowed = valids[l]
+                if windows[l]:
+                    allowed = allowed & (q - keypos[l] < windows[l])
+                kw = {**kws[l], "attention_mask": self._finish(allowed[:, None, None, :], biases[l])}
+                out = layer(h, use_cache=True, **{self.cache_arg: pre.cache}, **kw)
                 h = out[0] if isinstance(out, tuple) else out
-            logits = self.head(self.lm.norm(h))[:, -1]
+            logits = self._logits(h)[:, -1]
             nxt = logits.argmax(-1)
             if eos is not None:
                 nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id if tok.pad_token_id is not None else eos), nxt)
@@ -335,13 +382,6 @@ class PrunedLM:
             new.append(nxt)
             scores.append(logits)
         return torch.stack(new, 1), torch.stack(scores)
-
-
-def _drops(pruner) -> bool:
-    """Whether ``pruner`` can drop tokens (``keep < 1``); at ``keep=1`` the prefill stays bit-identical
-    to the model's own forward, so its layers keep their own attention kernel."""
-    keep = getattr(getattr(pruner, "config", None), "keep", None)
-    return keep is None or float(keep) < 1.0
 
 
 def _take(keep: torch.Tensor, *tensors: torch.Tensor):

@@ -8,6 +8,12 @@ features and each group is averaged into its target's slot. The projector then m
 position (a merged token at its target's). ``proportional=1`` (default) adds ``log(group size)``
 to every attention logit on a merged token, so it draws the attention of the tokens it stands
 for (ToMe's proportional attention); ``0`` turns that off.
+
+Where it applies (:func:`supported` says why not elsewhere): a CLIP-style tower with a CLS token,
+one crop per image and a projector mapping each tower patch to one language-model token
+(llava-1.5). Tiled inputs (LLaVA-NeXT, OneVision, InternVL, SmolVLM), towers without CLS (SigLIP:
+Gemma 3, PaliGemma, OneVision; Qwen's packed tower) and merging projectors (Qwen's 2x2 merger,
+Gemma 3's pooling, pixel shuffle) are refused with the reason.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 
 from ..core.attention import hf_self_attention
 from ..core.errors import ConfigError, LayerRangeError, UnsupportedError
+from ..core.layout import SPECIAL
 from .base import Pruner, check_ratio
 
 
@@ -91,12 +98,9 @@ class VisionZip(Pruner):
 
     def vision(self, runner, batch):
         """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None)`` for the images of ``batch``."""
-        cfg = runner.adapter.config
-        if cfg.vision_feature_select_strategy != "default" or not isinstance(cfg.vision_feature_layer, int):
-            raise UnsupportedError("VisionZip here needs one vision feature layer and the 'default' (CLS dropped) strategy")
-        tower = runner.inner.vision_tower
-        vm = tower.vision_model if hasattr(tower, "vision_model") else tower
-        layers = vm.encoder.layers
+        a = runner.adapter
+        supported(a, batch)
+        layers = a.vision_blocks
         li = runner.tower_shape()[2]  # the feature layer is the output of encoder layer li - 1
         m = li if self.tower_layer is None else self.tower_layer
         if not 1 <= m <= li:
@@ -106,10 +110,9 @@ class VisionZip(Pruner):
         def hook(module, args, kwargs, output):
             got["attn"] = hf_self_attention(module, args, kwargs)
 
-        with runner.adapter.raw_hooks() as hooks:
-            hooks.forward(layers[m - 1].self_attn, hook, with_kwargs=True)
-            h = vm.embeddings(batch.inputs["pixel_values"].to(vm.embeddings.patch_embedding.weight.dtype))
-            h = vm.pre_layrnorm(h) if hasattr(vm, "pre_layrnorm") else h
+        h = runner.vision_input(batch)                           # [n, 1 + N, Dv], CLS first
+        with a.raw_hooks() as hooks:
+            hooks.forward(a.module(f"vision.blocks.{m - 1}.attn"), hook, with_kwargs=True)
             for j in range(m):
                 h = _run_layer(layers[j], h)
         hid = h[:, 1:]                                           # [n, N, Dv] after tower layer m
@@ -130,5 +133,34 @@ class VisionZip(Pruner):
             for j in range(m, li):
                 x = _run_layer(layers[j], x, mask)
             merged = merged.scatter(1, idx, x[:, 1:])
-        feats = runner.inner.multi_modal_projector(merged)
+        feats = a.module("projector")(merged)
         return feats, keep, (sizes if self.proportional else None)
+
+
+def supported(adapter, batch) -> None:
+    """:class:`UnsupportedError` naming why VisionZip cannot run on ``adapter`` for ``batch``. It
+    ranks a vision tower's patches by the attention of its CLS token, merges the rest, and feeds
+    the projector only the kept patches, so it needs: a CLS token in the tower, one tower crop per
+    image (no tiles), a projector that maps each tower patch to one language-model token (no
+    pooling, no pixel shuffle, no 2x2 merge), and the 'default' feature selection (CLS dropped) of
+    one vision feature layer."""
+    fam = adapter.family
+    vis, proj, lm = (batch.layouts.get(k) for k in ("vision", "projector", "lm"))
+    if vis is None or proj is None:
+        raise UnsupportedError(f"visionzip: {fam} has no vision/projector layouts to select patches in")
+    if adapter.site_table["vision.embed"].packed:
+        raise UnsupportedError(f"visionzip ranks patches by the vision tower's CLS attention; {fam}'s tower packs every "
+                               "image's patches into one sequence without a CLS token")
+    if not all(vis.modality[r, 0] == SPECIAL and (vis.modality[r] == SPECIAL).sum() == 1 for r in range(vis.shape[0])):
+        raise UnsupportedError(f"visionzip ranks patches by the vision tower's CLS attention; {fam}'s tower has no CLS token")
+    if vis.num_images != lm.num_images:
+        raise UnsupportedError(f"visionzip needs one vision crop per image; {fam} splits these {lm.num_images} image(s) into "
+                               f"{vis.num_images} crops (tiles)")
+    if proj.grid(0) != vis.grid(0) or len(proj.image_positions(0)) != len(lm.image_positions(0)):
+        raise UnsupportedError(f"visionzip feeds the projector only the kept tower patches, one language-model token each; "
+                               f"{fam}'s projector maps the {vis.grid(0)} tower grid to {proj.grid(0)} tokens")
+    if len({g.batch_row for g in lm.images}) != lm.num_images:
+        raise UnsupportedError("visionzip selects per image: give one image per prompt")
+    cfg = adapter.config
+    if getattr(cfg, "vision_feature_select_strategy", None) != "default" or not isinstance(getattr(cfg, "vision_feature_layer", None), int):
+        raise UnsupportedError("visionzip needs one vision feature layer and the 'default' (CLS dropped) feature selection")

@@ -327,9 +327,11 @@ def pixels(t: Targets) -> torch.Tensor:
     x = t.batch.inputs.get("pixel_values")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = None if x is None else tuple(x.shape)
-        raise UnsupportedError(f"pixel-space methods need pixel_values [n_images, 3, H, W] (one crop per image); got {shape}")
+        raise UnsupportedError(f"pixel-space methods perturb one crop per image ([3, H, W]); this model's processor gives "
+                               f"pixel_values of shape {shape} (tiles, or patches packed into rows)")
     if t.stream == "lm" and len(t.layout.images[t.image_index].tiles) != 1:
-        raise UnsupportedError("pixel-space methods do not support tiled (LLaVA-NeXT) images")
+        raise UnsupportedError(f"pixel-space methods perturb one crop per image; this image is split into "
+                               f"{len(t.layout.images[t.image_index].tiles)} tiles")
     if x.shape[0] != 1:
         raise UnsupportedError(f"pixel-space methods explain one image per prompt; this prompt has {x.shape[0]}")
     return x
@@ -344,9 +346,11 @@ def pixel_forward(adapter, t: Targets, grad: bool):
         k = x.shape[0]
         inputs = dict(t.batch.inputs)
         inputs["pixel_values"] = x
-        if t.stream == "lm" and k > 1:
-            for key in ("input_ids", "attention_mask"):
-                inputs[key] = inputs[key].repeat(k, 1)
+        if t.stream == "lm" and k > 1:  # every per-token input: ids, mask, token types (Gemma 3, PaliGemma) ...
+            T = inputs["input_ids"].shape[1]
+            for key, v in t.batch.inputs.items():
+                if key != "pixel_values" and isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (1, T):
+                    inputs[key] = v.repeat(k, 1)
         b = Batch(inputs, t.batch.layouts, t.batch.main, t.batch.images, t.batch.text, t.batch.meta)
         return t.select(adapter.run(b, grad=grad).logits).float()
 
