@@ -134,7 +134,7 @@ def test_sae_harvest_parity(specs, tmp_path, capsys):
 def test_protos_train_and_eval_parity(specs, tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    train = ["protos", "train", "--model", "tiny:vit", "--warm-steps", "3", "--last-steps", "2", "--min-weight", "-1"]
+    train = ["protos", "train", "--model", "tiny:vit", "--warm-steps", "3", "--last-steps", "2", "--min-weight", "-1", "--push", "nearest"]
     # training pushes every prototype onto an image of its class: 48 scenes (seed 0) hold all 24 pairs
     coco48 = export_shapes(str(tmp_path / "coco48"), "coco", SPLIT, 48, 0)["read"][0]
     dirs = {}
@@ -216,3 +216,23 @@ def test_a_question_without_answer_is_named(tmp_path, capsys, monkeypatch):
     (tmp_path / "t.jsonl").write_text(json.dumps({"image": "im.png"}) + "\n")
     assert_bad_input(["sae", "harvest", "--model", "tiny:llava", "--site", "blocks.1.resid", "--dataset", "t.jsonl", "--out", "s"],
                      tmp_path, capsys, monkeypatch, match=r"t.jsonl:1: no text")
+
+
+def _reader_rows():
+    """The readers' bad-data rows of ``tests/test_datasets.py`` (COCO missing key, annotation on a
+    missing image, degenerate polygon, unknown category in a POPE prompt, POPE bad label, HF
+    without an image column, ...), each paired with a command (cycling through them)."""
+    from test_datasets import BAD as READER_BAD
+
+    names = list(COMMANDS)
+    return [(row, names[k % len(names)]) for k, row in enumerate(READER_BAD)]
+
+
+@pytest.mark.parametrize("row,command", _reader_rows(), ids=[f"{r}-{c}" for r, c in _reader_rows()])
+def test_reader_bad_data_through_a_command_is_exit_2(row, command, tmp_path, capsys, monkeypatch):
+    from test_datasets import BAD as READER_BAD
+
+    spec, patterns = READER_BAD[row](tmp_path)
+    msg = assert_bad_input([*COMMANDS[command], "--dataset", spec], tmp_path, capsys, monkeypatch, match=patterns[0])
+    for pat in patterns[1:]:
+        assert __import__("re").search(pat, msg), f"{msg!r} lacks {pat!r}"
