@@ -42,11 +42,16 @@ def pairs(specs, own_kind: str = "", pope: str = "random", coco: str = "scene", 
             ("coco", f"{NATIVE}:{coco}" if coco else native, specs["coco"] + coco_option)]
 
 
+_RUNS: dict[tuple, dict] = {}  # a native spec shared by two pairs (JSON lines, HF) runs once
+
+
 def _json(argv, tmp_path, capsys, name):
-    js = tmp_path / f"{name}.json"
-    code, out, err = run_cli([*argv, "--json", str(js)], capsys)
-    assert code == 0, err
-    return json.loads(js.read_text())
+    if tuple(argv) not in _RUNS:
+        js = tmp_path / f"{name}.json"
+        code, out, err = run_cli([*argv, "--json", str(js)], capsys)
+        assert code == 0, err
+        _RUNS[tuple(argv)] = json.loads(js.read_text())
+    return _RUNS[tuple(argv)]
 
 
 def _drop(x, keys=("dataset", "kinds", "id", "seconds", "latency_s", "latency_ratio", "workers", "fit_and_eval_seconds")):
