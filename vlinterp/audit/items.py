@@ -1,14 +1,18 @@
 """Audit items: one piece of content (a context and a question with its answer), optionally with an
-image, from the shapes world or from a user JSON-lines file."""
+image, from any dataset (:mod:`vlinterp.eval.datasets`): the shapes world's ``audit`` questions,
+POPE / JSON lines / HF questions, or COCO scenes asked one question each."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+WANTED = ("audit",)  # what `vlinterp audit --dataset` reads (other data: what it holds)
+
+
 @dataclass
 class AuditItem:
     """``context``: the content in words; ``image``: a PIL picture of it (or None); ``scene``: the
-    shapes scene behind it (ground truth, mixed renderings); ``candidates``: answer words to choose
-    from (None: free generation, normalised)."""
+    shapes scene behind it, rebuilt from the item's objects (ground truth, mixed renderings);
+    ``candidates``: answer words to choose from (None: free generation, normalised)."""
 
     id: str
     context: str
@@ -20,33 +24,41 @@ class AuditItem:
     meta: dict = field(default_factory=dict)
 
 
-def shapes_items(n: int = 64, seed: int = 0, split: str = "test") -> list[AuditItem]:
-    """``n`` held-out scenes, one question each, cycling presence (yes / random no), colour, count."""
-    from ..data.questions import count_questions, negatives, presence_question
+def audit_items_from(items, seed: int = 0) -> list[AuditItem]:
+    """Audit items from dataset items. Scene items (an image and objects, no prompt) are asked one
+    question each (:func:`vlinterp.eval.scene_questions.derive`, kind ``audit``, drawn with
+    ``seed``). The context is ``meta["context"]`` (a user's JSON lines) or, for shapes scenes, the
+    objects in words; candidates ``meta["candidates"]``. A record without a question, an answer or a
+    context stops with :class:`~vlinterp.core.errors.DataError` naming it."""
+    from ..core.errors import DataError
     from ..data.renderings import as_text
-    from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
+    from ..eval.scene_questions import derive, scene_view
 
+    if items and all(it.prompt is None and it.objects for it in items):
+        items = derive(items, ("audit",), seed)
     out = []
-    for s in make_split(split, n, seed):
-        rng = scene_rng(split, seed, s.index, 31)
-        kind = s.index % 3
-        uniq = [o for o in s.objects if s.count(o.shape) == 1]
-        if kind == 1 and uniq:
-            o = uniq[int(rng.integers(len(uniq)))]
-            q, a, c, k = f"what color is the {o.shape}?", o.colour, list(COLOURS), "colour"
-        elif kind == 2:
-            cq = count_questions(s, rng)
-            qa = cq[int(rng.integers(len(cq)))]
-            q, a, c, k = qa.question, qa.answer, list(NUM_WORDS), "count"
-        else:
-            if s.index % 2 == 0:
-                o = s.objects[int(rng.integers(len(s.objects)))]
-                pair, a = (o.colour, o.shape), "yes"
-            else:
-                pair, a = negatives(s, rng, "random", 1)[0], "no"
-            q, c, k = presence_question(*pair), ["yes", "no"], "presence"
-        out.append(AuditItem(f"{split}-{seed}-{s.index}", as_text(s), q, a, s.pil(), s, c, {"kind": k}))
+    for i, it in enumerate(items):
+        for what, v in (("question", it.prompt), ("answer", it.answer)):
+            if v is None or not str(v).strip():
+                raise DataError(f"{it.where()}: missing {what} (an audit item needs a question and its answer)")
+        view = scene_view(it, i)
+        context = it.meta.get("context") or (as_text(view) if view is not None else None)
+        if not context:
+            raise DataError(f"{it.where()}: missing context (the content in words; shapes scenes have it from their objects)")
+        cands = it.meta.get("candidates")
+        if cands is not None and not isinstance(cands, (list, tuple)):
+            raise DataError(f"{it.where()}: candidates must be a list of answer words, got {cands!r}")
+        out.append(AuditItem(str(it.id), str(context), str(it.prompt), str(it.answer), it.image, view,
+                             [str(c) for c in cands] if cands else None, {"kind": it.kind or "user"}))
     return out
+
+
+def shapes_items(n: int = 64, seed: int = 0, split: str = "test") -> list[AuditItem]:
+    """``n`` held-out scenes, one question each, cycling presence (yes / random no), colour, count
+    (:func:`vlinterp.eval.shapes.audit_items`)."""
+    from ..eval.datasets import open_dataset
+
+    return audit_items_from(open_dataset(f"shapes:{split}:{n}:{seed}:audit").items())
 
 
 def load_items(path: str, image_dir: str | None = None) -> list[AuditItem]:
@@ -54,17 +66,9 @@ def load_items(path: str, image_dir: str | None = None) -> list[AuditItem]:
     A malformed line (not JSON, a missing field, an unreadable image, candidates that are not a
     list) stops with :class:`~vlinterp.core.errors.DataError` naming ``path:line``, as every
     dataset reader of vlinterp does."""
-    from ..core.errors import DataError
-    from ..data.jsonl import read_jsonl
+    from ..eval.datasets import open_dataset
 
-    items = []
-    for k, (d, img) in enumerate(read_jsonl(path, ("id", "context", "question", "answer"), image_dir)):
-        cands = d.get("candidates")
-        if cands is not None and not isinstance(cands, list):
-            raise DataError(f"{path}: item {d['id']}: candidates must be a list of answer words, got {cands!r}")
-        items.append(AuditItem(str(d["id"]), str(d["context"]), str(d["question"]), str(d["answer"]), img, None,
-                               [str(c) for c in cands] if cands else None, {"kind": d.get("kind", "user")}))
-    return items
+    return audit_items_from(open_dataset(f"jsonl:{path}", images=image_dir).items())
 
 
-__all__ = ["AuditItem", "shapes_items", "load_items"]
+__all__ = ["AuditItem", "WANTED", "audit_items_from", "shapes_items", "load_items"]

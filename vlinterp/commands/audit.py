@@ -1,11 +1,13 @@
 """`vlinterp audit`: does the model answer the same content the same way as text, image, rendered
 text and mixed?
 
-    vlinterp audit --model shapes-llava [--dataset shapes|FILE.jsonl] [--n 64] [--seed 5] [--json PATH] [--out DIR]
+    vlinterp audit --model shapes-llava [--dataset SPEC] [--n 64] [--seed 5] [--json PATH] [--out DIR]
                    [--image-dir DIR] [--embedder shapes-clip|none] [--no-factors] [--plant-noise SIGMA]
 
-User files: one JSON object per line ``{"id", "context", "question", "answer", "image"?, "candidates"?}``;
-a malformed line stops the command with ``file:line`` (as ``trace`` does). ``--json PATH`` writes
+Data (:mod:`vlinterp.eval.datasets`): ``shapes`` (kind ``audit``: one question per held-out scene),
+POPE / JSON lines / HF questions, COCO scenes (one question each). A user's JSON lines
+``{"id", "context", "question", "answer", "image"?, "candidates"?}`` give the context in words;
+shapes scenes have it from their objects. A malformed record stops the command with ``file:line``. ``--json PATH`` writes
 the table, ``--out DIR`` the report directory (plots, ``audit.json``, ``report.html``).
 ``--plant-noise`` also runs the audit with Gaussian noise on the projector output (the image
 pathway) and overlays both in the report.
@@ -16,19 +18,18 @@ import argparse
 
 from ..cli import register
 from . import args as A
-from .dataset_args import dataset
+from .dataset_args import add_dataset
+
+SHAPES_N, SHAPES_SEED = 64, 5
 
 
 def _add(p: argparse.ArgumentParser):
     A.add_model(p)
     A.add_load_options(p)
-    p.add_argument("--dataset", type=dataset(), default={"kind": "shapes", "split": None, "variant": None, "spec": "shapes"}, metavar="SPEC",
-                   help="'shapes' (held-out scenes, --n/--seed) or a JSON-lines file")
+    add_dataset(p, "shapes", SHAPES_N, SHAPES_SEED, "the items to audit")
     p.add_argument("--image-dir", type=A.existing_dir, metavar="DIR", help="folder the image paths in --dataset are relative to")
-    p.add_argument("--n", type=A.positive_int, default=None, help="number of items (shapes: 64; a file: all of its lines)")
-    p.add_argument("--seed", type=A.integer, default=5, help="seed that draws the shapes scenes and the renderings")
     p.add_argument("--embedder", default="auto", metavar="M",
-                   help="CLIP model for image-text similarity ('auto': shapes-clip for the shapes dataset; 'none')")
+                   help="CLIP model for image-text similarity ('auto': shapes-clip for shapes-world items; 'none')")
     p.add_argument("--no-factors", action="store_true", help="skip the font-size / colour / resolution variants")
     p.add_argument("--plant-noise", type=A.nonneg_float, default=0.0, help="also audit with this much noise on the projector output")
     A.add_workers(p)
@@ -37,20 +38,12 @@ def _add(p: argparse.ArgumentParser):
 
 
 def _items(args):
-    from ..core.errors import UsageError
+    """``(audit items, info)``, read and checked before any model loads."""
+    from ..audit.items import WANTED, audit_items_from
+    from .dataset_args import read
 
-    ds = args.dataset
-    if ds["kind"] == "shapes":
-        from ..audit import shapes_items
-
-        return shapes_items(args.n or 64, args.seed, ds["split"] or "test")
-    from ..audit import load_items
-
-    items = load_items(ds["path"], args.image_dir)
-    items = items[: args.n] if args.n else items
-    if not items:
-        raise UsageError(f"no items in {ds['path']}")
-    return items
+    items, info = read(args, WANTED, SHAPES_N, SHAPES_SEED)
+    return audit_items_from(items, info["seed"] or 0), info
 
 
 def _run(args) -> int:
@@ -63,19 +56,20 @@ def _run(args) -> int:
     from ..core.io import output_dir, write_json
     from ..scale import WorkerPool
 
-    items = _items(args)  # read (and checked) before any model loads
+    items, info = _items(args)  # read (and checked) before any model loads
+    seed = info["seed"] if info["seed"] is not None else SHAPES_SEED  # the renderings' seed
     emb = None
-    if args.embedder == "auto" and args.dataset["kind"] == "shapes":
+    if args.embedder == "auto" and all(it.scene is not None for it in items):
         emb = vi.load("shapes-clip", **A.load_kwargs(args))
     elif args.embedder not in ("auto", "none"):
         emb = vi.load(args.embedder, **A.load_kwargs(args))
     ids = [it.id for it in items]
     with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
-        work = partial(_raw_worker, seed=args.seed, factors=not args.no_factors, inside=True)
+        work = partial(_raw_worker, seed=seed, factors=not args.no_factors, inside=True)
         raw = pool.map(partial(work, sigma=0.0), items, shard=32, desc="audit", ids=ids)
         raw_planted = pool.map(partial(work, sigma=args.plant_noise), items, shard=32, desc="audit (planted)", ids=ids) if args.plant_noise > 0 else None
     res = summarise(raw, items, emb)
-    res.update(model=args.model, dataset=args.dataset["spec"], seed=args.seed, workers=args.workers)
+    res.update(model=args.model, dataset=info["dataset"], kinds=info["kinds"], seed=seed, workers=args.workers)
     planted = None
     if raw_planted is not None:
         planted = summarise(raw_planted, items, emb)

@@ -1,6 +1,7 @@
-"""`vlinterp bench saliency --model M [--methods a,b] [--n N] [--seed K] [--json PATH]`.
+"""`vlinterp bench saliency --model M [--methods a,b] [--dataset SPEC] [--n N] [--seed K] [--json PATH]`.
 
-Scores saliency methods against the shapes world's exact masks on held-out scenes and prints a
+Scores saliency methods against ground-truth object masks (default: the shapes world's exact masks
+on held-out scenes; ``--dataset coco:instances.json:images`` COCO's polygon / RLE masks) and prints a
 table method x (pointing game, energy pointing game, deletion AUC, insertion AUC, Obj-IoU,
 seconds per image), with the ``random`` and ``centre`` baseline maps as rows. The benchmark itself
 is :func:`vlinterp.eval.saliency.bench_saliency`.
@@ -11,6 +12,9 @@ import argparse
 
 from ..cli import register
 from . import args as A
+from .dataset_args import add_dataset
+
+SHAPES_N, SHAPES_SEED = 8, 1
 
 
 class _MethodNames:
@@ -31,7 +35,8 @@ def _add(p: argparse.ArgumentParser):
     A.add_load_options(p)
     p.add_argument("--methods", type=A.names_in(_MethodNames()), metavar="M1,M2",
                    help="saliency methods, and/or the baselines random, centre (default: every method of the model's kind)")
-    A.add_n_seed(p, 8, 1, "held-out scenes")
+    add_dataset(p, "shapes:heldout", SHAPES_N, SHAPES_SEED, "images with object masks (or boxes) to score the maps against",
+                n_help=f"items to take (a shapes split without N: its number of scenes, default {SHAPES_N})")
     p.add_argument("--steps", type=A.nonneg_int, default=16, help="deletion/insertion steps (0 = skip them)")
     p.add_argument("--sample-steps", type=A.positive_int, default=20, help="diffusion: sampler steps per generated image")
     p.add_argument("--guidance", type=A.positive_float, default=1.0, help="diffusion: classifier-free guidance scale of the sampler")
@@ -44,11 +49,19 @@ def _saliency(args) -> int:
     from ..core.io import write_json
     from ..eval.saliency import bench_saliency, table
 
+    from ..eval.saliency import WANTED
+    from .dataset_args import read
+
     if args.steps > 1000:
         raise UsageError(f"--steps must be in 0..1000, got {args.steps}")
-    res = bench_saliency(args.model, args.methods, args.n, args.seed, args.steps, progress=None, sample_steps=args.sample_steps,
-                         workers=args.workers, address=args.address, guidance=args.guidance, load_options=A.load_kwargs(args))
-    print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} items on {res['scenes']} held-out scenes (seed {res['seed']})")
+    items, info = read(args, WANTED, SHAPES_N, SHAPES_SEED)  # read (and checked) before the model loads
+    seed = info["seed"] if info["seed"] is not None else SHAPES_SEED
+    res = bench_saliency(args.model, args.methods, len(items), seed, args.steps, progress=None, sample_steps=args.sample_steps,
+                         workers=args.workers, address=args.address, guidance=args.guidance, load_options=A.load_kwargs(args),
+                         items=items, dataset=info["dataset"])
+    res["kinds"] = info["kinds"]
+    print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} cases on {res['scenes']} items of {res['dataset']} "
+          f"(seed {res['seed']})")
     print(table(res))
     if res.get("answer_accuracy") is not None:
         print(f"answer accuracy: {res['answer_accuracy']:.3f}")

@@ -1,67 +1,69 @@
-"""Validating argument types for datasets (``--dataset``), shared by ``trace``, ``audit`` and
-``sae harvest``: checked while parsing, before any model load.
+"""``--dataset SPEC`` (with ``--n`` / ``--seed``), the same on every command that reads a dataset.
 
-* ``shapes`` / ``shapes:SPLIT`` / ``shapes:SPLIT:KIND``: the procedural world (any split name is
-  a different draw of scenes); how many items and which draw come from ``--n`` and ``--seed`` (never inside the spec).
-* a JSON-lines file (``FILE.jsonl`` or ``jsonl:FILE``): it must exist, be a file, be readable and be
-  text; each record's problems are reported by ``file:line`` when it is read (before the model
-  loads), and stop the command.
+One grammar, :mod:`vlinterp.eval.datasets`: ``shapes[:SPLIT[:N[:SEED]]][:KIND]``,
+``coco:INSTANCES.json[:IMAGES]``, ``pope:FILE[:IMAGES]``, ``jsonl:FILE[:IMAGES]``, ``hf:PATH[:SPLIT]``,
+``folder:DIR``, or a bare existing path (its format inferred), each with ``key=value`` options
+(``kind=``, ``on_error=skip``, ``take=``). :func:`dataset` checks it while parsing (format,
+options, that the named files and folders exist, that JSON lines are text); the records are read
+and checked when the command opens the data, before any model loads (a bad record: one line
+naming the file and the record, exit 2).
 """
 from __future__ import annotations
 
-import os
-
-from .args import _type
-
-TEXT_PROBE = 8192
+from . import args as A
 
 
-def check_text_file(path: str) -> str:
-    """``path`` if it is an existing, readable text file (UTF-8, no NUL bytes) else ``ValueError``."""
-    if not os.path.exists(path):
-        raise ValueError(f"{path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a directory, not a JSON-lines file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{path!r} is not readable")
-    with open(path, "rb") as f:
-        head = f.read(TEXT_PROBE)
-    try:
-        if b"\x00" in head:
-            raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # a multi-byte character cut by the probe is fine
-            raise ValueError(f"{path!r} is not a text (JSON lines) file") from None
-    return path
+def _check(text: str) -> str:
+    from ..eval.datasets import check_spec
 
-
-def _dataset(kinds: tuple[str, ...] | None):
-    def parse(text: str) -> dict:
-        """``{"kind": "shapes", "split": ..., "variant": ...}`` or ``{"kind": "jsonl", "path": ...}``."""
-        s = str(text).strip()
-        if s == "shapes" or s.startswith("shapes:"):
-            parts = s.split(":")[1:]
-            if len(parts) > 2 or any(p.strip().isdigit() or not p.strip() for p in parts):
-                raise ValueError(f"{s!r}: give shapes, shapes:SPLIT or shapes:SPLIT:KIND (any split name); "
-                                 "the number of items is --n and their seed --seed")
-            split = parts[0] if parts else None
-            variant = parts[1] if len(parts) > 1 else None
-            if variant is not None and (kinds is None or variant not in kinds):
-                from ..core.errors import UnknownNameError
-
-                raise UnknownNameError("shapes item kind", variant, kinds or ())
-            return {"kind": "shapes", "split": split, "variant": variant, "spec": s}
-        path = s[len("jsonl:"):] if s.startswith("jsonl:") else s
-        return {"kind": "jsonl", "path": check_text_file(path), "spec": s}
-
-    return _type(parse, "dataset")
+    return check_spec(str(text).strip())
 
 
 def dataset(kinds: tuple[str, ...] | None = None):
-    """A ``--dataset`` argument type (see the module doc); ``kinds``: the ``shapes:SPLIT:KIND`` kinds
-    the command knows."""
-    return _dataset(kinds)
+    """The ``--dataset`` argument type: the spec, validated (see the module doc). ``kinds`` is
+    accepted for older callers; every command takes every spec."""
+    return A._type(_check, "dataset")
 
 
-__all__ = ["dataset", "check_text_file"]
+def add_dataset(p, default: str | None, n: int | None, seed: int | None, what: str, n_help: str | None = None,
+                required: bool = False):
+    """``--dataset``, ``--n`` and ``--seed`` for a command whose default data is ``default`` (a
+    ``shapes`` split of ``n`` scenes drawn with ``seed``)."""
+    from ..eval.datasets import USAGE
+
+    p.add_argument("--dataset", type=dataset(), default=default, required=required, metavar="SPEC",
+                   help=f"{what}: {USAGE}, or an existing file or folder; options :kind=K (which items), :on_error=skip")
+    p.add_argument("--n", type=A.positive_int, default=None,
+                   help=n_help or f"items of each kind to take (a shapes split without N: its number of scenes, default {n})")
+    p.add_argument("--seed", type=A.integer, default=None,
+                   help=f"seed that draws the --n items (a shapes split without SEED: its seed, default {seed})")
+
+
+def image_dir_option(args) -> dict:
+    """``{"images": DIR}`` from an older ``--image-dir DIR`` (the folder image paths are relative to)."""
+    d = getattr(args, "image_dir", None)
+    if not d:
+        return {}
+    from ..core.errors import UsageError
+    from ..eval.datasets import FORMATS, parse_dataset_spec
+
+    fmt, _ = parse_dataset_spec(args.dataset)
+    if "images" not in FORMATS.options(fmt):
+        raise UsageError(f"--image-dir is for datasets with image paths (jsonl, pope, coco), not {fmt}")
+    return {"images": d}
+
+
+def read(args, wanted, shapes_n: int | None = None, shapes_seed: int | None = None):
+    """``(items, info)`` of ``args.dataset`` (:func:`vlinterp.eval.datasets.pick.read_items`) with the
+    command's ``--n`` / ``--seed`` (and ``--image-dir``); prints the note on skipped records."""
+    import sys
+
+    from ..eval.datasets.pick import read_items
+
+    items, info = read_items(args.dataset, wanted, args.n, args.seed, shapes_n, shapes_seed, **image_dir_option(args))
+    if info["skipped"]:
+        print(info["skipped"], file=sys.stderr)
+    return items, info
+
+
+__all__ = ["dataset", "add_dataset", "read", "image_dir_option"]

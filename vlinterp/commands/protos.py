@@ -1,11 +1,13 @@
 """`vlinterp protos train|explain|eval`: prototype heads ("this looks like that") over a frozen backbone.
 
-    vlinterp protos train --model shapes-vit [--site vision.blocks.2.resid] [--n 2000] [--scales 1,2] [--push discriminative|nearest] --out DIR
+    vlinterp protos train --model shapes-vit [--site vision.blocks.2.resid] [--dataset SPEC] [--n 2000] [--scales 1,2] [--push discriminative|nearest] --out DIR
     vlinterp protos explain IMAGE --protos DIR [--model shapes-vit] --out DIR2
-    vlinterp protos eval --protos DIR [--model shapes-vit] [--n 300] [--seed 71] [--json PATH]
+    vlinterp protos eval --protos DIR [--model shapes-vit] [--dataset SPEC] [--n 300] [--seed 71] [--json PATH]
 
-``train`` fits on shapes-world scenes (24 colour-shape classes, multi-label), pushes every
-prototype onto a training patch and trains the linear-probe baseline beside it. ``explain`` writes
+``train`` fits on a dataset's images (default: shapes-world ``train`` scenes, 24 colour-shape
+classes, multi-label; COCO: the categories of each image's objects; ``folder:DIR``: one class per
+sub-folder), pushes every prototype onto a training patch and trains the linear-probe baseline
+beside it. ``explain`` writes
 ``explanation.png`` and ``explanation.json``. ``eval`` measures accuracy (head vs probe),
 consistency, stability under input noise and localisation on fresh held-out scenes. Output
 directories are new, empty, or an earlier vlinterp output (files you put there are kept).
@@ -18,6 +20,7 @@ import os
 
 from ..cli import register
 from . import args as A
+from .dataset_args import add_dataset
 
 
 def _protos_dir(text: str) -> str:
@@ -52,7 +55,7 @@ def _add(p: argparse.ArgumentParser):
     A.add_model(t, "shapes-vit")
     A.add_load_options(t)
     t.add_argument("--site", metavar="SITE", help="patch-token site (default: a middle block of the image stream)")
-    A.add_n_seed(t, 2000, 0, "training scenes")
+    add_dataset(t, "shapes:train", 2000, 0, "training images with class labels (object names or folders)")
     t.add_argument("--per-class", type=A.positive_int, default=1, help="prototypes per class and scale")
     t.add_argument("--scales", type=A._type(_scales, "scale list"), default=(1, 2), metavar="LIST", help="pooled grid scales, e.g. 1,2")
     t.add_argument("--warm-steps", type=A.positive_int, default=1500, help="warm-up steps (add-on layers and prototypes)")
@@ -73,7 +76,7 @@ def _add(p: argparse.ArgumentParser):
     v.add_argument("--protos", required=True, type=protos_dir, metavar="DIR", help="a trained prototype directory")
     v.add_argument("--model", metavar="M", help="backbone (default: the one the prototypes were trained on)")
     A.add_load_options(v)
-    A.add_n_seed(v, 300, 71, "held-out scenes")
+    add_dataset(v, "shapes:test", 300, 71, "held-out images, objects named by the prototypes' classes")
     v.add_argument("--noise", type=A.nonneg_float, default=0.2, help="std of the pixel noise of the stability test")
     A.add_json(v)
 
@@ -92,19 +95,28 @@ def _run(args) -> int:
     from ..core.io import output_dir, write_json
     from ..prototypes import ProtoModel
 
+    from .dataset_args import read
+
     if args.protos_cmd == "train":
         import vlinterp as vi
-        from ..eval.protos import fit_shapes
+        from ..eval.protos import WANTED, classes_for, fit_items
 
+        items, info = read(args, WANTED, 2000, 0)  # read (and checked) before the model loads
+        classes = classes_for(items)
         m = vi.load(args.model, **A.load_kwargs(args))
-        pm = fit_shapes(m, site=args.site, n=args.n, seed=args.seed, per_class=args.per_class, scales=args.scales,
-                        warm_steps=args.warm_steps, last_steps=args.last_steps, min_weight=None if args.min_weight < 0 else args.min_weight,
-                        push_mode=args.push)
+        pm = fit_items(m, items, classes, site=args.site, seed=info["seed"] or 0, data=info["resolved"], per_class=args.per_class,
+                       scales=args.scales, warm_steps=args.warm_steps, last_steps=args.last_steps,
+                       min_weight=None if args.min_weight < 0 else args.min_weight, push_mode=args.push)
         pm.save(args.out)
         per_scale = {int(s): int((pm.head.proto_scale == s).sum()) for s in pm.head.scales}
         print(f"{pm.head.n_prototypes} prototypes kept of {pm.info['prototypes_trained']} (per scale {per_scale}) "
               f"at {pm.site} of {m.name} ({pm.info['train_seconds']} s) -> {args.out}")
         return 0
+    items = info = None
+    if args.protos_cmd == "eval":
+        from ..eval.protos import WANTED
+
+        items, info = read(args, WANTED, 300, 71)  # read (and checked) before the model loads
     pm = ProtoModel.load(args.protos, _model_for(args))
     if args.protos_cmd == "explain":
         from ..core.images import load_image
@@ -124,10 +136,10 @@ def _run(args) -> int:
                   f"sim {r['similarity']:.2f} contribution {r['contribution']:.2f}")
         print(f"figure: {os.path.join(args.out, 'explanation.png')}")
         return 0
-    from ..eval.protos import evaluate_shapes
+    from ..eval.protos import evaluate_items
 
-    res = evaluate_shapes(pm, args.n, args.seed, noise=args.noise)
-    res.update(model=pm.adapter.name, site=pm.site, seed=args.seed)
+    res = evaluate_items(pm, items, noise=args.noise)
+    res.update(model=pm.adapter.name, site=pm.site, seed=info["seed"], dataset=info["dataset"], kinds=info["kinds"])
     print(json.dumps(res, indent=2))
     if args.json:
         write_json(args.json, res, flag="--json")

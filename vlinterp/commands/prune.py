@@ -1,7 +1,12 @@
 """`vlinterp prune bench|info`: visual token pruning compared (accuracy retention, latency, FLOPs).
 
-    vlinterp prune bench --model shapes-llava --keep 0.1,0.25,0.5,0.75 --methods random,fastv,visionzip,info,hybrid [--n 128] [--seed 21] [--json PATH] [--plot PNG | --out DIR]
-    vlinterp prune info --model shapes-llava [--n 12] [--seed 101] [--json PATH] [--plot PNG | --out DIR]
+    vlinterp prune bench --model shapes-llava --keep 0.1,0.25,0.5,0.75 --methods random,fastv,visionzip,info,hybrid [--dataset SPEC] [--n 128] [--seed 21] [--json PATH] [--plot PNG | --out DIR]
+    vlinterp prune info --model shapes-llava [--dataset SPEC] [--n 12] [--seed 101] [--json PATH] [--plot PNG | --out DIR]
+
+``--dataset`` (:mod:`vlinterp.eval.datasets`): ``bench`` reads POPE-adversarial and colour / count
+questions of a shapes split (``shapes``: held-out ``test`` scenes), the questions of a POPE / JSON-lines
+/ HF dataset (answers among ``candidates``; yes/no by default), or COCO scenes asked presence
+questions; ``info`` reads any prompts (``shapes:val``: presence, colour and count in turn).
 
 ``bench`` prints the table (retention per question kind, LM and total prefill latency ratios
 measured side by side in this run, analytical FLOPs ratio) and, with ``--plot`` or ``--out``,
@@ -17,6 +22,7 @@ import re
 
 from ..cli import register
 from . import args as A
+from .dataset_args import add_dataset
 
 
 def _methods(text: str) -> list[str]:
@@ -54,7 +60,7 @@ def _add(p: argparse.ArgumentParser):
                    help="comma-separated fractions of the visual tokens to keep, each in [0, 1]")
     b.add_argument("--methods", type=methods_list, default=["random", "fastv", "visionzip", "info", "hybrid"], metavar="LIST",
                    help="comma-separated pruning methods; options in brackets, e.g. visionzip[tower_layer=3] (select inside the vision tower)")
-    A.add_n_seed(b, 128, 21, "held-out scenes (presence, colour and count items from each)")
+    add_dataset(b, "shapes", 128, 21, "the questions (a shapes split: presence, colour and count items of each held-out scene)")
     b.add_argument("--batch", type=A.positive_int, default=32, help="rows per prefill (also the latency batch)")
     b.add_argument("--repeats", type=A.positive_int, default=7, help="timed repeats per configuration (median reported)")
     b.add_argument("--horizon", type=A.nonneg_int, default=None, help="hybrid's horizon layer (default: from the information curve)")
@@ -64,7 +70,7 @@ def _add(p: argparse.ArgumentParser):
                        description="per-token information by layer, proxies and the horizon")
     A.add_model(i)
     A.add_load_options(i)
-    A.add_n_seed(i, 12, 101, "probe questions (one per held-out scene)")
+    add_dataset(i, "shapes:val", 12, 101, "the probe prompts (a shapes split: one question per scene)")
     _add_outputs(i, "info", "information")
 
 
@@ -97,7 +103,23 @@ def _run(args) -> int:
 
     import vlinterp as vi
 
+    from .dataset_args import read
+
     _check_outputs(args)
+    if args.prune_cmd == "bench":
+        from ..eval.prune import WANTED, bench_items
+
+        items, info = read(args, WANTED, 128, 21)  # read (and checked) before the model loads
+        items = bench_items(items, info["seed"] or 0)
+    else:
+        from ..eval.prune import PROBE_WANTED
+
+        items, info = read(args, PROBE_WANTED, 12, 101)
+        bad = [it for it in items if not it.prompt]
+        if bad:
+            from ..core.errors import DataError
+
+            raise DataError(f"{bad[0].where()}: no prompt (the information curve reads prompts)")
     m = vi.load(args.model, **A.load_kwargs(args))
     progress = sys.stderr.isatty()
     if args.prune_cmd == "bench":
@@ -106,21 +128,20 @@ def _run(args) -> int:
         from ..viz.prune_plot import plot_retention
 
         with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
-            res = run_bench(m, args.keep, args.methods, n=args.n, seed=args.seed, batch_size=args.batch, repeats=args.repeats,
-                            horizon=args.horizon, pool=pool if args.workers > 1 else None, progress=progress)
-        res["workers"] = args.workers
+            res = run_bench(m, args.keep, args.methods, n=info["n"], seed=info["seed"], batch_size=args.batch, repeats=args.repeats,
+                            horizon=args.horizon, pool=pool if args.workers > 1 else None, progress=progress, items=items)
+        res.update(workers=args.workers, dataset=info["dataset"], kinds=info["kinds"])
         print(table(res))
         _write(args, res, "bench", "retention.png", plot_retention)
         return 0
-    from ..eval.prune import probe_items
     from ..pruning.information import summarise, token_information
     from ..viz.prune_plot import plot_information
 
-    s = summarise(token_information(m, probe_items(args.n, args.seed), progress=progress))
+    s = summarise(token_information(m, items, progress=progress))
     print(f"information by layer: {', '.join(f'{v:.2e}' for v in s['curve'])}; horizon layer {s['horizon']} (first below {s['frac']:g} x peak)")
     for k, v in s["spearman"].items():
         print(f"  proxy {k:<15} Spearman by layer: {', '.join('-' if x != x else f'{x:.2f}' for x in v)}")
-    s.update(model=args.model, n=args.n, seed=args.seed)
+    s.update(model=args.model, n=info["n"], seed=info["seed"], dataset=info["dataset"], kinds=info["kinds"])
     _write(args, s, "info", "information.png", lambda res, path: plot_information(res, path, args.model))
     return 0
 

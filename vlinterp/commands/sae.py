@@ -6,8 +6,10 @@
     vlinterp sae inspect --sae SAE --store STORE --model M --out DASH_DIR [--features 3,17 | --top 32]
     vlinterp sae score-data --sae SAE --calib-store STORE --store DATA_STORE --json scores.json
 
-Datasets: ``shapes``, ``shapes:SPLIT`` or ``shapes:SPLIT:KIND`` (KIND caption, question or mixed;
-``--n`` scenes drawn with ``--seed``) or a JSON-lines file of ``{"image", "text", "answer"?}``.
+Datasets: any ``--dataset`` spec (:mod:`vlinterp.eval.datasets`): ``shapes:SPLIT[:KIND]`` (KIND
+caption, question, mixed or any shapes item kind; ``--n`` scenes drawn with ``--seed``), COCO with
+captions, POPE, HF, or JSON lines of ``{"image", "text", "answer"?}``; the caption items of data
+that has several kinds. The store records a spec that reads exactly its items again.
 Stores and SAEs are output directories (new, empty, or an earlier vlinterp output: files you put
 there are kept); ``harvest`` and ``train`` (``--resume``) continue where a killed run stopped.
 """
@@ -18,10 +20,9 @@ import os
 
 from ..cli import register
 from . import args as A
-from .dataset_args import dataset
+from .dataset_args import add_dataset
 
 TOKENS = ("content", "all", "image", "text", "answer")
-KINDS = ("caption", "question", "mixed")
 
 
 def _store_dir(text: str) -> str:
@@ -72,10 +73,7 @@ def _add(p: argparse.ArgumentParser):
     A.add_model(h)
     A.add_load_options(h)
     h.add_argument("--site", required=True, metavar="SITE", help="adapter site, e.g. blocks.2.resid (`vlinterp info MODEL` lists them)")
-    h.add_argument("--dataset", required=True, type=dataset(KINDS), metavar="SPEC",
-                   help="shapes[:SPLIT[:KIND]] (KIND: caption, question, mixed; --n/--seed) or a JSON-lines file")
-    h.add_argument("--n", type=A.positive_int, default=None, help="shapes datasets: number of scenes (default 512)")
-    h.add_argument("--seed", type=A.integer, default=0, help="shapes datasets: seed that draws the scenes")
+    add_dataset(h, None, 512, 0, "the items to harvest (shapes:SPLIT:KIND with KIND caption, question, mixed ...)", required=True)
     A.add_out(h, "store directory (resumable: run again on it to continue)")
     h.add_argument("--tokens", default="content", choices=TOKENS,
                    help="which tokens become rows; content: image patches and text without specials; "
@@ -137,16 +135,15 @@ def _store(path):
     return ActivationStore.open(path)
 
 
-def _spec(args) -> str:
-    from ..core.errors import UsageError
-    from ..eval.sae_data import shapes_spec
+def _read(args):
+    """``(items, resolved spec)`` of the harvest, read and checked before any model loads."""
+    import sys
 
-    ds = args.dataset
-    if ds["kind"] == "jsonl":
-        if args.n is not None:
-            raise UsageError("--n is for shapes datasets; a JSON-lines store holds every line of the file")
-        return f"jsonl:{ds['path']}"
-    return shapes_spec(ds["split"] or "sae-train", args.n or 512, args.seed, ds["variant"] or "caption")
+    from ..eval.sae_data import read_harvest_items
+
+    items, spec = read_harvest_items(args.dataset, args.n, args.seed)
+    print(f"harvesting {len(items)} items of {spec}", file=sys.stderr)
+    return items, spec
 
 
 def _checkpoint_dir(args) -> str:
@@ -166,11 +163,9 @@ def _run(args) -> int:
     cmd = args.sae_cmd
     if cmd == "harvest":
         import vlinterp as vi
-        from ..eval.sae_data import items_from_spec
         from ..sae.store import ActivationStore
 
-        spec = _spec(args)
-        items = items_from_spec(spec) if args.workers <= 1 else None  # read (and checked) before the model loads
+        items, spec = _read(args)  # read (and checked) before the model loads
         if args.workers > 1:
             from ..eval.sae_parallel import harvest_parallel
             from ..scale import WorkerPool

@@ -10,12 +10,15 @@ component (layers x positions, PNG).
 tokens from ``--object "red circle"`` (by default the longest run of colour/shape words of the
 shapes world found in the prompt, if any).
 
-Over a dataset: ``vlinterp trace --dataset shapes|FILE.jsonl --json RR.json [--workers N]`` traces
-every item (JSON lines with ``image``, ``prompt`` and optionally ``target``, ``box``, ``object``,
-``id``; a malformed line stops the command with ``file:line``; ``shapes``: the positive presence
-questions of ``--n`` held-out scenes drawn with ``--seed``, with the ground-truth box of the object
-asked about) and writes the per-item RR tables and the RR of the means over the items (ROME). Item
-``i`` uses noise seed ``--noise-seed + i``, so ``--workers N`` writes the same file as one process.
+Over a dataset: ``vlinterp trace --dataset SPEC --json RR.json [--workers N]`` traces every item
+and writes the per-item RR tables and the RR of the means over the items (ROME). ``shapes``: the
+positive presence questions (kind ``present``) of ``--n`` held-out scenes drawn with ``--seed``, with
+the ground-truth box of the object asked about; POPE / JSON lines / HF: the questions they hold
+(``target``/``answer`` the traced token, the box of the object asked about or ``box``; JSON lines in
+the older ``{"image", "prompt", "target", "box", "object", "id"}`` form read the same); COCO scenes:
+one ``present`` question per image (:mod:`vlinterp.eval.scene_questions`). A malformed record stops
+the command with ``file:line``. Item ``i`` uses noise seed ``--noise-seed + i``, so ``--workers N``
+writes the same file as one process.
 
 ``--knockout FROM:TO`` (attention knockout), ``--method dla`` (direct logit attribution) and
 ``--method relp`` (relevance patching) run the other tracing methods (:mod:`.trace_flow`).
@@ -27,9 +30,10 @@ import sys
 
 from ..cli import register
 from . import args as A
-from .dataset_args import dataset
+from .dataset_args import add_dataset
 
 COMPONENTS = ("attn", "mlp", "resid")
+SHAPES_N, SHAPES_SEED = 32, 11  # --dataset shapes: held-out scenes and their seed
 
 
 def _corruption(text: str) -> str:
@@ -75,13 +79,9 @@ def _edges(text: str) -> list[str]:
 
 def _add(p: argparse.ArgumentParser):
     p.add_argument("image", nargs="?", type=A.image_file, metavar="IMAGE", help="image file (or --dataset)")
-    p.add_argument("--dataset", type=dataset(), metavar="SPEC",
-                   help="trace every item: 'shapes' (held-out presence questions, --n/--seed) or a JSON-lines file")
+    add_dataset(p, None, SHAPES_N, SHAPES_SEED, "trace every item of this dataset ('shapes': held-out presence questions)")
     p.add_argument("--image-dir", type=A.existing_dir, metavar="DIR",
                    help="folder the image paths in --dataset are relative to (default: the file's folder)")
-    p.add_argument("--n", type=A.positive_int, default=None,
-                   help="--dataset: number of items (shapes: 32; a file: all of its lines)")
-    p.add_argument("--seed", type=A.integer, default=11, help="--dataset shapes: seed that draws the held-out scenes")
     A.add_workers(p)
     p.add_argument("--prompt", help="LLaVA: the question")
     p.add_argument("--target", help="LLaVA: the answer token (default: the greedy answer's first token); ViT: class name or index (default: top class)")
@@ -145,8 +145,8 @@ def _check(args) -> None:
         return
     if not args.image:
         raise UsageError("trace needs an IMAGE, or --dataset")
-    if args.n is not None or args.image_dir:
-        raise UsageError("--n and --image-dir are for --dataset")
+    if args.n is not None or args.seed is not None or args.image_dir:
+        raise UsageError("--n, --seed and --image-dir are for --dataset")
     if kind == "interchange" and not args.interchange:
         raise UsageError("--corruption interchange needs --interchange IMAGE2")
     if args.interchange and kind != "interchange":
@@ -159,19 +159,12 @@ def _check(args) -> None:
 
 
 def _items(args):
-    from ..core.errors import UsageError
+    """``(items, info)``: the items to trace, read and checked before any model loads."""
+    from ..eval.trace import WANTED, trace_items_from
+    from .dataset_args import read
 
-    ds = args.dataset
-    if ds["kind"] == "shapes":
-        from ..eval.trace import shapes_items
-
-        return shapes_items(args.n or 32, args.seed, ds["split"] or "test")
-    from ..eval.trace import file_items
-
-    items = file_items(ds["path"], args.image_dir)
-    if not items:
-        raise UsageError(f"no items in {ds['path']}")
-    return items[: args.n] if args.n else items
+    items, info = read(args, WANTED, SHAPES_N, SHAPES_SEED)
+    return trace_items_from(items, info["seed"] or 0), info
 
 
 def run_trace(args) -> dict:
@@ -190,13 +183,12 @@ def run_trace(args) -> dict:
         from ..eval.trace import trace_dataset
         from ..scale import WorkerPool
 
-        items = _items(args)  # read (and checked) before the model loads
+        items, info = _items(args)  # read (and checked) before the model loads
         with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             out = trace_dataset(pool, items, opts, progress=sys.stderr.isatty())
             name = pool.local_adapter().name if args.workers <= 1 else args.model
         meta = out["meta"]
-        meta.update(model=name, dataset=args.dataset["spec"], seed=args.seed if args.dataset["kind"] == "shapes" else None,
-                    workers=args.workers)
+        meta.update(model=name, dataset=info["dataset"], kinds=info["kinds"], seed=info["seed"], workers=args.workers)
         write_json(args.json, out, flag="--json")
         if args.plot:
             arrays = {"rr": np.asarray(out["rr_of_means"]), "p_clean": np.array([meta["p_clean"]]), "p_corrupt": np.array([meta["p_corrupt"]])}

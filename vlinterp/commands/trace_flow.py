@@ -99,11 +99,11 @@ def run(args) -> int:
         from ..eval.flow import flow_dataset
         from ..scale import WorkerPool
 
-        items = _items(args)
+        items, info = _items(args)  # read (and checked) before the model loads
         with WorkerPool(args.model, args.workers, args.address, load_options=A.load_kwargs(args)) as pool:
             out = flow_dataset(pool, items, m, args.corruption, args.noise, progress=sys.stderr.isatty())
             model = pool.local_adapter().name if args.workers <= 1 else args.model
-        out["meta"].update(model=model, dataset=args.dataset["spec"], workers=args.workers)
+        out["meta"].update(model=model, dataset=info["dataset"], kinds=info["kinds"], seed=info["seed"], workers=args.workers)
         write_json(args.json, out, flag="--json")
         arrays, meta = out["mean"], out["meta"]
         title = f"{model}: {name}, mean over {meta['n']} items"

@@ -296,13 +296,15 @@ class RawHooks:
     def setattr(self, obj, name: str, value) -> None:
         """Set ``obj.name = value`` for the block (e.g. ``fused_attn = False``, or one instance's method
         wrapped). On exit the attribute is as it was: an instance attribute that shadowed a class
-        attribute or method (not a property) is removed again, so the object holds no trace of it."""
+        attribute or method (not a data descriptor: property, slot, tensor attribute) is removed again, so the object holds no trace of it."""
         import inspect
 
         missing = object()
         own = getattr(obj, "__dict__", None)
-        shadow = own is not None and name not in own and hasattr(type(obj), name) \
-            and not isinstance(inspect.getattr_static(type(obj), name, None), property)
+        cls_attr = inspect.getattr_static(type(obj), name, None)
+        # a data descriptor (a property, a C-level attribute such as a tensor's requires_grad) is set
+        # through, never shadowed: restore its old value; anything else set on the instance is removed
+        shadow = own is not None and name not in own and hasattr(type(obj), name) and not hasattr(type(cls_attr), "__set__")
         old = missing if shadow else getattr(obj, name, missing)
         setattr(obj, name, value)
         self._undo.append(lambda: delattr(obj, name) if old is missing else setattr(obj, name, old))

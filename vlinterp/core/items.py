@@ -44,7 +44,9 @@ class Item:
     POPE label, a caption, a class name) or ``None``; ``objects``: ground truth in the image;
     ``id``: a stable identifier (file:line, COCO image id, split/seed/index); ``kind``: what the
     item asks (``presence``, ``colour``, ``count``, ``caption``, ``class``...); ``meta``: the rest
-    (negative type, candidates, the source record)."""
+    (negative type, candidates, the source record); ``source``: where it was read (``file:line``,
+    ``file: image 3``, ``path (split test): row 5``), for errors about the record ("" when made in
+    memory)."""
 
     image: Any = None
     prompt: str | None = None
@@ -53,6 +55,7 @@ class Item:
     id: str = ""
     kind: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -62,6 +65,10 @@ class Item:
     def names(self) -> list[str]:
         """The names of the item's objects."""
         return [o.name for o in self.objects]
+
+    def where(self) -> str:
+        """How errors name the item: its ``source``, else ``item {id}``."""
+        return self.source or f"item {self.id}"
 
 
 __all__ = ["Item", "Object"]

@@ -1,8 +1,10 @@
 """Pruning benchmark: accuracy retention, prefill latency and FLOPs ratios, side by side in one run,
 and the information curve's probe items.
 
-Items are held-out shapes questions (presence with adversarial negatives, colour, count); each
-answer is the model's choice among the candidates' first tokens at the last prompt position.
+Items are held-out shapes questions (presence with adversarial negatives, colour, count), or the
+questions of any dataset (:func:`bench_items`: POPE / JSON lines / HF questions with candidates,
+COCO scenes asked presence questions); each answer is the model's choice among the candidates'
+first tokens at the last prompt position.
 Retention = accuracy with pruning / accuracy unpruned (pooled and per question kind). Latency:
 median over ``repeats`` of the prefill of one batch, every configuration timed in turn inside
 each repeat (so drift hits all alike); ``lm`` is the language-model prefill (what pruning acts on),
@@ -24,12 +26,37 @@ from ..pruning.information import known_horizon
 from . import shapes
 
 KINDS = ("presence", "colour", "count")
+WANTED = ("pope-adversarial", "colour-count")  # what `prune bench --dataset` reads (other data: what it holds)
+PROBE_WANTED = ("probe",)                       # what `prune info --dataset` reads
 
 
 def eval_items(split: str = "test", n: int = 128, seed: int = 21) -> list[Item]:
     """``n`` POPE-adversarial presence items (half yes), then per scene of ``n`` one colour item
     (when a shape occurs once) and one count item; ``meta["candidates"]`` the answer words."""
     return shapes.pope(split, n, seed, "adversarial") + shapes.colour_count(split, n, seed)
+
+
+def bench_items(items: list[Item], seed: int = 0) -> list[Item]:
+    """Benchmark questions from dataset items: scene items (no prompt) are asked a presence "yes"
+    and "no" question, and on shapes scenes a colour and a count question
+    (:func:`vlinterp.eval.scene_questions.derive`, drawn with ``seed``); questions keep their
+    ``meta["candidates"]`` (yes/no questions without them get ``("yes", "no")``). A question without
+    an answer or candidates is a :class:`DataError` naming it."""
+    from ..core.errors import DataError
+    from .scene_questions import derive
+
+    if items and all(it.prompt is None and it.objects for it in items):
+        items = derive(items, ("presence", "colour", "count"), seed)
+    for it in items:
+        if not it.prompt or it.answer is None:
+            raise DataError(f"{it.where()}: a benchmark question needs a prompt and its answer")
+        if not it.meta.get("candidates"):
+            if str(it.answer).lower() not in ("yes", "no"):
+                raise DataError(f"{it.where()}: no answer candidates (meta candidates: the answer words to choose from)")
+            it.meta["candidates"] = ("yes", "no")
+        if it.answer not in it.meta["candidates"]:
+            raise DataError(f"{it.where()}: the answer {it.answer!r} is not among its candidates {list(it.meta['candidates'])}")
+    return items
 
 
 def probe_items(n: int = 8, seed: int = 101, split: str = "val") -> list[Item]:
@@ -116,14 +143,15 @@ def method_spec(method: str, keep: float) -> str:
 
 def run_bench(adapter, keeps=(0.1, 0.25, 0.5, 0.75), methods=("random", "fastv", "visionzip", "info", "hybrid"), n: int = 128,
               seed: int = 21, batch_size: int = 32, repeats: int = 7, horizon: int | None = None, progress: bool = True,
-              pool=None) -> dict:
+              pool=None, items: list[Item] | None = None) -> dict:
     """The full comparison; returns a JSON-able dict (``rows``: one per method and keep ratio).
+    ``items``: the questions (:func:`bench_items`; default :func:`eval_items` of ``n`` / ``seed``).
     ``pool`` (a :class:`~vlinterp.scale.WorkerPool` on the same model) computes the accuracies on
     its workers; latencies are always timed here, side by side."""
     from functools import partial
 
     runner = PrunedLM(adapter)
-    items = eval_items("test", n, seed)
+    items = eval_items("test", n, seed) if items is None else items
     hz = horizon if horizon is not None else horizon_for(adapter, progress=progress)
 
     def ok_for(spec):
@@ -175,5 +203,5 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["eval_items", "probe_items", "horizon_for", "resolve_horizon", "answers", "accuracy", "latency", "run_bench", "table",
+__all__ = ["eval_items", "bench_items", "probe_items", "WANTED", "PROBE_WANTED", "horizon_for", "resolve_horizon", "answers", "accuracy", "latency", "run_bench", "table",
            "method_spec", "KINDS"]

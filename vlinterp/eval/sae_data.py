@@ -1,20 +1,23 @@
 """Datasets for SAE-V: the items an activation store is harvested over, and the spec string a store
-records so that its items can be rebuilt (dashboards, Ray workers).
+records so that its items can be read again (dashboards, Ray workers).
 
-Specs: ``shapes:SPLIT:N[:SEED[:KIND]]`` (KIND ``caption``, ``question`` or ``mixed``; what
-:func:`shapes_items` makes) or ``jsonl:PATH`` (one ``{"image": path or null, "text": ...,
-"answer": ...}`` per line; a malformed line stops with ``PATH:line``). The CLI builds the shapes
-spec from ``--dataset shapes:SPLIT[:KIND] --n N --seed S``.
+Specs are :mod:`vlinterp.eval.datasets` specs; a store records a resolved one that reads exactly its
+items (``shapes:SPLIT:N:SEED:KIND``, ``jsonl:file=/abs/items.jsonl:kind=caption:take=100``...). A
+harvest reads the ``caption`` items of a dataset that has them (a shapes split, COCO with captions,
+an exported subset), else what it holds (POPE questions, every line of a JSON-lines file: ``image``
+(a path or null), ``prompt`` / ``text``, ``answer``). Shapes kinds ``question`` (POPE presence) and
+``mixed`` (captions and presence questions in turn) are :data:`vlinterp.eval.shapes.ITEM_KINDS`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..core.errors import ConfigError, UnknownNameError
+from ..core.errors import DataError, UnknownNameError
 from ..core.items import Item
 from . import shapes
 
 KINDS = ("caption", "question", "mixed")
+WANTED = ("caption",)  # what a harvest reads from a dataset that has several kinds
 
 
 def shapes_items(split: str = "sae", n: int = 512, seed: int = 0, kind: str = "caption") -> list[Item]:
@@ -23,47 +26,41 @@ def shapes_items(split: str = "sae", n: int = 512, seed: int = 0, kind: str = "c
     questions with their answers, half yes, half no) or ``mixed`` (alternating; the questions'
     negatives adversarial). Sample ``i`` shows scene ``i`` of the split (odd ``mixed`` /
     ``question`` items: the question's scene)."""
-    from ..data.questions import CAPTION_QUESTION, caption, pope_split
-
-    if kind == "caption":
-        return shapes.captions(split, n, seed)
-    if kind == "question":
-        return shapes.pope(split, n, seed, "random")
-    if kind == "mixed":  # even samples captions, odd samples presence questions (POPE-style)
-        return [shapes.scene_item(s, CAPTION_QUESTION, caption(s), "caption") if i % 2 == 0 else
-                shapes.scene_item(s, qa.question, qa.answer, "presence", target=qa.target, neg_type="adversarial",
-                                  candidates=shapes.CANDIDATES["presence"])
-                for i, (s, qa) in enumerate(pope_split(split, n, seed, "adversarial"))]
-    raise UnknownNameError("shapes item kind", kind, KINDS)
-
-
-def jsonl_items(path: str, image_dir: str | None = None) -> list[Item]:
-    """Items of a JSON-lines file ``{"image": path or null, "text": ..., "answer"?: ...}``."""
-    from ..data.jsonl import read_jsonl
-
-    return [Item(img, str(d["text"]), None if d.get("answer") is None else str(d["answer"]), [], f"{path}:{k + 1}", "text")
-            for k, (d, img) in enumerate(read_jsonl(path, ("text",), image_dir))]
+    if kind not in KINDS:
+        raise UnknownNameError("shapes item kind", kind, KINDS)
+    return shapes.ITEM_KINDS[kind](split, n, seed)
 
 
 def shapes_spec(split: str, n: int, seed: int = 0, kind: str = "caption") -> str:
     """The spec string of :func:`shapes_items` (what a store records)."""
-    if kind not in KINDS:
-        raise UnknownNameError("shapes item kind", kind, KINDS)
+    if kind not in shapes.ITEM_KINDS:
+        raise UnknownNameError("shapes item kind", kind, list(shapes.ITEM_KINDS))
     return f"shapes:{split}:{int(n)}:{int(seed)}:{kind}"
 
 
+def check_items(items: list[Item]) -> list[Item]:
+    """Items a harvest can run: each has a prompt (text); a record without one is a
+    :class:`DataError` naming it."""
+    for it in items:
+        if it.prompt is None or not str(it.prompt).strip():
+            raise DataError(f"{it.where()}: no text (a harvested item needs a prompt / text, and an image or not)")
+    return items
+
+
+def read_harvest_items(spec: str, n: int | None = None, seed: int | None = None, **options) -> tuple[list[Item], str]:
+    """``(items, resolved spec)`` of a harvest over ``spec`` (``n`` items drawn with ``seed``; a
+    ``shapes`` split without ``N``: ``n`` scenes, default 512, seed ``seed`` or 0)."""
+    from .datasets.pick import read_items
+
+    items, info = read_items(spec, WANTED, n, seed, 512, 0, **options)
+    return check_items(items), info["resolved"]
+
+
 def items_from_spec(spec: str) -> list[Item]:
-    """Dataset items from a spec string (see the module doc)."""
-    kind, _, rest = str(spec).partition(":")
-    if kind == "shapes":
-        parts = rest.split(":")
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise ConfigError(f"dataset spec {spec!r}: expected shapes:SPLIT:N[:SEED[:KIND]]")
-        return shapes_items(parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0,
-                            parts[3] if len(parts) > 3 else "caption")
-    if kind == "jsonl":
-        return jsonl_items(rest)
-    raise ConfigError(f"unknown dataset spec {spec!r}: shapes:SPLIT:N[:SEED[:KIND]] or jsonl:PATH")
+    """Dataset items from a spec string (a store's ``dataset``; see the module doc)."""
+    from .datasets.pick import read_items
+
+    return check_items(read_items(spec, WANTED)[0])
 
 
 def swapped_captions(scene_items: list[Item], swap: float = 0.3, seed: int = 0) -> tuple[list[Item], set[int]]:
@@ -89,4 +86,5 @@ def swapped_captions(scene_items: list[Item], swap: float = 0.3, seed: int = 0) 
     return items, bad
 
 
-__all__ = ["shapes_items", "jsonl_items", "shapes_spec", "items_from_spec", "swapped_captions", "KINDS"]
+__all__ = ["shapes_items", "shapes_spec", "items_from_spec", "read_harvest_items", "check_items", "swapped_captions", "KINDS",
+           "WANTED"]

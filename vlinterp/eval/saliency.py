@@ -1,20 +1,26 @@
-"""The saliency benchmark: methods against the shapes world's exact masks (``vlinterp bench saliency``).
+"""The saliency benchmark: methods against ground-truth object masks (``vlinterp bench saliency``).
 
-Held-out scenes (split ``heldout``, seed ``seed``; the organisms train on split ``train``) become
-items (:mod:`vlinterp.eval.shapes`); each method's map of each item is scored with
-:mod:`vlinterp.metrics` (pointing game, energy pointing game, deletion / insertion AUC with a blur
-baseline, Obj-IoU) and timed, next to the ``random`` and ``centre`` baseline maps. Items per kind:
+The items come from any dataset with objects (:mod:`vlinterp.eval.datasets`; default: scenes of the
+shapes world's split ``heldout``, seed ``seed``, which the organisms never trained on; COCO
+instances give polygon / RLE masks, boxes without a mask count as filled boxes). Each method's map
+of each case is scored with :mod:`vlinterp.metrics` (pointing game, energy pointing game, deletion /
+insertion AUC with a blur baseline, Obj-IoU) and timed, next to the ``random`` and ``centre``
+baseline maps. Cases per model kind, from each item (the ``i``-th):
 
-* vlm: ``what color is the {shape}?`` about every shape that occurs once (:func:`shapes.colour_items`);
-  the target is the model's own greedy first answer token; GT = that object's mask; deletion /
-  insertion score = probability of that token at ``last``.
-* vit: every present label (:func:`shapes.label_items`); GT = its objects' mask; score = sigmoid
-  (multi-label models whose classes are the shapes-world labels) or softmax of the class.
-* clip: the image with one caption ``a {colour} {shape}`` per pair (:func:`shapes.caption_items`);
-  GT = that pair's mask; score = softmax probability of the caption among all 24 captions.
-* diffusion: generate ``a {colour} {shape}`` (the first object, :func:`shapes.generation_item`)
-  and take the map of the shape word; GT = the generated object's mask by nearest-colour
-  thresholding; no deletion / insertion (a generator has no class score).
+* vlm: an item with a prompt is one case (GT: the object it asks about, items without one are
+  left out). A scene: on shapes scenes ``what color is the {shape}?`` about every shape that occurs
+  once (:func:`shapes.colour_items`), elsewhere ``Is there a {name} in the image?`` per distinct
+  object name (GT: those objects). The target is the model's own greedy first answer token;
+  deletion / insertion score = probability of that token at ``last``.
+* vit: every distinct object name (GT: its objects); score = sigmoid (multi-label models whose
+  classes are the shapes-world labels) or softmax of the class; names that are not the model's
+  classes are left out.
+* clip: the image with one caption ``a {name}`` per distinct name; GT = those objects; score =
+  softmax probability of the caption among the captions of every name of the dataset (the 24
+  colour-shape pairs on the shapes world).
+* diffusion (shapes scenes only): generate ``a {colour} {shape}`` (the first object,
+  :func:`shapes.generation_item`) and take the map of the shape word; GT = the generated object's
+  mask by nearest-colour thresholding; no deletion / insertion (a generator has no class score).
 
 >>> res = bench_saliency("shapes-vit", methods=["relevancy"], n=8, seed=1)
 >>> print(table(res))
@@ -31,6 +37,7 @@ METRICS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_a
 HEADERS = {"pointing_game": "pointing", "energy_pointing_game": "energy", "deletion_auc": "deletion AUC",
            "insertion_auc": "insertion AUC", "obj_iou": "Obj-IoU", "seconds": "s/image"}
 SPLIT = "heldout"
+SPLIT_SPEC = f"shapes:{SPLIT}"  # the default data: held-out scenes the organisms never trained on
 BASELINES = ("random", "centre")
 
 
@@ -75,27 +82,53 @@ def _first_answer_token(m, b) -> int:
     return int(logits.argmax())
 
 
-def llava_cases(m, scene, seed: int, **_):
+def _name_masks(item) -> list[tuple[str, object]]:
+    """``[(name, [H, W] bool)]``: each distinct object name (first-seen order) with the union of its
+    objects' masks (a box without a mask: the filled box)."""
+    import numpy as np
+
+    names = list(dict.fromkeys(item.names()))
+    return [(n, np.any([o.box_mask(item.size) for o in item.objects if o.name == n], 0)) for n in names]
+
+
+def questions(item, index: int) -> list:
+    """The vlm cases' questions of one item (see the module doc): ``[(prompt, answer or None, GT mask)]``."""
+    from .datasets.coco import presence_prompt
+    from .scene_questions import asked_object, scene_view
+
+    if item.prompt is not None:
+        o = asked_object(item)
+        return [] if o is None else [(item.prompt, item.answer, o.box_mask(item.size))]
+    view = scene_view(item, index)
+    if view is not None:
+        return [(it.prompt, it.answer, it.objects[it.meta["obj_index"]].mask) for it in shapes.colour_items(view)]
+    return [(presence_prompt(n), "yes", mask) for n, mask in _name_masks(item)]
+
+
+def llava_cases(m, item, index: int, seed: int, **_):
     import numpy as np
 
     from ..metrics import llava_score_fn
 
-    for it in shapes.colour_items(scene):
-        b = m.prepare(images=[it.image], text=[it.prompt])
+    for prompt, answer, mask in questions(item, index):
+        b = m.prepare(images=[item.image], text=[prompt])
         tid = _first_answer_token(m, b)
-        yield Case(f"{it.prompt} [{it.answer}]", b, [tid], it.objects[it.meta["obj_index"]].mask, np.asarray(it.image),
-                   llava_score_fn(m, it.prompt, tid), extra={"correct": m.tokenizer.decode([tid]).strip() == it.answer})
+        yield Case(f"{prompt} [{answer}]", b, [tid], mask, np.asarray(item.image),
+                   llava_score_fn(m, prompt, tid), extra={"correct": m.tokenizer.decode([tid]).strip() == answer})
 
 
-def _vit_index(m, label: str, names) -> int:
+def _vit_index(m, label: str, names) -> int | None:
     if label in names:
         return names.index(label)
     from ..data import PAIR_INDEX
 
-    return PAIR_INDEX[tuple(label.split(" "))] % len(names)  # a model of another label set (tiny:vit): any fixed class
+    pair = tuple(label.split(" "))
+    if pair in PAIR_INDEX:
+        return PAIR_INDEX[pair] % len(names)  # a model of another label set (tiny:vit): any fixed class
+    return None  # not a class of this model: no case
 
 
-def vit_cases(m, scene, seed: int, **_):
+def vit_cases(m, item, index: int, seed: int, **_):
     import numpy as np
 
     from ..data import PAIRS
@@ -104,28 +137,38 @@ def vit_cases(m, scene, seed: int, **_):
     names = m.class_names()
     act = "sigmoid" if set(shapes.pair_name(p) for p in PAIRS) <= set(names) else "softmax"
     b = None
-    for it in shapes.label_items(scene):
-        b = b or m.prepare(images=[it.image])  # one batch per scene
-        k = _vit_index(m, it.meta["label"], names)
-        yield Case(it.meta["label"], b, k, shapes.label_mask(it), np.asarray(it.image), vit_score_fn(m, k, act))
+    for label, mask in _name_masks(item):
+        k = _vit_index(m, label, names)
+        if k is None:
+            continue
+        b = b or m.prepare(images=[item.image])  # one batch per item
+        yield Case(label, b, k, mask, np.asarray(item.image), vit_score_fn(m, k, act))
 
 
-def clip_cases(m, scene, seed: int, **_):
+def clip_cases(m, item, index: int, seed: int, vocab=None, **_):
     import numpy as np
 
     from ..metrics import clip_score_fn
 
+    named = _name_masks(item)
+    texts = [f"a {n}" for n, _ in named]
+    candidates = [f"a {n}" for n in (vocab or [n for n, _ in named])]
     b = None
-    for it in shapes.caption_items(scene):
-        texts = it.meta["texts"]
-        b = b or m.prepare(images=[it.image], text=texts)
-        yield Case(it.prompt, b, texts.index(it.prompt), shapes.label_mask(it), np.asarray(it.image),
-                   clip_score_fn(m, it.prompt, it.meta["candidates"]))
+    for text, (_, mask) in zip(texts, named):
+        b = b or m.prepare(images=[item.image], text=texts)
+        yield Case(text, b, texts.index(text), mask, np.asarray(item.image), clip_score_fn(m, text, candidates))
 
 
-def diffusion_cases(m, scene, seed: int, steps: int = 20, guidance: float = 1.0):
+def diffusion_cases(m, item, index: int, seed: int, steps: int = 20, guidance: float = 1.0, **_):
+    from ..core.errors import UsageError
+    from .scene_questions import scene_view
+
+    view = scene_view(item, index)
+    if view is None:
+        raise UsageError(f"{item.where()}: the diffusion benchmark generates shapes-world objects; give shapes scenes "
+                         "(objects with colour and shape attributes)")
     # every scene is sampled with noise seed seed * 1000 (as the benchmark always has: its numbers stay comparable)
-    it = shapes.generation_item(scene, seed * 1000)
+    it = shapes.generation_item(view, seed * 1000)
     b = m.prepare(text=[it.prompt], seed=it.meta["seed"])
     yield Case(it.prompt, b, it.meta["shape"], None, extra={"colour": it.meta["colour"], "steps": steps, "guidance": guidance})
 
@@ -208,24 +251,25 @@ def _layout_result(m, case: Case):
     return Result("none", {"scores": np.zeros((1, len(L.image_positions(0))), np.float32)}, L, [case.label], 0, {})
 
 
-def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20,
-                   guidance: float = 1.0, progress=None) -> list[dict]:
-    """Measure every method (and the random / centre baselines) on the held-out scenes with these
-    indices. One entry per scene: ``{"per": {method: [measures per case]}, "extras": [...],
-    "skipped": {method: reason}}``. Scenes are independent (the random map's seed comes from the
-    scene index and the case's place in it), so any split of the scenes gives the same entries."""
+def scene_measures(m, items, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20,
+                   guidance: float = 1.0, progress=None, start: int = 0, vocab=None) -> list[dict]:
+    """Measure every method (and the random / centre baselines) on ``items`` (item ``k`` is the
+    ``start + k``-th of the benchmark). One entry per item: ``{"per": {method: [measures per case]},
+    "extras": [...], "skipped": {method: reason}}``. Items are independent (the random map's seed
+    comes from the item's index and the case's place in it), so any split of the items gives the
+    same entries. ``vocab``: every object name of the benchmark (CLIP's candidate captions)."""
     from .. import metrics as M
     from ..core.errors import UnsupportedError
-    from ..data import make_scene
 
     meths, skipped = _applicable(names, m, methods_given, sample_steps, guidance)
     if names and not meths:
         raise UnsupportedError(f"no saliency method runs on {m.family} models (tried: {', '.join(names)})")
-    kw = {"steps": sample_steps, "guidance": guidance} if m.kind == "diffusion" else {}
+    kw = {"steps": sample_steps, "guidance": guidance} if m.kind == "diffusion" else {"vocab": vocab}
     out = []
-    for si in scene_indices:
+    for k, item in enumerate(items):
+        si = start + k
         entry = {"per": {k: [] for k in [*meths, *BASELINES]}, "extras": [], "skipped": {}}
-        for j, case in enumerate(CASES[m.kind](m, make_scene(SPLIT, seed, si), seed, **kw)):
+        for j, case in enumerate(CASES[m.kind](m, item, si, seed, **kw)):
             entry["extras"].append(case.extra)
             base = None
             for name, meth in list(meths.items()):
@@ -266,18 +310,24 @@ def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, 
     return out
 
 
-def _bench_worker(adapter, scene_indices, start, **kw):
-    return scene_measures(adapter, scene_indices, **kw)
+def _bench_worker(adapter, items, start, **kw):
+    return scene_measures(adapter, items, start=start, **kw)
+
+
+WANTED = ("scene",)  # what `bench saliency --dataset` reads (other data: what it holds)
 
 
 def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
                    progress: bool | None = True, sample_steps: int = 20, workers: int = 1, address: str | None = None,
-                   guidance: float = 1.0, load_options: dict | None = None) -> dict:
-    """Run the benchmark on ``n`` held-out scenes of ``seed``; returns ``{"rows": {method: {metric:
-    mean, "n": cases}}, "items", "skipped", ...}`` (see the module doc). ``methods``: saliency
-    methods and/or baselines (default: every method of the model's kind; baselines always run).
-    ``steps``: deletion / insertion steps (0 = skip them). ``workers`` > 1 measures the scenes on
-    Ray workers (one model replica each); the rows equal the single-process run."""
+                   guidance: float = 1.0, load_options: dict | None = None, items: list | None = None,
+                   dataset: str | None = None) -> dict:
+    """Run the benchmark on ``items`` (default: ``n`` held-out scenes of ``seed``); returns ``{"rows":
+    {method: {metric: mean, "n": cases}}, "items", "skipped", ...}`` (see the module doc).
+    ``methods``: saliency methods and/or baselines (default: every method of the model's kind;
+    baselines always run). ``steps``: deletion / insertion steps (0 = skip them); ``seed`` also
+    seeds the baselines' random maps and the deletion / insertion order. ``workers`` > 1 measures the
+    items on Ray workers (one model replica each); the rows equal the single-process run.
+    ``dataset``: the items' spec, recorded in the results."""
     from functools import partial
 
     import numpy as np
@@ -290,18 +340,26 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
         raise ConfigError(f"n must be at least 1, got {n}")
     if not 0 <= steps <= 1000:
         raise ConfigError(f"steps must be in 0..1000, got {steps}")
+    if items is None:
+        from .datasets import open_dataset
+
+        items, dataset = open_dataset(f"{SPLIT_SPEC}:{n}:{seed}").items("scene"), f"{SPLIT_SPEC}:{n}:{seed}"
+    if not items:
+        raise ConfigError("no items to benchmark")
     names = check_methods(methods) if methods else None
     m = load(model, **(load_options or {})) if isinstance(model, str) else model
     if m.kind not in CASES:
         raise UnsupportedError(f"bench saliency does not support {m.family} models")
     if names is None:
         names = [x for x in saliency.names(m.kind) if x not in saliency.WRAPPERS]
+    from .scene_questions import vocabulary
+
     work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps,
-                   guidance=guidance)
+                   guidance=guidance, vocab=vocabulary(items))
     with WorkerPool(model if isinstance(model, str) else m.name, workers, address, load_options=load_options) as pool:
         if workers <= 1:
             pool._local = m
-        entries = pool.map(work, list(range(n)), shard=max(1, -(-n // max(1, 2 * workers))), desc=f"bench {m.name}",
+        entries = pool.map(work, list(items), shard=max(1, -(-len(items) // max(1, 2 * workers))), desc=f"bench {m.name}",
                            progress=progress)
     skipped: dict = {}
     for e in entries:
@@ -313,8 +371,8 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
         for k, v in e["per"].items():
             per.setdefault(k, []).extend(v)
     rows = {k: _mean(v) for k, v in per.items() if v and k not in skipped}
-    out = {"model": model if isinstance(model, str) else m.name, "family": m.family, "split": SPLIT, "seed": seed, "scenes": n,
-           "items": len(extras), "steps": steps, "rows": rows, "skipped": skipped}
+    out = {"model": model if isinstance(model, str) else m.name, "family": m.family, "dataset": dataset, "seed": seed,
+           "scenes": len(items), "items": len(extras), "steps": steps, "rows": rows, "skipped": skipped}
     if m.kind == "diffusion":
         out["sampling"] = {"steps": sample_steps, "guidance_scale": guidance}
     if m.kind == "vlm" and extras:
@@ -358,5 +416,5 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["bench_saliency", "scene_measures", "measure", "table", "colour_mask", "check_methods", "Case", "CASES",
-           "METRICS", "HEADERS", "SPLIT", "BASELINES"]
+__all__ = ["bench_saliency", "scene_measures", "questions", "measure", "table", "colour_mask", "check_methods", "Case", "CASES",
+           "METRICS", "HEADERS", "SPLIT", "SPLIT_SPEC", "BASELINES", "WANTED"]

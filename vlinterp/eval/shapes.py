@@ -128,7 +128,48 @@ def present_objects(split: str, n: int, seed: int = 0) -> list[Item]:
                        candidates=CANDIDATES["presence"]) for s, qa in positive_presence(split, n, seed)]
 
 
-# What ``--dataset shapes:SPLIT:N:SEED`` gives per item kind (vlinterp.eval.datasets.shapes): kind -> f(split, n, seed)
+def caption_presence(split: str, n: int, seed: int = 0) -> list[Item]:
+    """``n`` items alternating a caption (even: ``describe the image.`` -> the caption) and a POPE
+    presence question with adversarial negatives (odd): SAE-V's ``mixed`` harvest. Sample ``i`` shows
+    the scene of :func:`~vlinterp.data.questions.pope_split`'s item ``i``."""
+    return [scene_item(s, CAPTION_QUESTION, caption(s), "caption") if i % 2 == 0 else
+            scene_item(s, qa.question, qa.answer, "presence", target=qa.target, neg_type="adversarial",
+                       candidates=CANDIDATES["presence"])
+            for i, (s, qa) in enumerate(pope_split(split, n, seed, "adversarial"))]
+
+
+def audit_question(scene: Scene, rng, index: int) -> tuple[str, str, tuple[str, ...], str, int | None]:
+    """The modality audit's question about ``scene`` (the ``index``-th): ``(question, answer,
+    candidates, kind, obj_index)``, cycling presence (even index: yes about a random object; odd: a
+    random absent pair), colour (of a shape that occurs once) and count by ``index % 3``."""
+    from ..data.questions import negatives
+
+    uniq = [o for o in scene.objects if scene.count(o.shape) == 1]
+    if index % 3 == 1 and uniq:
+        o = uniq[int(rng.integers(len(uniq)))]
+        return f"what color is the {o.shape}?", o.colour, CANDIDATES["colour"], "colour", scene.objects.index(o)
+    if index % 3 == 2:
+        cq = count_questions(scene, rng)
+        qa = cq[int(rng.integers(len(cq)))]
+        return qa.question, qa.answer, CANDIDATES["count"], "count", qa.obj_index
+    if index % 2 == 0:
+        o = scene.objects[int(rng.integers(len(scene.objects)))]
+        return presence_question(o.colour, o.shape), "yes", CANDIDATES["presence"], "presence", scene.objects.index(o)
+    pair = negatives(scene, rng, "random", 1)[0]
+    return presence_question(*pair), "no", CANDIDATES["presence"], "presence", None
+
+
+def audit_items(split: str, n: int, seed: int = 0) -> list[Item]:
+    """One audit question per scene of ``n`` (:func:`audit_question`, drawn with the scene's own
+    generator): what ``vlinterp audit`` asks on the shapes world."""
+    out = []
+    for s in make_split(split, n, seed):
+        q, a, c, k, idx = audit_question(s, scene_rng(split, seed, s.index, 31), s.index)
+        out.append(scene_item(s, q, a, k, candidates=c, obj_index=idx))
+    return out
+
+
+# What ``--dataset shapes:SPLIT:N:SEED:KIND`` gives per item kind (vlinterp.eval.datasets.shapes): kind -> f(split, n, seed)
 ITEM_KINDS = {
     "scene": scenes_with_questions,
     "presence": partial(pope, neg_type="random"),
@@ -140,8 +181,11 @@ ITEM_KINDS = {
     "count": count,
     "caption": captions,
     "present": present_objects,
-    "mixed": mixed_questions,
     "colour-count": colour_count,
+    "probe": mixed_questions,
+    "question": partial(pope, neg_type="random"),
+    "mixed": caption_presence,
+    "audit": audit_items,
 }
 
 
@@ -196,5 +240,5 @@ def label_mask(item: Item) -> "np.ndarray":
 
 
 __all__ = ["objects", "scene_item", "scenes", "scenes_with_questions", "ITEM_KINDS", "pope", "colour", "colour_all", "count",
-           "captions", "colour_count", "mixed_questions", "present_objects", "CANDIDATES", "pair_name", "pair_text",
+           "captions", "colour_count", "mixed_questions", "present_objects", "caption_presence", "audit_question", "audit_items", "CANDIDATES", "pair_name", "pair_text",
            "colour_items", "label_items", "caption_items", "generation_item", "label_mask"]

@@ -39,40 +39,34 @@ class TraceOptions:
 
 
 # ----------------------------------------------------------------------- items
-def shapes_items(n: int, seed: int, split: str = "test") -> list[Item]:
-    """The positive presence questions of ``n`` held-out scenes: target ``yes``, ``objects[0]`` the
-    object asked about (exact box and mask)."""
-    from . import shapes
+WANTED = ("present",)  # what `trace --dataset` reads: positive presence questions (other data: what it holds)
 
+
+def trace_items_from(items: list[Item], seed: int = 0) -> list[Item]:
+    """Items to trace from dataset items: scene items (an image without a prompt) ask the ``present``
+    question about one of their objects (:func:`vlinterp.eval.scene_questions.derive`, drawn with
+    ``seed``); every other item keeps its prompt, its answer as the target (``None``: the greedy
+    answer) and the object it asks about (:func:`~vlinterp.eval.scene_questions.asked_object`) as
+    its only object; ``meta["object"]`` names the object words."""
+    from .scene_questions import asked_object, derive
+
+    if items and all(it.prompt is None and it.objects for it in items):
+        items = derive(items, ("present",), seed)
     out = []
-    for it in shapes.present_objects(split, n, seed):
-        o = it.objects[it.meta["obj_index"]]
-        out.append(Item(it.image, it.prompt, "yes", [o], it.id, it.kind, {**it.meta, "object": o.name}))
+    for it in items:
+        o = asked_object(it)
+        words = it.meta.get("object") or (o.name if o is not None and o.name != "object" else None)
+        out.append(Item(it.image, it.prompt, it.answer, [o] if o is not None and o.box is not None else [], it.id, it.kind,
+                        {**it.meta, "object": words}, it.source))
     return out
 
 
-def file_items(path: str, image_dir: str | None = None) -> list[Item]:
-    """Items of a JSON-lines file (``image`` and ``prompt``; optional ``target``, ``box``
-    ``[x0, y0, x1, y1]`` or ``"x0,y0,x1,y1"``, ``object``, ``id``). A malformed line stops the
-    run with one error naming ``path:line``."""
-    from ..core.errors import DataError
-    from ..data.jsonl import read_jsonl
+def shapes_items(n: int, seed: int, split: str = "test") -> list[Item]:
+    """The positive presence questions of ``n`` held-out scenes: target ``yes``, ``objects[0]`` the
+    object asked about (exact box and mask)."""
+    from .datasets import open_dataset
 
-    items = []
-    for k, (d, img) in enumerate(read_jsonl(path, ("image",), image_dir)):
-        where = f"{path}: item {d.get('id', k)}"
-        box = d.get("box")
-        if isinstance(box, str):
-            box = parse_box(box, where + ": box")
-        elif box is not None:
-            if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
-                raise DataError(f"{where}: box must be [x0, y0, x1, y1], got {box!r}")
-            box = tuple(float(v) for v in box)
-        obj = d.get("object")
-        objects = [Object(obj or "object", box)] if box is not None else []
-        items.append(Item(img, d.get("prompt"), d.get("target"), objects, str(d.get("id", k)), "trace",
-                          {"object": obj, "line": k + 1}))
-    return items
+    return trace_items_from(open_dataset(f"shapes:{split}:{n}:{seed}:present").items())
 
 
 def parse_box(text: str, what: str = "--box") -> tuple[float, float, float, float]:
@@ -227,5 +221,5 @@ def trace_dataset(pool, items: list[Item], opts: TraceOptions, progress: bool = 
     return {"meta": meta, "rr_of_means": rr_of_means(entries).tolist(), "items": entries}
 
 
-__all__ = ["TraceOptions", "shapes_items", "file_items", "parse_box", "default_object", "prepare", "saliency_patch_mask",
+__all__ = ["TraceOptions", "WANTED", "trace_items_from", "shapes_items", "parse_box", "default_object", "prepare", "saliency_patch_mask",
            "trace_item", "trace_items", "rr_of_means", "check_sweep", "trace_dataset"]

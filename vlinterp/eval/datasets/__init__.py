@@ -3,7 +3,7 @@
 ``--dataset`` specs read the same on every command: ``FORMAT:PART:PART...[:key=value...]``, the
 parts filling the format's fields in order, ``key=value`` setting any field by name::
 
-    shapes[:SPLIT[:N[:SEED[:KIND]]]]        the procedural shapes world (vlinterp.eval.shapes)
+    shapes[:SPLIT[:N[:SEED]]][:KIND]        the procedural shapes world (vlinterp.eval.shapes)
     coco:INSTANCES.json[:IMAGES]            COCO instances: boxes, polygon / RLE / crowd masks
     chair:CAPTIONS.json:INSTANCES.json[:IMAGES]   COCO captions + instances (CHAIR's ground truth)
     pope:FILE[:IMAGES][:instances=INSTANCES.json] a POPE question file (JSON lines)
@@ -12,8 +12,9 @@ parts filling the format's fields in order, ``key=value`` setting any field by n
     folder:DIR                              images in class sub-folders
 
 A bare existing path works too (``data.jsonl``, ``instances.json``, a folder). Options every file
-format takes: ``on_error=skip`` (leave bad records out and count them: :meth:`Dataset.summary`)
-and ``kind=K`` (the default item kind).
+format takes: ``on_error=skip`` (leave bad records out and count them: :meth:`Dataset.summary`),
+``kind=K`` (the item kind: commands then read only that kind) and ``take=N[:take_seed=S]`` (``N``
+items of each kind, drawn with ``S``, unless the command's ``--n`` says otherwise).
 
 The API commands call::
 
@@ -103,6 +104,9 @@ def parse_dataset_spec(spec: str) -> tuple[str, dict[str, str]]:
             opts[k.strip().replace("-", "_")] = v.strip()
         else:
             pos.append(part)
+    pos, extra = cls.spec_parts(pos)
+    for k, v in extra.items():
+        opts.setdefault(k, v)
     if len(pos) > len(cls.positional):
         raise ConfigError(f"dataset spec {s!r}: {head} takes at most {len(cls.positional)} parts "
                           f"({':'.join(p.upper() for p in cls.positional)}); use key=value for options")
@@ -112,11 +116,31 @@ def parse_dataset_spec(spec: str) -> tuple[str, dict[str, str]]:
     return head, opts
 
 
+TAKE = ("take", "take_seed")  # options every format takes: items() without n gives take=N of them, drawn with take_seed
+
+
+def _take(opts: dict, spec: str) -> tuple[int | None, int | None]:
+    out = []
+    for k in TAKE:
+        v = opts.pop(k, None)
+        if v is not None:
+            try:
+                v = int(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"dataset spec {spec!r}: {k} must be an integer, got {v!r}") from None
+            if k == "take" and v < 1:
+                raise ConfigError(f"dataset spec {spec!r}: take must be a positive integer, got {v}")
+        out.append(v)
+    return out[0], out[1]
+
+
 def check_spec(spec: str) -> str:
-    """Validate a ``--dataset`` spec without reading the data (format, options, types): for argparse
-    ``type=``. Returns the spec."""
+    """Validate a ``--dataset`` spec without reading the data: format, options, types, and that the
+    files and folders it names exist (a JSON-lines or POPE file must be text). For argparse
+    ``type=``; returns the spec. Problems inside the records are found by :func:`open_dataset`."""
     fmt, opts = parse_dataset_spec(spec)
-    FORMATS.config(fmt, **opts)
+    _take(opts, spec)
+    FORMATS.get(fmt).check_paths(FORMATS.config(fmt, **opts))
     return spec
 
 
@@ -124,8 +148,10 @@ def open_dataset(spec: str, **options) -> Dataset:
     """Open (read and check) the data a spec names; ``options`` override the spec's."""
     fmt, opts = parse_dataset_spec(spec)
     opts.update({k: v for k, v in options.items() if v is not None})
+    take = _take(opts, spec)
     ds = FORMATS.create(fmt, **opts)
     ds.spec = str(spec)
+    ds.take, ds.take_seed = take
     return ds
 
 

@@ -105,6 +105,23 @@ def json_lines(path: str, what: str) -> Iterator[tuple[int, Any, str | None]]:
         raise DataError(f"{what} {path!r} cannot be read: {e.strerror or e}") from None
 
 
+TEXT_PROBE = 8192
+
+
+def check_text(path: str, what: str) -> str:
+    """``path`` if its first bytes are UTF-8 text without NUL bytes, else :class:`DataError`."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_PROBE)
+    try:
+        if b"\x00" in head:
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte character cut by the probe is fine
+            raise DataError(f"{what} {path!r} is not a text (JSON lines) file") from None
+    return path
+
+
 def need_file(path: str | None, what: str) -> str:
     if not path:
         raise DataError(f"{what}: no file given")
@@ -144,13 +161,42 @@ class Dataset:
     name: ClassVar[str] = "base"
     kinds: ClassVar[tuple[str, ...]] = ()
     positional: ClassVar[tuple[str, ...]] = ()
+    paths: ClassVar[dict[str, tuple[str, str]]] = {}   # Config field -> (file|text|dir|any, what it is), checked by check_spec
     Config: ClassVar[Any] = None
 
     def __init__(self, config=None):
         self.config = config
         self.skipped: list[tuple[str, str]] = []   # (where, reason) of records left out
         self.spec = ""
+        self.take: int | None = None       # the spec's take=N / take_seed=S: items() without n samples these
+        self.take_seed: int | None = None
         self._open()
+
+    @classmethod
+    def spec_parts(cls, parts: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The spec's ``:``-separated positional parts -> ``(positional values, options)``; a format
+        with other spellings overrides it."""
+        return parts, {}
+
+    @classmethod
+    def check_paths(cls, config) -> None:
+        """The files and folders ``config`` names exist and have the right type (text files are
+        text), without reading them: :class:`DataError` naming the path."""
+        for name, (kind, what) in cls.paths.items():
+            path = getattr(config, name, None)
+            if not path:
+                continue
+            if kind == "dir":
+                need_dir(path, what)
+            elif kind == "any":
+                if not os.path.exists(path):
+                    raise DataError(f"{what} {path!r} does not exist")
+            else:
+                need_file(path, what)
+                if not os.access(path, os.R_OK):
+                    raise DataError(f"{what} {path!r} is not readable")
+                if kind == "text":
+                    check_text(path, what)
 
     # ------------------------------------------------------------- subclass API
     def _open(self) -> None:
@@ -214,6 +260,8 @@ class Dataset:
         ``on_error="skip"`` a record that fails only when decoded is left out (and counted)."""
         k = self.check_kind(kind)
         recs = self._records(k)
+        if n is None:
+            n, seed = self.take, self.take_seed
         for i in subsample(len(recs), n, seed):
             try:
                 item = self._load(recs[i], k)
@@ -243,4 +291,5 @@ class Dataset:
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-__all__ = ["Dataset", "subsample", "jsonable", "read_json", "json_lines", "need_file", "need_dir", "load_rgb", "ON_ERROR"]
+__all__ = ["Dataset", "subsample", "jsonable", "read_json", "json_lines", "need_file", "need_dir", "check_text", "load_rgb",
+           "ON_ERROR"]

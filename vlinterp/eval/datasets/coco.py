@@ -56,6 +56,8 @@ class CocoDataset(Dataset):
     name = "coco"
     kinds = ("scene", "caption", *POPE_KINDS)
     positional = ("annotations", "images")
+    paths = {"annotations": ("file", "COCO annotations"), "images": ("dir", "COCO image folder"),
+             "captions": ("file", "COCO captions")}
 
     @dataclass
     class Config:
@@ -287,17 +289,18 @@ class CocoDataset(Dataset):
         image_id, q = record
         img, objs = self._image_and_objects(image_id)
         meta = {"image_id": image_id, "file_name": self.images[image_id]["file_name"]}
+        where = f"{self.path}: image {image_id}"
         if kind == "scene":
-            return Item(img, None, None, objs, str(image_id), "scene", meta)
+            return Item(img, None, None, objs, str(image_id), "scene", meta, where)
         if kind == "caption":
             refs = self.references.get(image_id, [])
             return Item(img, self.config.caption_prompt, refs[0] if refs else None, objs, str(image_id), "caption",
-                        {**meta, "references": list(refs)})
+                        {**meta, "references": list(refs)}, where)
         qid, target, label = q
         idx = next((k for k, o in enumerate(objs) if o.name == target), None)
         return Item(img, presence_prompt(target), label, objs, f"{image_id}/{qid}", "presence",
                     {**meta, "question_id": qid, "target": target, "neg_type": POPE_KINDS[kind], "candidates": YES_NO,
-                     "obj_index": idx})
+                     "obj_index": idx}, f"{where}, question {qid}")
 
 
 class ChairDataset(CocoDataset):

@@ -24,6 +24,7 @@ class FolderDataset(Dataset):
     name = "folder"
     kinds = ("class",)
     positional = ("dir",)
+    paths = {"dir": ("dir", "image folder")}
 
     @dataclass
     class Config:
@@ -62,7 +63,7 @@ class FolderDataset(Dataset):
         meta = {"path": rel}
         if cls is not None:
             meta.update(label=self.classes.index(cls), candidates=tuple(self.classes))
-        return Item(image, None, cls, [], rel, "class", meta)
+        return Item(image, None, cls, [], rel, "class", meta, f"{self.root}: {rel}")
 
 
 __all__ = ["FolderDataset", "IMAGE_EXTENSIONS"]

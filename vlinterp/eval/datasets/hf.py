@@ -94,6 +94,7 @@ def open_hf(path: str, split: str | None):
 class HFDataset(Dataset):
     name = "hf"
     positional = ("path", "split")
+    paths = {"path": ("any", "Hugging Face dataset")}
 
     @dataclass
     class Config:

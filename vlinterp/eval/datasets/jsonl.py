@@ -33,7 +33,18 @@ ANSWER_KEYS = ("answer", "label", "target")
 OWN_KEYS = ("id", "image", "kind", "subset", "objects", "meta", "box", "object", *PROMPT_KEYS, *ANSWER_KEYS)
 
 
+def as_box(box):
+    """A box as given: ``[x0, y0, x1, y1]``, or the older ``"x0,y0,x1,y1"`` string as a list."""
+    if isinstance(box, str):
+        try:
+            return [float(v) for v in box.split(",")]
+        except ValueError:
+            return box
+    return box
+
+
 def _box_error(box) -> str | None:
+    box = as_box(box)
     if not (isinstance(box, (list, tuple)) and len(box) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
         return f"box must be [x0, y0, x1, y1], got {box!r}"
@@ -78,6 +89,7 @@ def tag_kinds(tags: list[tuple[str | None, str | None]]) -> tuple[str, ...]:
 class JsonlDataset(Dataset):
     name = "jsonl"
     positional = ("file", "images")
+    paths = {"file": ("text", "JSON-lines file"), "images": ("dir", "image folder")}
 
     @dataclass
     class Config:
@@ -171,16 +183,16 @@ def record_item(d: dict, image, item_id: str, where: str) -> Item:
             if why:
                 raise DataError(f"{where}: object {o['name']!r}: {why}")
             mask = decode_segmentation(mask, *size)
-        box = tuple(float(v) for v in o["box"]) if o.get("box") is not None else None
+        box = tuple(float(v) for v in as_box(o["box"])) if o.get("box") is not None else None
         objs.append(Object(o["name"], box, mask, dict(o.get("attrs") or {})))
     if d.get("box") is not None and not d.get("objects"):
-        objs.append(Object(str(d.get("object") or "object"), tuple(float(v) for v in d["box"])))
+        objs.append(Object(str(d.get("object") or "object"), tuple(float(v) for v in as_box(d["box"]))))
     meta = dict(d.get("meta") or {})
     meta.update({k: v for k, v in d.items() if k not in OWN_KEYS})
     if d.get("object") is not None:
         meta.setdefault("object", d["object"])
     return Item(image, None if prompt is None else str(prompt), None if answer is None else str(answer), objs, item_id,
-                str(d.get("kind") or ""), meta)
+                str(d.get("kind") or ""), meta, where)
 
 
 __all__ = ["JsonlDataset", "record_item", "select", "tag_kinds", "object_error"]

@@ -45,6 +45,7 @@ class PopeDataset(Dataset):
     name = "pope"
     kinds = tuple(POPE_KINDS)
     positional = ("file", "images")
+    paths = {"file": ("text", "POPE file"), "images": ("dir", "POPE image folder"), "instances": ("file", "COCO annotations")}
 
     @dataclass
     class Config:
@@ -138,7 +139,7 @@ class PopeDataset(Dataset):
             image = load_rgb(img_name if os.path.isabs(img_name) else os.path.join(self.image_dir, img_name), where)
             objs = []
         qid = d.get("question_id", ln - 1)
-        return Item(image, str(d["text"]), str(d["label"]).strip().lower(), objs, str(qid), "presence", meta)
+        return Item(image, str(d["text"]), str(d["label"]).strip().lower(), objs, str(qid), "presence", meta, where)
 
 
 __all__ = ["PopeDataset", "question_target", "neg_type_of", "NEG_TYPES"]

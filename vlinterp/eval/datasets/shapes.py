@@ -22,6 +22,7 @@ DEFAULT_N = 64
 
 
 class ShapesDataset(Dataset):
+    name = "shapes"
     kinds = tuple(world.ITEM_KINDS)
     positional = ("split", "n", "seed", "kind")
 
@@ -40,6 +41,21 @@ class ShapesDataset(Dataset):
             if self.kind is not None and self.kind not in world.ITEM_KINDS:
                 raise ConfigError(f"shapes: unknown item kind {self.kind!r}; kinds: {', '.join(world.ITEM_KINDS)}")
 
+    @classmethod
+    def spec_parts(cls, parts: list[str]) -> tuple[list[str], dict[str, str]]:
+        """``SPLIT[:N[:SEED]][:KIND]``: an item kind may follow the split or any number (the older
+        spellings ``shapes:SPLIT:KIND`` and ``shapes:SPLIT:N:SEED:KIND`` read the same)."""
+        extra = {}
+        if len(parts) > 1 and parts[-1] in world.ITEM_KINDS and len(parts) <= len(cls.positional):
+            parts, extra = parts[:-1], {"kind": parts[-1]}
+        if len(parts) <= len(cls.positional) - 1:
+            for p in parts[1:]:
+                if p.strip() and not p.strip().lstrip("-").isdigit():
+                    from ...core.errors import UnknownNameError
+
+                    raise UnknownNameError("shapes item kind", p, list(world.ITEM_KINDS))
+        return parts, extra
+
     def _open(self) -> None:
         self.config = self.config or self.Config()
         self._cache: dict[tuple, list[Item]] = {}
@@ -47,6 +63,12 @@ class ShapesDataset(Dataset):
     def describe(self) -> str:
         c = self.config
         return self.spec or f"shapes:{c.split}" + (f":{c.n}" if c.n else "") + (f":{c.seed}" if c.seed is not None else "")
+
+    def resolved(self, n: int | None, seed: int | None) -> str:
+        """``shapes:SPLIT:N:SEED`` of the split a request with ``n`` / ``seed`` reads (the spec's own
+        N and SEED when it has them)."""
+        scenes, sseed, _, _ = self._split(n, seed)
+        return f"shapes:{self.config.split}:{scenes}:{sseed}"
 
     def split_items(self, kind: str, n: int, seed: int) -> list[Item]:
         """Every item of ``kind`` on ``n`` scenes of the split with ``seed`` (cached)."""
@@ -74,6 +96,8 @@ class ShapesDataset(Dataset):
 
     def iter(self, kind: str | None = None, n: int | None = None, seed: int | None = None) -> Iterator[Item]:
         k = self.check_kind(kind)
+        if n is None and self.take is not None:
+            n, seed = self.take, self.take_seed
         scenes, sseed, take, tseed = self._split(n, seed)
         recs = self.split_items(k, scenes, sseed)
         for i in subsample(len(recs), take, tseed):
