@@ -107,3 +107,53 @@ def test_steer_generate_defaults_to_grounding_and_says_its_strengths(tmp_path, c
     assert out.out.strip() and "no --fit given: fitting ground first" in out.err
     assert "ground: alpha " in out.err and ", beta " in out.err and ", gate " in out.err
     assert "fitting ground: probe states" in out.err  # progress while fitting, not a silent wait
+
+
+def _code(argv) -> int:
+    """The exit status of ``vlinterp argv`` (argparse errors exit; others return)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_steer_fit_reads_any_dataset_spec(tmp_path, capsys):
+    """``steer fit --dataset`` takes the same specs as every other command: the yes/no questions of an
+    exported POPE split (every other yes and every other no question probe, the rest calibration) fit exactly what the same items fit in
+    Python; a spec without yes/no questions and ground on questions are one-line errors."""
+    import torch
+
+    import vlinterp as vi
+    from vlinterp.eval import steer
+    from vlinterp.eval.datasets import open_dataset
+    from vlinterp.eval.steer import FitData
+    from vlinterp.steering import load
+
+    ex = tmp_path / "ex"
+    assert main(["data", "export", "shapes", "--format", "pope", "--n", "48", "--seed", "3", "--out", str(ex)]) == 0
+    pope = sorted(ex.rglob("*adversarial*.json*"))[0]
+    assert _code(["steer", "fit", "--method", "meandiff", "--dataset", f"pope:{pope}", "--model", "tiny:llava",
+                  "--out", str(tmp_path / "f0")]) == 2  # the images are elsewhere: named before any model loads
+    err = capsys.readouterr().err
+    assert "image file missing" in err and "fitting" not in err and not (tmp_path / "f0").exists()
+    spec = f"pope:{pope}:{ex / 'images'}"
+    out = tmp_path / "fit"
+    assert main(["steer", "fit", "--method", "probe:alpha=0.5", "--dataset", spec, "--model", "tiny:llava",
+                 "--out", str(out)]) == 0
+    assert spec in capsys.readouterr().err
+    items = [it for it in open_dataset(spec).items("pope-adversarial") if it.answer in ("yes", "no")]
+    ref = steer.fit("probe", vi.load("tiny:llava"), FitData("spec", path=spec), alpha=0.5)
+    got = load(out)
+    assert got.meta["data"]["items"] == len(items) // 2 == ref.meta["data"]["items"] and len(items) >= 40
+    assert set(got.heads) == set(ref.heads)
+    for name, parts in ref.heads.items():  # the probe head's weights, bias and readouts, as fitted in Python
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(got.heads[name], parts) if a is not None)
+    folder = tmp_path / "imgs" / "cat"
+    folder.mkdir(parents=True)
+    _img(folder, "a.png")
+    assert _code(["steer", "fit", "--method", "meandiff", "--dataset", f"folder:{tmp_path / 'imgs'}", "--model", "tiny:llava",
+                  "--out", str(tmp_path / "f2")]) == 2
+    assert "yes/no questions" in capsys.readouterr().err
+    assert _code(["steer", "fit", "--method", "ground", "--dataset", spec, "--model", "tiny:llava", "--out", str(tmp_path / "f3")]) == 2
+    assert "needs images with object masks" in capsys.readouterr().err
+    assert not (tmp_path / "f2").exists() and not (tmp_path / "f3").exists()

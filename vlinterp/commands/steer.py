@@ -95,7 +95,8 @@ def _add(p):
                    help="iri, vcd, meandiff, save, probe or ground, optionally with options (meandiff:alpha=0.1)")
     f.add_argument("--dataset", type=dataset_spec, default="shapes", metavar="SPEC",
                    help="shapes[:split[:n[:seed]]] (split and n unset: the method's own probe split and size; calibration "
-                        "on seed + 1) or a POPE JSON-lines file (even lines probe, odd lines calibration)")
+                        "on seed + 1); a POPE JSON-lines file; or yes/no questions from any dataset spec (pope:FILE[:IMAGES], "
+                        "jsonl:..., coco:..., hf:...: every other yes and every other no question probe, the rest calibration; ground needs shapes scenes)")
     add_out(f, help="the fit's directory (new, empty, or an earlier vlinterp output; your own files in it are kept)")
     add_model(f)
     add_load_options(f)
@@ -245,7 +246,7 @@ def _fit_cmd(args) -> int:
     from ..steering import STEERING
 
     name, opts = args.method
-    if args.dataset.kind == "pope" and "scenes" in STEERING.get(name).needs:
+    if args.dataset.kind in ("pope", "spec") and "scenes" in STEERING.get(name).needs:
         raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
     m = load(args.model, **load_kwargs(args))
     method = _fit(name, opts, m, args.dataset)

@@ -137,6 +137,8 @@ class FitData:
     def describe(self) -> str:
         if self.kind == "pope":
             return f"POPE file {self.path}"
+        if self.kind == "spec":
+            return self.path
         return "shapes:" + ":".join(str(x) for x in (self.split or "default", self.n or "default", self.seed))
 
     def resolved(self, name: str) -> "FitData":
@@ -166,8 +168,20 @@ def parse_fit_dataset(spec: str) -> FitData:
         if n is not None and n < 1:
             raise UsageError(f"dataset {spec!r}: n must be a positive integer")
         return FitData("shapes", split, n, seed)
+    fmt = s.split(":", 1)[0]
+    if ":" in s and fmt in ("folder", "chair") and not os.path.exists(s):
+        raise UsageError(f"dataset {spec!r}: {fmt} data holds no yes/no questions; a steering fit needs them "
+                         f"(pope:FILE[:IMAGES], jsonl:..., coco:..., hf:...) or shapes scenes")
+    if ":" in s and fmt in ("pope", "jsonl", "coco", "hf") and not os.path.exists(s):
+        from .datasets import check_spec
+
+        check_spec(s)  # format, options and paths
+        data = FitData("spec", path=s)
+        _yes_no_kind(data)  # the records read and checked (bad ones named), before any model loads
+        return data
     if not os.path.exists(s):
-        raise UsageError(f"dataset {spec!r}: neither shapes[:split[:n[:seed]]] nor an existing POPE JSON-lines file")
+        raise UsageError(f"dataset {spec!r}: neither shapes[:split[:n[:seed]]], a dataset spec (pope:FILE[:IMAGES], "
+                         f"jsonl:FILE[:IMAGES], coco:INSTANCES.json:IMAGES, hf:PATH[:SPLIT]) nor an existing POPE JSON-lines file")
     scan_pope_jsonl(s)
     return FitData("pope", path=s)
 
@@ -260,26 +274,68 @@ def make_config(name: str, config=None, world: bool = True, **opts):
     return cfg
 
 
+#: the kinds of yes/no questions a dataset spec is asked for, in this order (POPE's adversarial first)
+YES_NO_KINDS = ("pope-adversarial", "pope-popular", "pope-random", "presence", "all")
+
+
+def _halves(items: list) -> tuple[list, list]:
+    """``(probe, calibration)``: every other "yes" question and every other "no" question, in file
+    order (POPE files alternate yes / no per image, so plain even / odd lines would put every "yes"
+    on one side)."""
+    seen: dict = {}
+    probe, calib = [], []
+    for it in items:
+        k = seen[it.answer] = seen.get(it.answer, -1) + 1
+        (probe if k % 2 == 0 else calib).append(it)
+    return probe, calib
+
+
+def _yes_no_kind(data: "FitData"):
+    """``(dataset, kind)``: the spec's data opened (records read and checked) and the first of
+    :data:`YES_NO_KINDS` it gives (:class:`UsageError` when none)."""
+    from .datasets import open_dataset
+
+    ds = open_dataset(data.path)
+    kinds = ds.available_kinds()
+    kind = next((k for k in YES_NO_KINDS if k in kinds), None)
+    if kind is None:
+        raise UsageError(f"{data.path}: gives {', '.join(kinds)} items; steering fits need yes/no questions "
+                         f"({', '.join(YES_NO_KINDS[:4])})")
+    return ds, kind
+
+
+def _yes_no_items(data: "FitData") -> list:
+    """The yes/no questions of a POPE file (``pope``) or of any dataset spec (``spec``: the first of
+    :data:`YES_NO_KINDS` it gives; ``n`` / ``seed`` subsample), in file order."""
+    if data.kind == "pope":
+        from .pope import read_pope_jsonl
+
+        return read_pope_jsonl(data.path)
+    ds, kind = _yes_no_kind(data)
+    items = [it for it in ds.items(kind, n=data.n, seed=data.seed) if it.answer in ("yes", "no") and it.prompt]
+    if len(items) < 2:
+        raise UsageError(f"{data.path}: {len(items)} yes/no question(s) of kind {kind!r}; a fit needs at least 2")
+    return items
+
+
 def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = False, n: int | None = None,
         split: str | None = None, seed: int | None = None, n_calib: int | None = None, n_captions: int | None = None,
         sae=None, **opts):
     """Fit steering method ``name`` on ``dataset`` (a spec for :func:`parse_fit_dataset` or a
     :class:`FitData`; ``n`` / ``split`` / ``seed`` override its fields) with ``config`` / ``opts``.
-    A POPE file gives yes/no items: its even lines are the probe items, its odd lines the calibration
-    items. ``sae``: SAVE's SAE (default: one trained on :func:`save_sae_items`). The data used is
+    A POPE file or dataset spec gives yes/no items: every other "yes" and every other "no" question
+    are the probe items, the rest the calibration items (:func:`_halves`). ``sae``: SAVE's SAE (default: one trained on :func:`save_sae_items`). The data used is
     recorded in ``meta["data"]``."""
     data = parse_fit_dataset(dataset) if isinstance(dataset, str) else dataset
     data = dataclasses.replace(data, **{k: v for k, v in (("n", n), ("split", split), ("seed", seed)) if v is not None})
     data = data.resolved(name)
     cls = STEERING.get(name)
     extra: dict = {}
-    if data.kind == "pope":
+    if data.kind in ("pope", "spec"):
         if "scenes" in cls.needs:
-            raise UsageError(f"{name} needs images with object masks (shapes scenes), not POPE questions")
-        from .pope import read_pope_jsonl
-
-        lines = read_pope_jsonl(data.path)
-        items, calib = (lines[0::2], lines[1::2]) if cls.needs else ([], None)
+            raise UsageError(f"{name} needs images with object masks (shapes scenes), not yes/no questions")
+        lines = _yes_no_items(data) if cls.needs else []
+        items, calib = _halves(lines) if cls.needs else ([], None)
         cfg = make_config(name, config, world=False, **opts)
     else:
         cfg = make_config(name, config, **opts)
