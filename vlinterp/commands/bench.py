@@ -2,7 +2,7 @@
 
 Scores saliency methods against the shapes world's exact masks on held-out scenes and prints a
 table method x (pointing game, energy pointing game, deletion AUC, insertion AUC, Obj-IoU,
-seconds per image), with the ``random`` and ``centre`` baseline maps as rows. The benchmark itself
+infidelity, max-sensitivity, seconds per image), with the ``random`` and ``centre`` baseline maps as rows. The benchmark itself
 is :func:`vlinterp.eval.saliency.bench_saliency`.
 """
 from __future__ import annotations
@@ -33,6 +33,10 @@ def _add(p: argparse.ArgumentParser):
                    help="saliency methods, and/or the baselines random, centre (default: every method of the model's kind)")
     A.add_n_seed(p, 8, 1, "held-out scenes")
     p.add_argument("--steps", type=A.nonneg_int, default=16, help="deletion/insertion steps (0 = skip them)")
+    p.add_argument("--infidelity-samples", type=A.nonneg_int, default=16,
+                   help="random square removals per map for captum's infidelity (0 = skip it)")
+    p.add_argument("--sensitivity-samples", type=A.nonneg_int, default=4,
+                   help="noised images per map for captum's max-sensitivity, each a re-run of the method (0 = skip it)")
     p.add_argument("--sample-steps", type=A.positive_int, default=20, help="diffusion: sampler steps per generated image")
     p.add_argument("--guidance", type=A.positive_float, default=1.0, help="diffusion: classifier-free guidance scale of the sampler")
     A.add_workers(p)
@@ -47,7 +51,8 @@ def _saliency(args) -> int:
     if args.steps > 1000:
         raise UsageError(f"--steps must be in 0..1000, got {args.steps}")
     res = bench_saliency(args.model, args.methods, args.n, args.seed, args.steps, progress=None, sample_steps=args.sample_steps,
-                         workers=args.workers, address=args.address, guidance=args.guidance, load_options=A.load_kwargs(args))
+                         workers=args.workers, address=args.address, guidance=args.guidance, load_options=A.load_kwargs(args),
+                         infidelity_samples=args.infidelity_samples, sensitivity_samples=args.sensitivity_samples)
     print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} items on {res['scenes']} held-out scenes (seed {res['seed']})")
     print(table(res))
     if res.get("answer_accuracy") is not None:
