@@ -52,18 +52,23 @@ class Case:
 
 
 def check_methods(names) -> list[str]:
-    """The saliency methods among ``names`` (baselines dropped: they are always measured); unknown
-    names raise :class:`UnknownNameError` naming the nearest, before any model is loaded."""
+    """The saliency methods among ``names`` (baselines dropped: they are always measured; a spec
+    ``name[k=v]`` is checked and kept as its own row); unknown names raise :class:`UnknownNameError` naming the nearest, before any model is loaded."""
     from .. import saliency
+
+    from ..core.registry import parse_spec
 
     out = []
     for n in names:
         if n in BASELINES:
             continue
-        if n not in saliency.REGISTRY:
+        name, opts = parse_spec(n)  # a spec with options, ``tam[context=arc]``, is its own row
+        if name not in saliency.REGISTRY:
             from ..core.errors import UnknownNameError
 
-            raise UnknownNameError("saliency method", n, [*saliency.REGISTRY, *BASELINES])
+            raise UnknownNameError("saliency method", name, [*saliency.REGISTRY, *BASELINES])
+        if opts:
+            saliency.config(name, **opts)
         out.append(n)
     return out
 
@@ -221,13 +226,15 @@ def _applicable(names, m, methods_given: bool, sample_steps: int = 20, guidance:
     from .. import saliency
     from ..core.errors import VlinterpError
 
+    from ..core.registry import parse_spec
+
     out, skipped = {}, {}
     for name in names:
-        opts = {}
+        base, opts = parse_spec(name)
         if m.kind == "diffusion":
-            opts = {k: v for k, v in (("steps", sample_steps), ("guidance_scale", guidance)) if saliency.takes(name, k)}
+            opts = {**{k: v for k, v in (("steps", sample_steps), ("guidance_scale", guidance)) if saliency.takes(base, k)}, **opts}
         try:
-            out[name] = saliency.create(name, m, **opts)
+            out[name] = saliency.create(base, m, **opts)
         except VlinterpError as e:
             if methods_given:
                 raise
