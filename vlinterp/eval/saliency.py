@@ -255,7 +255,7 @@ def _layout_result(m, case: Case):
 
 
 def scene_measures(m, scene_indices, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20,
-                   guidance: float = 1.0, progress=None, infidelity_samples: int = 16, sensitivity_samples: int = 4) -> list[dict]:
+                   guidance: float = 1.0, progress=None, infidelity_samples: int = 0, sensitivity_samples: int = 0) -> list[dict]:
     """Measure every method (and the random / centre baselines) on the held-out scenes with these
     indices. One entry per scene: ``{"per": {method: [measures per case]}, "extras": [...],
     "skipped": {method: reason}}``. Scenes are independent (the random map's seed comes from the
@@ -322,13 +322,14 @@ def _bench_worker(adapter, scene_indices, start, **kw):
 
 def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
                    progress: bool | None = True, sample_steps: int = 20, workers: int = 1, address: str | None = None,
-                   guidance: float = 1.0, load_options: dict | None = None, infidelity_samples: int = 16,
-                   sensitivity_samples: int = 4) -> dict:
+                   guidance: float = 1.0, load_options: dict | None = None, infidelity_samples: int = 0,
+                   sensitivity_samples: int = 0) -> dict:
     """Run the benchmark on ``n`` held-out scenes of ``seed``; returns ``{"rows": {method: {metric:
     mean, "n": cases}}, "items", "skipped", ...}`` (see the module doc). ``methods``: saliency
     methods and/or baselines (default: every method of the model's kind; baselines always run).
     ``steps``: deletion / insertion steps (0 = skip them); ``infidelity_samples`` /
-    ``sensitivity_samples``: perturbations per map of the fidelity metrics (0 = skip). ``workers`` > 1 measures the scenes on
+    ``sensitivity_samples``: perturbations per map of the fidelity metrics (0 = skip; `bench saliency`
+    asks for 16 and 4). ``workers`` > 1 measures the scenes on
     Ray workers (one model replica each); the rows equal the single-process run."""
     from functools import partial
 
