@@ -248,6 +248,7 @@ def pope_acceptance(shapes_llava):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the fixture fits an SAE and two probes on 512 items: ~6-12 min on two shared cores
 def test_acceptance_pope_adversarial(pope_acceptance):
     """Issue 32: on held-out POPE-adversarial "yes" answers of shapes-llava (256 items of shapes:test
     seed 21, fitted on 512 of shapes:detect-fit) the best score separates hallucinated from correct
@@ -266,6 +267,7 @@ def test_acceptance_pope_adversarial(pope_acceptance):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_acceptance_chair_mentions(shapes_llava):
     """Issue 32: AUROC of every detector on CHAIR mentions (objects named in greedy captions of 128
     held-out scenes, fitted on 256 others). Few mentions are hallucinated (measured: 9 of 340), so
