@@ -20,7 +20,7 @@ def register(name: str, help: str, add_args: Callable, run: Callable) -> None:
 
 def _load_commands() -> None:
     """Import the command modules; each calls :func:`register` for its subcommands."""
-    from .commands import ask, audit, bench, data, explain, info, protos, prune, sae, serve, steer, trace, zoo  # noqa: F401
+    from .commands import ask, audit, bench, data, detect, explain, info, protos, prune, sae, serve, steer, trace, zoo  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 Scores saliency methods against ground-truth object masks (default: the shapes world's exact masks
 on held-out scenes; ``--dataset coco:instances.json:images`` COCO's polygon / RLE masks) and prints a
 table method x (pointing game, energy pointing game, deletion AUC, insertion AUC, Obj-IoU,
-seconds per image), with the ``random`` and ``centre`` baseline maps as rows. The benchmark itself
+infidelity, max-sensitivity, seconds per image), with the ``random`` and ``centre`` baseline maps as rows. The benchmark itself
 is :func:`vlinterp.eval.saliency.bench_saliency`.
 """
 from __future__ import annotations
@@ -38,6 +38,10 @@ def _add(p: argparse.ArgumentParser):
     add_dataset(p, "shapes:heldout", SHAPES_N, SHAPES_SEED, "images with object masks (or boxes) to score the maps against",
                 n_help=f"items to take (a shapes split without N: its number of scenes, default {SHAPES_N})")
     p.add_argument("--steps", type=A.nonneg_int, default=16, help="deletion/insertion steps (0 = skip them)")
+    p.add_argument("--infidelity-samples", type=A.nonneg_int, default=16,
+                   help="random square removals per map for captum's infidelity (0 = skip it)")
+    p.add_argument("--sensitivity-samples", type=A.nonneg_int, default=4,
+                   help="noised images per map for captum's max-sensitivity, each a re-run of the method (0 = skip it)")
     p.add_argument("--sample-steps", type=A.positive_int, default=20, help="diffusion: sampler steps per generated image")
     p.add_argument("--guidance", type=A.positive_float, default=1.0, help="diffusion: classifier-free guidance scale of the sampler")
     A.add_workers(p)
@@ -58,7 +62,8 @@ def _saliency(args) -> int:
     seed = info["seed"] if info["seed"] is not None else SHAPES_SEED
     res = bench_saliency(args.model, args.methods, len(items), seed, args.steps, progress=None, sample_steps=args.sample_steps,
                          workers=args.workers, address=args.address, guidance=args.guidance, load_options=A.load_kwargs(args),
-                         items=items, dataset=info["dataset"])
+                         items=items, dataset=info["dataset"], infidelity_samples=args.infidelity_samples,
+                         sensitivity_samples=args.sensitivity_samples)
     res["kinds"] = info["kinds"]
     print(f"bench saliency: {res['model']} ({res['family']}), {res['items']} cases on {res['scenes']} items of {res['dataset']} "
           f"(seed {res['seed']})")

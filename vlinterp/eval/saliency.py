@@ -20,7 +20,7 @@ baseline maps. Cases per model kind, from each item (the ``i``-th):
   colour-shape pairs on the shapes world).
 * diffusion (shapes scenes only): generate ``a {colour} {shape}`` (the first object,
   :func:`shapes.generation_item`) and take the map of the shape word; GT = the generated object's
-  mask by nearest-colour thresholding; no deletion / insertion (a generator has no class score).
+  mask by nearest-colour thresholding; no deletion / insertion / fidelity (a generator has no class score).
 
 >>> res = bench_saliency("shapes-vit", methods=["relevancy"], n=8, seed=1)
 >>> print(table(res))
@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 
 from . import shapes
 
-METRICS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc", "obj_iou", "seconds")
+METRICS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc", "obj_iou", "infidelity", "sensitivity",
+           "seconds")
 HEADERS = {"pointing_game": "pointing", "energy_pointing_game": "energy", "deletion_auc": "deletion AUC",
-           "insertion_auc": "insertion AUC", "obj_iou": "Obj-IoU", "seconds": "s/image"}
+           "insertion_auc": "insertion AUC", "obj_iou": "Obj-IoU", "infidelity": "infidelity", "sensitivity": "sensitivity",
+           "seconds": "s/image"}
 SPLIT = "heldout"
 SPLIT_SPEC = f"shapes:{SPLIT}"  # the default data: held-out scenes the organisms never trained on
 BASELINES = ("random", "centre")
@@ -57,18 +59,23 @@ class Case:
 
 
 def check_methods(names) -> list[str]:
-    """The saliency methods among ``names`` (baselines dropped: they are always measured); unknown
-    names raise :class:`UnknownNameError` naming the nearest, before any model is loaded."""
+    """The saliency methods among ``names`` (baselines dropped: they are always measured; a spec
+    ``name[k=v]`` is checked and kept as its own row); unknown names raise :class:`UnknownNameError` naming the nearest, before any model is loaded."""
     from .. import saliency
+
+    from ..core.registry import parse_spec
 
     out = []
     for n in names:
         if n in BASELINES:
             continue
-        if n not in saliency.REGISTRY:
+        name, opts = parse_spec(n)  # a spec with options, ``tam[context=arc]``, is its own row
+        if name not in saliency.REGISTRY:
             from ..core.errors import UnknownNameError
 
-            raise UnknownNameError("saliency method", n, [*saliency.REGISTRY, *BASELINES])
+            raise UnknownNameError("saliency method", name, [*saliency.REGISTRY, *BASELINES])
+        if opts:
+            saliency.config(name, **opts)
         out.append(n)
     return out
 
@@ -205,18 +212,55 @@ def _generated(m, case: Case, res):
                                progress=False)[0], np.uint8)
 
 
-def measure(res, case: Case, row: int, steps: int, seed: int) -> dict[str, float]:
-    """Every metric of row ``row`` of ``res`` on ``case`` (deletion / insertion only with ``steps`` > 0)."""
+def measure(res, case: Case, row: int, steps: int, seed: int, infidelity_samples: int = 0, sensitivity_samples: int = 0,
+            explain=None) -> dict[str, float]:
+    """Every metric of row ``row`` of ``res`` on ``case`` (deletion / insertion only with ``steps`` > 0;
+    infidelity with ``infidelity_samples`` > 0; sensitivity with ``sensitivity_samples`` > 0 and
+    ``explain``: ``fn(images [N, H, W, 3] uint8) -> [N, H, W]`` maps of the same method)."""
     from .. import metrics as M
+    from ..metrics.fidelity import infidelity, sensitivity_max
 
     ev = {"pointing_game": M.pointing_game(res, case.mask, row),
           "energy_pointing_game": M.energy_pointing_game(res, case.mask, row),
           "obj_iou": M.obj_iou(res, case.mask, row),
-          "deletion_auc": math.nan, "insertion_auc": math.nan}
+          "deletion_auc": math.nan, "insertion_auc": math.nan, "infidelity": math.nan, "sensitivity": math.nan}
     if case.score_fn is not None and steps > 0:
         ev["deletion_auc"] = M.deletion_auc(case.image, res, case.score_fn, row, steps, seed=seed)
         ev["insertion_auc"] = M.insertion_auc(case.image, res, case.score_fn, row, steps, seed=seed)
+    if case.score_fn is not None and infidelity_samples > 0:
+        ev["infidelity"] = infidelity(case.image, res, case.score_fn, row, infidelity_samples, seed=seed)
+    if case.image is not None and explain is not None and sensitivity_samples > 0:
+        ev["sensitivity"] = sensitivity_max(explain, case.image, sensitivity_samples, seed=seed, reference=M.as_map(res, row))
     return ev
+
+
+def method_explainer(m, meth, case: Case):
+    """``fn(images [N, H, W, 3] uint8) -> [N, H, W]``: ``meth`` re-run on other images with ``case``'s
+    prompt / texts and target (the same row of its Result)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..metrics import as_map
+    from ..saliency.targets import prepare_like
+
+    def fn(images):
+        out = []
+        for im in images:
+            b = prepare_like(m, case.batch, [Image.fromarray(np.asarray(im, np.uint8))], case.batch.layout.image_row(0))
+            out.append(as_map(meth.attribute(b, target=case.target), case.row))
+        return np.stack(out)
+
+    return fn
+
+
+def fixed_explainer(res, row: int):
+    """The explainer of a map that does not look at the image (the baselines): the same map for every image."""
+    import numpy as np
+
+    from ..metrics import as_map
+
+    hm = as_map(res, row)
+    return lambda images: np.stack([hm for _ in images])
 
 
 def _applicable(names, m, methods_given: bool, sample_steps: int = 20, guidance: float = 1.0):
@@ -225,13 +269,15 @@ def _applicable(names, m, methods_given: bool, sample_steps: int = 20, guidance:
     from .. import saliency
     from ..core.errors import VlinterpError
 
+    from ..core.registry import parse_spec
+
     out, skipped = {}, {}
     for name in names:
-        opts = {}
+        base, opts = parse_spec(name)
         if m.kind == "diffusion":
-            opts = {k: v for k, v in (("steps", sample_steps), ("guidance_scale", guidance)) if saliency.takes(name, k)}
+            opts = {**{k: v for k, v in (("steps", sample_steps), ("guidance_scale", guidance)) if saliency.takes(base, k)}, **opts}
         try:
-            out[name] = saliency.create(name, m, **opts)
+            out[name] = saliency.create(base, m, **opts)
         except VlinterpError as e:
             if methods_given:
                 raise
@@ -252,7 +298,8 @@ def _layout_result(m, case: Case):
 
 
 def scene_measures(m, items, names, methods_given: bool, seed: int = 1, steps: int = 16, sample_steps: int = 20,
-                   guidance: float = 1.0, progress=None, start: int = 0, vocab=None) -> list[dict]:
+                   guidance: float = 1.0, progress=None, start: int = 0, vocab=None, infidelity_samples: int = 0,
+                   sensitivity_samples: int = 0) -> list[dict]:
     """Measure every method (and the random / centre baselines) on ``items`` (item ``k`` is the
     ``start + k``-th of the benchmark). One entry per item: ``{"per": {method: [measures per case]},
     "extras": [...], "skipped": {method: reason}}``. Items are independent (the random map's seed
@@ -294,7 +341,8 @@ def scene_measures(m, items, names, methods_given: bool, seed: int = 1, steps: i
                     case.extra["mask_pixels"] = int(case.mask.sum())
                 if not case.mask.any():
                     break
-                entry["per"][name].append({**measure(res, case, case.row, steps if case.score_fn else 0, seed), "seconds": dt})
+                fid = (infidelity_samples, sensitivity_samples, method_explainer(m, meth, case) if case.score_fn else None)
+                entry["per"][name].append({**measure(res, case, case.row, steps if case.score_fn else 0, seed, *fid), "seconds": dt})
                 base = base or res
             if base is None and not names:  # baselines only: their maps need the layout a method's would have
                 base = _layout_result(m, case)
@@ -304,7 +352,10 @@ def scene_measures(m, items, names, methods_given: bool, seed: int = 1, steps: i
                 continue
             rseed = seed + 1000 * (si + 1) + j
             for bname, fn in (("random", lambda r: M.random_map(r, seed=rseed)), ("centre", M.centre_map)):
-                entry["per"][bname].append({**measure(fn(base), case, case.row, steps if case.score_fn else 0, seed), "seconds": 0.0})
+                bmap = fn(base)
+                fid = (infidelity_samples, sensitivity_samples, fixed_explainer(bmap, case.row) if case.score_fn else None)
+                entry["per"][bname].append({**measure(bmap, case, case.row, steps if case.score_fn else 0, seed, *fid),
+                                            "seconds": 0.0})
         entry["skipped"].update(skipped)
         out.append(entry)
     return out
@@ -320,14 +371,16 @@ WANTED = ("scene",)  # what `bench saliency --dataset` reads (other data: what i
 def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: int = 1, steps: int = 16,
                    progress: bool | None = True, sample_steps: int = 20, workers: int = 1, address: str | None = None,
                    guidance: float = 1.0, load_options: dict | None = None, items: list | None = None,
-                   dataset: str | None = None) -> dict:
+                   dataset: str | None = None, infidelity_samples: int = 0, sensitivity_samples: int = 0) -> dict:
     """Run the benchmark on ``items`` (default: ``n`` held-out scenes of ``seed``); returns ``{"rows":
     {method: {metric: mean, "n": cases}}, "items", "skipped", ...}`` (see the module doc).
     ``methods``: saliency methods and/or baselines (default: every method of the model's kind;
     baselines always run). ``steps``: deletion / insertion steps (0 = skip them); ``seed`` also
     seeds the baselines' random maps and the deletion / insertion order. ``workers`` > 1 measures the
     items on Ray workers (one model replica each); the rows equal the single-process run.
-    ``dataset``: the items' spec, recorded in the results."""
+    ``dataset``: the items' spec, recorded in the results. ``infidelity_samples`` /
+    ``sensitivity_samples``: perturbations per map of captum's fidelity metrics (0 = skip; `bench
+    saliency` asks for 16 and 4)."""
     from functools import partial
 
     import numpy as np
@@ -346,6 +399,8 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
         items, dataset = open_dataset(f"{SPLIT_SPEC}:{n}:{seed}").items("scene"), f"{SPLIT_SPEC}:{n}:{seed}"
     if not items:
         raise ConfigError("no items to benchmark")
+    if infidelity_samples < 0 or sensitivity_samples < 0:
+        raise ConfigError("infidelity_samples and sensitivity_samples must be 0 or more")
     names = check_methods(methods) if methods else None
     m = load(model, **(load_options or {})) if isinstance(model, str) else model
     if m.kind not in CASES:
@@ -355,7 +410,8 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
     from .scene_questions import vocabulary
 
     work = partial(_bench_worker, names=names, methods_given=bool(methods), seed=seed, steps=steps, sample_steps=sample_steps,
-                   guidance=guidance, vocab=vocabulary(items))
+                   guidance=guidance, vocab=vocabulary(items), infidelity_samples=infidelity_samples,
+                   sensitivity_samples=sensitivity_samples)
     with WorkerPool(model if isinstance(model, str) else m.name, workers, address, load_options=load_options) as pool:
         if workers <= 1:
             pool._local = m
@@ -372,7 +428,8 @@ def bench_saliency(model, methods: list[str] | None = None, n: int = 8, seed: in
             per.setdefault(k, []).extend(v)
     rows = {k: _mean(v) for k, v in per.items() if v and k not in skipped}
     out = {"model": model if isinstance(model, str) else m.name, "family": m.family, "dataset": dataset, "seed": seed,
-           "scenes": len(items), "items": len(extras), "steps": steps, "rows": rows, "skipped": skipped}
+           "scenes": len(items), "items": len(extras), "steps": steps, "infidelity_samples": infidelity_samples,
+           "sensitivity_samples": sensitivity_samples, "rows": rows, "skipped": skipped}
     if m.kind == "diffusion":
         out["sampling"] = {"steps": sample_steps, "guidance_scale": guidance}
     if m.kind == "vlm" and extras:
@@ -411,10 +468,10 @@ def table(res: dict) -> str:
     head = f"{'method':<{w}}  " + "  ".join(f"{HEADERS[k]:>13}" for k in METRICS) + f"  {'n':>4}"
     lines = [head, "-" * len(head)]
     for name, r in res["rows"].items():
-        cells = ["-" if not np.isfinite(r[k]) else f"{r[k]:.3f}" for k in METRICS]
+        cells = ["-" if not np.isfinite(r[k]) else f"{r[k]:.3g}" if k == "infidelity" else f"{r[k]:.3f}" for k in METRICS]
         lines.append(f"{name:<{w}}  " + "  ".join(f"{c:>13}" for c in cells) + f"  {r['n']:>4}")
     return "\n".join(lines)
 
 
-__all__ = ["bench_saliency", "scene_measures", "questions", "measure", "table", "colour_mask", "check_methods", "Case", "CASES",
+__all__ = ["bench_saliency", "scene_measures", "questions", "measure", "method_explainer", "fixed_explainer", "table", "colour_mask", "check_methods", "Case", "CASES",
            "METRICS", "HEADERS", "SPLIT", "SPLIT_SPEC", "BASELINES", "WANTED"]

@@ -16,7 +16,14 @@ For answer token ``k`` (id ``c_k``, predicted at position ``p_k = answer[k] - 1`
    through the paper's rank Gaussian filter (3x3 window values sorted, weighted by a Gaussian
    over rank with sigma = the window's coefficient of variation).
 
-``arrays["raw"]`` keeps ``M_k`` and ``meta["alpha"]`` the scales. Options: ``layer``, ``denoise``.
+``arrays["raw"]`` keeps ``M_k`` and ``meta["alpha"]`` the scales. Options: ``layer``, ``denoise``,
+``context``.
+
+**ARC** (``context="arc"``, the text half of the TAM/MSEA paper): the context weights come from
+rank-biased overlap instead of one logit, ``w_q = RBO_p(top-k(logit_{pos q}), top-k(logit_{p_k}))``
+(:func:`vlinterp.metrics.ranking.rank_biased_overlap`, ``arc_k`` / ``arc_p``): a context token
+interferes as much as what it predicts agrees, rank by rank, with what the explained position
+predicts. ``meta["weights"]`` keeps the per-token weights of each answer token.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.errors import LayerRangeError
+from ..core.errors import ConfigError, LayerRangeError
 from .base import AnswerConfig, SaliencyMethod
 from .targets import Targets
 
@@ -55,10 +62,24 @@ class TokenActivationMap(SaliencyMethod):
     @dataclass
     class Config(AnswerConfig):
         """``layer``: the block whose residual output goes through the logit lens (``None`` = the
-        last, i.e. the model's own logits); ``denoise``: the rank Gaussian filter."""
+        last, i.e. the model's own logits); ``denoise``: the rank Gaussian filter; ``context``:
+        ``logit`` (TAM's context weights) or ``arc`` (rank-biased overlap of the top-``arc_k``
+        rankings, persistence ``arc_p``)."""
 
         layer: int | None = None
         denoise: bool = True
+        context: str = "logit"
+        arc_k: int = 10
+        arc_p: float = 0.9
+
+        def validate(self) -> None:
+            super().validate()
+            if self.context not in ("logit", "arc"):
+                raise ConfigError(f"context must be logit (TAM's weights) or arc (rank-biased overlap), got {self.context!r}")
+            if self.arc_k < 1:
+                raise ConfigError(f"arc_k must be at least 1, got {self.arc_k}")
+            if not 0 < self.arc_p < 1:
+                raise ConfigError(f"arc_p must be in (0, 1), got {self.arc_p}")
 
     def lens_logits(self, t: Targets) -> torch.Tensor:
         """``[T, V]`` logits of every position of the explained row through the logit lens."""
@@ -83,17 +104,20 @@ class TokenActivationMap(SaliencyMethod):
         ids = t.batch.inputs["input_ids"][t.row].cpu()
         prompt = t.layout.span("prompt", t.row).tolist()
         answer = t.layout.span("answer", t.row).tolist()
-        raw, maps, alphas = [], [], []
+        raw, maps, alphas, weights = [], [], [], []
         for k, (q, c) in enumerate(zip(t.queries, t.spec)):
             M = logits[img, c].clamp(min=0)
             ctx = [p for p in prompt + answer[:k] if p <= q and int(ids[p]) != c]
             alpha = 0.0
             if ctx:
                 own = logits[img][:, ids[ctx]].clamp(min=0).T          # [n_ctx, n_img]
-                w = logits[ctx, c].clamp(min=0)
+                w = self.context_weights(logits, ctx, q, c)
+                weights.append(w.tolist())
                 I = (w / (w.sum() + 1e-8)) @ own
                 denom = float(I @ I)
                 alpha = max(float(M @ I) / denom, 0.0) if denom > 0 else 0.0
+            else:
+                weights.append([])
             raw.append(M.numpy())
             maps.append((M - alpha * I).clamp(min=0).numpy() if ctx else M.numpy())
             alphas.append(alpha)
@@ -101,8 +125,18 @@ class TokenActivationMap(SaliencyMethod):
         if self.config.denoise:
             scores = np.stack([self._denoise(s, t) for s in scores])
         t.arrays["raw"] = np.stack(raw).astype(np.float32)
-        t.meta.update(alpha=alphas, layer=self.config.layer if self.config.layer is not None else -1)
+        t.meta.update(alpha=alphas, layer=self.config.layer if self.config.layer is not None else -1,
+                      context=self.config.context, weights=weights)
         return scores
+
+    def context_weights(self, logits: torch.Tensor, ctx: list[int], q: int, c: int) -> torch.Tensor:
+        """``[n_ctx]`` weights of the context positions ``ctx`` for the answer token ``c`` predicted
+        at position ``q`` (``logits`` ``[T, V]``): TAM's ``relu(logit_ctx[c])`` or ARC's RBO."""
+        if self.config.context == "arc":
+            from ..metrics.ranking import topk_rbo
+
+            return torch.as_tensor(topk_rbo(logits[ctx], logits[q], self.config.arc_k, self.config.arc_p), dtype=logits.dtype)
+        return logits[ctx, c].clamp(min=0)
 
     @staticmethod
     def _denoise(s: np.ndarray, t: Targets) -> np.ndarray:
