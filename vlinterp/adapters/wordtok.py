@@ -16,10 +16,13 @@ BASE_WORDS = (
 ).split()
 
 
-def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = None, padding_side: str = "left"):
+def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = None, padding_side: str = "left",
+                   eos_token: str = "</s>", add_bos: bool = True, named: dict[str, str] | None = None):
     """Return a ``PreTrainedTokenizerFast`` over ``specials + words`` (lower-casing input).
 
-    Ids: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (BOS, prepended), ``</s>``=3, ``<image>``=4.
+    Ids: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (BOS, prepended unless ``add_bos=False``), ``</s>``=3, ``<image>``=4.
+    ``eos_token``: one of ``specials``; ``named``: the tokenizer's named special tokens
+    (``extra_special_tokens``, default ``{"image_token": "<image>"}``), e.g. Qwen's ``image_token``.
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
@@ -34,15 +37,16 @@ def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = 
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split("<image>", behavior="isolated"), pre_tokenizers.Whitespace()]
     )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     tok.add_special_tokens(specials)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token=eos_token,
         padding_side=padding_side,
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named or {"image_token": "<image>"},
     )
     return fast
