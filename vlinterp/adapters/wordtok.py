@@ -17,13 +17,15 @@ BASE_WORDS = (
 
 
 def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = None, padding_side: str = "left",
-                   named: dict[str, str] | None = None, ids: dict[str, int] | None = None):
+                   named: dict[str, str] | None = None, ids: dict[str, int] | None = None, eos_token: str = "</s>",
+                   add_bos: bool = True):
     """Return a ``PreTrainedTokenizerFast`` over ``specials + words`` (lower-casing input).
 
-    Ids: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (BOS, prepended), ``</s>``=3, ``<image>``=4.
+    Ids: ``<pad>``=0, ``<unk>``=1, ``<s>``=2 (BOS, prepended unless ``add_bos=False``), ``</s>``=3, ``<image>``=4.
     ``named``: the tokenizer's named special tokens (default ``{"image_token": "<image>"}``; Qwen
     processors read ``image_token``, ``video_token``...). ``ids``: tokens pinned to given ids (a
     published checkpoint's, e.g. Qwen's ``<|image_pad|>`` = 151655); the others fill the free ids.
+    ``eos_token``: one of ``specials``.
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
@@ -46,14 +48,15 @@ def word_tokenizer(words: list[str] | None = None, specials: list[str] | None = 
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split("<image>", behavior="isolated"), pre_tokenizers.Whitespace()]
     )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     tok.add_special_tokens(specials + [t for t in pinned if t not in specials])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token=eos_token,
         padding_side=padding_side,
         extra_special_tokens=dict(named) if named is not None else {"image_token": "<image>"},
     )

@@ -20,6 +20,7 @@ ORGANISMS: dict[str, str] = {
     "shapes-clip": "vlinterp.zoo.recipe_clip",
     "shapes-llava": "vlinterp.zoo.recipe_llava",
     "shapes-llava-aligned": "vlinterp.zoo.llava_align",  # shapes-llava + the align stage (SAE-V)
+    "shapes-qwen": "vlinterp.zoo.recipe_qwen",  # Qwen2.5-VL class (window-attention tower, 2x2 merger, M-RoPE)
     "shapes-diffusion": "vlinterp.zoo.recipe_diffusion",
 }
 

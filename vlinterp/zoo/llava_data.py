@@ -1,7 +1,7 @@
 """Data for the shapes-llava recipe: scene pools (pixels, dense targets) and one-question sequences.
 
 A pool holds, per scene: the processor-equivalent pixels of the scene and of its rendered words
-(fp16, 3x120x120), per-patch soft colour/shape targets on the 10x10 patch grid, shape counts,
+(uint8, 3x120x120 for shapes-llava), per-patch soft colour/shape targets on the 10x10 patch grid, shape counts,
 the 24-way pair multi-hot, and a light copy of the scene (no image, no masks) for questions.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
-def pixels(img: Image.Image) -> np.ndarray:
+def pixels(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """The organism's CLIPImageProcessor resize (bicubic to 120x120), uint8 [3,120,120]; see :func:`normalise`."""
-    return np.asarray(img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC), np.uint8).transpose(2, 0, 1).copy()
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), np.uint8).transpose(2, 0, 1).copy()
 
 
 def normalise(x):
@@ -45,11 +45,11 @@ def light(scene: Scene) -> Scene:
 
 
 def _one(args):
-    name, seed, i = args
+    name, seed, i, pixel_fn, grid = args
     s = make_scene(name, seed, i)
-    cov = patch_coverage(s, (GRID, GRID)).reshape(len(s.objects), -1)        # [n, 100]
-    col = np.zeros((GRID * GRID, len(COLOURS) + 1), np.float32)
-    shp = np.zeros((GRID * GRID, len(SHAPES)), np.float32)
+    cov = patch_coverage(s, (grid, grid)).reshape(len(s.objects), -1)        # [n, grid*grid]
+    col = np.zeros((grid * grid, len(COLOURS) + 1), np.float32)
+    shp = np.zeros((grid * grid, len(SHAPES)), np.float32)
     for k, o in enumerate(s.objects):
         col[:, 1 + COLOURS.index(o.colour)] += cov[k]
         shp[:, SHAPES.index(o.shape)] += cov[k]
@@ -57,13 +57,18 @@ def _one(args):
     col[:, 0] = 1 - tot
     shp = shp / np.maximum(shp.sum(1, keepdims=True), 1e-6)
     counts = np.array([s.count(sh) for sh in SHAPES], np.int64)
-    return (pixels(s.pil()), pixels(render_words(s)), col, shp, tot.astype(np.float32), counts,
+    return (pixel_fn(s.pil()), pixel_fn(render_words(s)), col, shp, tot.astype(np.float32), counts,
             s.label_vector(), light(s))
 
 
-def make_pool(name: str, seed: int, n: int, start: int = 0, workers: int | None = None) -> dict:
-    """Scenes ``start..start+n-1`` of split ``name``, generated in ``workers`` processes."""
-    args = [(name, seed, i) for i in range(start, start + n)]
+def make_pool(name: str, seed: int, n: int, start: int = 0, workers: int | None = None, pixel_fn=pixels,
+              grid: int = GRID) -> dict:
+    """Scenes ``start..start+n-1`` of split ``name``, generated in ``workers`` processes.
+
+    ``pixel_fn(PIL image) -> uint8 [3, H, W]``: the organism's processor-equivalent resize (a module-level
+    function: workers pickle it); ``grid``: the side of the patch grid the dense targets are computed on
+    (rows are row-major ``grid x grid`` patches)."""
+    args = [(name, seed, i, pixel_fn, grid) for i in range(start, start + n)]
     workers = workers or min(16, os.cpu_count() or 1)
     if workers > 1 and n >= 256:
         import multiprocessing as mp
@@ -147,7 +152,7 @@ class Tokens:
     def __init__(self, processor, n_image_tokens: int):
         self.proc, self.tok = processor, processor.tokenizer
         self.n_img = n_image_tokens
-        self.image_id = self.tok.convert_tokens_to_ids("<image>")
+        self.image_id = self.tok.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
         self.eos = self.tok.eos_token_id
         self._cache: dict = {}
 

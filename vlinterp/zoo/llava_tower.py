@@ -17,27 +17,51 @@ from .common import cosine_lr, set_lr
 from .llava_data import normalise
 
 
+def text_config(vocab_size: int, d: int, eos_token_id: int = 3):
+    """The contrastive text tower's ``CLIPTextConfig`` (2 layers of width ``d``); pooled at ``eos_token_id``."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=48, projection_dim=d, pad_token_id=0,
+                          bos_token_id=2, eos_token_id=eos_token_id)
+
+
 class TowerTrainer(nn.Module):
+    """A CLIP vision tower (shapes-llava's) with its contrastive text side and the dense heads.
+
+    Subclasses for other towers override :meth:`encode` and :meth:`vision_state` and give ``self.clip``
+    the text side (``text_model``, ``text_projection``, ``visual_projection``, ``logit_scale``)."""
+
     def __init__(self, vision_config, vocab_size: int, feature_layer: int = -2):
         super().__init__()
-        from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+        from transformers import CLIPConfig, CLIPModel
 
         d = vision_config.hidden_size
-        tc = CLIPTextConfig(vocab_size=vocab_size, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=48, projection_dim=d, pad_token_id=0,
-                            bos_token_id=2, eos_token_id=3)
+        tc = text_config(vocab_size, d)
         cfg = CLIPConfig(text_config=tc.to_dict(), vision_config=vision_config.to_dict(), projection_dim=d)
         self.clip = CLIPModel(cfg)
         self.feature_layer = feature_layer
+        self.add_heads(d)
+
+    def add_heads(self, d: int) -> None:
+        """Per-patch colour (6 + background) and shape heads; shape-count and 24-way pair heads on the pooled vector."""
         self.colour = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, len(COLOURS) + 1))
         self.shape = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, len(SHAPES)))
         self.count = nn.Linear(d, len(SHAPES) * 5)
         self.pair = nn.Linear(d, 24)
 
-    def forward(self, px, ids, tmask, same, dense, colour_t, shape_t, cover, counts, pairs):
+    def encode(self, px):
+        """Normalised pixels ``[B, 3, H, W]`` -> (pooled ``[B, d]``, patch features ``[B, P, d]`` in row-major
+        order, the order of the pool's dense targets)."""
         out = self.clip.vision_model(pixel_values=px, output_hidden_states=True)
-        pooled = out.pooler_output
-        feat = out.hidden_states[self.feature_layer][:, 1:]
+        return out.pooler_output, out.hidden_states[self.feature_layer][:, 1:]
+
+    def vision_state(self) -> dict:
+        """The trained tower's weights, keyed as the organism's vision module expects them."""
+        return self.clip.vision_model.state_dict()
+
+    def forward(self, px, ids, tmask, same, dense, colour_t, shape_t, cover, counts, pairs):
+        pooled, feat = self.encode(px)
         img = F.normalize(self.clip.visual_projection(pooled), dim=-1)
         txt = self.clip.text_model(input_ids=ids, attention_mask=tmask).pooler_output
         txt = F.normalize(self.clip.text_projection(txt), dim=-1)
@@ -58,12 +82,14 @@ class TowerTrainer(nn.Module):
 
 
 def train_tower(pool, vision_config, tokenizer, device, steps: int, batch: int, seconds: float, lr: float = 1e-3,
-                seed: int = 0, log=print, rendered_frac: float = 0.15):
-    """Train the CLIP tower on ``pool``; return the trained ``CLIPVisionModel``-compatible state (the
-    ``vision_model`` submodule) and the last metrics."""
+                seed: int = 0, log=print, rendered_frac: float = 0.15, trainer=TowerTrainer):
+    """Train the tower on ``pool``; return its trained state (:meth:`TowerTrainer.vision_state`: for
+    shapes-llava the ``CLIPVisionModel``-compatible ``vision_model`` submodule) and the last metrics.
+
+    ``trainer(vision_config, vocab_size)`` builds the :class:`TowerTrainer` (or subclass) to train."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 101)
-    m = TowerTrainer(vision_config, len(tokenizer)).to(device)
+    m = trainer(vision_config, len(tokenizer)).to(device)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     N = len(pool["scenes"])
     caps = [caption(s) for s in pool["scenes"]]
@@ -106,4 +132,4 @@ def train_tower(pool, vision_config, tokenizer, device, steps: int, batch: int, 
         if step % 200 == 0 or step == steps - 1:
             log(f"tower step {step}/{steps} loss {loss.item():.3f} " + " ".join(f"{k} {v:.3f}" for k, v in stats.items())
                 + f" ({time.time() - t0:.0f}s)")
-    return m.clip.vision_model.state_dict(), stats
+    return m.vision_state(), stats

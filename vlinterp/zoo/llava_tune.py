@@ -31,17 +31,21 @@ TUNE = {
 }
 
 
-def cache_features(tower, pool: dict, dev, layer: int, chunk: int = 256) -> dict:
+def cache_features(tower, pool: dict, dev, layer: int, chunk: int = 256, features=None) -> dict:
     """Frozen-tower patch features of the pool's scenes and rendered words: ``{"px"|"rpx": [N, P, D] fp16}``,
-    computed ``chunk`` images at a time (the LM stage used 512, the tune stage 256)."""
+    computed ``chunk`` images at a time (the LM stage used 512, the tune stage 256).
+
+    ``features(normalised pixels [b, 3, H, W]) -> [b, P, D]``: what to cache (default: shapes-llava's tower
+    hidden state ``layer``, CLS dropped; ``tower`` and ``layer`` are then unused)."""
     from .llava_data import normalise
     from .recipe_llava import _features
 
+    features = features or (lambda x: _features(tower, x, layer))
     cache = {}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for key in ("px", "rpx"):
             src = torch.as_tensor(pool[key])
-            cache[key] = torch.cat([_features(tower, normalise(src[i:i + chunk].to(dev)), layer).to(torch.float16)
+            cache[key] = torch.cat([features(normalise(src[i:i + chunk].to(dev))).to(torch.float16)
                                     for i in range(0, len(src), chunk)])
     return cache
 
@@ -67,10 +71,14 @@ def cached_lookup(cache: dict):
     return fn
 
 
-def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m: None, **over) -> dict:
+def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m: None, *, pool_fn=None,
+         loss_fn=None, trainable=None, n_image_tokens: int | None = None, **over) -> dict:
     """Run the tune stage in place on ``model`` (a LlavaForConditionalGeneration on ``dev``); returns its record.
 
-    ``steps`` caps the step count (tests); ``over`` overrides keys of :data:`TUNE`."""
+    ``steps`` caps the step count (tests); ``over`` overrides keys of :data:`TUNE`. Other organisms pass
+    their own ``pool_fn`` (as :func:`frozen_pool`), ``loss_fn`` (as ``recipe_llava._lm_loss``),
+    ``trainable(param name) -> bool`` (default: all but the vision tower) and ``n_image_tokens`` (default:
+    one per cached feature row)."""
     from .llava_data import Tokens
     from .recipe_llava import _Batches, _train_lm
 
@@ -78,17 +86,18 @@ def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m
     n_steps = cfg["steps"] if steps is None else min(steps, cfg["steps"])
     n_pool, B = (cfg["pool"], cfg["batch"]) if steps is None else (min(cfg["pool"], 64), min(cfg["batch"], 8))
     t0 = time.time()
-    pool, cache = frozen_pool(model, dev, seed, n_pool, cfg["start"])
+    pool, cache = (pool_fn or frozen_pool)(model, dev, seed, n_pool, cfg["start"])
     log(f"tune: pool of {n_pool} fresh scenes and features ready ({time.time() - t0:.0f}s)")
-    toks = Tokens(proc, n_image_tokens=cache["px"].shape[1])
+    toks = Tokens(proc, n_image_tokens=n_image_tokens or cache["px"].shape[1])
     batches = _Batches(pool, toks, seed + 3, source_p=cfg["source_p"], neg_p=list(cfg["neg_p"]))
 
     cached = cached_lookup(cache)
-    params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
+    trainable = trainable or (lambda n: "vision_tower" not in n)
+    params = [p for n, p in model.named_parameters() if trainable(n)]
     for p in params:
         p.requires_grad_(True)
     model.train()
-    _train_lm(model, batches, dev, n_steps, B, float("inf"), cfg["lr"], cached, params, log, "tune")
+    _train_lm(model, batches, dev, n_steps, B, float("inf"), cfg["lr"], cached, params, log, "tune", loss_fn=loss_fn)
     model.eval().requires_grad_(False)
     return {"steps": n_steps, "batch": B, "pool_scenes": n_pool, "pool_start": cfg["start"], "lr": cfg["lr"],
             "source_p": list(cfg["source_p"]), "neg_p": list(cfg["neg_p"]), "seconds": round(time.time() - t0, 1)}

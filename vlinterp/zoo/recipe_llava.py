@@ -128,7 +128,14 @@ def _lm_loss(model, ids, mask, labels, feats):
         img = (ids == model.config.image_token_index).unsqueeze(-1)
         emb = emb.masked_scatter(img, proj.reshape(-1, proj.shape[-1]).to(emb.dtype))
     h = inner.language_model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
-    logits = model.lm_head(h[:, :-1]).float()
+    return answer_loss(model.lm_head(h[:, :-1]), labels)
+
+
+def answer_loss(logits, labels):
+    """Loss on answer tokens, each sequence weighted equally, and the first answer token's accuracy.
+
+    ``logits``: ``[B, T-1, V]`` predictions for positions ``1..T-1``; ``labels``: ``[B, T]`` (-100 off-answer)."""
+    logits = logits.float()
     tgt = labels[:, 1:]
     tok_loss = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
     valid = (tgt != -100).float()
@@ -139,7 +146,9 @@ def _lm_loss(model, ids, mask, labels, feats):
     return loss, acc.item()
 
 
-def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params, log, tag):
+def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params, log, tag, loss_fn=None):
+    """``loss_fn(model, ids, mask, labels, feats) -> (loss, first-token accuracy)``; default :func:`_lm_loss`."""
+    loss_fn = loss_fn or _lm_loss
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     amp = device.type == "cuda"
     t0, acc_hist = time.time(), []
@@ -152,7 +161,7 @@ def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             feats = feat_fn(idx.to(device), rend.to(device)) if len(idx) else None
-            loss, acc = _lm_loss(model, ids, mask, labels, feats)
+            loss, acc = loss_fn(model, ids, mask, labels, feats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
@@ -254,8 +263,10 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
 
 
 # ------------------------------------------------------------------------ evaluation
-def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress: bool = False) -> dict[str, float]:
-    """Floor metrics on fresh held-out scenes of ``split`` (greedy answers, batched)."""
+def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress: bool = False,
+             name: str = NAME) -> dict[str, float]:
+    """Floor metrics on fresh held-out scenes of ``split`` (greedy answers, batched). ``adapter``: anything
+    with the VLM adapter's ``prepare`` / ``run`` / ``generate`` / ``token_id``; ``name`` labels the progress line."""
     yn = ["yes", "no"]
     m: dict[str, float] = {}
     t0 = time.time()
@@ -301,7 +312,7 @@ def evaluate(adapter, split: str = "test", n: int = 256, seed: int = 1, progress
     gen = adapter.generate(b, max_new_tokens=2)
     m["generate_agreement"] = float(np.mean([(t.split() or [""])[0] == p for t, p in zip(gen.texts, rand_pred[:k])]))
     if progress:
-        print(f"[{NAME}] evaluated n={n} in {time.time() - t0:.0f}s", flush=True)
+        print(f"[{name}] evaluated n={n} in {time.time() - t0:.0f}s", flush=True)
     return m
 
 
