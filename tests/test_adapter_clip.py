@@ -59,6 +59,7 @@ def _grid_from_config(model):
 
 
 # ------------------------------------------------------------------ loading
+@pytest.mark.slow
 def test_save_load_and_can_load(saved, m, tmp_path):
     variant, d = saved
     assert isinstance(m, ClipAdapter) and ClipAdapter.can_load(d)

@@ -168,6 +168,7 @@ def test_capture_shapes(m, b):
 
 
 # ------------------------------------------------------------------ edits
+@pytest.mark.slow
 def test_edits_apply_and_leave_no_trace(m, b):
     base = m.run(b).logits
     n0 = count_hooks(m.model)
@@ -198,6 +199,7 @@ def test_edits_apply_and_leave_no_trace(m, b):
 @given(st.lists(st.tuples(st.sampled_from(["capture", "edit"]),
                           st.sampled_from(["unet.down.0", "unet.xattn.*", "text.blocks.*.attn", "unet.mid.0", "logits"]),
                           st.booleans()), min_size=1, max_size=4))
+@pytest.mark.slow
 def test_hypothesis_no_leaks(m, b1, ops):
     b = b1
     base = m.run(b).logits
@@ -281,6 +283,7 @@ def test_text_attention_matches_eager(m, b, saved):
 
 
 # --------------------------------------------------------------- sampling
+@pytest.mark.slow
 def test_sample_matches_pipeline_and_captures_per_step(m, pipe, b):
     with m.capture(["unet.down.0", "text.final"]) as c:
         ims, x = m.sample(b, steps=2, progress=False, return_tensor=True)
@@ -318,6 +321,7 @@ def test_bad_input(m):
 
 
 # ------------------------------------------------------------ pixel space
+@pytest.mark.slow
 def test_pixel_space_round_trip(tmp_path):
     tiny = DiffusionAdapter.tiny("diffusion-pixel")
     m = DiffusionAdapter.from_components(tiny.unet, tiny.model.text_encoder, tiny.processor, tiny.scheduler, vae=None)

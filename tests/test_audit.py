@@ -33,6 +33,7 @@ def test_renderings_of_one_item(items):
     assert res["rendered:resolution=64"].image.size == (64, 64)
 
 
+@pytest.mark.slow
 def test_audit_reports_everything(clean):
     r = clean
     for k in ("text", "image", "rendered", "mixed"):
@@ -49,6 +50,7 @@ def test_audit_reports_everything(clean):
     assert r["inside"]["logit_lens"]["image"][-1] > r["inside"]["logit_lens"]["image"][0]
 
 
+@pytest.mark.slow
 def test_planted_inconsistency_is_detected(shapes_llava, items, clean):
     planted = audit(shapes_llava, items, factors=False, edits=projector_noise(3.0), progress=False)
     assert planted["accuracy"]["image"] <= clean["accuracy"]["image"] - 0.2
@@ -83,6 +85,7 @@ def test_user_jsonl_on_tiny_llava_and_malformed_lines_named(tmp_path):
     assert res["per_item"][2]["answers"]["image"] is None  # the text-only item has no image rendering
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_report(tmp_path, capsys):
     from cli_util import run_cli
     from vlinterp.cli import main

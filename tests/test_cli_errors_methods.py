@@ -178,6 +178,7 @@ def test_every_option_has_help_and_a_metavar_or_choices():
         assert internal not in usage
 
 
+@pytest.mark.slow
 def test_sae_train_out_keeps_the_users_files_and_refuses_a_foreign_dir(tmp_path, capsys):
     """`sae train --out` onto an earlier SAE directory replaces what vlinterp wrote there and keeps the
     user's notes; onto a directory of the user's it refuses before loading anything."""
@@ -198,6 +199,7 @@ def test_sae_train_out_keeps_the_users_files_and_refuses_a_foreign_dir(tmp_path,
     assert json.load(open(out / "vlinterp.json"))["seed"] == 1
 
 
+@pytest.mark.slow
 def test_prune_writes_plots_only_where_asked(tmp_path, capsys, monkeypatch):
     """`prune info` with no --plot/--out writes nothing in the working directory; with --out DIR the
     JSON and plot land there."""

@@ -71,6 +71,7 @@ def sd_fp16_dir(tmp_path_factory):
     return m.save(str(tmp_path_factory.mktemp("sd") / "sd16"))
 
 
+@pytest.mark.slow
 def test_stable_diffusion_saved_in_fp16_loads_in_one_dtype(sd_fp16_dir):
     """transformers loads the text encoder in fp16 and diffusers the UNet/VAE in fp32: run and
     sample failed with a dtype mismatch. Now every part shares one dtype (bf16 on a CPU: auto)."""
@@ -96,6 +97,7 @@ def test_diffusion_components_of_two_dtypes_are_refused_with_the_fix():
         DiffusionAdapter.from_components(c["unet"], c["text_encoder"], c["tokenizer"], c["scheduler"], c["vae"])
 
 
+@pytest.mark.slow
 def test_cli_explain_on_an_fp16_pipeline_runs(sd_fp16_dir, tmp_path, capsys, monkeypatch):
     """The CLI gave a raw traceback on this directory."""
     monkeypatch.chdir(tmp_path)

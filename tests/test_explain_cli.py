@@ -228,6 +228,7 @@ def test_explain_real_methods_views(scene_png, tmp_path):
     assert main(["explain", str(p), "--model", "tiny:vit", "--method", "gradcam", "--layers", "0,1", "--out", str(tmp_path / "g")]) == 2
 
 
+@pytest.mark.slow
 def test_bench_saliency_real_methods(tmp_path, capsys):
     j = tmp_path / "b.json"
     assert main(["bench", "saliency", "--model", "tiny:clip", "--methods", "attention,rollout", "--n", "1", "--steps", "4", "--json", str(j)]) == 0

@@ -16,6 +16,7 @@ def fitted(shapes_llava):
     return steer.fit("ground", shapes_llava, n=1024, alpha=3.0, beta=1.0, gate=1.0)
 
 
+@pytest.mark.slow
 def test_grounding_meets_the_floors_on_a_fresh_seed(shapes_llava, fitted):
     """Held-out seed 23 (the fit uses the probe split only): adversarial false-yes at most half,
     CHAIR_S at most 0.7x the unsteered organism's with as many objects named, random accuracy within a
@@ -56,6 +57,7 @@ def test_grounding_meets_the_floors_on_a_fresh_seed(shapes_llava, fitted):
     assert steered["colour"] == base["colour"] and steered["count"] == base["count"]
 
 
+@pytest.mark.slow
 def test_grounding_only_chooses_within_answer_groups(shapes_llava, fitted):
     """Colour, count and shape questions keep their answers at any strength; yes/no answers to
     questions naming a pair move; only the last position's logits change, and only the yes/no words."""
@@ -134,6 +136,7 @@ def test_grounding_save_load_hooks_and_errors(shapes_llava, fitted, tmp_path):
         steer.fit("ground", m, n=8, layer=-1, alpha=1.0, beta=1.0, gate=0.0)
 
 
+@pytest.mark.slow
 def test_grounding_on_tiny_llava_and_auto_strengths():
     """A random tiny LLaVA: the probe fits, the strengths are picked on the calibration items (their
     grids recorded, and the chosen ones are those the grids' numbers say are best), generation runs

@@ -8,6 +8,7 @@ import vlinterp
 from vlinterp.adapters.registry import TINY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(TINY))
 def test_tiny_models_take_device_and_dtype(variant):
     m = vlinterp.load(f"tiny:{variant}", device="cpu", dtype=torch.bfloat16)

@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from vlinterp.core.hooks import count_hooks
 
 
+@pytest.mark.slow
 def test_meandiff_direction_and_sanity(shapes_llava, tmp_path):
     """Steering along the fitted direction lowers held-out false yeses, against it raises them; a saved
     and loaded fit gives bit-identical generations."""
@@ -30,6 +32,7 @@ def test_meandiff_direction_and_sanity(shapes_llava, tmp_path):
     assert torch.equal(g[0].sequences, g[1].sequences) and g[0].texts != m.generate(b, max_new_tokens=16).texts
 
 
+@pytest.mark.slow
 def test_meandiff_protect_leaves_colour_and_count_answers(shapes_llava):
     """``protect``: at the last layer the protected direction cannot change which colour word or which
     count word wins, however strong; it still moves yes/no answers."""

@@ -14,6 +14,7 @@ def fitted(shapes_llava):
     return steer.fit("probe", shapes_llava, alpha=0.2)  # the default fit; alpha as "auto" picks on the probe split
 
 
+@pytest.mark.slow
 def test_probe_steer_halves_false_yes_and_chair_on_held_out(shapes_llava, fitted):
     """Held-out scenes (seed 11, never fitted on): adversarial false-yes at most half, CHAIR_S at most
     0.7x the unsteered organism's, random accuracy within a point, colour and count answers unchanged;
@@ -46,6 +47,7 @@ def test_probe_steer_halves_false_yes_and_chair_on_held_out(shapes_llava, fitted
     assert base37 >= 0.1 and steered37 <= 0.6 * base37, (base37, steered37)
 
 
+@pytest.mark.slow
 def test_probe_heads_leave_other_answer_groups_alone(shapes_llava, fitted):
     """The question head cannot change colour, count or shape choices at the last layer; the caption
     head cannot change yes/no. The caption head's gate is near 1 where a shape follows a colour only."""

@@ -32,6 +32,7 @@ def small_nearest(vit):
     return fit_shapes(vit, site="vision.blocks.2.resid", n=96, warm_steps=40, last_steps=20, push_mode="nearest", progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["discriminative", "nearest"])
 def test_push_puts_every_prototype_on_a_training_patch(small, small_nearest, vit, mode):
     pm = small if mode == "discriminative" else small_nearest
@@ -141,6 +142,7 @@ def test_metrics_are_measured(small):
     assert set(res["probe"]) == set(res["head"]) == {"mean_label_accuracy", "exact_match"}
 
 
+@pytest.mark.slow
 def test_cli_train_explain_eval(tmp_path, capsys):
     from vlinterp.cli import main
 

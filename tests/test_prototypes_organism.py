@@ -15,6 +15,7 @@ import vlinterp as vi
 from vlinterp.eval.protos import evaluate_shapes, fit_shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["shapes-vit", "shapes-clip"])
 def test_prototype_head_on_organism(name):
     pm = fit_shapes(vi.load(name), n=2000, progress=False)

@@ -249,6 +249,7 @@ def test_tiny_llava_and_unsupported_layouts(tmp_path):
         PrunedLM(vi.load("tiny:vit"))
 
 
+@pytest.mark.slow
 def test_information_by_removal(shapes_llava):
     from vlinterp.eval.prune import probe_items
     from vlinterp.pruning.information import summarise, token_information

@@ -26,6 +26,7 @@ def _retention(setup, spec):
     return _acc(answers(runner, items, make_pruner(spec, **({"horizon": 4} if spec.startswith("hybrid") else {}))), items)["all"] / base
 
 
+@pytest.mark.slow
 def test_best_at_quarter_keeps_accuracy_with_less_compute(setup, shapes_llava):
     r = _retention(setup, "visionzip:0.25")
     assert r >= 0.95, f"visionzip keeps {r:.3f} of unpruned accuracy at 25% of the visual tokens"
@@ -35,6 +36,7 @@ def test_best_at_quarter_keeps_accuracy_with_less_compute(setup, shapes_llava):
     assert ours / full <= 0.6
 
 
+@pytest.mark.slow
 def test_selecting_inside_the_tower_cuts_the_whole_prefill(setup, shapes_llava):
     """visionzip[tower_layer=3] (tokens chosen after vision layer 3 of 5 used): the vision tower is
     about half the unpruned prefill here, so pruning only the language model cannot take the whole
@@ -57,6 +59,7 @@ def test_selecting_inside_the_tower_cuts_the_whole_prefill(setup, shapes_llava):
     assert whole("visionzip:0.25:tower_layer=3") / full <= 0.5
 
 
+@pytest.mark.slow
 def test_informed_methods_beat_random_at_ten_percent(setup):
     rand = _retention(setup, "random:0.1")
     for spec in ("fastv:0.1", "visionzip:0.1", "info:0.1", "hybrid:0.1"):

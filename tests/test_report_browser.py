@@ -80,6 +80,7 @@ def report(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_report_click_switches_overlay(report, tmp_path):
     browser = find_browser()
     html = report.read_text()

@@ -16,6 +16,7 @@ POINTING = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(POINTING))
 def test_pointing_game_vit_clip(model):
     method, floor, reached = POINTING[model]
@@ -26,6 +27,7 @@ def test_pointing_game_vit_clip(model):
     assert r["rows"][method]["obj_iou"] > 3 * r["rows"]["random"]["obj_iou"]
 
 
+@pytest.mark.slow
 def test_llava_colour_questions_pointing_and_deletion():
     """Floor: pointing game >= 0.90 on the queried object, met since the organism's tune stage on the
     README's evaluation seed (21, never used for choosing anything; 40 scenes, 61 items): 0.918, answers
@@ -41,6 +43,7 @@ def test_llava_colour_questions_pointing_and_deletion():
     assert rel["insertion_auc"] > rnd["insertion_auc"]
 
 
+@pytest.mark.slow
 def test_llava_pointing_second_seed():
     """The same on 30 scenes of seed 11 (55 items), the seed where it is lowest: 0.836 (0.868 on the
     correctly answered items); asserted at the level reached."""
@@ -49,6 +52,7 @@ def test_llava_pointing_second_seed():
     assert r["pointing_game_correct_answers"]["relevancy"] >= 0.86, r["pointing_game_correct_answers"]
 
 
+@pytest.mark.slow
 def test_diffusion_daam_shape_word_iou():
     """Floor: the DAAM map of the shape word vs the generated object's mask (colour threshold),
     mean Obj-IoU >= 0.5: met since the organism's grounding phase (here 0.521, pointing 1.00; seed

@@ -271,6 +271,7 @@ def test_llava_msea_and_next_tiles(models, img):
 
 
 # ---------------------------------------------------------------------- DAAM
+@pytest.mark.slow
 def test_daam_grid_and_word_response():
     m = vi.load("tiny:diffusion")
     b = m.prepare(text=["a red circle and a blue square"], seed=0)

@@ -5,6 +5,7 @@ from vlinterp.core.errors import ShapeMismatchError
 from vlinterp.core.hooks import count_hooks
 
 
+@pytest.mark.slow
 def test_save_fit_apply_round_trip(shapes_llava, tmp_path):
     from sae_lens import TopKSAE, TopKSAEConfig
 

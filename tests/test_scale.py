@@ -20,17 +20,19 @@ def _one_and_two(tmp_path, args):
     return json.loads(one.read_text()), json.loads(two.read_text())
 
 
+@pytest.mark.slow
 def test_audit_with_two_workers_equals_one(tmp_path):
-    args = ["audit", "--n", "40", "--seed", "3", "--no-factors", "--embedder", "none", "--plant-noise", "3"]
+    args = ["audit", "--n", "16", "--seed", "3", "--no-factors", "--embedder", "none", "--plant-noise", "3"]
     a, b = _one_and_two(tmp_path, args)
     assert b["workers"] == 2
     for k in ("per_item", "accuracy", "render_equivalence", "pair_agreement", "ocr", "inside", "planted"):
         assert a[k] == b[k], k
 
 
+@pytest.mark.slow
 def test_prune_bench_with_two_workers_equals_one(tmp_path):
-    args = ["prune", "bench", "--n", "48", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
-            "--batch", "16"]
+    args = ["prune", "bench", "--n", "16", "--keep", "0.25", "--methods", "random,fastv,hybrid", "--repeats", "1", "--horizon", "3",
+            "--batch", "8"]
     a, b = _one_and_two(tmp_path, args)
     assert a["unpruned"]["accuracy"] == b["unpruned"]["accuracy"]
     assert [r["accuracy"] for r in a["rows"]] == [r["accuracy"] for r in b["rows"]]
@@ -42,6 +44,7 @@ def _fails_on_seven(adapter, items, start):
     return [x * 2 for x in items]
 
 
+@pytest.mark.slow
 def test_worker_error_names_the_items():
     import sys
 
@@ -70,6 +73,7 @@ def _dying_worker(adapter, ks, start, **kw):
     return [sae_parallel.harvest_shard(adapter, k=k, **kw) for k in ks]
 
 
+@pytest.mark.slow
 def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
     import sys
 
@@ -106,6 +110,7 @@ def test_harvest_with_a_killed_worker_resumes_to_the_uninterrupted_rows(tmp_path
         assert torch.equal(ref.rows[k], st.rows[k]), k
 
 
+@pytest.mark.slow
 def test_bench_saliency_with_two_workers_equals_one(tmp_path):
     args = ["bench", "saliency", "--model", "shapes-vit", "--methods", "relevancy,attention", "--n", "6", "--steps", "4"]
     a, b = _one_and_two(tmp_path, args)
@@ -117,14 +122,17 @@ def test_bench_saliency_with_two_workers_equals_one(tmp_path):
         assert ra == pytest.approx(rb, rel=1e-6, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_steer_eval_with_two_workers_equals_one(tmp_path):
-    args = ["steer", "eval", "--methods", "none,vcd", "--n", "32", "--captions", "8", "--seed", "4"]
+    args = ["steer", "eval", "--methods", "none,vcd", "--n", "16", "--captions", "4", "--seed", "4"]
     a, b = _one_and_two(tmp_path, args)
     for name in ("none", "vcd"):
-        a[name].pop("fit_and_eval_seconds"), b[name].pop("fit_and_eval_seconds")
+        for k in ("fit_seconds", "eval_seconds"):
+            a[name].pop(k), b[name].pop(k)
         assert a[name] == b[name], name
 
 
+@pytest.mark.slow
 def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
     args = ["trace", "--dataset", "shapes", "--n", "5", "--components", "resid", "--samples", "2", "--noise-seed", "4"]
     a, b = _one_and_two(tmp_path, args)
@@ -138,6 +146,7 @@ def test_trace_over_a_dataset_with_two_workers_equals_one(tmp_path):
     assert np.allclose(a["rr_of_means"], b["rr_of_means"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sae_train_data_parallel_equals_one_process_and_shares_its_checkpoints(tmp_path):
     """Single-process run killed after step 17 (checkpoint 10 on disk); `sae train --workers 2
     --resume` continues it on Ray Train and ends where the uninterrupted single-process run ends.

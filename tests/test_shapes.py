@@ -171,6 +171,7 @@ def _partner_rate(scs):
     return num / den
 
 
+@pytest.mark.slow
 def test_prior_strength(train2000):
     rate = _partner_rate(train2000)
     assert 0.7 <= rate <= 0.9, rate

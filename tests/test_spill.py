@@ -46,6 +46,7 @@ def _run(budget):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_budgeted_capture_streams_to_disk_and_stays_under_budget():
     full = _run("none")

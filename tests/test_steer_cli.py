@@ -13,6 +13,7 @@ def _img(tmp_path, name="x.png", seed=0):
     return p
 
 
+@pytest.mark.slow
 def test_steer_eval_and_generate_on_tiny(tmp_path, capsys):
     js = tmp_path / "t.json"
     assert main(["steer", "eval", "--model", "tiny:llava", "--methods", "none,vcd", "--n", "8", "--captions", "4", "--json", str(js)]) == 0
@@ -94,6 +95,7 @@ def test_steer_eval_on_user_pope_and_caption_files(tmp_path, capsys):
         read_pope_jsonl(str(bad))
 
 
+@pytest.mark.slow
 def test_steer_generate_defaults_to_grounding_and_says_its_strengths(tmp_path, capsys, monkeypatch):
     from vlinterp.eval import steer
 

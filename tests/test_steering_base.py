@@ -205,6 +205,7 @@ class _Shift(SteeringMethod):
         return cls(tensors["direction"], config, meta)
 
 
+@pytest.mark.slow
 def test_a_new_method_is_one_class_and_one_registration(tiny, monkeypatch, tmp_path, capsys):
     from vlinterp.cli import main
 

@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vlinterp.cli import main
@@ -53,6 +54,7 @@ def test_trace_cli_errors_write_nothing(tmp_path, capsys):
     assert not os.path.exists(js)
 
 
+@pytest.mark.slow
 def test_trace_cli_over_a_jsonl_dataset(tmp_path, capsys):
     """Per-item tables equal tracing each item alone (item i: seed + i); the mean table is the RR of
     the means; a bad item is named."""

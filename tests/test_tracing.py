@@ -111,6 +111,7 @@ def test_errors(llava, vit):
         trace(mv, bv, "no-such-class", samples=1)
 
 
+@pytest.mark.slow
 def test_corruptions_batched_equal_naive(llava):
     from vlinterp.tracing import Interchange, TextNoise, text_positions
 

@@ -99,6 +99,7 @@ def _generate_as_before(m, imgs):
     assert count_hooks(m.model) == before
 
 
+@pytest.mark.slow
 def test_vcd_generate_equals_the_old_greedy_loop_on_tiny(tiny):
     """``generate`` with the VCD edit (KV cache; the noised branch keeps its own cache) gives the texts of
     the full-recompute greedy loop, one image per call (no padding) and for a batch of equal prompts."""

@@ -22,6 +22,7 @@ def m():
     return vi.load(recipe.NAME)
 
 
+@pytest.mark.slow
 def test_shipped_meets_floors(m):
     metrics = recipe.evaluate(m, split="test", n=N_EVAL, seed=7)
     for k, (op, v) in getattr(recipe, "REACHED", recipe.FLOORS).items():

@@ -27,6 +27,7 @@ def m():
     return vi.load(recipe.NAME)
 
 
+@pytest.mark.slow
 @shipped
 def test_shipped_meets_floors(m):
     # 2 samples per colour-shape pair, fresh noise; judged by shapes-vit when it ships

@@ -63,6 +63,7 @@ def test_shipped_card(organism):
     assert set(missed) <= set(R.REACHED), (missed, card["metrics"])
 
 
+@pytest.mark.slow
 def test_shipped_meets_floors(organism):
     m = R.evaluate(organism, "test", n=N_EVAL, seed=7)
     # the floor itself, except where R.REACHED names the (lower) level the shipped weights really reach
@@ -72,6 +73,7 @@ def test_shipped_meets_floors(organism):
     assert m["generate_agreement"] >= 0.75, m
 
 
+@pytest.mark.slow
 def test_train_from_scratch_smoke(tmp_path):
     shipped = zoo.weights_dir(R.NAME)
     before = _tree_hash(shipped) if os.path.isdir(shipped) else None
@@ -116,6 +118,7 @@ def test_tune_negatives_test_binding_not_the_prior():
     assert {a for _, a in qs} == {"yes", "no"}
 
 
+@pytest.mark.slow
 def test_tune_on_saved_weights_cli(tmp_path):
     """``python -m vlinterp.zoo.llava_tune IN OUT``: tunes saved weights, writes a new card, leaves IN as it was."""
     from vlinterp.zoo import llava_tune

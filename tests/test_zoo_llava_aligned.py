@@ -37,6 +37,7 @@ def test_registered_with_its_card(organism):
     assert any(not torch.equal(base[k], mine[k]) for k in base if "language_model" in k)
 
 
+@pytest.mark.slow
 def test_shipped_meets_the_shapes_llava_floors(organism):
     """Measured (seed 7, n=160): presence 0.969, colour 0.972, count 0.931, text 0.994, rendered 0.975,
     prior ratio 11 (false-yes 0.138 vs 0.013)."""
@@ -72,6 +73,7 @@ def test_alignment_loss_by_hand():
     assert float(z) == 0.0 and c != c
 
 
+@pytest.mark.slow
 def test_align_stage_on_saved_weights_cli(tmp_path):
     """``python -m vlinterp.zoo.llava_align IN OUT``: aligns saved shapes-llava weights, writes a card, leaves IN alone."""
     src = zoo.weights_dir("shapes-llava")

@@ -22,6 +22,7 @@ def m():
     return vi.load(recipe.NAME)
 
 
+@pytest.mark.slow
 def test_shipped_meets_floors(m):
     # recipe.REACHED (when present) is the level the shipped weights really reach: below FLOORS
     metrics = recipe.evaluate(m, split="test", n=256, seed=7)
