@@ -86,6 +86,7 @@ def test_grounding_only_chooses_within_answer_groups(shapes_llava, fitted):
     assert sorted(moved) == sorted([m.token_id("yes"), m.token_id("no")])
 
 
+@pytest.mark.slow
 def test_grounding_gate_leaves_words_the_probe_calls_present(shapes_llava, fitted):
     """A probe that calls every pair present (log-odds +3 for all, any scene) re-chooses no caption
     word under gate 0, so captions stay exactly as the model wrote them; with the gate open (inf)
@@ -106,6 +107,7 @@ def test_grounding_gate_leaves_words_the_probe_calls_present(shapes_llava, fitte
         assert captions(None, m, images) != plain
 
 
+@pytest.mark.slow
 def test_grounding_save_load_hooks_and_errors(shapes_llava, fitted, tmp_path):
     """A saved and loaded fit gives bit-identical generations (and the same tensors and config)."""
     from vlinterp import steering

@@ -78,6 +78,7 @@ def test_probe_heads_leave_other_answer_groups_alone(shapes_llava, fitted):
     assert sum(a != b for a, b in zip(after_q[3], plain[3])) >= 3
 
 
+@pytest.mark.slow
 def test_probe_steer_save_load_and_errors(shapes_llava, fitted, tmp_path):
     from vlinterp.data.questions import pope_split
     from vlinterp.eval import steer
