@@ -1,7 +1,7 @@
 """Hallucination detection (vlinterp.detect, vlinterp.eval.detect, `vlinterp detect`): the AUROC /
 AUPRC metrics against scikit-learn, the detectors' values checked by hand on shapes-llava, claims
-from answers and captions, bad CLI input (one row each), and the acceptance on held-out
-POPE-adversarial / caption claims (slow)."""
+from answers and captions, bad CLI input (one row each). The acceptance on held-out claims is in test_detect_pope.py and
+test_detect_chair.py (slow; separate files so two test workers can run them side by side)."""
 import numpy as np
 import pytest
 import torch
@@ -236,49 +236,3 @@ def test_detect_cli_small_run(tmp_path, capsys, shapes_llava, monkeypatch):
     assert len(t["items"]) == t["claims"] > 0 and set(t["items"][0]["scores"]) == {"margin", "decision", "ground"}
     assert len(t["detectors"]["decision"]["layer_auroc"]) == shapes_llava.num_layers("lm")
     assert (tmp_path / "o" / "detect.png").read_bytes()[:4] == b"\x89PNG" and "margin" in out
-
-
-# ------------------------------------------------------------------------------ acceptance
-@pytest.fixture(scope="module")
-def pope_acceptance(shapes_llava):
-    from vlinterp.eval.detect import run
-
-    return run(shapes_llava, "shapes:test", kinds=("pope-adversarial",), n=256, seed=21, fit_dataset="shapes:detect-fit",
-               fit_n=512, fit_seed=0)["tasks"]["pope-adversarial"]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # the fixture fits an SAE and two probes on 512 items: ~6-12 min on two shared cores
-def test_acceptance_pope_adversarial(pope_acceptance):
-    """Issue 32: on held-out POPE-adversarial "yes" answers of shapes-llava (256 items of shapes:test
-    seed 21, fitted on 512 of shapes:detect-fit) the best score separates hallucinated from correct
-    answers with AUROC >= 0.95 and beats the model's own yes/no margin by >= 0.05. Measured: ground
-    0.974, sae 0.956, conflict 0.884, perceptual 0.853, decision 0.852, margin 0.853 (153 claims,
-    27 hallucinated)."""
-    t = pope_acceptance
-    a = {n: r["auroc"] for n, r in t["detectors"].items()}
-    assert t["hallucinated"] >= 20 and t["claims"] - t["hallucinated"] >= 20
-    best = max(a, key=a.get)
-    assert best != "margin" and a[best] >= 0.95 and a[best] - a["margin"] >= 0.05, a
-    assert a["ground"] >= 0.95 and a["sae"] >= 0.92 and a["conflict"] >= a["margin"] + 0.01, a
-    for n in ("perceptual", "conflict", "decision", "margin"):  # the logit lens: a trajectory, late layers separate
-        traj = t["detectors"][n]["layer_auroc"]
-        assert traj[-1] > 0.8 and traj[-1] > traj[0] + 0.2, (n, traj)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_acceptance_chair_mentions(shapes_llava):
-    """Issue 32: AUROC of every detector on CHAIR mentions (objects named in greedy captions of 128
-    held-out scenes, fitted on 256 others). Few mentions are hallucinated (measured: 9 of 340), so
-    only the grounding probe is held to a floor; measured: ground 0.975, conflict 0.773, margin
-    0.724 (over the whole vocabulary), sae 0.699, decision 0.596, perceptual 0.468."""
-    from vlinterp.eval.detect import run
-
-    t = run(shapes_llava, "shapes:test", kinds=("caption",), n=128, seed=21, fit_dataset="shapes:detect-fit", fit_n=256,
-            fit_seed=0)["tasks"]["caption"]
-    assert t["hallucinated"] >= 5 and t["claims"] >= 200
-    a = {n: r["auroc"] for n, r in t["detectors"].items()}
-    assert set(a) == {"perceptual", "conflict", "decision", "margin", "ground", "sae"} and all(np.isfinite(list(a.values())))
-    assert a["ground"] >= 0.9 and a["ground"] > a["margin"] + 0.1, a
-    assert all(it["prefix"] or it["words"] for it in t["items"])
