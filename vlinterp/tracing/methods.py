@@ -53,6 +53,25 @@ class TracingMethod:
         raise NotImplementedError
 
 
+@dataclass
+class CellGrid:
+    """The cells a patching method scores (causal tracing and RelP share them): ``components`` x layer
+    windows (``window``, ``window_mode``) x position groups (``positions``), ``samples`` noise draws
+    from ``seed``."""
+
+    components: tuple[str, ...] = ("attn", "mlp", "resid")
+    positions: str = "groups"
+    window: int = 1
+    window_mode: str = "rome"
+    samples: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        _window(self.window, self.window_mode)
+        if self.samples < 1:
+            raise ConfigError("samples must be >= 1")
+
+
 class Causal(TracingMethod):
     """Activation patching: restore one component's clean output per (layer window, position group)."""
 
@@ -60,18 +79,12 @@ class Causal(TracingMethod):
     uses_corruption = True
 
     @dataclass
-    class Config:
-        components: tuple[str, ...] = ("attn", "mlp", "resid")
-        positions: str = "groups"
-        window: int = 1
-        window_mode: str = "rome"
-        samples: int = 3
-        seed: int = 0
+    class Config(CellGrid):
         batch_size: int = 32
 
         def validate(self) -> None:
-            _window(self.window, self.window_mode)
-            if self.samples < 1 or self.batch_size < 1:
+            super().validate()
+            if self.batch_size < 1:
                 raise ConfigError("samples and batch_size must be >= 1")
 
     def run(self, adapter, batch, target, object_mask=None, object_positions=None, corruption=None, progress=False):
@@ -134,13 +147,7 @@ class RelP(TracingMethod):
     uses_corruption = True
 
     @dataclass
-    class Config:
-        components: tuple[str, ...] = ("attn", "mlp", "resid")
-        positions: str = "groups"
-        window: int = 1
-        window_mode: str = "rome"
-        samples: int = 3
-        seed: int = 0
+    class Config(CellGrid):
         metric: str = "prob"
         rules: str = "lrp"
 
@@ -148,9 +155,7 @@ class RelP(TracingMethod):
             from .lrp import RULES
             from .relp import METRICS
 
-            _window(self.window, self.window_mode)
-            if self.samples < 1:
-                raise ConfigError("samples must be >= 1")
+            super().validate()
             if self.metric not in METRICS:
                 raise ConfigError(f"relp metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
             if self.rules not in RULES:
