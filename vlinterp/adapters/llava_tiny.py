@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.errors import ArgumentError
 from .wordtok import word_tokenizer
 
 CHAT_TEMPLATE = (
@@ -43,7 +44,7 @@ def llava_config(variant: str = "llava", image_size: int = 32, patch_size: int =
 
         s = image_size
         return LlavaNextConfig(**common, image_grid_pinpoints=[[s, 2 * s], [2 * s, s], [2 * s, 2 * s]])
-    raise ValueError(f"unknown llava variant {variant!r}")
+    raise ArgumentError(f"unknown llava variant {variant!r}")
 
 
 def llava_processor(config, tokenizer=None):

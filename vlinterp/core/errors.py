@@ -90,6 +90,11 @@ class ConfigError(VlinterpError, ValueError):
     """A method option is unknown, of the wrong type or out of range."""
 
 
+class ArgumentError(VlinterpError, ValueError):
+    """A value given to a vlinterp function is outside what it accepts (an unknown choice, a
+    count out of range, an empty list)."""
+
+
 class UsageError(VlinterpError, ValueError):
     """A command-line argument (or a combination of them) cannot be used."""
 

@@ -330,5 +330,5 @@ class Cache(dict):
         rx = pattern_to_regex(pattern)
         names = [n for n in (table_order or self.keys()) if n in self and rx.match(n)]
         if not names:
-            raise KeyError(f"no captured site matches {pattern!r}; captured: {list(self)}")
+            raise UnknownSiteError(pattern, list(self))
         return torch.stack([self[n] for n in names])

@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from .errors import ArgumentError
 from .hooks import Cache
 
 
@@ -49,7 +50,7 @@ class SpillCache(Cache):
     def __init__(self, budget_mb: float, spill_dir: str | None = None):
         super().__init__()
         if budget_mb < 0:
-            raise ValueError(f"budget_mb must be >= 0, got {budget_mb}")
+            raise ArgumentError(f"budget_mb must be >= 0, got {budget_mb}")
         self.budget = int(budget_mb * 2**20)
         self.in_memory = 0
         self.spilled_bytes = 0

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.errors import ArgumentError
+
 from .shapes import (NUM_WORDS, PAIRS, SHAPES, Obj, Scene, make_scene, pair_frequencies,
                      partner, scene_rng)
 
@@ -117,7 +119,7 @@ def negatives(scene: Scene, rng: np.random.Generator, neg_type: str,
               k: int) -> list[tuple[str, str]]:
     """``k`` distinct absent (colour, shape) pairs chosen POPE-style."""
     if neg_type not in NEG_TYPES:
-        raise ValueError(f"neg_type must be one of {NEG_TYPES}, got {neg_type!r}")
+        raise ArgumentError(f"neg_type must be one of {NEG_TYPES}, got {neg_type!r}")
     present = set(scene.pairs())
     absent = [p for p in PAIRS if p not in present]
     if neg_type == "random":
@@ -183,7 +185,7 @@ def make_questions(scene: Scene, rng: np.random.Generator,
     """All questions of the requested ``kinds`` about ``scene`` (in KINDS order)."""
     for k in kinds:
         if k not in KINDS:
-            raise ValueError(f"unknown question kind {k!r}")
+            raise ArgumentError(f"unknown question kind {k!r}")
     out: list[QA] = []
     if "presence" in kinds:
         out += presence_questions(scene, rng, neg_type)

@@ -28,6 +28,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.errors import ArgumentError
+
 __all__ = [
     "IMAGE_SIZE", "MIN_SIZE", "MAX_SIZE", "MAX_OBJECTS", "GAP", "JITTER",
     "BACKGROUND_RANGE", "PRIOR_STRENGTH",
@@ -153,7 +155,7 @@ def draw_mask(shape: str, x0: int, y0: int, size: int,
         d.rectangle([x0, y0 + o, x1, y0 + o + w - 1], fill=255)
         d.rectangle([x0 + o, y0, x0 + o + w - 1, y1], fill=255)
     else:
-        raise ValueError(f"unknown shape {shape!r}")
+        raise ArgumentError(f"unknown shape {shape!r}")
     return np.asarray(im) > 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.errors import ArgumentError
 from ..core.result import Result
 
 
@@ -31,7 +32,7 @@ def _shape(like) -> tuple[int, int]:
         return int(like[0]), int(like[1])
     a = np.asarray(like)
     if a.ndim < 2:
-        raise ValueError(f"baseline needs a Result, an (H, W) shape or an [H, W] map, got {like!r:.60}")
+        raise ArgumentError(f"baseline needs a Result, an (H, W) shape or an [H, W] map, got {like!r:.60}")
     return a.shape[0], a.shape[1]
 
 

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.errors import ShapeMismatchError, UnsupportedError
+from ..core.errors import ArgumentError, ShapeMismatchError, UnsupportedError
 from ..core.result import Result
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -191,7 +191,7 @@ def pixel_order(saliency, target: int = 0, order: str = "pixel", seed: int = 0,
     elif order == "pixel":
         m = as_map(saliency, target)
     else:
-        raise ValueError(f"order must be 'pixel' or 'patch', got {order!r}")
+        raise ArgumentError(f"order must be 'pixel' or 'patch', got {order!r}")
     if shape is not None and m.shape != tuple(shape):
         raise ShapeMismatchError(f"saliency map is {m.shape} but the image is {tuple(shape)}")
     perm = np.random.default_rng(seed).permutation(m.size)
@@ -203,9 +203,9 @@ def perturbation_images(image, saliency, kind: str = "deletion", target: int = 0
                         order: str = "pixel", blur_sigma: float | None = None, seed: int = 0):
     """``(fractions [steps+1], images [steps+1, H, W, 3] uint8)`` of a deletion/insertion curve."""
     if kind not in ("deletion", "insertion"):
-        raise ValueError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
+        raise ArgumentError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
     if not 1 <= int(steps) <= 1000:
-        raise ValueError(f"steps must be in 1..1000, got {steps}")
+        raise ArgumentError(f"steps must be in 1..1000, got {steps}")
     img = _image_array(image)
     H, W = img.shape[:2]
     base = blur(img, blur_sigma)
@@ -308,7 +308,7 @@ def vit_score_fn(adapter, target, activation: str = "softmax", batch_size: int =
     import torch
 
     if activation not in ("softmax", "sigmoid"):
-        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
+        raise ArgumentError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     k = class_index(adapter, target)
 
     def fn(images: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import tempfile
 
 import numpy as np
 
+from ..core.errors import ArgumentError, NaNError, ShapeMismatchError
+
 COLORMAPS = {"jet": "COLORMAP_JET", "turbo": "COLORMAP_TURBO", "inferno": "COLORMAP_INFERNO",
              "viridis": "COLORMAP_VIRIDIS", "hot": "COLORMAP_HOT", "magma": "COLORMAP_MAGMA"}
 
@@ -28,16 +30,16 @@ def colorize(heatmap, colormap: str | int = "jet", normalize: bool = True) -> np
 
     h = np.asarray(heatmap, np.float64)
     if h.ndim != 2:
-        raise ValueError(f"heatmap must be [H, W], got shape {h.shape}")
+        raise ShapeMismatchError(f"heatmap must be [H, W], got shape {h.shape}")
     if not np.all(np.isfinite(h)):
-        raise ValueError("heatmap contains NaN or Inf")
+        raise NaNError("heatmap contains NaN or Inf")
     if normalize:
         lo, hi = h.min(), h.max()
         h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
     u8 = (np.clip(h, 0, 1) * 255).round().astype(np.uint8)
     cm = getattr(cv2, COLORMAPS.get(colormap, ""), None) if isinstance(colormap, str) else int(colormap)
     if cm is None:
-        raise ValueError(f"unknown colormap {colormap!r}; known: {', '.join(COLORMAPS)}")
+        raise ArgumentError(f"unknown colormap {colormap!r}; known: {', '.join(COLORMAPS)}")
     return cv2.cvtColor(cv2.applyColorMap(u8, cm), cv2.COLOR_BGR2RGB)
 
 
@@ -65,7 +67,7 @@ def png_bytes(rgb) -> bytes:
     a = np.asarray(rgb, np.uint8)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR) if a.ndim == 3 else a)
     if not ok:
-        raise ValueError("PNG encoding failed")
+        raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
 
 

@@ -28,6 +28,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..core.errors import ArgumentError
 from .overlay import colorize, data_uri, overlay
 
 THUMB = 140  # longer side of the per-layer thumbnails, pixels
@@ -98,7 +99,7 @@ def view_from_maps(name: str, targets: list[str], maps: list[np.ndarray], image,
     """Build a :class:`View` from ``[H, W]`` maps (one per target). ``answer_rows``: the rows of
     the answer; their mean is the ``all`` map (default: the mean of every normalised map)."""
     if len(targets) != len(maps):
-        raise ValueError(f"{len(targets)} targets for {len(maps)} maps")
+        raise ArgumentError(f"{len(targets)} targets for {len(maps)} maps")
     ovs = [data_uri(overlay(image, m, alpha, colormap)) for m in maps]
     ranges = [_range(m) for m in maps]
     allm, label = _all_map(maps, answer_rows, with_all)
@@ -179,7 +180,7 @@ def report_html(image, views: list[View], title: str = "vlinterp explain", info:
                 colormap: str = "jet") -> str:
     """The report as one HTML string (image, overlays, data, CSS and script embedded)."""
     if not views:
-        raise ValueError("a report needs at least one view")
+        raise ArgumentError("a report needs at least one view")
     info = dict(info or {})
     esc = html.escape
     data = {"views": [v.to_dict() for v in views], "info": {k: v for k, v in info.items() if _jsonable(v)}}
