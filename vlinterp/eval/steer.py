@@ -24,7 +24,6 @@ from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
 from ..metrics.answers import answer, group_scores
 from ..steering.base import STEERING
 from . import shapes
-from .chair import chair_items
 
 NONE = "none"  # the unsteered baseline, a row of every table
 NEG_TYPES = ("random", "popular", "adversarial")
@@ -84,15 +83,28 @@ def captions(method, adapter, images, max_new_tokens: int = 24) -> list[str]:
         return _captions(adapter, images, max_new_tokens=max_new_tokens)
 
 
-def score(items, preds, vocabulary: dict | None = None) -> dict:
-    """POPE scores per negative type, colour / count accuracy, other groups, and CHAIR of the caption
-    items (their colour-shape pairs, or with ``vocabulary`` their object names)."""
+def score(items, preds, vocabulary=None) -> dict:
+    """POPE scores per negative type (yes/no groups: :func:`~vlinterp.metrics.answers.group_of`),
+    colour / count accuracy, other groups, and CHAIR of the caption items (items without
+    candidates), one row per ``meta["chair_group"]`` (default ``chair``), counted by
+    :func:`vlinterp.eval.chair_vocab.chair_items` with ``vocabulary``: a
+    :class:`~vlinterp.eval.chair_vocab.Vocabulary`, ``{row: Vocabulary}``, or ``None`` (the shapes
+    world's colour-shape pairs, :func:`~vlinterp.eval.chair_vocab.shapes_vocabulary`)."""
+    from .chair_vocab import Vocabulary, chair_items, shapes_vocabulary
+
     groups = group_scores(items, preds)
     row = {k: groups.pop(k) for k in (*NEG_TYPES, "colour", "count") if k in groups}
     row.update(groups)
-    caps = [(p, it) for it, p in zip(items, preds) if not it.meta.get("candidates")]
-    if caps:
-        row["chair"] = chair_items([p for p, _ in caps], [it for _, it in caps], vocabulary)
+    caps: dict[str, list] = {}
+    for it, p in zip(items, preds):
+        if not it.meta.get("candidates"):
+            caps.setdefault(it.meta.get("chair_group", "chair"), []).append((p, it))
+    for g, pairs in caps.items():
+        if vocabulary is None or isinstance(vocabulary, Vocabulary):
+            vocab = vocabulary
+        else:
+            vocab = vocabulary.get(g)
+        row[g] = chair_items([p for p, _ in pairs], [it for _, it in pairs], vocab or shapes_vocabulary())
     return row
 
 
@@ -102,19 +114,37 @@ def evaluate(adapter, method, n: int, seed: int, n_captions: int = 0, split: str
     return score(items, run(method, adapter, items))
 
 
-def evaluate_user(adapter, method, pope_items=None, caption_items=None, vocabulary: dict | None = None) -> dict:
-    """Scores on user data: ``pope`` (yes/no scores of POPE items), and ``chair`` + ``captions`` on the
-    caption items (CHAIR against their object names with the synonym ``vocabulary``)."""
-    from ..metrics.pope import yes_no_scores
+def evaluate_data(adapter, method, data) -> dict:
+    """:func:`score` of :func:`run` on a :class:`~vlinterp.eval.steer_data.EvalData` (the items of
+    ``--dataset`` specs); outside the native shapes tasks the row also lists the ``captions``."""
+    preds = run(method, adapter, data.items)
+    return score_data(data, preds)
 
-    row: dict = {}
-    if pope_items:
-        row["pope"] = yes_no_scores(run(method, adapter, pope_items), [it.answer for it in pope_items])
-    if caption_items:
-        caps = run(method, adapter, caption_items)
-        row["chair"] = chair_items(caps, caption_items, vocabulary)
-        row["captions"] = caps
+
+def score_data(data, preds) -> dict:
+    """:func:`score` of ``preds`` on ``data`` (+ ``captions``: ``[{id, caption}]`` unless native)."""
+    row = score(data.items, preds, data.vocabularies)
+    if not data.native:
+        caps = [{"id": it.id, "caption": p} for it, p in zip(data.items, preds) if not it.meta.get("candidates")]
+        if caps:
+            row["captions"] = caps
     return row
+
+
+def evaluate_user(adapter, method, pope_items=None, caption_items=None, vocabulary=None) -> dict:
+    """Scores on user items (the older API): ``pope`` (yes/no scores of the POPE items) and
+    ``chair`` + ``captions`` of the caption items, CHAIR with ``vocabulary`` (a
+    :class:`~vlinterp.eval.chair_vocab.Vocabulary` or a ``{word: object}`` table). The same path as
+    :func:`evaluate_data`."""
+    from .chair_vocab import Vocabulary, synonyms_vocabulary
+    from .steer_data import EvalData
+
+    items = [dataclasses.replace(it, meta={**it.meta, "candidates": ("yes", "no"), "neg_type": "pope"})
+             for it in pope_items or []]
+    items += [dataclasses.replace(it, meta={k: v for k, v in it.meta.items() if k != "candidates"})
+              for it in caption_items or []]
+    vocab = vocabulary if vocabulary is None or isinstance(vocabulary, Vocabulary) else synonyms_vocabulary(vocabulary)
+    return evaluate_data(adapter, method, EvalData(items, {"chair": vocab} if vocab else {}))
 
 
 def eval_shard(adapter, items, start: int, method=None) -> list[str]:
@@ -350,5 +380,5 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
 
 
 __all__ = ["NONE", "method_names", "tasks", "calibration", "colour_count", "run", "captions", "score", "evaluate",
-           "evaluate_user", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
+           "evaluate_user", "evaluate_data", "score_data", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
            "save_sae_items", "DEFAULTS", "RECIPES"]
