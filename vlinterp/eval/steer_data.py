@@ -141,7 +141,7 @@ def _dataset(ds, n, seed, n_captions) -> _Part:
                 part.questions.append(dataclasses.replace(it, meta={**it.meta, "candidates": YES_NO, "neg_type": group}))
             elif it.prompt and cand:
                 part.questions.append(it)
-            elif it.image is not None and it.objects and (it.kind == "caption" or not it.prompt):
+            elif it.image is not None and (it.kind in ("caption", "scene") or (it.objects and not it.prompt)):
                 part.captions.append(dataclasses.replace(it, prompt=it.prompt if it.kind == "caption" and it.prompt
                                                          else CAPTION_PROMPT, kind="caption",
                                                          meta={k: v for k, v in it.meta.items() if k != "candidates"}))
