@@ -2,7 +2,10 @@
 exactly the native numbers (the POPE table per negative type, the CHAIR row) for ``--methods
 none,vcd``, and the comparison can fail: a flipped POPE label or a dropped COCO annotation changes
 them. POPE on the trained organism (its answers follow the image: yes rate strictly between 0 and
-1), CHAIR on ``tiny:llava`` (random weights: its captions name shapes that are not there)."""
+1), CHAIR on ``tiny:llava`` (random weights: its captions name shapes that are not there).
+
+Grounding fitted on the split exported as COCO (``steer fit --method ground --dataset coco:...``)
+saves exactly the native probe."""
 from __future__ import annotations
 
 import json
@@ -85,3 +88,46 @@ def test_coco_captions_give_the_native_chair_row(exported, tmp_path, capsys):
     inst.write_text(json.dumps(doc))
     bad = _eval([*model, "--dataset", spec.replace(str(root), str(dropped)) + ":kind=scene"], tmp_path, capsys, "dropped", "none")
     assert bad["none"]["chair"] != native["none"]["chair"]
+
+
+@pytest.mark.slow  # ~25 s on 2 shared cores: two fits through the CLI, two in Python
+def test_ground_fits_on_coco_scenes_exactly_as_on_native_scenes(tmp_path, capsys, monkeypatch):
+    """Grounding's probe labels from any dataset with masks or boxes: ``steer fit --method ground
+    --dataset coco:...`` on the exported split (RLE masks, colour / shape attributes) saves exactly the
+    native probe; without masks each object's box is filled (other labels, another probe); objects
+    without colour / shape attributes, and strengths left to ``auto``, are one-line errors."""
+    import torch
+
+    import vlinterp as vi
+    from cli_util import assert_bad_input
+    from vlinterp.core.errors import DataError
+    from vlinterp.eval import steer
+    from vlinterp.steering import load
+
+    root = tmp_path / "coco"
+    (spec,) = export_shapes(str(root), "coco", "steer-probe", 16, 0)["read"]
+    method = "ground:alpha=3,beta=1,gate=1"
+    fits = {}
+    for side, data in (("native", "shapes:steer-probe:16:0"), ("coco", spec)):
+        code, _, err = run_cli(["steer", "fit", "--method", method, "--dataset", data, "--model", "tiny:llava",
+                                "--out", str(tmp_path / f"fit-{side}")], capsys)
+        assert code == 0, err
+        fits[side] = load(tmp_path / f"fit-{side}")
+    a, b = fits["native"], fits["coco"]
+    assert a.meta["patches"] == b.meta["patches"] > 0 and torch.equal(a.W, b.W) and torch.equal(a.b, b.b)
+    inst = next(root.rglob("instances_*.json"))
+    doc = json.loads(inst.read_text())
+    for ann in doc["annotations"]:
+        del ann["segmentation"]
+    inst.write_text(json.dumps(doc))
+    m = vi.load("tiny:llava")
+    boxes = steer.fit("ground", m, spec, alpha=3.0, beta=1.0, gate=1.0)
+    assert boxes.W.shape == a.W.shape and not torch.equal(boxes.W, a.W)  # box-filled masks: other patch labels
+    for ann in doc["annotations"]:
+        ann["attributes"] = {}
+    inst.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="no colour / shape attributes"):
+        steer.fit("ground", m, spec, alpha=3.0, beta=1.0, gate=1.0)
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(["steer", "fit", "--method", "ground", "--dataset", spec, "--model", "tiny:llava", "--out", "f"], tmp_path,
+                     capsys, monkeypatch, match=r"give its strengths \(alpha=\.\.\., beta=\.\.\., gate=\.\.\.")

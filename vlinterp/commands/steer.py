@@ -102,7 +102,8 @@ def _add(p):
     f.add_argument("--dataset", type=dataset_spec, default="shapes", metavar="SPEC",
                    help="shapes[:split[:n[:seed]]] (split and n unset: the method's own probe split and size; calibration "
                         "on seed + 1); a POPE JSON-lines file; or yes/no questions from any dataset spec (pope:FILE[:IMAGES], "
-                        "jsonl:..., coco:..., hf:...: every other yes and every other no question probe, the rest calibration; ground needs shapes scenes)")
+                        "jsonl:..., coco:..., hf:...: every other yes and every other no question probe, the rest calibration; ground: the "
+                        "scenes' object masks, or boxes filled, with colour / shape attributes, and its strengths given)")
     add_out(f, help="the fit's directory (new, empty, or an earlier vlinterp output; your own files in it are kept)")
     add_model(f)
     add_load_options(f)
@@ -276,8 +277,22 @@ def _fit_cmd(args) -> int:
     from ..steering import STEERING
 
     name, opts = args.method
-    if args.dataset.kind in ("pope", "spec") and "scenes" in STEERING.get(name).needs:
-        raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
+    if "scenes" in STEERING.get(name).needs:
+        if args.dataset.kind == "pope":
+            raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
+        if args.dataset.kind == "spec":
+            from ..eval.datasets import open_dataset
+            from ..eval.datasets.pick import offers
+
+            if not offers(open_dataset(args.dataset.path), "scene"):  # before the model loads
+                raise UsageError(f"{name} needs images with object masks or boxes (scenes: shapes, coco:..., JSON lines or "
+                                 f"HF records with objects); {args.dataset.path} has none")
+            from ..eval.steer import make_config
+
+            auto = [k for k in STEERING.get(name).strengths if getattr(make_config(name, **opts), k, None) == "auto"]
+            if auto:
+                raise UsageError(f"{name} on {args.dataset.path}: give its strengths ({', '.join(k + '=...' for k in auto)}, "
+                                 f"e.g. {name}:alpha=3,beta=1,gate=1); choosing them needs the shapes world's calibration items")
     m = load(args.model, **load_kwargs(args))
     method = _fit(name, opts, m, args.dataset)
     method.save(args.out)

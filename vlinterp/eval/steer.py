@@ -348,6 +348,39 @@ def _yes_no_items(data: "FitData") -> list:
     return items
 
 
+def scene_items(data: "FitData", name: str = "ground") -> tuple[list, dict]:
+    """``(items, words)``: the scenes of a dataset spec (``data.n`` / ``data.seed`` subsample) for a
+    method that ``needs`` scenes (grounding: probe labels from each object's mask, or its box filled
+    when it has none), and the ``colours`` / ``shapes`` words its objects' ``colour`` / ``shape``
+    attributes use (the shapes world's lists when they are among them, else in first-seen order).
+    :class:`UsageError` / :class:`~vlinterp.core.errors.DataError` when the data has no scenes or an
+    object lacks those attributes."""
+    from ..core.errors import DataError
+    from .datasets import open_dataset
+    from .datasets.pick import offers
+
+    ds = open_dataset(data.path)
+    if not offers(ds, "scene"):
+        raise UsageError(f"{name} needs images with object masks or boxes (scenes: shapes, coco:..., JSON lines or HF "
+                         f"records with objects); {data.path} gives {', '.join(ds.available_kinds())} items")
+    items = ds.items("scene", n=data.n, seed=data.seed)
+    colours: dict = {}
+    shapes_: dict = {}
+    for it in items:
+        for o in it.objects:
+            a = o.attrs if isinstance(o.attrs, dict) else {}
+            if not a.get("colour") or not a.get("shape"):
+                raise DataError(f"{it.where()}: object {o.name!r} has no colour / shape attributes; {name}'s probe "
+                                "labels are (colour, shape) pairs")
+            colours.setdefault(a["colour"], None)
+            shapes_.setdefault(a["shape"], None)
+    if not colours:
+        raise UsageError(f"{data.path}: no objects in its {len(items)} scene(s); {name} needs objects to label patches")
+    if set(colours) <= set(WORDS["colours"]) and set(shapes_) <= set(WORDS["shapes"]):
+        return items, {"colours": WORDS["colours"], "shapes": WORDS["shapes"]}
+    return items, {"colours": tuple(colours), "shapes": tuple(shapes_)}
+
+
 def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = False, n: int | None = None,
         split: str | None = None, seed: int | None = None, n_calib: int | None = None, n_captions: int | None = None,
         sae=None, **opts):
@@ -361,7 +394,15 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
     data = data.resolved(name)
     cls = STEERING.get(name)
     extra: dict = {}
-    if data.kind in ("pope", "spec"):
+    if data.kind == "spec" and "scenes" in cls.needs:
+        items, words = scene_items(data, name)
+        cfg = make_config(name, config, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
+        auto = [k for k in cls.strengths if getattr(cfg, k, None) == "auto"]
+        if auto:
+            raise UsageError(f"{name} on {data.path}: give its strengths ({', '.join(f'{k}=...' for k in auto)}, e.g. "
+                             f"{name}:alpha=3,beta=1,gate=1); choosing them needs the shapes world's calibration items")
+        calib = None
+    elif data.kind in ("pope", "spec"):
         if "scenes" in cls.needs:
             raise UsageError(f"{name} needs images with object masks (shapes scenes), not yes/no questions")
         lines = _yes_no_items(data) if cls.needs else []
@@ -380,5 +421,5 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
 
 
 __all__ = ["NONE", "method_names", "tasks", "calibration", "colour_count", "run", "captions", "score", "evaluate",
-           "evaluate_user", "evaluate_data", "score_data", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
+           "evaluate_user", "evaluate_data", "score_data", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit", "scene_items",
            "save_sae_items", "DEFAULTS", "RECIPES"]
