@@ -24,6 +24,8 @@ def _setup(tmp_path):
     (tmp_path / "notafit").mkdir()
     (tmp_path / "notafit" / "steering.json").write_text(json.dumps({"something": "else"}))
     (tmp_path / "notafit" / "steering.safetensors").write_bytes(b"")
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "cat" / "a.png")
     from vlinterp.steering import VCD
 
     VCD().save(tmp_path / "vcdfit")
@@ -57,6 +59,13 @@ ROWS = [
     ("--captions-jsonl without --vocab", EVAL + ["--captions-jsonl", "caps.jsonl"], r"--captions-jsonl needs --vocab"),
     ("--vocab without --captions-jsonl", EVAL + ["--vocab", "notes.json"], r"--vocab.*--captions-jsonl"),
     ("--image-dir missing", EVAL + ["--pope-jsonl", "pope.jsonl", "--image-dir", "nodir"], r"--image-dir.*does not exist"),
+    ("eval --dataset unknown format", EVAL + ["--dataset", "cocoa:x.json"], r"--dataset.*unknown dataset format 'cocoa'"),
+    ("eval --dataset missing file", EVAL + ["--dataset", "pope:gone.jsonl"], r"--dataset.*gone.jsonl.*does not exist"),
+    ("eval --dataset bad POPE label", EVAL + ["--dataset", "pope:badlabel.jsonl"], r"badlabel.jsonl:1.*bad label"),
+    ("eval --dataset POPE image missing", EVAL + ["--dataset", "pope:noimage.jsonl"], r"noimage.jsonl:1.*image file missing"),
+    ("eval --dataset nothing to evaluate", EVAL + ["--dataset", "folder:imgs"], r"nothing to evaluate"),
+    ("eval --dataset shapes N twice", EVAL + ["--dataset", "shapes:test:4:2", "--n", "3"], r"drop --n"),
+    ("eval --image-dir for a folder", EVAL + ["--dataset", "folder:imgs", "--image-dir", "adir"], r"--image-dir is for"),
     ("--out a non-empty user directory", FIT + ["--method", "vcd", "--out", "userdir"], r"--out.*not empty"),
     ("--out an existing file", FIT + ["--method", "vcd", "--out", "notes.json"], r"--out.*not a directory"),
     ("fit without --out", FIT + ["--method", "vcd"], r"--out"),

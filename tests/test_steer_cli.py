@@ -159,3 +159,61 @@ def test_steer_fit_reads_any_dataset_spec(tmp_path, capsys):
     assert _code(["steer", "fit", "--method", "ground", "--dataset", spec, "--model", "tiny:llava", "--out", str(tmp_path / "f3")]) == 2
     assert "needs images with object masks" in capsys.readouterr().err
     assert not (tmp_path / "f2").exists() and not (tmp_path / "f3").exists()
+
+
+def test_generate_with_fit_never_fits(tmp_path, capsys, monkeypatch):
+    """``steer generate --fit DIR`` loads the fit and generates: every steering class's ``fit`` and
+    the evaluation layer's ``fit`` are made to raise, and the model runs exactly as many forwards as
+    plain generation of the same tokens (``--method`` instead, which fits, runs many more: the
+    counter sees fitting)."""
+    import functools
+
+    import vlinterp
+    from vlinterp.eval import steer
+    from vlinterp.steering import STEERING
+
+    out = tmp_path / "md"
+    assert main(["steer", "fit", "--method", "meandiff:alpha=0.5,layers=1", "--dataset", "shapes:steer-probe:32:0",
+                 "--model", "tiny:llava", "--out", str(out)]) == 0
+    load, counts = vlinterp.load, []
+
+    def counting_load(*a, **k):  # the CLI's model, its forwards counted
+        m = load(*a, **k)
+        forward = m.model.forward
+        counts.append(0)
+
+        @functools.wraps(forward)  # generate() reads forward's signature
+        def counted(*fa, **fk):
+            counts[-1] += 1
+            return forward(*fa, **fk)
+
+        monkeypatch.setattr(m.model, "forward", counted)
+        return m
+
+    monkeypatch.setattr(vlinterp, "load", counting_load)
+    img = _img(tmp_path)
+    gen = ["steer", "generate", str(img), "--prompt", "describe the image.", "--model", "tiny:llava", "--max-new-tokens", "4"]
+    assert main([*gen, "--method", "meandiff:alpha=0.5,layers=1"]) == 0  # fits first: the counter sees it
+    fitting = counts[-1]
+
+    def refuse(*a, **k):
+        raise AssertionError("steer generate --fit fitted")
+
+    monkeypatch.setattr(steer, "fit", refuse)
+    for name in STEERING.names():
+        monkeypatch.setattr(STEERING.get(name), "fit", classmethod(refuse))
+    capsys.readouterr()
+    assert main([*gen, "--fit", str(out)]) == 0
+    loaded, text = counts[-1], capsys.readouterr().out.strip()
+    m = vlinterp.load("tiny:llava")
+    b = m.prepare(images=[Image.open(img).convert("RGB")], text=["describe the image."])
+    plain = m.generate(b, max_new_tokens=4)
+    assert counts[-1] == loaded == 4  # plain generation of 4 tokens: 4 forwards; generate --fit: the same
+    assert fitting >= loaded + 128 // 32  # --method fitted first: its 128 probe questions, 32 per forward, on top
+    from vlinterp import steering
+
+    counts.append(0)
+    with steering.load(out).applied(m):
+        assert m.generate(b, max_new_tokens=4).texts[0] == text
+    assert counts[-1] == loaded  # steered generation of the same tokens: the same forwards
+    assert plain.texts[0] is not None

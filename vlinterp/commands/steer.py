@@ -2,7 +2,8 @@
 
     vlinterp steer fit --method ground [--dataset shapes[:split[:n[:seed]]] | --dataset pope.jsonl] --out fits/ground
     vlinterp steer eval [--fit fits/ground ...] [--methods none,iri,vcd,meandiff,save,probe,ground] [--n 256] [--seed 11] [--json PATH]
-    vlinterp steer eval --model PATH --methods none,vcd --pope-jsonl pope.jsonl [--captions-jsonl caps.jsonl --vocab syn.json] [--image-dir DIR]
+    vlinterp steer eval --model PATH --methods none,vcd --dataset pope:coco_pope_random.json:val2014 [--dataset pope:...popular...]
+    vlinterp steer eval --model PATH --methods none,vcd --dataset coco:instances_val2014.json:val2014:kind=caption --captions 500
     vlinterp steer generate IMAGE --prompt "describe the image." (--fit fits/ground | --method ground) [--model M]
 
 A method spec is ``name`` or ``name:key=value,...`` (its config options, e.g. ``meandiff:alpha=0.1``).
@@ -10,8 +11,10 @@ Methods named without ``--fit`` are fitted first on their own probe / calibratio
 world (never the evaluation scenes), with progress; ``steer fit`` saves a fit that ``--fit`` loads
 in seconds. The table: POPE accuracy, F1, yes rate and false-yes rate per negative type, colour /
 count accuracy (collateral damage), and CHAIR_S / CHAIR_I on free captions of ``--captions`` scenes.
-User data (any LLaVA-style model): POPE-format lines ``{"image", "text", "label"}``; caption truth
-lines ``{"image", "objects": [...]}`` with a synonym table ``{object: [synonyms]}`` for CHAIR.
+``--dataset SPEC`` (repeatable; the grammar of every command, :mod:`vlinterp.eval.steer_data` says what
+each format gives): POPE files give one row group each (accuracy, F1, yes rate, false-yes), COCO
+its POPE-style questions and CHAIR on captions of its images (COCO's synonym list, or the dataset's
+own categories). The older ``--pope-jsonl`` / ``--captions-jsonl --vocab`` files go the same way.
 """
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ from ..cli import register
 from .args import (_type, add_json, add_load_options, add_model, add_out, add_workers, existing_dir, existing_file,
                    image_file, integer, load_kwargs, nonneg_int, positive_int)
 
+from .dataset_args import dataset
+
 ALL = "none,iri,vcd,meandiff,save,probe,ground"
+DEFAULT_N, DEFAULT_SEED, DEFAULT_CAPTIONS = 256, 11, 64  # the native shapes data (vlinterp.eval.steer_data)
 
 
 # ------------------------------------------------------------ argument types
@@ -96,28 +102,42 @@ def _add(p):
     f.add_argument("--dataset", type=dataset_spec, default="shapes", metavar="SPEC",
                    help="shapes[:split[:n[:seed]]] (split and n unset: the method's own probe split and size; calibration "
                         "on seed + 1); a POPE JSON-lines file; or yes/no questions from any dataset spec (pope:FILE[:IMAGES], "
-                        "jsonl:..., coco:..., hf:...: every other yes and every other no question probe, the rest calibration; ground needs shapes scenes)")
+                        "jsonl:..., coco:..., hf:...: every other yes and every other no question probe, the rest calibration; ground: the "
+                        "scenes' object masks, or boxes filled, with colour / shape attributes, and its strengths given)")
     add_out(f, help="the fit's directory (new, empty, or an earlier vlinterp output; your own files in it are kept)")
     add_model(f)
     add_load_options(f)
 
-    e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy, CHAIR)")
+    from ..eval.datasets import USAGE
+
+    e = sub.add_parser("eval", help="compare steering methods on POPE (+ colour/count accuracy, CHAIR), on --dataset")
     add_model(e)
     e.add_argument("--fit", type=fit_dir, action="append", default=[], metavar="DIR",
                    help="a saved fit (vlinterp steer fit) to evaluate; repeatable")
     e.add_argument("--methods", type=method_specs, default=None, metavar="LIST",
                    help=f"comma-separated method specs to fit and evaluate (unset: {ALL}; with --fit: none)")
-    e.add_argument("--n", type=positive_int, default=256, help="POPE questions per negative type (and colour/count scenes)")
-    e.add_argument("--seed", type=integer, default=11, help="seed that draws the evaluation scenes")
-    e.add_argument("--captions", type=nonneg_int, default=64, help="scenes captioned for CHAIR (0: skip)")
+    e.add_argument("--dataset", type=dataset(), action="append", default=None, metavar="SPEC",
+                   help=f"the data, repeatable (each POPE file its own row): {USAGE}, or an existing file or folder. "
+                        "POPE files: accuracy / F1 / yes rate / false-yes per file; COCO: its POPE-style questions and "
+                        "CHAIR on captions of its images (:kind=caption: CHAIR only); default: the shapes world's "
+                        "POPE / colour / count questions and CHAIR captions")
+    e.add_argument("--n", type=positive_int, default=None,
+                   help=f"items of each kind to take from --dataset (unset: all); the native shapes data: POPE questions "
+                        f"per negative type and colour / count scenes (unset: {DEFAULT_N})")
+    e.add_argument("--seed", type=integer, default=None,
+                   help=f"seed that draws the --n items (unset: the first --n); the native shapes scenes' seed (unset: {DEFAULT_SEED})")
+    e.add_argument("--captions", type=nonneg_int, default=None,
+                   help=f"images captioned for CHAIR (0: skip; unset: {DEFAULT_CAPTIONS} scenes of the native shapes data, "
+                        "every caption image of a --dataset)")
     e.add_argument("--pope-jsonl", type=existing_file, default=None, metavar="PATH",
-                   help="your POPE-format file (image, text, label per line) instead of the shapes splits")
+                   help="a POPE-format file (image, text, label per line): the older spelling of --dataset pope:PATH")
     e.add_argument("--captions-jsonl", type=existing_file, default=None, metavar="PATH",
-                   help="your caption-truth file (image, objects per line) for CHAIR (needs --vocab)")
+                   help="caption-truth lines (image, objects) for CHAIR with --vocab (COCO data: --dataset coco:... instead)")
     e.add_argument("--vocab", type=existing_file, default=None, metavar="PATH",
                    help="synonym table JSON {object: [synonyms]} for --captions-jsonl")
     e.add_argument("--image-dir", type=existing_dir, default=None, metavar="DIR",
-                   help="folder the image paths in those files are relative to (unset: each file's folder)")
+                   help="folder the image paths in the data files are relative to (unset: each file's folder; "
+                        "--dataset specs also take it as their IMAGES part)")
     add_load_options(e)
     add_workers(e)
     add_json(e)
@@ -196,45 +216,56 @@ def _write_json(path, table) -> None:
     write_json(path, table, flag="--json")
 
 
-def _eval_user(args) -> int:
-    from .. import load
-    from ..eval.chair import read_caption_truth, read_vocabulary
-    from ..eval.pope import read_pope_jsonl
-    from ..eval.steer import evaluate_user
+def _print_groups(table: dict) -> None:
+    """One line per method: each POPE group's accuracy / F1 / yes rate / false-yes, other groups'
+    accuracy, each CHAIR row's CHAIR_S / CHAIR_I."""
+    for name, r in table.items():
+        parts = []
+        for g, v in r.items():
+            if isinstance(v, dict) and "f1" in v:
+                parts.append(f"{g}: acc {v['accuracy']:.3f} F1 {v['f1']:.3f} yes {v['yes_rate']:.3f} false-yes {v['false_yes']:.3f}")
+            elif isinstance(v, dict) and "chair_s" in v:
+                parts.append(f"{g}: CHAIR_S {v['chair_s']:.3f} CHAIR_I {v['chair_i']:.3f} cover {v['coverage']:.3f}")
+            elif isinstance(v, float) and not g.endswith("_seconds"):
+                parts.append(f"{g} acc {v:.3f}")
+        print(f"{name:9s} " + " | ".join(parts))
 
-    pope = read_pope_jsonl(args.pope_jsonl, args.image_dir) if args.pope_jsonl else None
-    truth = read_caption_truth(args.captions_jsonl, args.image_dir) if args.captions_jsonl else None
-    vocab = read_vocabulary(args.vocab) if args.vocab else None
-    m = load(args.model, **load_kwargs(args))
-    table = {}
-    for name, method in _methods(args, lambda: m)[0].items():
-        table[name] = r = evaluate_user(m, method, pope, truth, vocab)
-        pp, ch = r.get("pope", {}), r.get("chair", {})
-        print(f"{name:9s} POPE acc {pp.get('accuracy', float('nan')):.3f} F1 {pp.get('f1', float('nan')):.3f} "
-              f"yes {pp.get('yes_rate', float('nan')):.3f}  CHAIR_S {ch.get('chair_s', float('nan')):.3f} "
-              f"CHAIR_I {ch.get('chair_i', float('nan')):.3f}")
-    if args.json:
-        _write_json(args.json, table)
-    return 0
+
+def _eval_data(args):
+    """What the table is computed on, read and checked before any model loads."""
+    from ..eval.steer_data import eval_data
+
+    if args.pope_jsonl:
+        from ..eval.pope import scan_pope_jsonl
+
+        scan_pope_jsonl(args.pope_jsonl, args.image_dir)  # every line and image path, one-line errors
+    data = eval_data(args.dataset, args.n, args.seed, args.captions, args.image_dir,
+                     [args.pope_jsonl] if args.pope_jsonl else [], args.captions_jsonl, args.vocab)
+    for note in data.notes:
+        _say(note)
+    if not data.native:
+        _say(f"evaluating on {data.describe()}: {len(data.items)} items")
+    return data
 
 
 def _eval(args) -> int:
     from functools import partial
 
-    from ..eval.steer import eval_shard, score, tasks
+    from ..eval.steer import eval_shard, score_data
     from ..scale import WorkerPool
 
-    items = tasks(args.n, args.seed, args.captions)
+    data = _eval_data(args)
     table = {}
     with WorkerPool(args.model, args.workers, args.address, load_options=load_kwargs(args)) as pool:
         rows, secs = _methods(args, pool.local_adapter)  # fitted (with progress) or loaded first, then evaluated
         for name, method in rows.items():
             t0 = time.perf_counter()
-            preds = pool.map(partial(eval_shard, method=method), items, shard=64, desc=f"steer eval {name}",
-                             ids=[f"{it.kind} item {i}" for i, it in enumerate(items)])
-            table[name] = score(items, preds)
+            preds = pool.map(partial(eval_shard, method=method), data.items, shard=64, desc=f"steer eval {name}",
+                             ids=[f"{it.kind} item {i}" for i, it in enumerate(data.items)])
+            table[name] = score_data(data, preds)
             table[name].update(fit_seconds=secs[name], eval_seconds=time.perf_counter() - t0)
-    _print_table(table)
+    native = all(k in r for r in table.values() for k in ("random", "popular", "adversarial", "colour", "count"))
+    (_print_table if native else _print_groups)(table)
     if args.json:
         _write_json(args.json, table)
     return 0
@@ -246,8 +277,22 @@ def _fit_cmd(args) -> int:
     from ..steering import STEERING
 
     name, opts = args.method
-    if args.dataset.kind in ("pope", "spec") and "scenes" in STEERING.get(name).needs:
-        raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
+    if "scenes" in STEERING.get(name).needs:
+        if args.dataset.kind == "pope":
+            raise UsageError(f"{name} needs images with object masks (shapes scenes), not a POPE file; use --dataset shapes[...]")
+        if args.dataset.kind == "spec":
+            from ..eval.datasets import open_dataset
+            from ..eval.datasets.pick import offers
+
+            if not offers(open_dataset(args.dataset.path), "scene"):  # before the model loads
+                raise UsageError(f"{name} needs images with object masks or boxes (scenes: shapes, coco:..., JSON lines or "
+                                 f"HF records with objects); {args.dataset.path} has none")
+            from ..eval.steer import make_config
+
+            auto = [k for k in STEERING.get(name).strengths if getattr(make_config(name, **opts), k, None) == "auto"]
+            if auto:
+                raise UsageError(f"{name} on {args.dataset.path}: give its strengths ({', '.join(k + '=...' for k in auto)}, "
+                                 f"e.g. {name}:alpha=3,beta=1,gate=1); choosing them needs the shapes world's calibration items")
     m = load(args.model, **load_kwargs(args))
     method = _fit(name, opts, m, args.dataset)
     method.save(args.out)
@@ -286,12 +331,6 @@ def _run(args) -> int:
         raise UsageError("--captions-jsonl needs --vocab (the synonym table)")
     if args.vocab and not args.captions_jsonl:
         raise UsageError("--vocab is the synonym table of --captions-jsonl; give that file too")
-    if args.pope_jsonl:
-        from ..eval.pope import scan_pope_jsonl
-
-        scan_pope_jsonl(args.pope_jsonl, args.image_dir)  # every line and image path, before the model loads
-    if args.pope_jsonl or args.captions_jsonl:
-        return _eval_user(args)
     return _eval(args)
 
 

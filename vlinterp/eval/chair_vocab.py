@@ -194,6 +194,48 @@ def shapes_vocabulary() -> Vocabulary:
     return Vocabulary(syn, {p: p for p in pairs}, covers)
 
 
+def categories_vocabulary(categories: Iterable[tuple[str, str | None]]) -> Vocabulary:
+    """A dataset's own vocabulary, from its ``(category name, supercategory or None)`` pairs (for
+    categories that are not COCO's): each name is a canonical object (two-word names read as one
+    word, as CHAIR's double words; longer names are not found in captions), and each supercategory
+    that is not itself a category names any of its categories (``circle`` covers every coloured
+    circle). On the shapes world's 24 pairs (supercategory the shape) it is :func:`shapes_vocabulary`."""
+    names: dict[str, None] = {}
+    supers: dict[str, set] = {}
+    for name, sup in categories:
+        n = " ".join(str(name).lower().split())
+        if not n:
+            continue
+        names[n] = None
+        if sup:
+            supers.setdefault(" ".join(str(sup).lower().split()), set()).add(n)
+    syn = {n: n for n in names}
+    covers = {}
+    for sup, members in supers.items():
+        if sup not in syn:
+            syn[sup] = sup
+            covers[sup] = frozenset(members)
+    double = {w: w for w in syn if len(w.split()) == 2}
+    return Vocabulary(syn, double, covers)
+
+
+def synonyms_vocabulary(synonyms: Mapping[str, str]) -> Vocabulary:
+    """A user's synonym table ``{word or phrase: canonical object}`` (``--vocab``) as a vocabulary
+    (two-word phrases read as one word)."""
+    syn = {" ".join(str(k).lower().split()): str(v) for k, v in synonyms.items()}
+    return Vocabulary(syn, {w: w for w in syn if len(w.split()) == 2})
+
+
+def dataset_vocabulary(categories: Iterable[tuple[str, str | None]]) -> Vocabulary:
+    """CHAIR's COCO list when every category name is one of its objects (or a synonym), else
+    :func:`categories_vocabulary` of the dataset's own categories."""
+    cats = list(categories)
+    coco = coco_vocabulary()
+    if cats and all(coco.canonical(n) is not None for n, _ in cats):
+        return coco
+    return categories_vocabulary(cats)
+
+
 def chair_scores(captions: list[str], truths: list[Iterable[str]], vocabulary: Vocabulary,
                  details: bool = False) -> dict:
     """CHAIR of ``captions[i]`` against ``truths[i]`` (canonical objects in image ``i``):
@@ -239,5 +281,6 @@ def chair_items(captions: list[str], items, vocabulary: Vocabulary | None = None
     return chair_scores(captions, [item_truth(it, vocab, references) for it in items], vocab, details)
 
 
-__all__ = ["Vocabulary", "singularize", "read_synonyms", "coco_vocabulary", "shapes_vocabulary", "chair_scores",
+__all__ = ["Vocabulary", "singularize", "read_synonyms", "coco_vocabulary", "shapes_vocabulary", "categories_vocabulary",
+           "synonyms_vocabulary", "dataset_vocabulary", "chair_scores",
            "item_truth", "chair_items", "SYNONYMS_FILE"]

@@ -24,7 +24,6 @@ from ..data.shapes import COLOURS, NUM_WORDS, SHAPES
 from ..metrics.answers import answer, group_scores
 from ..steering.base import STEERING
 from . import shapes
-from .chair import chair_items
 
 NONE = "none"  # the unsteered baseline, a row of every table
 NEG_TYPES = ("random", "popular", "adversarial")
@@ -84,15 +83,28 @@ def captions(method, adapter, images, max_new_tokens: int = 24) -> list[str]:
         return _captions(adapter, images, max_new_tokens=max_new_tokens)
 
 
-def score(items, preds, vocabulary: dict | None = None) -> dict:
-    """POPE scores per negative type, colour / count accuracy, other groups, and CHAIR of the caption
-    items (their colour-shape pairs, or with ``vocabulary`` their object names)."""
+def score(items, preds, vocabulary=None) -> dict:
+    """POPE scores per negative type (yes/no groups: :func:`~vlinterp.metrics.answers.group_of`),
+    colour / count accuracy, other groups, and CHAIR of the caption items (items without
+    candidates), one row per ``meta["chair_group"]`` (default ``chair``), counted by
+    :func:`vlinterp.eval.chair_vocab.chair_items` with ``vocabulary``: a
+    :class:`~vlinterp.eval.chair_vocab.Vocabulary`, ``{row: Vocabulary}``, or ``None`` (the shapes
+    world's colour-shape pairs, :func:`~vlinterp.eval.chair_vocab.shapes_vocabulary`)."""
+    from .chair_vocab import Vocabulary, chair_items, shapes_vocabulary
+
     groups = group_scores(items, preds)
     row = {k: groups.pop(k) for k in (*NEG_TYPES, "colour", "count") if k in groups}
     row.update(groups)
-    caps = [(p, it) for it, p in zip(items, preds) if not it.meta.get("candidates")]
-    if caps:
-        row["chair"] = chair_items([p for p, _ in caps], [it for _, it in caps], vocabulary)
+    caps: dict[str, list] = {}
+    for it, p in zip(items, preds):
+        if not it.meta.get("candidates"):
+            caps.setdefault(it.meta.get("chair_group", "chair"), []).append((p, it))
+    for g, pairs in caps.items():
+        if vocabulary is None or isinstance(vocabulary, Vocabulary):
+            vocab = vocabulary
+        else:
+            vocab = vocabulary.get(g)
+        row[g] = chair_items([p for p, _ in pairs], [it for _, it in pairs], vocab or shapes_vocabulary())
     return row
 
 
@@ -102,19 +114,37 @@ def evaluate(adapter, method, n: int, seed: int, n_captions: int = 0, split: str
     return score(items, run(method, adapter, items))
 
 
-def evaluate_user(adapter, method, pope_items=None, caption_items=None, vocabulary: dict | None = None) -> dict:
-    """Scores on user data: ``pope`` (yes/no scores of POPE items), and ``chair`` + ``captions`` on the
-    caption items (CHAIR against their object names with the synonym ``vocabulary``)."""
-    from ..metrics.pope import yes_no_scores
+def evaluate_data(adapter, method, data) -> dict:
+    """:func:`score` of :func:`run` on a :class:`~vlinterp.eval.steer_data.EvalData` (the items of
+    ``--dataset`` specs); outside the native shapes tasks the row also lists the ``captions``."""
+    preds = run(method, adapter, data.items)
+    return score_data(data, preds)
 
-    row: dict = {}
-    if pope_items:
-        row["pope"] = yes_no_scores(run(method, adapter, pope_items), [it.answer for it in pope_items])
-    if caption_items:
-        caps = run(method, adapter, caption_items)
-        row["chair"] = chair_items(caps, caption_items, vocabulary)
-        row["captions"] = caps
+
+def score_data(data, preds) -> dict:
+    """:func:`score` of ``preds`` on ``data`` (+ ``captions``: ``[{id, caption}]`` unless native)."""
+    row = score(data.items, preds, data.vocabularies)
+    if not data.native:
+        caps = [{"id": it.id, "caption": p} for it, p in zip(data.items, preds) if not it.meta.get("candidates")]
+        if caps:
+            row["captions"] = caps
     return row
+
+
+def evaluate_user(adapter, method, pope_items=None, caption_items=None, vocabulary=None) -> dict:
+    """Scores on user items (the older API): ``pope`` (yes/no scores of the POPE items) and
+    ``chair`` + ``captions`` of the caption items, CHAIR with ``vocabulary`` (a
+    :class:`~vlinterp.eval.chair_vocab.Vocabulary` or a ``{word: object}`` table). The same path as
+    :func:`evaluate_data`."""
+    from .chair_vocab import Vocabulary, synonyms_vocabulary
+    from .steer_data import EvalData
+
+    items = [dataclasses.replace(it, meta={**it.meta, "candidates": ("yes", "no"), "neg_type": "pope"})
+             for it in pope_items or []]
+    items += [dataclasses.replace(it, meta={k: v for k, v in it.meta.items() if k != "candidates"})
+              for it in caption_items or []]
+    vocab = vocabulary if vocabulary is None or isinstance(vocabulary, Vocabulary) else synonyms_vocabulary(vocabulary)
+    return evaluate_data(adapter, method, EvalData(items, {"chair": vocab} if vocab else {}))
 
 
 def eval_shard(adapter, items, start: int, method=None) -> list[str]:
@@ -318,6 +348,39 @@ def _yes_no_items(data: "FitData") -> list:
     return items
 
 
+def scene_items(data: "FitData", name: str = "ground") -> tuple[list, dict]:
+    """``(items, words)``: the scenes of a dataset spec (``data.n`` / ``data.seed`` subsample) for a
+    method that ``needs`` scenes (grounding: probe labels from each object's mask, or its box filled
+    when it has none), and the ``colours`` / ``shapes`` words its objects' ``colour`` / ``shape``
+    attributes use (the shapes world's lists when they are among them, else in first-seen order).
+    :class:`UsageError` / :class:`~vlinterp.core.errors.DataError` when the data has no scenes or an
+    object lacks those attributes."""
+    from ..core.errors import DataError
+    from .datasets import open_dataset
+    from .datasets.pick import offers
+
+    ds = open_dataset(data.path)
+    if not offers(ds, "scene"):
+        raise UsageError(f"{name} needs images with object masks or boxes (scenes: shapes, coco:..., JSON lines or HF "
+                         f"records with objects); {data.path} gives {', '.join(ds.available_kinds())} items")
+    items = ds.items("scene", n=data.n, seed=data.seed)
+    colours: dict = {}
+    shapes_: dict = {}
+    for it in items:
+        for o in it.objects:
+            a = o.attrs if isinstance(o.attrs, dict) else {}
+            if not a.get("colour") or not a.get("shape"):
+                raise DataError(f"{it.where()}: object {o.name!r} has no colour / shape attributes; {name}'s probe "
+                                "labels are (colour, shape) pairs")
+            colours.setdefault(a["colour"], None)
+            shapes_.setdefault(a["shape"], None)
+    if not colours:
+        raise UsageError(f"{data.path}: no objects in its {len(items)} scene(s); {name} needs objects to label patches")
+    if set(colours) <= set(WORDS["colours"]) and set(shapes_) <= set(WORDS["shapes"]):
+        return items, {"colours": WORDS["colours"], "shapes": WORDS["shapes"]}
+    return items, {"colours": tuple(colours), "shapes": tuple(shapes_)}
+
+
 def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = False, n: int | None = None,
         split: str | None = None, seed: int | None = None, n_calib: int | None = None, n_captions: int | None = None,
         sae=None, **opts):
@@ -331,7 +394,15 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
     data = data.resolved(name)
     cls = STEERING.get(name)
     extra: dict = {}
-    if data.kind in ("pope", "spec"):
+    if data.kind == "spec" and "scenes" in cls.needs:
+        items, words = scene_items(data, name)
+        cfg = make_config(name, config, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
+        auto = [k for k in cls.strengths if getattr(cfg, k, None) == "auto"]
+        if auto:
+            raise UsageError(f"{name} on {data.path}: give its strengths ({', '.join(f'{k}=...' for k in auto)}, e.g. "
+                             f"{name}:alpha=3,beta=1,gate=1); choosing them needs the shapes world's calibration items")
+        calib = None
+    elif data.kind in ("pope", "spec"):
         if "scenes" in cls.needs:
             raise UsageError(f"{name} needs images with object masks (shapes scenes), not yes/no questions")
         lines = _yes_no_items(data) if cls.needs else []
@@ -350,5 +421,5 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
 
 
 __all__ = ["NONE", "method_names", "tasks", "calibration", "colour_count", "run", "captions", "score", "evaluate",
-           "evaluate_user", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit",
+           "evaluate_user", "evaluate_data", "score_data", "eval_shard", "FitData", "parse_fit_dataset", "fit_items", "make_config", "fit", "scene_items",
            "save_sae_items", "DEFAULTS", "RECIPES"]
