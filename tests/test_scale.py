@@ -12,6 +12,17 @@ from vlinterp.cli import main  # noqa: E402
 from vlinterp.scale import WorkerError, WorkerPool  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the module: the pools and Ray Train find it running and
+    neither start nor stop their own (each start and shutdown costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 def _one_and_two(tmp_path, args):
     """The command's JSON run in this process and on 2 Ray workers."""
     one, two = tmp_path / "1.json", tmp_path / "2.json"
