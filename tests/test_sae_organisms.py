@@ -28,7 +28,11 @@ def _saev(name: str) -> dict:
     torch.set_num_threads(1)
     from vlinterp.eval.saev import shapes_saev
 
-    return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=4000)
+    # 1500 steps (the README's run: 4000): every level below holds at both, measured 2026-12-07 at 1500:
+    # shapes-llava FVU 0.017, splice -0.016, patch AUROC yellow 0.924 / others >= 0.986, cross-modal 0,
+    # filtering 0.565 vs 0.573 random weights; aligned FVU 0.013, splice -0.008, cross-modal 6,
+    # alignment >= 0.57, filtering 0.938 vs 0.886 random weights / 0.884 untrained SAE
+    return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=1500)
 
 
 @pytest.fixture(scope="module")
