@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--parts", default="knockout,dla,relp")
     ap.add_argument("--metric", default="prob", help="what RelP differentiates: prob (P(yes)) or logit")
+    ap.add_argument("--relp-steps", type=int, default=1, help="RelP path steps (1: as published; >1: integrated along the path)")
     ap.add_argument("--window", type=int, default=1, help="knockout window (layers blocked per cell, ROME-centred)")
     ap.add_argument("--out", default=os.path.join(ASSETS, "flow_shapes.json"))
     a = ap.parse_args()
@@ -75,11 +76,11 @@ def main() -> None:
               f"{np.mean(totals):.3f}; mean attn {np.round(c[0], 3).tolist()} mlp {np.round(c[1], 3).tolist()}")
     if "relp" in parts:
         for rules in ("lrp", "none"):
-            r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, progress=True)
+            r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, steps=a.relp_steps, progress=True)
             keep = {k: r[k] for k in ("n", "skipped_wrong", "rules", "metric", "agreement", "cells", "agreement_large",
-                                      "cells_large", "min_rel", "pearson", "agreement_by_component")}
-            res[f"relp_{rules}" + ("" if a.metric == "prob" else f"_{a.metric}")] = keep
-            print(f"relp rules={rules} metric={a.metric}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
+                                      "cells_large", "min_rel", "pearson", "agreement_by_component", "steps")}
+            res[f"relp_{rules}" + ("" if a.metric == "prob" else f"_{a.metric}") + ("" if a.relp_steps == 1 else f"_steps{a.relp_steps}")] = keep
+            print(f"relp rules={rules} metric={a.metric} steps={a.relp_steps}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
                   f"{r['agreement_large']:.3f} over {r['cells_large']} cells with |IE| >= 1% of TE; pearson {r['pearson']:.3f}; by component {r['agreement_by_component']}")
     old = json.load(open(a.out)) if os.path.exists(a.out) else {}
     write_json(a.out, {**old, **res})

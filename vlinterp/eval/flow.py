@@ -151,14 +151,15 @@ def knockout_flow(adapter, n: int = 32, split: str = "test", seed: int = 11, edg
 
 def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, components=("attn", "mlp", "resid"),
                    samples: int = 3, rules: str = "lrp", min_rel: float = 0.01, metric: str = "prob",
-                   progress: bool = False) -> dict:
+                   steps: int = 1, progress: bool = False) -> dict:
     """RelP against activation patching on the same cells (components x layers x the seven FCCT
     groups, the object's patches from its box and its words from the prompt, image noise, noise
     seed = the scene's index) of ``n`` positive presence questions answered
     ``yes``. Sign agreement over all cells with a nonzero patched effect, and over the cells whose
     patched effect is at least ``min_rel`` of the item's total effect; the RelP and patched tables
     per item. ``rules="none"``: attribution patching (plain gradients) instead; ``metric``: what RelP
-    differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes")."""
+    differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes"); ``steps``:
+    RelP's points on the corrupted-to-clean path."""
     from ..tracing import relp, sign_agreement, text_positions, trace
     from .trace import shapes_items
 
@@ -172,7 +173,7 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
         s = int(it.meta["scene"].index)
         kw = dict(components=components, samples=samples, seed=s, object_mask=it.objects[0].box,
                   object_positions=text_positions(adapter, b, it.meta["object"]))
-        r = relp(adapter, b, "yes", rules=rules, metric=metric, **kw)
+        r = relp(adapter, b, "yes", rules=rules, metric=metric, steps=steps, **kw)
         t = trace(adapter, b, "yes", **kw)
         est.append(r.arrays["ie"])
         ie.append(t.arrays["ie"])
@@ -184,7 +185,7 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
     big = float(np.mean(np.sign(e[keep]) == np.sign(t[keep]))) if keep.any() else float("nan")
     corr = float(np.corrcoef(e.ravel(), t.ravel())[0, 1]) if e.size > 1 else float("nan")
     by_comp = {c: sign_agreement(e[:, ci], t[:, ci], 0.0)[0] for ci, c in enumerate(components)}
-    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "metric": metric, "agreement": all_share, "cells": all_n,
+    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "metric": metric, "steps": steps, "agreement": all_share, "cells": all_n,
             "agreement_large": big, "cells_large": int(keep.sum()), "min_rel": min_rel, "pearson": corr, "agreement_by_component": by_comp,
             "estimate": e.tolist(), "patched": t.tolist(), "te": tes}
 

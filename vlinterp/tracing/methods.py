@@ -150,12 +150,15 @@ class RelP(TracingMethod):
     class Config(CellGrid):
         metric: str = "prob"
         rules: str = "lrp"
+        steps: int = 1  # points on the corrupted-to-clean path (1: RelP as published; 4: integrated)
 
         def validate(self) -> None:
             from .lrp import RULES
             from .relp import METRICS
 
             super().validate()
+            if self.steps < 1:
+                raise ConfigError(f"relp steps must be at least 1, got {self.steps}")
             if self.metric not in METRICS:
                 raise ConfigError(f"relp metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
             if self.rules not in RULES:
@@ -168,7 +171,7 @@ class RelP(TracingMethod):
         return relp(adapter, batch, target, components=c.components, positions=c.positions, window=c.window,
                     window_mode=c.window_mode, samples=c.samples, seed=c.seed, object_mask=object_mask,
                     object_positions=object_positions, corruption=corruption, metric=c.metric, rules=c.rules,
-                    progress=progress)
+                    steps=c.steps, progress=progress)
 
 
 __all__ = ["TRACING_METHODS", "TracingMethod", "Causal", "Knockout", "DLA", "RelP"]

@@ -13,6 +13,12 @@ better than its local gradient. One forward and one backward per noise sample sc
 The cells, corruptions, windows and position groups are :func:`~vlinterp.tracing.trace`'s (the
 same plan), so a RelP table and an activation-patching table line up cell for cell. A window's
 estimate is the sum of its layers' estimates (first order).
+
+``steps`` > 1 averages the coefficients along the straight path from the corrupted to the clean
+input (the corruption's edit blended by ``alpha = (j + 0.5) / steps``), as integrated gradients and
+EAP-IG do, instead of taking them at the corrupted run only: ``steps`` backward passes per noise
+sample. On shapes-llava (``benchmarks/flow_shapes.py``) four steps raise the Pearson correlation
+with the patched effects from 0.49-0.55 to 0.82-0.83; the sign agreement stays where it was.
 """
 from __future__ import annotations
 
@@ -66,14 +72,21 @@ def relevance_grads(adapter, batch: Batch, sites: list[str], metric_fn, edits: d
     return vals, {s: (g if g is not None else torch.zeros_like(deltas[s])).detach() for s, g in zip(sites, grads)}, float(m.detach())
 
 
+def _blend(edit, alpha: float):
+    """The edit ``t -> e(t)`` moved back toward the clean input: ``t + (1 - alpha) * (e(t) - t)``."""
+    return lambda t, layout: t + (1.0 - alpha) * (edit(t, layout) - t)
+
+
 def relp(adapter, batch: Batch, target, components=("resid",), positions="groups", window: int = 1, noise: float = 3.0,
          samples: int = 3, seed: int = 0, object_mask=None, object_positions=None, layers=None, corruption=None,
-         metric: str = "prob", rules: str = "lrp", window_mode: str = "rome", progress: bool = False) -> Result:
+         metric: str = "prob", rules: str = "lrp", window_mode: str = "rome", steps: int = 1,
+         progress: bool = False) -> Result:
     """RelP estimate of every (component, layer, position group) cell of causal tracing.
 
     Arguments as :func:`~vlinterp.tracing.trace` (language-model stream); ``metric``: ``prob``
     (P[target], what tracing measures) or ``logit`` (the target's logit); ``rules``: ``lrp`` (RelP)
-    or ``none`` (attribution patching with plain gradients).
+    or ``none`` (attribution patching with plain gradients); ``steps``: points on the corrupted-to-clean
+    path whose coefficients are averaged (1: the corrupted run only, RelP as published).
 
     Returns a :class:`Result` ``"relp"`` with ``ie`` ``[C, L, G]`` (estimated indirect effect, in units of
     the metric), ``rr`` (``ie`` over the total effect ``P_clean - P_corr``, the estimated recovery
@@ -82,6 +95,8 @@ def relp(adapter, batch: Batch, target, components=("resid",), positions="groups
         raise UnsupportedError(f"relevance patching runs on VLM language models, not {adapter.kind} models")
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
                  object_positions, "lm", layers, corruption, resume=False, window_mode=window_mode)
     L = plan.n_layers
@@ -96,9 +111,21 @@ def relp(adapter, batch: Batch, target, components=("resid",), positions="groups
     p_corr = []
     for s in tqdm(range(plan.samples), desc="relp", disable=not progress):
         edits = plan.corruption.edits(plan, s)
-        vals, grads, _ = relevance_grads(adapter, batch, sites, metric_fn, edits, rules)
-        with torch.no_grad():
-            p_corr.append(float(plan.prob(adapter.run(batch, edits=edits).logits)[0]))
+        if steps == 1:
+            vals, grads, _ = relevance_grads(adapter, batch, sites, metric_fn, edits, rules)
+            with torch.no_grad():
+                p_corr.append(float(plan.prob(adapter.run(batch, edits=edits).logits)[0]))
+        else:
+            grads = None
+            for j in range(steps):
+                _, g, _ = relevance_grads(adapter, batch, sites, metric_fn,
+                                          {k: _blend(e, (j + 0.5) / steps) for k, e in edits.items()}, rules)
+                grads = g if grads is None else {k: grads[k] + g[k] for k in g}
+            grads = {k: v / steps for k, v in grads.items()}
+            with torch.no_grad():  # the corrupted run's own values: the other end of the path
+                out = adapter.run(batch, edits=edits, capture=sites)
+                p_corr.append(float(plan.prob(out.logits)[0]))
+                vals = {k: out.cache[k] for k in sites}
         for ci, c in enumerate(plan.components):
             for l in range(L):
                 site = plan.site(c, l)
@@ -115,7 +142,7 @@ def relp(adapter, batch: Batch, target, components=("resid",), positions="groups
     meta = {"components": plan.components, "layers": plan.layers, "positions": plan.group_names,
             "group_positions": {k: v.tolist() for k, v in plan.groups.items()}, "stream": "lm", "target": plan.label,
             "target_id": plan.tid, "corruption": plan.corruption.describe(), "samples": plan.samples, "seed": plan.seed,
-            "window": plan.window, "window_mode": plan.window_mode, "metric": metric, "rules": rules, "te": te}
+            "window": plan.window, "window_mode": plan.window_mode, "metric": metric, "rules": rules, "steps": steps, "te": te}
     return Result("relp", {"ie": est, "rr": rr, "p_clean": np.array([plan.p_clean]), "p_corrupt": pc, "te": np.array([te])},
                   layout=plan.layout, targets=[plan.label], meta=meta)
 
