@@ -36,6 +36,7 @@ REFUSED = [
     ("prune:hybrid(visionzip)", NO_CLS, "has no CLS token"),
     ("prune:visionzip", {"llava-next", "internvl"}, "one vision crop per image"),
     ("prune:hybrid(visionzip)", {"llava-next", "internvl"}, "one vision crop per image"),
+    ("steer:", ENC, "steering needs a vlm model"),
     ("audit", ENC, "do not answer questions"),
     ("audit", {"paligemma"}, "cannot take a prompt without an image"),
 ]
@@ -106,7 +107,7 @@ def test_every_method_family_is_in_the_matrix():
 
     want = {f"saliency:{n}" for n in REGISTRY.names() if n not in M.NOT_IN_MATRIX}
     want |= {f"trace:{n}" for n in CORRUPTIONS.names()} | {f"prune:{n}" for n in PRUNERS.names()}
-    want |= {"trace:tokens", "sae:harvest+splice", "prototypes", "audit"}
+    want |= {"trace:tokens", "sae:harvest+splice", "prototypes", "audit", "steer:vcd", "steer:meandiff"}
     assert want <= set(METHODS)
     table = M.markdown({("audit", "llava"): (True, "8 fields"), ("audit", "clip"): (False, "no questions"),
                         ("prune:random", "llava"): (False, "no questions"), ("prune:random", "clip"): (False, "no questions")})

@@ -149,6 +149,37 @@ def _prune(spec: str):
     return run
 
 
+# ------------------------------------------------------------------ steering
+def _steer(name: str):
+    """VCD (no fit) and mean-difference steering (fitted on 8 shapes-world POPE questions): the
+    method's edits change the answer logits, generation runs with them, and no hook is left."""
+    def run(m) -> str:
+        from ..core.hooks import count_hooks
+        from ..steering import STEERING
+
+        STEERING.get(name).check_kind(m)  # encoders: the method's own refusal, before any fit
+        if name == "vcd":
+            method = STEERING.create("vcd", alpha=1.0)
+        else:
+            from .steer import fit
+
+            method = fit(name, m, n=8, alpha=0.1)
+        b = m.prepare(images=[image()], text=[PROMPT])
+        before = count_hooks(m.model)
+        with torch.no_grad():
+            z0 = m.run(b).logits
+            with method.applied(m):
+                z1 = m.run(b).logits
+        out = method.generate(m, b, max_new_tokens=2)
+        if count_hooks(m.model) != before:
+            raise AssertionError(f"{name} on {m.family}: hooks left behind")
+        d = float((z1.float() - z0.float()).abs().max())
+        if not d > 0:
+            raise AssertionError(f"{name} on {m.family}: the logits did not change")
+        return f"max |logit change| {d:.3g}; generated {out.texts[0]!r}"
+    return run
+
+
 # ---------------------------------------------------------------- prototypes
 def _prototypes(m) -> str:
     from ..prototypes.fit import fit
@@ -172,7 +203,8 @@ def _audit(m) -> str:
 
 
 def methods() -> dict[str, Callable]:
-    """``{column name: run(adapter) -> note}``, every method of every registry (steering excepted)."""
+    """``{column name: run(adapter) -> note}``: every method of every registry; of the steering methods,
+    VCD and mean-difference (the others fit on the shapes organism's own probe splits)."""
     from ..pruning import PRUNERS
     from ..saliency import REGISTRY
     from ..tracing import CORRUPTIONS
@@ -190,6 +222,8 @@ def methods() -> dict[str, Callable]:
                 "hybrid": "hybrid:0.5:early=info:layer=1:horizon=1"}.get(name, f"{name}:0.5")
         out[f"prune:{name}"] = _prune(spec)
     out["prune:hybrid(visionzip)"] = _prune("hybrid:0.5:layer=1:horizon=1")
+    for name in ("vcd", "meandiff"):
+        out[f"steer:{name}"] = _steer(name)
     out["prototypes"] = _prototypes
     out["audit"] = _audit
     return out
