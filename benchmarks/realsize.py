@@ -20,7 +20,8 @@ Parts (each within 15 minutes on 2 shared CPU cores):
 * ``memory``: capturing every residual of the LLaVA-1.5 geometry over several prompts with and
   without ``budget_mb``: resident memory above a plain forward's peak.
 * ``sae``: harvesting a residual site into an activation store: rows/s and time / plain forwards.
-* ``steering``: not written yet (reports that it measured nothing).
+* ``steering``: per generated token with VCD, mean-difference vectors or IRI applied / plain, on the
+  LLaVA-1.5 geometry (methods built, not fitted: random weights).
 
 ``--models vit_b16,clip_b32`` restricts capture / relevancy / pruning to those builders (the parts
 that fit a few minutes on a loaded 2-core CPU; the Llama-7B-width ones need a GPU or an idle machine).
@@ -328,10 +329,47 @@ def part_sae(args):
 
 
 def part_steering(args):
-    """Not written yet: steering overhead per generated token at real geometry is still measured only
-    on the organisms (``benchmarks/steering_overhead.py``)."""
-    say("steering: not measured at real geometry yet (no realsize steering part); see benchmarks/steering_overhead.py")
-    return []
+    """Per generated token with a steering method applied / plain generation, on the LLaVA-1.5
+    geometry (``--decode-tokens`` tokens greedy, prefill included, interleaved rounds). The methods are
+    built, not fitted (random weights give nothing to fit): VCD (a second, noised-image forward per
+    token), mean-difference vectors at the upper half of the LM layers (random unit directions) and
+    IRI injecting layer 0's attention and MLP outputs into the last layer's. Their hooks cost the same
+    whatever the fitted values; SAVE, probe steering and grounding need fits on the shapes organism
+    (their overhead is measured there, ``benchmarks/steering_overhead.py``)."""
+    import contextlib
+
+    from vlinterp.steering import IRI, VCD, MeanDiff
+
+    if not wanted(args, "llava15"):
+        return []
+    m = build("llava15", args, lm_layers=args.lm_layers)
+    b = vlm_batch(m)
+    L, D = m.num_layers("lm"), int(m.text_config.hidden_size)
+    g = torch.Generator().manual_seed(0)
+    methods = {"vcd": VCD(alpha=1.0),
+               "meandiff": MeanDiff({l: torch.randn(D, generator=g) for l in range(L // 2, L)}, alpha=0.1),
+               "iri": IRI([("attn", 0, 1.0), ("mlp", 0, 1.0)], [("attn", L - 1), ("mlp", L - 1)], lam=1.0)}
+    T = args.decode_tokens
+
+    def gen(meth):
+        def fn():
+            with (meth.applied(m) if meth is not None else contextlib.nullcontext()):
+                t0 = time.perf_counter()
+                out = m.generate(b, max_new_tokens=T, min_new_tokens=T)
+                if args.device != "cpu":
+                    torch.cuda.synchronize()
+                return (time.perf_counter() - t0) / max(int(out.new_tokens.shape[1]), 1)
+        return fn
+
+    say(f"  steering on {m.name}: {T} tokens per generation x {args.repeats} rounds; {load()}")
+    res = interleaved({"none": gen(None), **{k: gen(v) for k, v in methods.items()}}, args.repeats, base="none",
+                      device=args.device, progress=True, self_timed=True)
+    rows = [{"model": m.name, "method": k, "per_token_ratio": res[k]["ratio"], "per_token_ms": 1e3 * res[k]["s"],
+             "plain_ms": 1e3 * res["none"]["s"], "tokens": T} for k in methods]
+    say(f"steering {m.name} (plain {1e3 * res['none']['s']:.0f} ms per generated token, prefill included; {load()}): " +
+        ", ".join(f"{r['method']} {r['per_token_ratio']:.2f}x" for r in rows))
+    del m
+    return rows
 
 
 def main(argv=None) -> int:

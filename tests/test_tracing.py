@@ -243,3 +243,28 @@ def test_corruption_registry(llava):
     m, b = llava
     r = trace(m, b, "yes", components="resid", positions="all", samples=1, corruption="blur:sigma=2")
     assert r.meta["corruption"] == {"kind": "blur", "sigma": 2.0}
+
+
+def test_object_mask_is_judged_in_each_tile():
+    """LLaVA-NeXT's base grid and high-resolution grid each get the object from their own cells
+    (the base tile's mask tiled over the high-res grid put most "object" positions off the box)."""
+    m = vlinterp.load("tiny:llava-next")
+    b = m.prepare(images=[Image.new("RGB", (96, 48))], text=["is there a red circle?"])
+    g = b.layout.images[0]
+    pos = b.layout.image_positions(0)
+    tile, col = b.layout.tile[g.batch_row, pos], b.layout.col[g.batch_row, pos]
+    assert [t.grid for t in g.tiles] == [(4, 4), (4, 8)]
+    right = patch_mask(b.layout, (48, 0, 96, 48))  # the right half of the image
+    assert right.shape == (len(pos),) and right.sum() == 8 + 16
+    assert np.array_equal(right[tile == 0], col[tile == 0] >= 2)   # base: 4x4 over the whole image
+    assert np.array_equal(right[tile == 1], col[tile == 1] >= 4)   # high-res: 4x8 over the whole image
+    # a patch mask of the base grid reaches the high-res grid through the pixels it covers
+    base = np.zeros((4, 4), bool)
+    base[:, 2:] = True
+    assert np.array_equal(patch_mask(b.layout, base), right)
+    # a one-tile model (LLaVA-1.5) reads the patch grid as given, row-major
+    one = vlinterp.load("tiny:llava")
+    b1 = one.prepare(images=[Image.new("RGB", (48, 48))], text=["is there a red circle?"])
+    rows, cols = b1.layout.images[0].tiles[0].grid
+    grid = np.random.default_rng(0).random((rows, cols)) > 0.5
+    assert np.array_equal(patch_mask(b1.layout, grid), grid.reshape(-1))

@@ -17,11 +17,25 @@ from ..core.layout import IMAGE, PAD, TokenLayout
 GROUPS = ("early-visual", "object-visual", "late-visual", "early-text", "text-object", "late-text", "last")
 
 
-def patch_mask(layout: TokenLayout, mask, image_index: int = 0) -> np.ndarray:
-    """Boolean mask over image ``image_index``'s patches (``image_positions`` order, base tile).
+def _cell_share(pix: np.ndarray, box, grid, r: int, c: int) -> float:
+    """Share of cell ``(r, c)`` of a ``grid`` laid over ``box`` (original pixels) that ``pix`` covers
+    (0 for a cell wholly outside the image: the processor's padding)."""
+    H, W = pix.shape
+    rows, cols = grid
+    bx0, by0, bx1, by1 = box
+    ys = slice(max(0, int(np.floor(by0 + (by1 - by0) * r / rows))), min(H, int(np.ceil(by0 + (by1 - by0) * (r + 1) / rows))))
+    xs = slice(max(0, int(np.floor(bx0 + (bx1 - bx0) * c / cols))), min(W, int(np.ceil(bx0 + (bx1 - bx0) * (c + 1) / cols))))
+    region = pix[ys, xs]
+    return float(region.mean()) if region.size else 0.0
 
-    ``mask``: a boolean ``[rows, cols]`` patch mask, a pixel mask ``[H, W]`` at the original
-    image size (a patch is in when >= half of its pixels are), or a box ``(x0, y0, x1, y1)``
+
+def patch_mask(layout: TokenLayout, mask, image_index: int = 0) -> np.ndarray:
+    """Boolean mask over image ``image_index``'s positions (``image_positions`` order), each position
+    judged in its own tile: the tile's grid laid over the tile's crop box (LLaVA-NeXT's base and
+    high-resolution grids, InternVL's and SmolVLM's tiles and thumbnail, Qwen's merged grid).
+
+    ``mask``: a boolean ``[rows, cols]`` patch mask of the first (base) tile, a pixel mask ``[H, W]`` at
+    the original image size (a patch is in when >= half of its pixels are), or a box ``(x0, y0, x1, y1)``
     in original pixels. Raises :class:`ShapeMismatchError` on a wrong shape or a box outside the image."""
     g = layout.images[image_index]
     rows, cols = g.tiles[0].grid
@@ -36,26 +50,27 @@ def patch_mask(layout: TokenLayout, mask, image_index: int = 0) -> np.ndarray:
         m = pix
     if m.ndim != 2:
         raise ShapeMismatchError(f"object mask must be [rows, cols]={rows, cols}, [H, W]={H, W} or a box; got shape {m.shape}")
-    if m.shape == (rows, cols):
+    pos = layout.image_positions(image_index)
+    b = g.batch_row
+    tiles, rr, cc = layout.tile[b, pos], layout.row[b, pos], layout.col[b, pos]
+    grids = {t: (g.tiles[t].grid if 0 <= t < len(g.tiles) else None) for t in set(tiles.tolist())}
+    if m.shape == (rows, cols) and (rows, cols) != (H, W):
         grid = m.astype(bool)
-    elif m.shape == (H, W):
+        if all(gr == (rows, cols) for gr in grids.values()):  # every tile on the base grid: read it directly
+            return np.array([bool(grid[r, c]) if r >= 0 and c >= 0 else False for r, c in zip(rr, cc)])
+        # other grids: the base tile's cells painted onto its box in original pixels, then judged per tile
+        pix = np.zeros((H, W), bool)
         bx0, by0, bx1, by1 = g.tiles[0].box
-        grid = np.zeros((rows, cols), bool)
-        mf = m.astype(np.float64)
-        for r in range(rows):
-            for c in range(cols):
-                px0 = bx0 + (bx1 - bx0) * c / cols
-                px1 = bx0 + (bx1 - bx0) * (c + 1) / cols
-                py0 = by0 + (by1 - by0) * r / rows
-                py1 = by0 + (by1 - by0) * (r + 1) / rows
-                ys = slice(max(0, int(np.floor(py0))), min(H, int(np.ceil(py1))))
-                xs = slice(max(0, int(np.floor(px0))), min(W, int(np.ceil(px1))))
-                region = mf[ys, xs]
-                grid[r, c] = region.size > 0 and region.mean() >= 0.5
-    else:
+        for r, c in zip(*np.nonzero(grid)):
+            ys = slice(max(0, int(np.floor(by0 + (by1 - by0) * r / rows))), min(H, int(np.ceil(by0 + (by1 - by0) * (r + 1) / rows))))
+            xs = slice(max(0, int(np.floor(bx0 + (bx1 - bx0) * c / cols))), min(W, int(np.ceil(bx0 + (bx1 - bx0) * (c + 1) / cols))))
+            pix[ys, xs] = True
+        m = pix
+    elif m.shape != (H, W):
         raise ShapeMismatchError(f"object mask shape {m.shape} matches neither the patch grid {(rows, cols)} nor the image {(H, W)}")
-    n_tiles = len(layout.image_positions(image_index)) // (rows * cols)
-    return np.tile(grid.reshape(-1), max(n_tiles, 1))[: len(layout.image_positions(image_index))]
+    pix = m.astype(np.float64)
+    return np.array([t in grids and grids[t] is not None and r >= 0 and c >= 0
+                     and _cell_share(pix, g.tiles[t].box, grids[t], r, c) >= 0.5 for t, r, c in zip(tiles, rr, cc)])
 
 
 def position_groups(layout: TokenLayout, object_mask=None, object_positions=None, row: int = 0, image_index: int | None = None) -> dict[str, torch.Tensor]:
