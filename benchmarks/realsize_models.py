@@ -33,8 +33,16 @@ WORDS = ("is there a red circle in the picture what color shape describe image y
          "green blue square triangle left right of and").split()
 
 
+def _no_dtype(d):
+    """``d`` without the published ``torch_dtype`` / ``dtype`` keys at any depth: a sub-config that
+    keeps its ``float16`` builds that part in fp16 whatever ``--dtype`` asks (LLaVA-1.5's text config)."""
+    if isinstance(d, dict):
+        return {k: _no_dtype(v) for k, v in d.items() if k not in ("torch_dtype", "dtype")}
+    return d
+
+
 def _json(*parts) -> dict:
-    return json.loads((CONFIGS.joinpath(*parts)).read_text())
+    return _no_dtype(json.loads((CONFIGS.joinpath(*parts)).read_text()))
 
 
 def image(w: int = 640, h: int = 480, seed: int = 0) -> Image.Image:
