@@ -63,3 +63,25 @@ def test_meandiff_protect_leaves_colour_and_count_answers(shapes_llava):
     assert sum(a != b for a, b in zip(after[2], before[2])) >= 3
     with pytest.raises(ConfigError, match="at least two words"):
         readout_basis(m, (["red"],))
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3", "paligemma"])
+def test_effective_readouts_use_the_norms_real_gain(family):
+    """The effective readout is lm_head row x the final norm's gain as the norm applies it: LLaMA's
+    ``weight * x`` and Gemma's ``(1 + weight) * x`` (zero-initialised weights: the raw weight gave a
+    zero readout, so probe steering and grounding did nothing on Gemma 3 / PaliGemma)."""
+    import vlinterp
+    from vlinterp.steering.meandiff import effective_readouts
+
+    m = vlinterp.load(f"tiny:{family}")
+    lm = getattr(m.model, "model", m.model)
+    norm = getattr(lm, "language_model", lm).norm
+    with torch.no_grad():
+        norm.weight.normal_(generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, norm.weight.shape[0], generator=torch.Generator().manual_seed(1))
+    x = x / x.pow(2).mean(-1, keepdim=True).sqrt()   # unit RMS: the norm leaves the scale alone
+    with torch.no_grad():
+        gain = (norm(x) / x).mean(0)
+    R = effective_readouts(m, ["yes"])[0]
+    W = m.model.get_output_embeddings().weight[m.token_id("yes")].detach()
+    assert torch.allclose(R, W * gain, rtol=1e-4, atol=1e-6)

@@ -4,7 +4,7 @@ Each cell either runs end to end (a finite, non-empty map / effect / reconstruct
 the output / pruned run that keeps fewer image tokens) or raises ``UnsupportedError`` whose
 message names why. Which cells are refused is pinned below: a method that stops running on a
 family, or starts running where it should not, fails the test. The fast lane runs a part (see
-``_fast``), the slow lane the rest. Steering is not in the matrix yet (being rewritten)."""
+``_fast``), the slow lane the rest."""
 import functools
 
 import pytest
@@ -99,7 +99,7 @@ def test_cell_slow(meth, model):
 
 
 def test_every_method_family_is_in_the_matrix():
-    """Every registered saliency method (DAAM: diffusion only), corruption and pruning method has
+    """Every registered saliency method (DAAM: diffusion only), corruption, pruning and steering method has
     a column, and the table marks refusals with their reason."""
     from vlinterp.pruning import PRUNERS
     from vlinterp.saliency import REGISTRY
@@ -107,7 +107,10 @@ def test_every_method_family_is_in_the_matrix():
 
     want = {f"saliency:{n}" for n in REGISTRY.names() if n not in M.NOT_IN_MATRIX}
     want |= {f"trace:{n}" for n in CORRUPTIONS.names()} | {f"prune:{n}" for n in PRUNERS.names()}
-    want |= {"trace:tokens", "sae:harvest+splice", "prototypes", "audit", "steer:vcd", "steer:meandiff"}
+    from vlinterp.steering import STEERING
+
+    want |= {f"steer:{n}" for n in STEERING.names()} | {"trace:tokens", "sae:harvest+splice", "prototypes", "audit"}
+    assert {"steer:iri", "steer:save", "steer:probe", "steer:ground", "steer:vcd", "steer:meandiff"} <= want
     assert want <= set(METHODS)
     table = M.markdown({("audit", "llava"): (True, "8 fields"), ("audit", "clip"): (False, "no questions"),
                         ("prune:random", "llava"): (False, "no questions"), ("prune:random", "clip"): (False, "no questions")})

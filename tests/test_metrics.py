@@ -173,3 +173,37 @@ def test_pixel_heatmap_of_a_result_is_used(scene):
     res.arrays["heatmap"] = o.mask[None].astype(np.float32)
     assert np.array_equal(M.result_map(res), o.mask.astype(np.float32))
     assert M.obj_iou(res, o.mask) == pytest.approx(1.0) and M.pointing_game(res, o.mask, tolerance=0) == 1.0
+
+
+@pytest.mark.parametrize("family", ["llava-next", "internvl"])
+def test_position_coverage_judges_each_tile_in_its_own_box(family):
+    """On tiled layouts (tiny LLaVA-NeXT at 336x672: a base and a high-resolution grid over the
+    image; tiny InternVL: crops with their own boxes and a thumbnail) each position's coverage is the
+    share of its own tile's cell: summed over a tile's positions, coverage x cell area gives the
+    mask's area inside that tile's box; a one-tile layout gives mask_coverage of its grid."""
+    import vlinterp
+    from vlinterp.metrics.coverage import mask_coverage, position_coverage
+
+    m = vlinterp.load(f"tiny:{family}")
+    H, W = 336, 672
+    mask = np.zeros((1, H, W), bool)
+    mask[40:200, 380:620] = True  # inside the right half only
+    lay = m.prepare(images=[np.zeros((H, W, 3), np.uint8)], text=["what is it?"]).layout
+    g = lay.images[0]
+    assert len({(t.grid, t.box) for t in g.tiles}) >= 2
+    cov = position_coverage(lay, mask, 0)
+    pos = lay.image_positions(0).numpy()
+    tiles = lay.tile[g.batch_row, pos]
+    for t, tile in enumerate(g.tiles):
+        x0, y0, x1, y1 = tile.box
+        rows, cols = tile.grid
+        cell = (x1 - x0) / cols * (y1 - y0) / rows
+        inside = mask[0, max(0, int(y0)):int(min(H, y1)), max(0, int(x0)):int(min(W, x1))].sum()
+        assert cov[0, tiles == t].sum() * cell == pytest.approx(inside, rel=1e-4), (t, tile)
+    left = [t for t, tile in enumerate(g.tiles) if tile.box[2] <= W / 2]
+    assert all(cov[0, tiles == t].max() == 0 for t in left)  # no left-half tile sees the object
+    assert family != "internvl" or left
+    one = vlinterp.load("tiny:llava")
+    lay1 = one.prepare(images=[np.zeros((H, H, 3), np.uint8)], text=["what is it?"]).layout
+    sq = mask[:, :, 300:636]
+    assert np.array_equal(position_coverage(lay1, sq, 0), mask_coverage(sq, (H, H), lay1.grid(0)).reshape(1, -1))

@@ -4,8 +4,7 @@ A cell runs one method end to end on ``tiny:<family>`` with one or two items and
 note of what it measured; where the method does not apply it raises
 :class:`~vlinterp.core.errors.UnsupportedError` naming why (that reason is the cell's ``✗``).
 ``tests/test_method_matrix.py`` runs every cell; :func:`markdown` prints the table for the README
-(``python -m vlinterp.eval.matrix``). Steering is not in the matrix yet (its registry is being
-rewritten); DAAM (diffusion models only) neither.
+(``python -m vlinterp.eval.matrix``). DAAM (diffusion models only) is not in the matrix.
 
 Shapes: images are ``[H, W, 3]`` uint8; ``logits`` ``[B, T, V]``.
 """
@@ -27,6 +26,7 @@ MODELS = VLMS + ENCODERS
 # methods of another model kind than any here: DAAM explains text-to-image diffusion models
 NOT_IN_MATRIX = ("daam",)
 PROMPT = "what is in the image?"
+STEER_PROMPT = "is there a red circle in the image?"  # a yes/no question naming an object: every method acts on it
 TEXTS = ["a red circle", "a blue square"]
 
 
@@ -150,21 +150,41 @@ def _prune(spec: str):
 
 
 # ------------------------------------------------------------------ steering
+#: each steering method's strengths, given (no calibration sweep), and SAVE's SAE kept small
+STEER_OPTS = {"vcd": dict(alpha=1.0), "meandiff": dict(alpha=0.1), "iri": dict(lam=1.0),
+              "save": dict(sae_steps=50, sae_features=64, sae_k=8), "probe": dict(alpha=1.0),
+              "ground": dict(alpha=1.0, beta=1.0, gate=1.0)}
+
+
+def _steer_fit(name: str, m):
+    """``name`` fitted on 8 shapes-world probe items of its own recipe (POPE questions, or scenes with
+    masks for grounding; no captions, no calibration: the strengths are given), SAVE's SAE on the same items."""
+    from ..steering import STEERING
+    from .steer import fit_items, make_config
+
+    cls = STEERING.get(name)
+    items, _, _ = fit_items(name, n=8, n_captions=0, calib=False, sae_items=False)
+    cfg = make_config(name, **STEER_OPTS[name])
+    if name == "iri":
+        # a tiny LM has two layers, so its only possible source is layer 0 and whether that layer's RR
+        # comes out positive is noise (tiny Gemma 3's sliding-window layer 0 never sees the image):
+        # the RR is traced on the family, the plan fixed at attention 0 -> attention 1
+        rr = cls.layer_rr(m, [it for it in items if it.answer == "yes"][:2], cfg.samples)
+        return cls([("attn", 0, 1.0)], [("attn", 1)], cfg, meta={"rr": {k: v.tolist() for k, v in rr.items()}})
+    extra = {"sae_items": items} if name == "save" else {}
+    return cls.fit(m, items, cfg, **extra)
+
+
 def _steer(name: str):
-    """VCD (no fit) and mean-difference steering (fitted on 8 shapes-world POPE questions): the
-    method's edits change the answer logits, generation runs with them, and no hook is left."""
+    """A steering method fitted on 8 items (:func:`_steer_fit`; VCD needs no fit): its edits change
+    the answer logits, generation runs with them, and no hook is left."""
     def run(m) -> str:
         from ..core.hooks import count_hooks
         from ..steering import STEERING
 
         STEERING.get(name).check_kind(m)  # encoders: the method's own refusal, before any fit
-        if name == "vcd":
-            method = STEERING.create("vcd", alpha=1.0)
-        else:
-            from .steer import fit
-
-            method = fit(name, m, n=8, alpha=0.1)
-        b = m.prepare(images=[image()], text=[PROMPT])
+        method = STEERING.create("vcd", **STEER_OPTS["vcd"]) if name == "vcd" else _steer_fit(name, m)
+        b = m.prepare(images=[image()], text=[STEER_PROMPT])
         before = count_hooks(m.model)
         with torch.no_grad():
             z0 = m.run(b).logits
@@ -203,10 +223,10 @@ def _audit(m) -> str:
 
 
 def methods() -> dict[str, Callable]:
-    """``{column name: run(adapter) -> note}``: every method of every registry; of the steering methods,
-    VCD and mean-difference (the others fit on the shapes organism's own probe splits)."""
+    """``{column name: run(adapter) -> note}``: every method of every registry."""
     from ..pruning import PRUNERS
     from ..saliency import REGISTRY
+    from ..steering import STEERING
     from ..tracing import CORRUPTIONS
 
     out: dict[str, Callable] = {}
@@ -222,7 +242,7 @@ def methods() -> dict[str, Callable]:
                 "hybrid": "hybrid:0.5:early=info:layer=1:horizon=1"}.get(name, f"{name}:0.5")
         out[f"prune:{name}"] = _prune(spec)
     out["prune:hybrid(visionzip)"] = _prune("hybrid:0.5:layer=1:horizon=1")
-    for name in ("vcd", "meandiff"):
+    for name in STEERING.names():
         out[f"steer:{name}"] = _steer(name)
     out["prototypes"] = _prototypes
     out["audit"] = _audit

@@ -42,4 +42,29 @@ def item_coverage(item, grid: tuple[int, int], box=None) -> np.ndarray:
     return mask_coverage([o.box_mask(item.size) for o in item.objects], item.size, grid, box)
 
 
-__all__ = ["mask_coverage", "item_coverage"]
+def position_coverage(layout, masks, image_index: int = 0) -> np.ndarray:
+    """float32 ``[n_obj, P]``: for each of image ``image_index``'s ``P`` patch positions
+    (``layout.image_positions`` order) the share of its cell that each mask covers, the cell taken
+    in the position's own tile: that tile's grid laid over that tile's box (LLaVA-NeXT's base and
+    high-resolution tiles, InternVL's / SmolVLM's crops and thumbnail, Qwen's merged grid).
+    ``masks``: ``[n_obj, H, W]`` at the image's original size. A one-tile image whose box is the
+    whole image gives :func:`mask_coverage` of its grid, flattened row-major."""
+    g = layout.images[image_index]
+    pos = layout.image_positions(image_index).numpy()
+    b = g.batch_row
+    tiles, rr, cc = layout.tile[b, pos], layout.row[b, pos], layout.col[b, pos]
+    out = np.zeros((len(masks), len(pos)), dtype=np.float32)
+    if len(masks) == 0:
+        return out
+    for t in np.unique(tiles):
+        if not 0 <= t < len(g.tiles):
+            continue
+        tile = g.tiles[int(t)]
+        rows, cols = tile.grid
+        cov = mask_coverage(masks, g.size, tile.grid, tile.box)          # [n_obj, rows, cols]
+        sel = (tiles == t) & (rr >= 0) & (cc >= 0) & (rr < rows) & (cc < cols)
+        out[:, sel] = cov[:, rr[sel], cc[sel]]
+    return out
+
+
+__all__ = ["mask_coverage", "item_coverage", "position_coverage"]

@@ -149,8 +149,9 @@ class Grounding(SteeringMethod):
         shp_ids = torch.tensor([adapter.token_id(s) for s in self.shapes])
         words = torch.cat([col_ids, shp_ids])  # colours, then shapes
         yn = torch.tensor([adapter.token_id("yes"), adapter.token_id("no")])
-        E = adapter.model.get_input_embeddings().weight
-        R = E[words.to(E.device)].detach()  # [C + S, D]: the rows those words embed as
+        E = adapter.model.get_input_embeddings()
+        with torch.no_grad():  # [C + S, D]: what the embedding module itself gives those words (Gemma 3 scales its rows)
+            R = E(words.to(E.weight.device)[None])[0].detach()
         code = torch.arange(1, len(words) + 1)  # word k -> k + 1 (0: no word)
         nC, nS = len(col_ids), len(shp_ids)
         st: dict = {}
@@ -332,28 +333,14 @@ def select_caption_rule(g: Grounding, adapter, betas, gates, items, min_mentions
     return beta, gate
 
 
-def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """float32 ``[n_obj, rows, cols]``: the share of each cell of a ``rows x cols`` grid over the whole
-    image covered by each object's mask (``masks`` ``[n_obj, H, W]`` bool)."""
-    rows, cols = int(grid[0]), int(grid[1])
-    n, h, w = masks.shape
-
-    def overlap(edges, n_pixels):  # [cells, pixels]: share of each cell's extent overlapped by each pixel
-        lo, hi = edges[:-1, None], edges[1:, None]
-        px = np.arange(n_pixels, dtype=np.float64)[None, :]
-        return np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0, None) / (hi - lo)
-
-    if n == 0:
-        return np.zeros((0, rows, cols), dtype=np.float32)
-    wy, wx = overlap(np.linspace(0.0, float(h), rows + 1), h), overlap(np.linspace(0.0, float(w), cols + 1), w)
-    return np.einsum("ry,nyx,cx->nrc", wy, masks.astype(np.float64), wx).astype(np.float32)
-
-
 def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt: str = "describe the image.",
                  progress: bool = False):
     """Image-token states ``[N, D]`` at ``blocks.{layer}.resid`` of the items' images (with ``prompt``,
     32 per forward) and their labels ``[N]`` (index into ``pairs``; ``len(pairs)``: background, i.e. no
-    object covers ``cover`` of the patch)."""
+    object covers ``cover`` of the patch). Each patch is judged in its own tile's grid and crop box
+    (:func:`~vlinterp.metrics.coverage.position_coverage`), so tiled and packed layouts label right."""
+    from ..metrics.coverage import position_coverage
+
     index = {tuple(p): k for k, p in enumerate(pairs)}
     site = f"blocks.{layer}.resid"
     X, y = [], []
@@ -372,7 +359,7 @@ def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt:
                 except KeyError as e:
                     raise DataError(f"item {it.id or i + k}: grounding needs objects with colour and shape attributes "
                                     f"among its words ({e})") from None
-                cov = patch_coverage(masks, bt.layout.grid(k)).reshape(len(it.objects), -1)
+                cov = position_coverage(bt.layout, masks, k)  # [n_obj, P], each position in its own tile
                 if not len(lab_of):
                     lab = np.full(cov.shape[1], len(pairs))
                 else:
@@ -385,4 +372,4 @@ def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt:
     return torch.cat(X), torch.cat(y)
 
 
-__all__ = ["Grounding", "patch_states", "patch_coverage", "select_caption_rule", "caption_rule", "ALPHAS", "BETAS", "GATES"]
+__all__ = ["Grounding", "patch_states", "select_caption_rule", "caption_rule", "ALPHAS", "BETAS", "GATES"]

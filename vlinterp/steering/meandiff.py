@@ -10,7 +10,7 @@ prompt token of layers ``layers``; ``d_l = mean(h_l | answered right) - mean(h_l
 
 ``protect``: groups of answer words (e.g. the colour words, the count words) whose answers the steering
 must leave alone. The direction loses its component along every within-group difference of those
-words' effective readouts (``norm.weight * lm_head.weight[word]``, each group centred), so at the last
+words' effective readouts (``norm gain * lm_head.weight[word]``, each group centred), so at the last
 layer adding it cannot change which word of a group wins (the final RMSNorm rescales all logits alike);
 at earlier layers it only removes the direct path.
 """
@@ -139,14 +139,29 @@ class MeanDiff(SteeringMethod):
 
 
 def effective_readouts(adapter, words) -> torch.Tensor:
-    """``final_norm.weight * lm_head.weight[word]`` ``[len(words), D]`` for single-token ``words``: the
+    """``gain * lm_head.weight[word]`` ``[len(words), D]`` (``gain``: :func:`norm_gain` of the final norm) for single-token ``words``: the
     direction in the last residual state that raises each word's logit."""
     model = adapter.model
     W = model.get_output_embeddings().weight.detach().float()
     lm = getattr(model, "model", model)
     lm = getattr(lm, "language_model", lm)
-    g = lm.norm.weight.detach().float() if getattr(lm, "norm", None) is not None else torch.ones(W.shape[1])
+    norm = getattr(lm, "norm", None)
+    g = norm_gain(norm, W.shape[1]) if norm is not None else torch.ones(W.shape[1])
     return W[[adapter.token_id(w) for w in words]] * g
+
+
+def norm_gain(norm, dim: int) -> torch.Tensor:
+    """The elementwise gain ``[dim]`` of a final norm: a LayerNorm's ``weight``; for an RMS norm, what
+    the module itself makes of a unit-RMS input (all ones), so that every flavour is right: LLaMA /
+    Qwen's ``weight * x``, and Gemma / Gemma 2 / Gemma 3's (and PaliGemma's) ``(1 + weight) * x``,
+    whose weights start at zero."""
+    if isinstance(norm, torch.nn.LayerNorm):
+        return norm.weight.detach().float() if norm.weight is not None else torch.ones(dim)
+    p = next(norm.parameters(), None)
+    x = torch.ones(1, dim, dtype=p.dtype if p is not None else torch.float32, device=p.device if p is not None else "cpu")
+    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0)) or 0.0)
+    with torch.no_grad():  # x / sqrt(mean(x^2) + eps): undo the eps so LLaMA's gain is its weight
+        return norm(x)[0].detach().float().cpu() * (1.0 + eps) ** 0.5
 
 
 def readout_basis(adapter, groups) -> torch.Tensor:
@@ -162,4 +177,4 @@ def readout_basis(adapter, groups) -> torch.Tensor:
     return U[:, S > S[0] * 1e-5]
 
 
-__all__ = ["MeanDiff", "effective_readouts", "readout_basis"]
+__all__ = ["MeanDiff", "effective_readouts", "norm_gain", "readout_basis"]
