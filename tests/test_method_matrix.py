@@ -22,12 +22,8 @@ NO_CLS = {"llava-onevision", "gemma3", "paligemma", "smolvlm"}
 REFUSED = [
     ("saliency:clip_text", VLM | {"vit", "dinov2"}, "supports: clip"),
     ("saliency:tam", ENC, "supports: vlm"),
-    ("saliency:gradcam", (TILED | PACKED) - {"internvl"}, "one crop per image"),
     ("saliency:ig", (TILED | PACKED) - {"internvl"}, "one crop per image"),
-    ("saliency:occlusion", (TILED | PACKED) - {"internvl"}, "one crop per image"),
-    ("saliency:gradcam", {"internvl"}, "split into 7 tiles"),
     ("saliency:ig", {"internvl"}, "split into 7 tiles"),
-    ("saliency:occlusion", {"internvl"}, "split into 7 tiles"),
     ("trace:text-noise", ENC, "text noise needs a language model"),
     ("prune:", ENC, "needs a vision-language model"),
     ("prune:visionzip", PACKED, "packs every image's patches"),

@@ -231,6 +231,69 @@ def test_gradcam_releases_hooks_and_grads(models, img):
     assert count_hooks(m.model) == n_hooks
 
 
+@pytest.mark.parametrize("family", ["llava-next", "qwen2.5-vl"])
+def test_gradcam_on_tiled_and_packed_vlms_is_gradcam_at_the_first_lm_block(family, img):
+    """Where the image reaches the LM as tiles or packed patches, Grad-CAM runs at ``blocks.0.resid``
+    over every tile's image tokens: each row equals a from-scratch Grad-CAM there (ReLU of the
+    activations weighted by the gradient's mean over the image's tokens), hooks and grads left as found."""
+    m = vi.load(f"tiny:{family}")
+    b = m.prepare(images=[img], text=["what is in the image?"])
+    n_hooks = count_hooks(m.model)
+    meth = saliency.create("gradcam", m)
+    res = meth.attribute(b, target=[0, 1])
+    assert res.meta["site"] == "blocks.0.resid" and count_hooks(m.model) == n_hooks
+    assert all(p.grad is None for p in m.model.parameters())
+    t = meth.resolve(b, [0, 1], 0)   # the teacher-forced batch and the explained logits
+    pos = res.layout.image_positions(0)
+    assert res.scores.shape == (2, len(pos)) and res.scores.max() > 0
+    for k in range(2):
+        got = {}
+        with m.raw_hooks() as h:
+            h.forward("blocks.0.resid", lambda mod, a, out: got.__setitem__("x", out[0] if isinstance(out, tuple) else out))
+            act_out = m.run(t.batch, grad=True)
+            act = got["x"]
+            act.retain_grad()
+            t.select(act_out.logits)[0, k].backward()
+        a, g = act[0, pos].detach(), act.grad[0, pos]
+        want = torch.relu((a * g.mean(0)).sum(-1)).numpy()
+        assert np.allclose(res.scores[k], want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max())), k
+        m.model.zero_grad(set_to_none=True)
+
+
+def test_occlusion_on_a_packed_vlm_occludes_the_original_image(img):
+    """Qwen2.5-VL packs its patches (no [3, H, W] crop): occlusion fills windows of the original image
+    with the processor's mean colour and re-runs the processor. With one-cell windows that do not
+    overlap, each token's attribution is exactly the drop of the explained score when its own cell
+    is occluded (from scratch here, on the teacher-forced answer)."""
+    from vlinterp.saliency.occlusion_image import fill_colour, windows
+    from vlinterp.saliency.targets import _teacher_force
+
+    m = vi.load("tiny:qwen2.5-vl")
+    b = m.prepare(images=[img], text=["what is in the image?"])
+    meth = saliency.create("occlusion", m)
+    res = meth.attribute(b, target=[0])
+    assert res.meta["occlusion_space"] == "original image"
+    t = meth.resolve(b, [0], 0)
+    x = np.asarray(img.convert("RGB"))
+    H, W = x.shape[:2]
+
+    def score(a):
+        with torch.no_grad():
+            tb = _teacher_force(m, [a], t.batch.meta["formatted"][0], t.meta["answer_ids"])
+            return float(t.select(m.run(tb).logits)[0, 0])
+
+    g = res.layout.images[0]
+    rows, cols = g.tiles[0].grid
+    wins = windows(t, 1, 1, H, W)
+    assert len(wins) == rows * cols and g.tiles[0].box == (0.0, 0.0, float(W), float(H))
+    want = []
+    for y0, y1, x0, x1 in wins:
+        o = x.copy()
+        o[y0:y1, x0:x1] = fill_colour(m, 0.0)
+        want.append(score(x) - score(o))
+    assert np.allclose(res.scores[0], want, rtol=1e-4, atol=1e-6) and np.abs(want).max() > 0
+
+
 # ---------------------------------------------------------------------- MSEA
 class _PatchColour(SaliencyMethod):
     """Scale-invariant toy: each patch's mean red value (the target is ignored)."""

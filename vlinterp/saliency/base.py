@@ -337,6 +337,13 @@ def pixels(t: Targets) -> torch.Tensor:
     return x
 
 
+def tiled_input(t: Targets) -> bool:
+    """Whether the explained image reaches the model as more than one crop (tiles, a thumbnail) or as
+    patches packed into rows (Qwen): no single ``[3, H, W]`` crop and no single patch grid."""
+    x = t.batch.inputs.get("pixel_values")
+    return not (isinstance(x, torch.Tensor) and x.dim() == 4) or len(t.layout.images[t.image_index].tiles) != 1
+
+
 def pixel_forward(adapter, t: Targets, grad: bool):
     """``f(x) -> [k, n_targets]`` for pixels ``x`` ``[k, 3, H, W]`` (copies of the one explained
     image): the batch's other inputs are repeated ``k`` times (captum expands inputs along dim 0)."""

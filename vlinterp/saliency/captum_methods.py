@@ -13,7 +13,10 @@ colour, or a tensor like ``pixel_values``), ``n_steps``, ``internal_batch_size``
 convergence delta (sum of attributions minus ``f(x) - f(baseline)``) per target is kept in
 ``arrays["convergence_delta"]`` and ``meta``.
 ``occlusion``: windows of ``window`` x ``window`` patches moved by ``stride`` patches, filled with
-``baseline``; ``perturbations_per_eval`` forward passes batched.
+``baseline``; ``perturbations_per_eval`` forward passes batched. On a VLM whose processor tiles the
+image or packs its patches, the windows occlude the original image instead
+(:mod:`.occlusion_image`). ``ig`` needs one crop: it refuses those (its path runs through the
+processor's resizing, which has no gradient).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from .base import AnswerConfig, SaliencyMethod, pixel_forward, pixels, pool_pixels, positive
+from .base import AnswerConfig, SaliencyMethod, pixel_forward, pixels, pool_pixels, positive, tiled_input
 from .targets import Targets
 
 
@@ -106,6 +109,11 @@ class OcclusionMethod(SaliencyMethod):
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import Occlusion
 
+        c = self.config
+        if self.adapter.kind == "vlm" and tiled_input(t):  # tiles / packed patches: occlude the original image
+            from .occlusion_image import occlude
+
+            return occlude(self.adapter, t, c.window, c.stride, c.baseline, c.absolute)
         x = pixels(t).detach().to(self.adapter.device)  # captum compares f(x) with x's attributions: one device
         rows_, cols = t.layout.grid(t.image_index)
         C, H, W = x.shape[1:]

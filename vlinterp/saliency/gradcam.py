@@ -2,7 +2,11 @@
 
 The target layer is a hook site's module; its ``[B, T, D]`` output is turned into the
 ``[B, D, rows, cols]`` map Grad-CAM expects by a ``reshape_transform`` built from our layout
-(special positions dropped, patches put on their grid). Default sites: ViT/CLIP
+(special positions dropped, patches put on their grid). On a VLM whose image reaches the LM as
+tiles or packed patches (LLaVA-NeXT, OneVision, Qwen2/2.5/3-VL, InternVL, SmolVLM) the map is taken
+at ``blocks.0.resid`` (the first LM block's output at the image tokens of every tile; the projected
+tokens themselves are scattered into the LM input inside the model's forward, where no module
+outputs them) over the image's token positions in one row, so it runs on every family. Default sites: ViT/CLIP
 ``vision.blocks.{n-2}.resid`` (the input of the last block: the last block's patch outputs do
 not reach a CLS-pooled head, so their gradients are zero), LLaVA ``projector`` (the image tokens
 the language model reads; llava-1.5 layouts, one image per prompt). Option ``layer`` picks
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, LayerRangeError, ShapeMismatchError, UnsupportedError
-from .base import AnswerConfig, SaliencyMethod, keep_param_grads, pixel_forward, pixels
+from .base import AnswerConfig, SaliencyMethod, keep_param_grads, pixel_forward, pixels, tiled_input
 from .targets import Targets
 
 
@@ -52,6 +56,29 @@ def layout_reshape(layout, image_index: int = 0):
         return x.reshape(x.shape[0], rows, cols, x.shape[-1]).permute(0, 3, 1, 2)
 
     return transform
+
+
+def tokens_reshape(layout, image_index: int = 0):
+    """``reshape_transform`` for a token site of the LM stream: ``[B, T, D]`` -> ``[B, D, 1, P]``,
+    image ``image_index``'s ``P`` patch positions (every tile, ``image_positions`` order) in one row.
+    Grad-CAM's weights are the gradient's mean over the map, so one row of all patches gives each
+    patch what a per-tile grid would, with the mean over the whole image."""
+    pos = layout.image_positions(image_index)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] <= int(pos.max()):
+            raise ShapeMismatchError(f"gradcam: the target site's output {tuple(x.shape)} is not [B, T, D] over the layout's positions")
+        return x[:, pos.to(x.device)].permute(0, 2, 1)[:, :, None]
+
+    return transform
+
+
+def _token_forward(adapter, t: Targets):
+    """``f(x) -> [1, n_targets]``: the batch as prepared (``x``, a placeholder of the map's shape for
+    pytorch-grad-cam, is not read: the map lives on the LM's image tokens, not on pixels)."""
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return t.select(adapter.run(t.batch, grad=True).logits).float()
+    return f
 
 
 def _cam_class():
@@ -100,8 +127,9 @@ class GradCAMMethod(SaliencyMethod):
         return ("vision.embed" if layer < 0 else f"vision.blocks.{layer}.resid"), "vision"
 
     def compute(self, t: Targets) -> np.ndarray:
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
+        if self.adapter.kind == "vlm" and self.config.site is None and tiled_input(t):
+            return self._run(t, "blocks.0.resid", tokens_reshape(t.layout, t.image_index),
+                             torch.zeros(1, 1, 1, len(t.layout.image_positions(t.image_index))), _token_forward(self.adapter, t))
         site, stream = self.target_site(t)
         if stream not in t.batch.layouts:
             raise UnsupportedError(f"gradcam: site {site!r} is in stream {stream!r}, which this batch has no layout for")
@@ -109,11 +137,18 @@ class GradCAMMethod(SaliencyMethod):
         if len(lay.images[0].tiles) != 1 or lay.grid(0) != t.layout.grid(t.image_index):
             raise UnsupportedError(f"gradcam: the {stream} grid {lay.grid(0)} differs from the explained image's patch grid")
         x = pixels(t).detach().clone().requires_grad_(True)
-        model = _Wrapped(pixel_forward(self.adapter, t, grad=True), self.adapter.model)
+        return self._run(t, site, layout_reshape(lay), x, pixel_forward(self.adapter, t, grad=True))
+
+    def _run(self, t: Targets, site: str, reshape, x: torch.Tensor, fn) -> np.ndarray:
+        """pytorch-grad-cam at ``site`` (``reshape``: its output -> ``[B, D, rows, cols]``), the model
+        run by ``fn(x)``: one raw per-patch map per target, ReLU'd, ``[n_targets, n_patches]``."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        model = _Wrapped(fn, self.adapter.model)
         t.meta["site"] = site
         out = []
         with keep_param_grads(self.adapter.model):
-            cam = _cam_class()(model, [self.adapter.module(site)], reshape_transform=layout_reshape(lay))
+            cam = _cam_class()(model, [self.adapter.module(site)], reshape_transform=reshape)
             try:  # not `with cam:`, whose __exit__ swallows IndexError
                 for k in range(t.n):
                     cam.raw, cam.grad_max = [], []
