@@ -15,6 +15,53 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+# ------------------------------------------------------------------ exclusive files
+# Tests marked ``exclusive`` (Ray: two worker processes per run, gloo all-reduces every step) need the
+# machine's cores to themselves: beside the other xdist worker they ran 3-8x slower than alone
+# (measured: tests/test_scale.py 141 s alone, 502 s of one worker's time in a loaded full run; the
+# data-parallel SAE test 26 s vs 200 s). Every test holds a shared lock; a run of consecutive
+# exclusive tests (one file: --dist loadfile) holds it exclusively, so the other worker waits.
+_HELD: dict = {}
+
+
+def _lock_files(config):
+    """The lock files, in the run's temp root that every xdist worker shares (pytest prunes old runs)."""
+    import fcntl
+
+    base = os.path.join(str(config._tmp_path_factory.getbasetemp().parent), "exclusive")
+    return fcntl, open(base + ".gate", "a"), open(base + ".rw", "a")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+        yield
+        return
+    exclusive = item.get_closest_marker("exclusive") is not None
+    if _HELD.get("mode") != ("ex" if exclusive else "sh"):
+        _release()
+        fcntl, gate, rw = _lock_files(item.config)
+        if exclusive:  # the gate first: shared requests queue behind it, so this one is not starved
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(rw, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_SH)
+            fcntl.flock(rw, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        _HELD.update(mode="ex" if exclusive else "sh", files=(gate, rw))
+    try:
+        yield
+    finally:
+        if not exclusive or nextitem is None or nextitem.get_closest_marker("exclusive") is None:
+            _release()
+
+
+def _release():
+    for f in _HELD.pop("files", ()):
+        f.close()  # closing the file releases its lock
+    _HELD.pop("mode", None)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

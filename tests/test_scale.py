@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.exclusive  # Ray workers need both cores (tests/conftest.py)
 
 from vlinterp.cli import main  # noqa: E402
 from vlinterp.scale import WorkerError, WorkerPool  # noqa: E402
@@ -191,5 +192,5 @@ def test_sae_train_data_parallel_equals_one_process_and_shares_its_checkpoints(t
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-7), (name, float((a[name] - b[name]).abs().max()))
 
     bad = ActivationStore({**st.rows, "acts": st.acts.clone().index_fill_(0, torch.tensor([3]), float("nan"))}, dict(st.meta))
-    with pytest.raises(NaNError, match="non-finite"):
+    with pytest.raises(NaNError, match="non-finite activations in store row 3"):  # refused before Ray Train starts
         train_data_parallel(bad, workers=2, **kw)

@@ -22,6 +22,15 @@ import torch
 from ..core.errors import NaNError
 
 
+def first_non_finite_row(acts: torch.Tensor, chunk: int = 65536) -> int | None:
+    """Index of the first row of ``acts`` ``[N, D]`` holding a NaN or inf (read in chunks of rows), or None."""
+    for a in range(0, acts.shape[0], chunk):
+        ok = torch.isfinite(acts[a:a + chunk].float()).all(-1)
+        if not bool(ok.all()):
+            return a + int((~ok).nonzero()[0, 0])
+    return None
+
+
 def _all_finite(ok: bool) -> bool:
     """True when ``ok`` holds on every worker (so all of them raise together, none waits)."""
     import torch.distributed as dist
@@ -108,6 +117,9 @@ def train_data_parallel(store, arch: str = "topk", d_sae: int = 1024, k: int = 1
 
     if batch_size % workers:
         raise ConfigError(f"batch_size {batch_size} must be a multiple of workers ({workers}) for equal shares")
+    bad = first_non_finite_row(store.acts)
+    if bad is not None:  # before any worker starts (a Ray Train launch costs tens of seconds)
+        raise NaNError(f"non-finite activations in store row {bad}; nothing was trained (re-harvest or drop the row)")
     own = checkpoint_dir is None
     ckpt = checkpoint_dir or tempfile.mkdtemp(prefix="vlinterp-sae-dp-")
     started = False
