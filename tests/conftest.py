@@ -15,6 +15,18 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+@pytest.fixture(autouse=True)
+def _threads_left_as_found():
+    """A library call must not leave torch's thread count changed (training recipes set their own:
+    left at 2 in a test worker, every later test in it oversubscribed the two cores, 2-4x slower)."""
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch's thread count at {after} (was {before})")
+
+
 # ------------------------------------------------------------------ exclusive files
 # Tests marked ``exclusive`` (Ray: two worker processes per run, gloo all-reduces every step) need the
 # machine's cores to themselves: beside the other xdist worker they ran 3-8x slower than alone

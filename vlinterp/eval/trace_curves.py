@@ -18,6 +18,7 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..core.threads import restores_threads
 from ..metrics.coverage import item_coverage
 from ..tracing import trace
 from . import shapes
@@ -109,6 +110,7 @@ def last_token_curves(adapter, n: int = 48, split: str = "test", seed: int = 11,
             "p_clean": float(np.mean(pc)), "p_corrupt": float(np.mean(pk))}
 
 
+@restores_threads
 def main(argv=None) -> None:
     import torch
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import restores_threads
 from .recipe_llava import FLOORS, evaluate  # noqa: F401  (the zoo reads a recipe's FLOORS and evaluate)
 
 NAME = "shapes-llava-aligned"
@@ -171,6 +172,7 @@ def align(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda 
             "last_direction_cos": float(np.nanmean(np.array(hist[-100:])[:, 3])), "seconds": round(time.time() - t0, 1)}
 
 
+@restores_threads
 def _align_dir(src: str, out: str, seed: int, steps: int | None, log, command: str, **over) -> dict:
     """Load the shapes-llava weights in ``src``, run the align stage, write ``out`` with a card
     (``command``: how to reproduce it)."""

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from ..core.threads import restores_threads
+
 TUNE = {
     "steps": 4000, "lr": 8e-4, "batch": 32, "pool": 4000, "start": 12000,
     "source_p": (0.4, 0.4, 0.2),
@@ -103,6 +105,7 @@ def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m
             "source_p": list(cfg["source_p"]), "neg_p": list(cfg["neg_p"]), "seconds": round(time.time() - t0, 1)}
 
 
+@restores_threads
 def main(argv=None) -> dict:
     """``python -m vlinterp.zoo.llava_tune IN OUT [--seed S] [--steps N]``: the tune stage on saved LM-stage weights."""
     import argparse

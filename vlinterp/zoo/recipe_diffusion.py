@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import restores_threads
 from ..data.shapes import COLOURS, PAIRS, SHAPES, split_seed
 from .common import Clock, atomic_dir, schedule, set_lr, write_card
 from .diffusion_data import CaptionPool, caption, heuristic_judge
@@ -90,6 +91,7 @@ def _schedule(step: int, total: int, clock, base: float, warmup: int) -> float:
     return schedule(step, total, clock, base, warmup, final=0.1)
 
 
+@restores_threads
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
           progress: bool = True, eval_n: int | None = None, init: str | None = None, **overrides) -> dict:
     """Train and write ``out_dir`` (pixel-space component format + card.json) atomically.

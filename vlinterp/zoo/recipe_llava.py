@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import restores_threads
 from ..data.questions import count_questions, pope_split
 from ..data.renderings import as_text, render_words
 from ..data.shapes import COLOURS, NUM_WORDS, make_split, scene_rng
@@ -172,6 +173,7 @@ def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params
                 f"({time.time() - t0:.0f}s)")
 
 
+@restores_threads
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None, progress: bool = True,
           device: str | None = None) -> dict:
     """Train shapes-llava from scratch and write ``out_dir`` (HF format + processor + card.json)."""

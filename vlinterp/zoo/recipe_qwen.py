@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from ..core.threads import restores_threads
 from . import qwen_model as qm
 from .llava_tower import TowerTrainer, text_config
 from .recipe_llava import FLOORS as _LLAVA_FLOORS
@@ -138,6 +139,7 @@ class _Stages:
         write_json(os.path.join(self.dir, "stages.json"), self.rec)
 
 
+@restores_threads
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None, progress: bool = True,
           device: str | None = None) -> dict:
     """Train shapes-qwen from scratch (resuming from ``OUT.stages/``) and write ``out_dir``."""
