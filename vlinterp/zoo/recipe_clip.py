@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import restores_threads
 from ..data.questions import caption
 from ..data.shapes import PAIRS, make_split
 from .clip_data import caption_of, hard_negative, pair_vector, scene_pairs
@@ -60,6 +61,7 @@ def tokenizer():
     return open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
 
 
+@restores_threads
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
           progress: bool = True, **overrides) -> dict:
     """Train from scratch and write ``out_dir`` (open_clip hub layout + card.json) atomically."""

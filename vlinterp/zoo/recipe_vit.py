@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import restores_threads
 from ..data.shapes import PAIRS, make_split
 from .common import atomic_dir, schedule, set_lr, write_card
 from .vit_data import N_DENSE, ScenePool, auroc, dense_loss
@@ -54,6 +55,7 @@ def build_model(seed: int = 0):
     return model
 
 
+@restores_threads
 def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int | None = None,
           progress: bool = True, **overrides) -> dict:
     """Train from scratch and write ``out_dir`` (timm hub format + card.json) atomically."""
