@@ -27,6 +27,33 @@ def _threads_left_as_found():
         pytest.fail(f"the test left torch's thread count at {after} (was {before})")
 
 
+# ------------------------------------------------------------------ file order
+# pyproject runs xdist with --dist loadfile --no-loadscope-reorder: files go to the workers in this
+# order, one at a time as a worker frees up. Longest first (seconds of test time per file in a full
+# run here, largest first), so the run does not end on one worker finishing a long file while the
+# other idles (xdist's own reorder, by test count, put the one-test detection files last); the rest
+# alphabetical; exclusive files (Ray) at the very end, when the other worker has only short files left.
+LONGEST_FIRST = (
+    "test_saliency_floors", "test_notebooks", "test_prototypes_organism", "test_sae_organisms", "test_probe_steer",
+    "test_grounding", "test_detect_chair", "test_tracing_organism", "test_sae_organisms_diffusion", "test_zoo_diffusion",
+    "test_zoo_llava_aligned", "test_meandiff", "test_spill", "test_audit", "test_method_matrix", "test_zoo_llava",
+    "test_detect_pope", "test_diffusion_ground", "test_dataset_parity", "test_pruning_organism", "test_serve_browser",
+    "test_dataset_parity_steer",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+
+    def key(item):
+        if item.get_closest_marker("exclusive"):
+            return (2, 0)
+        mod = item.nodeid.split("::")[0].rsplit("/", 1)[-1][:-3]
+        return (0, rank[mod]) if mod in rank else (1, 0)
+
+    items.sort(key=key)  # stable: a file's tests stay together and in their order
+
+
 # ------------------------------------------------------------------ exclusive files
 # Tests marked ``exclusive`` (Ray: two worker processes per run, gloo all-reduces every step) need the
 # machine's cores to themselves: beside the other xdist worker they ran 3-8x slower than alone
