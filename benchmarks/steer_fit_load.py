@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NOTE = ("Both commands pay Python start-up, imports and the model's load; generate --fit is almost only that (loading the "
         "fit itself takes milliseconds), so the whole-command ratio falls as the fit grows: the default ground fit "
         "(`--method ground --dataset shapes`: 2,048 probe scenes, strengths chosen on calibration questions and captions) "
-        "takes minutes on a CPU. The default here is a short fit (256 scenes, strengths given) to keep the run short.")
+        "takes minutes on a CPU. The script's default is a short fit (256 scenes, strengths given) to keep the run short; "
+        "`--method ground --dataset shapes` measures the default fit.")
 
 
 def _cli(args: list[str], env: dict) -> float:
