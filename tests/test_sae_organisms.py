@@ -28,11 +28,13 @@ def _saev(name: str) -> dict:
     torch.set_num_threads(1)
     from vlinterp.eval.saev import shapes_saev
 
-    # 1500 steps (the README's run: 4000): every level below holds at both, measured 2026-12-07 at 1500:
-    # shapes-llava FVU 0.017, splice -0.016, patch AUROC yellow 0.924 / others >= 0.986, cross-modal 0,
-    # filtering 0.565 vs 0.573 random weights; aligned FVU 0.013, splice -0.008, cross-modal 6,
-    # alignment >= 0.57, filtering 0.938 vs 0.886 random weights / 0.884 untrained SAE
-    return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=1500)
+    # 2000 steps (the README's run: 4000). Re-measured 2026-12-07 on a fresh install (transformers 5.25):
+    # at 1500 steps (the earlier setting) shapes-llava's splice change read -0.023, past the floor 0.02.
+    # At 2000: shapes-llava FVU 0.014, splice -0.012, patch AUROC yellow 0.904 / others >= 0.990,
+    # cross-modal 0, filtering 0.583 vs 0.540 random weights (chosen 0.580 vs 0.565); aligned FVU 0.011,
+    # splice 0.000, patch AUROC >= 0.996, cross-modal 6, filtering 0.926 vs 0.880 random weights / 0.884
+    # untrained SAE. At 4000: shapes-llava FVU 0.010, splice -0.008.
+    return shapes_saev(vlinterp.load(name), "blocks.2.resid", n_train=800, n_heldout=200, steps=2000)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_colour_patch_features(saev):
     cols = saev["colours"]["colours"]
     assert len(cols) == 6
     patch = sorted(r["patch_auroc"] for r in cols.values())
-    assert patch[0] >= 0.9 and patch[1] >= 0.95, cols  # reached: yellow 0.924, the other five >= 0.994
+    assert patch[0] >= 0.9 and patch[1] >= 0.95, cols  # reached: yellow 0.904 (2000 steps; 0.924 at 4000), the other five >= 0.990
     for c, r in cols.items():
         assert r["best_word_auroc"] >= 0.90, (c, r)  # each colour word has its own text feature
     assert saev["colours"]["cross_modal"] == 0  # reached 0 (floor 3; the aligned organism: 6)
