@@ -22,8 +22,6 @@ NO_CLS = {"llava-onevision", "gemma3", "paligemma", "smolvlm"}
 REFUSED = [
     ("saliency:clip_text", VLM | {"vit", "dinov2"}, "supports: clip"),
     ("saliency:tam", ENC, "supports: vlm"),
-    ("saliency:ig", (TILED | PACKED) - {"internvl"}, "one crop per image"),
-    ("saliency:ig", {"internvl"}, "split into 7 tiles"),
     ("trace:text-noise", ENC, "text noise needs a language model"),
     ("prune:", ENC, "needs a vision-language model"),
     ("prune:visionzip", PACKED, "packs every image's patches"),

@@ -260,6 +260,85 @@ def test_gradcam_on_tiled_and_packed_vlms_is_gradcam_at_the_first_lm_block(famil
         m.model.zero_grad(set_to_none=True)
 
 
+def _first_layer_input(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava-next", "qwen2.5-vl", "internvl"])
+def test_ig_on_tiled_and_packed_vlms_integrates_over_the_image_tokens(family, img):
+    """Where no single crop exists, ``ig`` integrates over the image-token rows of the first decoder
+    layer's input, from the rows of the baseline image to the image's own. Each row equals a
+    from-scratch IG (captum's Gauss-Legendre points, rows written by a plain pre-hook, gradients by
+    autograd, summed over D; the first target), and the scores add up to f(image) - f(baseline image)
+    run as pixels, up to captum's convergence delta."""
+    m = vi.load(f"tiny:{family}")
+    b = m.prepare(images=[img], text=["what is in the image?"])
+    n_hooks = count_hooks(m.model)
+    meth = saliency.create("ig", m, n_steps=12, baseline=0.5)
+    res = meth.attribute(b, target=[0, 1])
+    assert res.meta["ig_space"] == "tokens" and count_hooks(m.model) == n_hooks
+    assert all(p.grad is None for p in m.model.parameters())
+    t = meth.resolve(b, [0, 1], 0)
+    pos = res.layout.image_positions(0)
+    assert res.scores.shape == (2, len(pos)) and np.abs(res.scores).max() > 0
+
+    def rows_of(pixel_values):
+        got = {}
+        inputs = {**t.batch.inputs, "pixel_values": pixel_values}
+        bb = vi.adapters.base.Batch(inputs, t.batch.layouts, t.batch.main, t.batch.images, t.batch.text, t.batch.meta)
+        with m.raw_hooks() as h, torch.no_grad():
+            h.pre("inputs_embeds", lambda mod, a, kw: got.__setitem__("x", _first_layer_input(a, kw)[0, pos].clone()), with_kwargs=True)
+            score = t.select(m.run(bb).logits)[0]
+        return got["x"], score
+
+    px = t.batch.inputs["pixel_values"]
+    x, fx = rows_of(px)
+    x0, f0 = rows_of(torch.full_like(px, 0.5))
+    u, w = np.polynomial.legendre.leggauss(12)
+    for k in range(2):
+        gap = float(fx[k] - f0[k])  # completeness, up to captum's convergence delta
+        assert res.scores[k].sum() == pytest.approx(gap + float(res.arrays["convergence_delta"][k]), rel=1e-4, abs=1e-7)
+        if k:
+            continue
+        grads = torch.zeros_like(x)
+        for alpha, weight in zip(0.5 * (u + 1), 0.5 * w):
+            e = (x0 + float(alpha) * (x - x0)).requires_grad_(True)
+
+            def put(mod, a, kw, e=e):
+                h = _first_layer_input(a, kw).clone()
+                h[0, pos] = e
+                return ((h,) + tuple(a[1:]), kw) if a else (a, {**kw, "hidden_states": h})
+
+            with m.raw_hooks() as hk:
+                hk.pre("inputs_embeds", put, with_kwargs=True)
+                g, = torch.autograd.grad(t.select(m.run(t.batch, grad=True).logits)[0, k], e)
+            grads += float(weight) * g
+        want = ((x - x0) * grads).sum(-1).numpy()
+        assert np.allclose(res.scores[k], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())), k
+
+
+def test_ig_space_option(models, img):
+    """``space=pixels`` keeps the one-crop refusal on a tiled VLM; ``space=tokens`` on a one-crop
+    LLaVA gives the token path there too; encoders have no image tokens; a bad value is refused
+    before any work. SmolVLM drops an all-zero image as padding: the zero baseline still runs there."""
+    nxt = vi.load("tiny:llava-next")
+    b = nxt.prepare(images=[img], text="what color is the circle?")
+    with pytest.raises(UnsupportedError, match="one crop per image"):
+        saliency.get("ig")(nxt, space="pixels").attribute(b, target="red")
+    m = models["llava"]
+    r = saliency.get("ig")(m, space="tokens", n_steps=4).attribute(_batch(m, img), target="red")
+    assert r.meta["ig_space"] == "tokens" and r.scores.shape == (1, 16)
+    with pytest.raises(UnsupportedError, match="no.*image tokens|has none"):
+        saliency.get("ig")(models["vit"], space="tokens").attribute(_batch(models["vit"], img))
+    with pytest.raises(ConfigError, match="auto, pixels or tokens"):
+        saliency.get("ig")(m, space="latent")
+    smol = vi.load("tiny:smolvlm")
+    r = saliency.get("ig")(smol, n_steps=16).attribute(smol.prepare(images=[img], text="what color is the circle?"), target="red")
+    assert r.meta["ig_space"] == "tokens" and np.abs(r.scores).max() > 0
+    assert abs(r.meta["convergence_delta"][0]) < 0.05 * abs(float(r.scores.sum())) + 1e-6
+
+
 def test_occlusion_on_a_packed_vlm_occludes_the_original_image(img):
     """Qwen2.5-VL packs its patches (no [3, H, W] crop): occlusion fills windows of the original image
     with the processor's mean colour and re-runs the processor. With one-cell windows that do not
@@ -329,8 +408,8 @@ def test_llava_msea_and_next_tiles(models, img):
     for name in ("relevancy", "tam"):
         r = saliency.get(name)(nxt).attribute(b, target="red")
         assert r.scores.shape == (1, 16 + 48) and r.heatmap(0).shape == (48, 64)
-    with pytest.raises(UnsupportedError, match="one crop per image"):
-        saliency.get("ig")(nxt).attribute(b, target="red")
+    r = saliency.get("ig")(nxt, n_steps=4).attribute(b, target="red")
+    assert r.scores.shape == (1, 16 + 48) and r.heatmap(0).shape == (48, 64) and r.meta["ig_space"] == "tokens"
 
 
 # ---------------------------------------------------------------------- DAAM

@@ -15,8 +15,9 @@ convergence delta (sum of attributions minus ``f(x) - f(baseline)``) per target 
 ``occlusion``: windows of ``window`` x ``window`` patches moved by ``stride`` patches, filled with
 ``baseline``; ``perturbations_per_eval`` forward passes batched. On a VLM whose processor tiles the
 image or packs its patches, the windows occlude the original image instead
-(:mod:`.occlusion_image`). ``ig`` needs one crop: it refuses those (its path runs through the
-processor's resizing, which has no gradient).
+(:mod:`.occlusion_image`). ``ig`` there integrates over the image tokens the language model reads
+instead (:mod:`.ig_tokens`: the processor's resizing has no gradient, so no pixel path reaches
+them); option ``space``: ``auto`` (that choice), ``pixels`` or ``tokens`` (any VLM).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, UnsupportedError
 from .base import AnswerConfig, SaliencyMethod, pixel_forward, pixels, pool_pixels, positive, tiled_input
 from .targets import Targets
 
@@ -62,21 +63,33 @@ class IntegratedGradientsMethod(SaliencyMethod):
 
     @dataclass
     class Config(PixelConfig):
-        """``n_steps``: points on the straight path; ``internal_batch_size``: of them per forward pass."""
+        """``n_steps``: points on the straight path; ``internal_batch_size``: of them per forward pass;
+        ``space``: ``pixels`` (the processed crop), ``tokens`` (a VLM's image tokens at the LM
+        input, :mod:`.ig_tokens`) or ``auto`` (tokens where the image is tiled or packed)."""
 
         n_steps: int = 32
         internal_batch_size: int = 16
+        space: str = "auto"
 
         def validate(self) -> None:
             super().validate()
             positive(self, "n_steps", "internal_batch_size")
+            if self.space not in ("auto", "pixels", "tokens"):
+                raise ConfigError(f"option 'space' must be auto, pixels or tokens, got {self.space!r}")
 
     def compute(self, t: Targets) -> np.ndarray:
         from captum.attr import IntegratedGradients
 
+        c = self.config
+        vlm = self.adapter.kind == "vlm" and t.stream == "lm"
+        if c.space == "tokens" and not vlm:
+            raise UnsupportedError("ig space=tokens integrates over a VLM's image tokens; this model has none")
+        if c.space == "tokens" or (c.space == "auto" and vlm and tiled_input(t)):
+            from .ig_tokens import token_ig
+
+            return token_ig(self.adapter, t, c.baseline, c.n_steps, c.internal_batch_size, c.absolute)
         x = pixels(t).detach().to(self.adapter.device)  # captum compares f(x) with x's attributions: one device
         ig = IntegratedGradients(pixel_forward(self.adapter, t, grad=True))
-        c = self.config
         base = _baseline(x, c.baseline)
         rows, deltas = [], []
         for k in range(t.n):

@@ -60,7 +60,9 @@ class Family:
       ``nest_images``: the processor takes one list of images per prompt (it tells multi-image
       prompts apart: OneVision, Gemma 3, SmolVLM); ``drop_inputs``: processor outputs the model must
       not get (PaliGemma's ``labels``); ``answer_token_types``: the value of per-token inputs at
-      appended answer tokens (PaliGemma: ``token_type_ids`` 1, the causal suffix).
+      appended answer tokens (PaliGemma: ``token_type_ids`` 1, the causal suffix);
+      ``zero_image_is_padding``: the model drops an image whose pixel values are all zero as
+      padding (Idefics3 / SmolVLM), so a method's all-zero baseline image must not be exactly zero.
     * layout: ``image_run(adapter, enc, k, (H, W)) -> ImageRun`` (the LM positions of image ``k``),
       ``vision_layouts(adapter, enc, sizes) -> {stream: TokenLayout}``;
       ``position_ids(adapter, batch) -> LongTensor`` (``[3, B, T]`` for M-RoPE; ``None``: 1-D).
@@ -103,6 +105,7 @@ class Family:
     nest_images: bool = False
     drop_inputs: tuple[str, ...] = ()
     answer_token_types: dict = field(default_factory=dict)
+    zero_image_is_padding: bool = False
 
 
 _LOADED: dict[str, Family] = {}

@@ -27,4 +27,5 @@ FAMILY = Family(
     image_run=image_run,
     vision_layouts=vision_layouts,
     nest_images=True,
+    zero_image_is_padding=True,
 )
