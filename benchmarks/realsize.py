@@ -333,12 +333,15 @@ def part_steering(args):
     geometry (``--decode-tokens`` tokens greedy, prefill included, interleaved rounds). The methods are
     built, not fitted (random weights give nothing to fit): VCD (a second, noised-image forward per
     token), mean-difference vectors at the upper half of the LM layers (random unit directions) and
-    IRI injecting layer 0's attention and MLP outputs into the last layer's. Their hooks cost the same
-    whatever the fitted values; SAVE, probe steering and grounding need fits on the shapes organism
-    (their overhead is measured there, ``benchmarks/steering_overhead.py``)."""
+    IRI injecting layer 0's attention and MLP outputs into the last layer's, SAVE adding a random unit
+    direction at the middle layer's last position, grounding with a random patch probe over 3 x 3
+    colour-shape words at the middle layer (``gate=inf``: its caption rule acts on every colour or
+    shape word on top, its worst case). Their hooks cost the same whatever the fitted values; probe
+    steering needs its fitted heads (its overhead is measured on the organism,
+    ``benchmarks/steering_overhead.py``)."""
     import contextlib
 
-    from vlinterp.steering import IRI, VCD, MeanDiff
+    from vlinterp.steering import IRI, SAVE, VCD, Grounding, MeanDiff
 
     if not wanted(args, "llava15"):
         return []
@@ -348,7 +351,11 @@ def part_steering(args):
     g = torch.Generator().manual_seed(0)
     methods = {"vcd": VCD(alpha=1.0),
                "meandiff": MeanDiff({l: torch.randn(D, generator=g) for l in range(L // 2, L)}, alpha=0.1),
-               "iri": IRI([("attn", 0, 1.0), ("mlp", 0, 1.0)], [("attn", L - 1), ("mlp", L - 1)], lam=1.0)}
+               "iri": IRI([("attn", 0, 1.0), ("mlp", 0, 1.0)], [("attn", L - 1), ("mlp", L - 1)], lam=1.0),
+               "save": SAVE(torch.randn(D, generator=g), config=SAVE.Config(site=f"blocks.{L // 2}.resid", alpha=0.2)),
+               "ground": Grounding(torch.randn(10, D, generator=g) / D ** 0.5, torch.zeros(10),
+                                   Grounding.Config(layer=L // 2, alpha=1.0, beta=1.0, gate=float("inf"),
+                                                    colours=("red", "green", "blue"), shapes=("circle", "square", "triangle")))}
     T = args.decode_tokens
 
     def gen(meth):

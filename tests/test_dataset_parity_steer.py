@@ -95,13 +95,18 @@ def test_ground_fits_on_coco_scenes_exactly_as_on_native_scenes(tmp_path, capsys
     """Grounding's probe labels from any dataset with masks or boxes: ``steer fit --method ground
     --dataset coco:...`` on the exported split (RLE masks, colour / shape attributes) saves exactly the
     native probe; without masks each object's box is filled (other labels, another probe); objects
-    without colour / shape attributes, and strengths left to ``auto``, are one-line errors."""
+    without colour / shape attributes give a probe over their names (the same probe here, where the
+    names are the pairs'); strengths left to ``auto`` and a caption strength over names are one-line errors."""
     import torch
 
     import vlinterp as vi
     from cli_util import assert_bad_input
-    from vlinterp.core.errors import DataError
+    from vlinterp.core.errors import ConfigError, DataError
+    from vlinterp.data.shapes import PAIRS as names_of_pairs_list
     from vlinterp.eval import steer
+
+    def names_of_pairs():
+        return names_of_pairs_list
     from vlinterp.steering import load
 
     root = tmp_path / "coco"
@@ -126,8 +131,27 @@ def test_ground_fits_on_coco_scenes_exactly_as_on_native_scenes(tmp_path, capsys
     for ann in doc["annotations"]:
         ann["attributes"] = {}
     inst.write_text(json.dumps(doc))
-    with pytest.raises(DataError, match="no colour / shape attributes"):
-        steer.fit("ground", m, spec, alpha=3.0, beta=1.0, gate=1.0)
+    # no colour / shape attributes (COCO categories): the probe reads the object names, in category-id
+    # order, here the 24 pairs' names colour-major: the same classes, labels and probe as the pairs fit
+    names = steer.fit("ground", m, spec, alpha=3.0)
+    assert names.config.objects == tuple(f"{c} {s}" for c, s in names_of_pairs()) and names.config.beta == 0.0
+    assert torch.equal(names.W, boxes.W) and torch.equal(names.b, boxes.b)
+    with pytest.raises(ConfigError, match="beta must be 0"):
+        steer.fit("ground", m, spec, alpha=3.0, beta=1.0)
+    doc["annotations"][0]["category_id"] = 99  # an annotation of no category: named in one line
+    inst.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="category"):
+        steer.fit("ground", m, spec, alpha=3.0)
+    doc["annotations"][0]["category_id"] = 1
+    inst.write_text(json.dumps(doc))
+    code, _, err = run_cli(["steer", "fit", "--method", "ground:alpha=3", "--dataset", spec, "--model", "tiny:llava",
+                            "--out", str(tmp_path / "fit-names")], capsys)
+    assert code == 0, err
+    saved = load(tmp_path / "fit-names")
+    assert saved.config.objects == names.config.objects and saved.W.shape == names.W.shape  # (the CLI subsamples: its own order)
+    assert saved.meta["patches"] == names.meta["patches"] and saved.config.beta == 0.0
     monkeypatch.chdir(tmp_path)
     assert_bad_input(["steer", "fit", "--method", "ground", "--dataset", spec, "--model", "tiny:llava", "--out", "f"], tmp_path,
-                     capsys, monkeypatch, match=r"give its strengths \(alpha=\.\.\., beta=\.\.\., gate=\.\.\.")
+                     capsys, monkeypatch, match=r"give its strengths \(alpha=\.\.\., e\.g\. ground:alpha=3\)")
+    assert_bad_input(["steer", "fit", "--method", "ground:alpha=3,beta=1", "--dataset", spec, "--model", "tiny:llava", "--out", "f"],
+                     tmp_path, capsys, monkeypatch, match=r"beta must be 0")

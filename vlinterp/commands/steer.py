@@ -287,12 +287,17 @@ def _fit_cmd(args) -> int:
             if not offers(open_dataset(args.dataset.path), "scene"):  # before the model loads
                 raise UsageError(f"{name} needs images with object masks or boxes (scenes: shapes, coco:..., JSON lines or "
                                  f"HF records with objects); {args.dataset.path} has none")
-            from ..eval.steer import make_config
+            from ..eval.steer import make_config, scene_items
 
-            auto = [k for k in STEERING.get(name).strengths if getattr(make_config(name, **opts), k, None) == "auto"]
+            _, words = scene_items(args.dataset.resolved(name), name)  # colour / shape words or object names
+            if "objects" in words:
+                words = {**words, "beta": 0.0, "gate": 0.0}
+            cfg = make_config(name, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
+            auto = [k for k in STEERING.get(name).strengths if getattr(cfg, k, None) == "auto"]
             if auto:
+                eg = "alpha=3" if "objects" in words else "alpha=3,beta=1,gate=1"
                 raise UsageError(f"{name} on {args.dataset.path}: give its strengths ({', '.join(k + '=...' for k in auto)}, "
-                                 f"e.g. {name}:alpha=3,beta=1,gate=1); choosing them needs the shapes world's calibration items")
+                                 f"e.g. {name}:{eg}); choosing them needs the shapes world's calibration items")
     m = load(args.model, **load_kwargs(args))
     method = _fit(name, opts, m, args.dataset)
     method.save(args.out)

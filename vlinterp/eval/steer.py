@@ -351,11 +351,12 @@ def _yes_no_items(data: "FitData") -> list:
 def scene_items(data: "FitData", name: str = "ground") -> tuple[list, dict]:
     """``(items, words)``: the scenes of a dataset spec (``data.n`` / ``data.seed`` subsample) for a
     method that ``needs`` scenes (grounding: probe labels from each object's mask, or its box filled
-    when it has none), and the ``colours`` / ``shapes`` words its objects' ``colour`` / ``shape``
-    attributes use (the shapes world's lists when they are among them, else in first-seen order).
-    :class:`UsageError` / :class:`~vlinterp.core.errors.DataError` when the data has no scenes or an
-    object lacks those attributes."""
-    from ..core.errors import DataError
+    when it has none), and the words its probe reads: the ``colours`` / ``shapes`` its objects'
+    ``colour`` / ``shape`` attributes use (the shapes world's lists when they are among them, else in
+    first-seen order), or, where an object lacks those attributes (COCO categories), ``objects``: the
+    object names (a COCO file's every category in id order; else as the objects give them: by
+    category id, then first seen).
+    :class:`UsageError` when the data has no scenes or no objects."""
     from .datasets import open_dataset
     from .datasets.pick import offers
 
@@ -366,16 +367,24 @@ def scene_items(data: "FitData", name: str = "ground") -> tuple[list, dict]:
     items = ds.items("scene", n=data.n, seed=data.seed)
     colours: dict = {}
     shapes_: dict = {}
+    names: dict = {}  # name -> (category id or inf, first seen)
+    attributed = True
     for it in items:
         for o in it.objects:
             a = o.attrs if isinstance(o.attrs, dict) else {}
+            names.setdefault(o.name, (a.get("category_id", float("inf")), len(names)))
             if not a.get("colour") or not a.get("shape"):
-                raise DataError(f"{it.where()}: object {o.name!r} has no colour / shape attributes; {name}'s probe "
-                                "labels are (colour, shape) pairs")
+                attributed = False
+                continue
             colours.setdefault(a["colour"], None)
             shapes_.setdefault(a["shape"], None)
-    if not colours:
+    if not names:
         raise UsageError(f"{data.path}: no objects in its {len(items)} scene(s); {name} needs objects to label patches")
+    if not attributed:
+        cats = getattr(ds, "categories", None)  # COCO: every category of the file, in id order
+        if isinstance(cats, dict) and cats:
+            return items, {"objects": tuple(dict.fromkeys(str(cats[k]["name"]) for k in sorted(cats)))}
+        return items, {"objects": tuple(sorted(names, key=lambda n: names[n]))}
     if set(colours) <= set(WORDS["colours"]) and set(shapes_) <= set(WORDS["shapes"]):
         return items, {"colours": WORDS["colours"], "shapes": WORDS["shapes"]}
     return items, {"colours": tuple(colours), "shapes": tuple(shapes_)}
@@ -396,6 +405,8 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
     extra: dict = {}
     if data.kind == "spec" and "scenes" in cls.needs:
         items, words = scene_items(data, name)
+        if "objects" in words:  # object names: the yes/no rule only (no caption strengths)
+            words = {**words, "beta": 0.0, "gate": 0.0}
         cfg = make_config(name, config, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
         auto = [k for k in cls.strengths if getattr(cfg, k, None) == "auto"]
         if auto:

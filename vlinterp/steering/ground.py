@@ -29,6 +29,12 @@ least ``cover`` of it; objects carry ``colour`` and ``shape`` attributes). In a 
   overall (the group is shifted by a constant), so the rule chooses within colours or shapes and never
   starts or ends a mention; colour and count questions (a colour or number answer at the prompt) are
   left alone.
+
+Object names instead of colour-shape words (``objects=("dog", "traffic light", ...)``, e.g. COCO's
+categories): the probe's ``K`` classes are those names (labels from each object's ``name``), and only
+the yes/no rule acts: the prompt's last mention of a name (its token sequence, read from the
+embedded rows as above) gets ``yes += alpha * d[k] / 2``, ``no -= alpha * d[k] / 2``. The caption rule
+chooses among colour and shape words; names have no such groups, so ``beta`` is 0 there.
 """
 from __future__ import annotations
 
@@ -91,17 +97,25 @@ class Grounding(SteeringMethod):
         max_cover_drop: float = 0.01
         colours: tuple[str, ...] = ()
         shapes: tuple[str, ...] = ()
+        objects: tuple[str, ...] = ()
         prompt: str = "describe the image."
 
         def validate(self):
             if not 0 < self.cover <= 1:
                 raise ConfigError(f"ground: cover must be in (0, 1], got {self.cover}")
+            if self.objects:
+                if self.colours or self.shapes:
+                    raise ConfigError("ground: give object names (objects=) or colour and shape words (colours=, shapes=), not both")
+                if self.beta not in ("auto", 0, 0.0):
+                    raise ConfigError(f"ground over object names steers yes/no answers only: beta must be 0, got {self.beta}")
+                self.beta = 0.0  # no caption rule over names: its strength and gate are unused
+                self.gate = 0.0 if self.gate == "auto" else self.gate
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, config=None, meta: dict | None = None, **opts):
         super().__init__(config, meta, **opts)
         cfg = self.config
-        if not cfg.colours or not cfg.shapes:
-            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=)")
+        if not cfg.objects and (not cfg.colours or not cfg.shapes):
+            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=) or object names (objects=)")
         if cfg.layer is None:
             raise ConfigError("grounding needs its layer (config.layer)")
         W, b = W.detach().float().cpu(), b.detach().float().cpu().reshape(-1)
@@ -111,12 +125,14 @@ class Grounding(SteeringMethod):
                                      f"for K = {len(pairs)} pairs")
         self.W, self.b = W, b
         self.colours, self.shapes = list(cfg.colours), list(cfg.shapes)
-        # [C, S] -> index into the K pairs
-        self.grid = torch.arange(len(pairs)).reshape(len(self.colours), len(self.shapes))
+        # [C, S] -> index into the K pairs (object names: none)
+        self.grid = None if cfg.objects else torch.arange(len(pairs)).reshape(len(self.colours), len(self.shapes))
 
     @property
-    def pairs(self) -> list[tuple[str, str]]:
-        """The ``K`` (colour, shape) pairs, colour-major."""
+    def pairs(self) -> list[tuple[str, ...]]:
+        """The ``K`` classes: (colour, shape) pairs, colour-major, or ``(name,)`` per object name."""
+        if self.config.objects:
+            return [(o,) for o in self.config.objects]
         return [(c, s) for c in self.config.colours for s in self.config.shapes]
 
     layer = property(lambda self: self.config.layer)
@@ -139,12 +155,23 @@ class Grounding(SteeringMethod):
         out = d.clamp(-self.clip, self.clip)[:, g.clamp_min(0)]
         return out.masked_fill(g < 0, -self.clip)
 
+    def _image_scores(self, t: torch.Tensor, layout) -> torch.Tensor:
+        """``[B, K]``: max over each row's images of :meth:`scores` (rows without images: ``-inf``)."""
+        d = torch.full((t.shape[0], len(self.pairs)), -float("inf"), device=t.device)
+        for r, pos in _image_rows(layout):
+            d[r] = torch.maximum(d[r], self.scores(t[r, pos.to(t.device)].detach()))
+        return d
+
     def edits(self, adapter) -> dict:
         self.check(adapter)
         a, be = float(self.alpha), float(self.beta)
         L = adapter.num_layers("lm")
         if not 0 <= self.layer < L:
             raise LayerRangeError(f"grounding layer {self.layer} out of range (0..{L - 1})")
+        if self.config.objects:
+            from .ground_objects import object_edits
+
+            return object_edits(self, adapter)
         col_ids = torch.tensor([adapter.token_id(c) for c in self.colours])
         shp_ids = torch.tensor([adapter.token_id(s) for s in self.shapes])
         words = torch.cat([col_ids, shp_ids])  # colours, then shapes
@@ -179,9 +206,7 @@ class Grounding(SteeringMethod):
 
         def on_resid(t, layout):
             if t.shape[1] > 1 and layout is not None and layout.num_images and layout.shape[1] == t.shape[1]:
-                d = torch.full((t.shape[0], len(self.pairs)), -float("inf"), device=t.device)
-                for r, pos in _image_rows(layout):
-                    d[r] = torch.maximum(d[r], self.scores(t[r, pos.to(t.device)].detach()))
+                d = self._image_scores(t, layout)
                 d = self._cs(torch.where(torch.isinf(d), torch.full_like(d, -self.clip), d))  # [B, C, S]
                 st["d"], st["dmax"] = d, d.max(-1).values  # [B, C, S], [B, C]
             return t
@@ -250,14 +275,17 @@ class Grounding(SteeringMethod):
 
         cfg = cls.make_config(config)
         cls.check_kind(adapter)
-        if not cfg.colours or not cfg.shapes:
-            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=)")
+        if not cfg.objects and (not cfg.colours or not cfg.shapes):
+            raise ConfigError("grounding needs the world's colour and shape words (config colours=, shapes=) or object names (objects=)")
         L = adapter.num_layers("lm")
         layer = L // 2 if cfg.layer is None else int(cfg.layer)
         if not 0 <= layer < L:
             raise LayerRangeError(f"grounding layer {layer} out of range (0..{L - 1})")
-        pairs = [(c, s) for c in cfg.colours for s in cfg.shapes]
-        X, y = patch_states(adapter, layer, items, pairs, cfg.cover, cfg.prompt, progress)
+        if cfg.objects:  # names: no caption rule (validate set beta 0)
+            pairs, key = [(o,) for o in cfg.objects], lambda o: (o.name,)
+        else:
+            pairs, key = [(c, s) for c in cfg.colours for s in cfg.shapes], None
+        X, y = patch_states(adapter, layer, items, pairs, cfg.cover, cfg.prompt, progress, key=key)
         if len(torch.unique(y)) < 2:
             raise DataError("the probe scenes need patches of objects and of background")
         W, b = fit_logistic(X, torch.nn.functional.one_hot(y, len(pairs) + 1).float(), steps=300)
@@ -334,12 +362,16 @@ def select_caption_rule(g: Grounding, adapter, betas, gates, items, min_mentions
 
 
 def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt: str = "describe the image.",
-                 progress: bool = False):
+                 progress: bool = False, key=None):
     """Image-token states ``[N, D]`` at ``blocks.{layer}.resid`` of the items' images (with ``prompt``,
     32 per forward) and their labels ``[N]`` (index into ``pairs``; ``len(pairs)``: background, i.e. no
     object covers ``cover`` of the patch). Each patch is judged in its own tile's grid and crop box
-    (:func:`~vlinterp.metrics.coverage.position_coverage`), so tiled and packed layouts label right."""
+    (:func:`~vlinterp.metrics.coverage.position_coverage`), so tiled and packed layouts label right.
+    ``key(object) -> class`` (a key of ``pairs``): default its ``(colour, shape)`` attributes."""
     from ..metrics.coverage import position_coverage
+
+    named = key is not None
+    key = key or (lambda o: (o.attrs["colour"], o.attrs["shape"]))
 
     index = {tuple(p): k for k, p in enumerate(pairs)}
     site = f"blocks.{layer}.resid"
@@ -353,12 +385,12 @@ def patch_states(adapter, layer: int, items, pairs, cover: float = 0.15, prompt:
             for k, it in enumerate(ch):
                 X.append(out.cache[site][bt.layout.image_row(k), bt.layout.image_positions(k)].float().cpu())
                 try:
-                    lab_of = [index[(o.attrs["colour"], o.attrs["shape"])] for o in it.objects]
+                    lab_of = [index[key(o)] for o in it.objects]
                     masks = np.stack([o.box_mask(it.size) for o in it.objects]) if it.objects else \
                         np.zeros((0, *it.size), bool)
                 except KeyError as e:
-                    raise DataError(f"item {it.id or i + k}: grounding needs objects with colour and shape attributes "
-                                    f"among its words ({e})") from None
+                    what = "objects named among its object names" if named else "objects with colour and shape attributes among its words"
+                    raise DataError(f"item {it.id or i + k}: grounding needs {what} ({e})") from None
                 cov = position_coverage(bt.layout, masks, k)  # [n_obj, P], each position in its own tile
                 if not len(lab_of):
                     lab = np.full(cov.shape[1], len(pairs))
