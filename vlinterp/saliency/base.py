@@ -328,10 +328,10 @@ def pixels(t: Targets) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = None if x is None else tuple(x.shape)
         raise UnsupportedError(f"pixel-space methods perturb one crop per image ([3, H, W]); this model's processor gives "
-                               f"pixel_values of shape {shape} (tiles, or patches packed into rows)")
+                               f"pixel_values of shape {shape} (tiles, or patches packed into rows); ig takes space=tokens there")
     if t.stream == "lm" and len(t.layout.images[t.image_index].tiles) != 1:
         raise UnsupportedError(f"pixel-space methods perturb one crop per image; this image is split into "
-                               f"{len(t.layout.images[t.image_index].tiles)} tiles")
+                               f"{len(t.layout.images[t.image_index].tiles)} tiles; ig takes space=tokens there")
     if x.shape[0] != 1:
         raise UnsupportedError(f"pixel-space methods explain one image per prompt; this prompt has {x.shape[0]}")
     return x
