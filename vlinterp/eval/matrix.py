@@ -156,14 +156,22 @@ STEER_OPTS = {"vcd": dict(alpha=1.0), "meandiff": dict(alpha=0.1), "iri": dict(l
               "ground": dict(alpha=1.0, beta=1.0, gate=1.0)}
 
 
-def _steer_fit(name: str, m):
+def _steer_fit(name: str, m, names: bool = False):
     """``name`` fitted on 8 shapes-world probe items of its own recipe (POPE questions, or scenes with
-    masks for grounding; no captions, no calibration: the strengths are given), SAVE's SAE on the same items."""
+    masks for grounding; no captions, no calibration: the strengths are given), SAVE's SAE on the same items.
+    ``names`` (grounding): the objects lose their colour / shape attributes and the probe reads their
+    names, as on COCO categories (the yes/no rule only)."""
+    from ..data.shapes import PAIRS
     from ..steering import STEERING
     from .steer import fit_items, make_config
 
     cls = STEERING.get(name)
     items, _, _ = fit_items(name, n=8, n_captions=0, calib=False, sae_items=False)
+    if names:
+        for it in items:
+            for o in it.objects:
+                o.attrs = {}
+        return cls.fit(m, items, cls.Config(alpha=1.0, objects=tuple(f"{c} {s}" for c, s in PAIRS)))
     cfg = make_config(name, **STEER_OPTS[name])
     if name == "iri":
         # a tiny LM has two layers, so its only possible source is layer 0 and whether that layer's RR
@@ -175,7 +183,7 @@ def _steer_fit(name: str, m):
     return cls.fit(m, items, cfg, **extra)
 
 
-def _steer(name: str):
+def _steer(name: str, names: bool = False):
     """A steering method fitted on 8 items (:func:`_steer_fit`; VCD needs no fit): its edits change
     the answer logits, generation runs with them, and no hook is left."""
     def run(m) -> str:
@@ -183,7 +191,7 @@ def _steer(name: str):
         from ..steering import STEERING
 
         STEERING.get(name).check_kind(m)  # encoders: the method's own refusal, before any fit
-        method = STEERING.create("vcd", **STEER_OPTS["vcd"]) if name == "vcd" else _steer_fit(name, m)
+        method = STEERING.create("vcd", **STEER_OPTS["vcd"]) if name == "vcd" else _steer_fit(name, m, names)
         b = m.prepare(images=[image()], text=[STEER_PROMPT])
         before = count_hooks(m.model)
         with torch.no_grad():
@@ -244,6 +252,7 @@ def methods() -> dict[str, Callable]:
     out["prune:hybrid(visionzip)"] = _prune("hybrid:0.5:layer=1:horizon=1")
     for name in STEERING.names():
         out[f"steer:{name}"] = _steer(name)
+    out["steer:ground(names)"] = _steer("ground", names=True)  # COCO-style category names, the yes/no rule
     out["prototypes"] = _prototypes
     out["audit"] = _audit
     return out
