@@ -41,6 +41,7 @@ ROWS = {
     "explain unknown method": (EXPLAIN + OUT + ["--method", "relevence"], "unknown saliency method 'relevence'; did you mean relevancy"),
     "explain bad method option": (EXPLAIN + OUT + ["--method", "relevancy:score=softmax"], "score must be one of"),
     "explain unknown method option": (EXPLAIN + OUT + ["--method", "rollout:layer=1"], "unknown option.*layer; options:.*layers"),
+    "explain bad ig space": (EXPLAIN + OUT + ["--method", "ig:space=latent"], "option 'space' must be auto, pixels or tokens"),
     "explain unknown compare": (EXPLAIN + OUT + ["--compare", "attention,rolout"], "unknown saliency method 'rolout'; did you mean rollout"),
     "explain heatmap over a user file": (EXPLAIN + OUT + ["--save-heatmap", "mine.npy"], "mine.npy.*not written by vlinterp"),
     "explain heatmap not npy": (EXPLAIN + OUT + ["--save-heatmap", "heat.png"], r"should end in \.npy"),
