@@ -100,6 +100,32 @@ def peak_mb(fn):
     return out, max(0, peak[0] - before) / 2**20
 
 
+def peak_anon_mb(fn):
+    """``(result, peak anonymous resident MB above the start)``: ``RssAnon`` sampled every 5 ms
+    (spilled captures are file-backed mappings, which it leaves out, as the OS can drop them)."""
+    gc.collect()
+    from vlinterp.core.spill import release_heap
+
+    release_heap()
+    before = _status("RssAnon")
+    peak = [before]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _status("RssAnon"))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        t.join()
+    return out, max(0, peak[0] - before) / 2**20
+
+
 def load() -> str:
     a, b, c = os.getloadavg()
     return f"load average {a:.1f} / {b:.1f} / {c:.1f} (1/5/15 min) on {os.cpu_count()} cores"
