@@ -71,23 +71,23 @@ def _reset_peak() -> bool:
         return False
 
 
-def peak_mb(fn):
-    """``(result, peak MB above the resident size before the call)``: ``VmHWM`` reset before the call
-    where the kernel allows it, else a 5 ms sampling thread."""
+def _settle() -> None:
     gc.collect()
     from vlinterp.core.spill import release_heap
 
     release_heap()
-    before = _status("VmRSS")
-    if _reset_peak():
-        out = fn()
-        return out, max(0, _status("VmHWM") - before) / 2**20
+
+
+def _sampled_peak(fn, key: str):
+    """``(result, peak MB of /proc/self/status field ``key`` above its value before the call)``,
+    sampled every 5 ms by a thread while ``fn`` runs."""
+    before = _status(key)
     peak = [before]
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], _status("VmRSS"))
+            peak[0] = max(peak[0], _status(key))
             time.sleep(0.005)
 
     t = threading.Thread(target=watch, daemon=True)
@@ -98,32 +98,24 @@ def peak_mb(fn):
         stop.set()
         t.join()
     return out, max(0, peak[0] - before) / 2**20
+
+
+def peak_mb(fn):
+    """``(result, peak MB above the resident size before the call)``: ``VmHWM`` reset before the call
+    where the kernel allows it, else a 5 ms sampling thread."""
+    _settle()
+    before = _status("VmRSS")
+    if _reset_peak():
+        out = fn()
+        return out, max(0, _status("VmHWM") - before) / 2**20
+    return _sampled_peak(fn, "VmRSS")
 
 
 def peak_anon_mb(fn):
     """``(result, peak anonymous resident MB above the start)``: ``RssAnon`` sampled every 5 ms
     (spilled captures are file-backed mappings, which it leaves out, as the OS can drop them)."""
-    gc.collect()
-    from vlinterp.core.spill import release_heap
-
-    release_heap()
-    before = _status("RssAnon")
-    peak = [before]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _status("RssAnon"))
-            time.sleep(0.005)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    try:
-        out = fn()
-    finally:
-        stop.set()
-        t.join()
-    return out, max(0, peak[0] - before) / 2**20
+    _settle()
+    return _sampled_peak(fn, "RssAnon")
 
 
 def load() -> str:

@@ -290,8 +290,6 @@ def _fit_cmd(args) -> int:
             from ..eval.steer import make_config, scene_items
 
             _, words = scene_items(args.dataset.resolved(name), name)  # colour / shape words or object names
-            if "objects" in words:
-                words = {**words, "beta": 0.0, "gate": 0.0}
             cfg = make_config(name, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
             auto = [k for k in STEERING.get(name).strengths if getattr(cfg, k, None) == "auto"]
             if auto:

@@ -405,8 +405,6 @@ def fit(name: str, adapter, dataset="shapes", config=None, progress: bool = Fals
     extra: dict = {}
     if data.kind == "spec" and "scenes" in cls.needs:
         items, words = scene_items(data, name)
-        if "objects" in words:  # object names: the yes/no rule only (no caption strengths)
-            words = {**words, "beta": 0.0, "gate": 0.0}
         cfg = make_config(name, config, world=False, **{**{k: v for k, v in words.items() if k not in opts}, **opts})
         auto = [k for k in cls.strengths if getattr(cfg, k, None) == "auto"]
         if auto:
