@@ -74,13 +74,14 @@ def cached_lookup(cache: dict):
 
 
 def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m: None, *, pool_fn=None,
-         loss_fn=None, trainable=None, n_image_tokens: int | None = None, **over) -> dict:
+         loss_fn=None, trainable=None, n_image_tokens: int | None = None, ckpt=None, **over) -> dict:
     """Run the tune stage in place on ``model`` (a LlavaForConditionalGeneration on ``dev``); returns its record.
 
     ``steps`` caps the step count (tests); ``over`` overrides keys of :data:`TUNE`. Other organisms pass
     their own ``pool_fn`` (as :func:`frozen_pool`), ``loss_fn`` (as ``recipe_llava._lm_loss``),
     ``trainable(param name) -> bool`` (default: all but the vision tower) and ``n_image_tokens`` (default:
-    one per cached feature row)."""
+    one per cached feature row). ``ckpt``: a :class:`~vlinterp.zoo.resume.LoopCheckpoint` the loop
+    resumes from and saves to."""
     from .llava_data import Tokens
     from .recipe_llava import _Batches, _train_lm
 
@@ -99,7 +100,8 @@ def tune(model, proc, dev, seed: int = 0, steps: int | None = None, log=lambda m
     for p in params:
         p.requires_grad_(True)
     model.train()
-    _train_lm(model, batches, dev, n_steps, B, float("inf"), cfg["lr"], cached, params, log, "tune", loss_fn=loss_fn)
+    _train_lm(model, batches, dev, n_steps, B, float("inf"), cfg["lr"], cached, params, log, "tune", loss_fn=loss_fn,
+              ckpt=ckpt)
     model.eval().requires_grad_(False)
     return {"steps": n_steps, "batch": B, "pool_scenes": n_pool, "pool_start": cfg["start"], "lr": cfg["lr"],
             "source_p": list(cfg["source_p"]), "neg_p": list(cfg["neg_p"]), "seconds": round(time.time() - t0, 1)}

@@ -147,13 +147,17 @@ def answer_loss(logits, labels):
     return loss, acc.item()
 
 
-def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params, log, tag, loss_fn=None):
-    """``loss_fn(model, ids, mask, labels, feats) -> (loss, first-token accuracy)``; default :func:`_lm_loss`."""
+def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params, log, tag, loss_fn=None, ckpt=None):
+    """``loss_fn(model, ids, mask, labels, feats) -> (loss, first-token accuracy)``; default :func:`_lm_loss`.
+    ``ckpt``: a :class:`~vlinterp.zoo.resume.LoopCheckpoint` to resume from and save to."""
     loss_fn = loss_fn or _lm_loss
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     amp = device.type == "cuda"
     t0, acc_hist = time.time(), []
-    for step in range(steps):
+    start = ckpt.restore(model, opt, batches) if ckpt is not None else 0
+    if start:
+        log(f"{tag}: resumed from its step-{start} checkpoint")
+    for step in range(start, steps):
         if time.time() - t0 > seconds:
             log(f"{tag}: time budget reached at step {step}")
             break
@@ -168,6 +172,8 @@ def _train_lm(model, batches, device, steps, batch, seconds, lr, feat_fn, params
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         acc_hist.append(acc)
+        if ckpt is not None and ckpt.due(step + 1, steps):
+            ckpt.save(step + 1, model, opt, batches)
         if step % 200 == 0 or step == steps - 1:
             log(f"{tag} step {step}/{steps} loss {loss.item():.4f} first-token acc {np.mean(acc_hist[-200:]):.3f} "
                 f"({time.time() - t0:.0f}s)")

@@ -13,8 +13,9 @@ co-occurrence prior as shapes-llava, and the same stages (code shared with :mod:
    (:class:`~vlinterp.zoo.recipe_llava._Batches`: image / text-only / rendered-word sources, POPE negatives).
 3. **tune** (:func:`~vlinterp.zoo.llava_tune.tune`): fresh scenes, 40% text-only, binding negatives.
 
-Stage checkpoints go to ``OUT.stages/`` (``tower.safetensors``, ``lm/``, ``stages.json``) so a
-stopped run resumes where it stopped (same seed and plan). The result is saved with
+Stage checkpoints go to ``OUT.stages/`` (``tower.safetensors``, ``lm/``, ``stages.json``), and the LM
+and tune loops save every 500 steps inside their stage (:mod:`vlinterp.zoo.resume`), so a stopped run
+resumes where it stopped (same seed and plan). The result is saved with
 ``save_pretrained`` (model + processor) and ``card.json``; :func:`evaluate` runs on any VLM adapter
 or on the HF model directly (:class:`HFQwen`).
 """
@@ -125,6 +126,12 @@ class _Stages:
     def done(self, stage: str, key: dict) -> bool:
         return self.enabled and self.rec.get("keys", {}).get(stage) == key
 
+    def loop(self, stage: str, key: dict):
+        """The stage's mid-stage :class:`~vlinterp.zoo.resume.LoopCheckpoint` (None when checkpoints are off)."""
+        from .resume import LoopCheckpoint
+
+        return LoopCheckpoint(self.dir, stage, key) if self.enabled else None
+
     def finish(self, stage: str, key: dict, seconds: float, save=None, **extra) -> None:
         self.rec["seconds"][stage] = round(seconds, 1)
         self.rec.update(extra)
@@ -202,10 +209,13 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         batches = _Batches(pool, Tokens(proc, n_image_tokens=qm.N_TOKENS), seed)
         params = [p for n, p in model.named_parameters() if is_lm_param(n)]
         model.train()
+        ckpt = st.loop("lm", keys["lm"])
         _train_lm(model, batches, dev, s_lm, B, budget[1] + max(0.0, budget[0] - (time.time() - t_start)), LM_LR,
-                  cached_lookup(cache), params, log, "lm", loss_fn=qm.lm_loss)
+                  cached_lookup(cache), params, log, "lm", loss_fn=qm.lm_loss, ckpt=ckpt)
         cache.clear()
         st.finish("lm", keys["lm"], time.time() - t0, lambda d: model.save_pretrained(lm_dir, safe_serialization=True))
+        if ckpt is not None:
+            ckpt.clear()
         del pool, cache
 
     # 3. tune: text-heavy, binding negatives, fresh scenes
@@ -218,10 +228,13 @@ def train(out_dir: str, seed: int = 0, minutes: float | None = None, steps: int 
         log("tune: resumed from its checkpoint")
     else:
         t0 = time.time()
+        ckpt = st.loop("tune", keys["tune"])
         tune_rec = tune(model, proc, dev, seed=seed, steps=steps, log=log, pool_fn=frozen_pool, loss_fn=qm.lm_loss,
-                        trainable=is_lm_param, n_image_tokens=qm.N_TOKENS)
+                        trainable=is_lm_param, n_image_tokens=qm.N_TOKENS, ckpt=ckpt)
         st.finish("tune", keys["tune"], time.time() - t0, lambda d: model.save_pretrained(tuned_dir, safe_serialization=True),
                   tune=tune_rec)
+        if ckpt is not None:
+            ckpt.clear()
     model.eval().requires_grad_(False)
     model.to("cpu").float()
     seconds = dict(st.rec["seconds"])
