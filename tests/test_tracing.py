@@ -268,3 +268,16 @@ def test_object_mask_is_judged_in_each_tile():
     rows, cols = b1.layout.images[0].tiles[0].grid
     grid = np.random.default_rng(0).random((rows, cols)) > 0.5
     assert np.array_equal(patch_mask(b1.layout, grid), grid.reshape(-1))
+
+
+def test_curves_refuse_a_model_that_answers_nothing_right(llava, monkeypatch):
+    """With no presence question answered "yes", localisation and the last-token curves name the
+    problem instead of averaging an empty list."""
+    from vlinterp.eval import trace_curves as tc
+
+    m, _ = llava
+    monkeypatch.setattr(tc, "_answers_yes", lambda adapter, b: False)
+    with pytest.raises(ValueError, match="none of the 2 presence questions"):
+        tc.localisation(m, n=2, seed=11, samples=1)
+    with pytest.raises(ValueError, match="nothing to trace"):
+        tc.last_token_curves(m, n=2, seed=11, samples=1)

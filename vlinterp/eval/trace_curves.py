@@ -40,6 +40,12 @@ def object_patches(layout, item, obj_index: int, min_cover: float = 0.25) -> tup
     return m, cov
 
 
+def _some_traced(n_traced: int, n_items: int) -> None:
+    if n_traced == 0:
+        raise ValueError(f"the model answered none of the {n_items} presence questions 'yes' (right), so there was "
+                         "nothing to trace; is it a trained model?")
+
+
 def _answers_yes(adapter, b) -> bool:
     last = int(b.layout.span("last", 0)[0])
     lg = adapter.run(b).logits[0, last]
@@ -80,6 +86,7 @@ def localisation(adapter, n: int = 32, split: str = "test", seed: int = 11, samp
         rows["control"].append(r.arrays["p_patch"][0, :, 1])
         rows["p_clean"].append(float(r.arrays["p_clean"][0]))
         rows["p_corrupt"].append(float(np.mean(r.arrays["p_corrupt"])))
+    _some_traced(len(rows["p_clean"]), len(items))
     pc, pk = np.mean(rows["p_clean"]), np.mean(rows["p_corrupt"])
     rr = {k: (np.mean(rows[k], 0) - pk) / (pc - pk) for k in ("object", "control")}
     o, c = rr["object"], rr["control"]
@@ -105,6 +112,7 @@ def last_token_curves(adapter, n: int = 48, split: str = "test", seed: int = 11,
         pp.append(r.arrays["p_patch"][:, :, 0])
         pc.append(float(r.arrays["p_clean"][0]))
         pk.append(float(np.mean(r.arrays["p_corrupt"])))
+    _some_traced(len(pc), n)
     rr = (np.mean(pp, 0) - np.mean(pk)) / (np.mean(pc) - np.mean(pk))
     return {"curves": {c: rr[i].tolist() for i, c in enumerate(components)}, "n": len(pc),
             "p_clean": float(np.mean(pc)), "p_corrupt": float(np.mean(pk))}
