@@ -113,6 +113,9 @@ def part_tracing(args):
     m = build("llava15", args, lm_layers=args.trace_layers)
     b = vlm_batch(m)
     kw = dict(components=("resid", "mlp", "attn"), positions="groups", samples=1)
+    if args.profile:   # the profile alone: shares and FLOPs, no timings (a profiler slows what it measures)
+        prof = trace_profile(m, b, lambda: trace(m, b, "yes", batch_size=args.trace_batch, **kw))
+        return [{"model": m.name, "cells": prof["cells"], "profile": prof}]
     fast, tf = timed(lambda: trace(m, b, "yes", batch_size=args.trace_batch, **kw), args.device)
     slow, tn = timed(lambda: trace_naive(m, b, "yes", **kw), args.device)
     fast2, tf2 = timed(lambda: trace(m, b, "yes", batch_size=args.trace_batch, **kw), args.device)
@@ -125,6 +128,47 @@ def part_tracing(args):
     say(f"tracing {m.name}: {cells} cells (7 groups x 3 components x {args.trace_layers} layers, 1 sample); "
         f"batched {r['batched_s']:.1f}s (runs {tf:.1f}, {tf2:.1f}), naive {tn:.1f}s: {r['speedup']:.1f}x; max |P diff| {diff:.1e}")
     return [r]
+
+
+_OP_KINDS = (("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+             ("attention", ("scaled_dot_product", "aten::_softmax", "aten::softmax")))
+
+
+def trace_profile(m, b, batched) -> dict:
+    """Where batched tracing's time goes (torch.profiler, self CPU time by op kind) and the work it
+    cannot avoid: FLOPs of the batched run vs those of the naive loop, counted as one plain forward per
+    cell plus the clean and corrupted runs, so the FLOPs ratio bounds the speed-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def run_profiled(fn):
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            res = fn()
+        wall = time.perf_counter() - t0
+        ev = prof.key_averages()
+        mm = [e for e in ev if e.key in _OP_KINDS[0][1]]   # leaf matmuls only (their callers report FLOPs too)
+        out = {"wall_s": wall, "flops": float(sum(e.flops for e in mm))}
+        used = 0.0
+        for kind, names in _OP_KINDS:
+            us = sum(e.self_cpu_time_total for e in ev if any(n in e.key for n in names))
+            out[kind + "_s"] = us / 1e6
+            used += us / 1e6
+        out["other_ops_s"] = sum(e.self_cpu_time_total for e in ev) / 1e6 - used
+        out["matmul_gflops_per_s"] = out["flops"] / 1e9 / max(out["matmul_s"], 1e-9)
+        return out, res
+
+    with torch.no_grad():
+        fwd, _ = run_profiled(lambda: m.run(b))
+    bat, result = run_profiled(batched)
+    cells = int(result.arrays["rr"].size)
+    naive_forwards = cells + 2
+    prof = {"cells": cells, "batched": bat, "forward": fwd, "naive_flops": naive_forwards * fwd["flops"],
+            "flops_ratio": naive_forwards * fwd["flops"] / max(bat["flops"], 1.0)}
+    say(f"  profile (batched, {bat['wall_s']:.1f}s under the profiler): matmul {bat['matmul_s']:.1f}s "
+        f"({bat['matmul_gflops_per_s']:.0f} GFLOP/s), attention {bat['attention_s']:.1f}s, other ops {bat['other_ops_s']:.1f}s; "
+        f"FLOPs batched {bat['flops'] / 1e12:.2f} T vs naive {prof['naive_flops'] / 1e12:.2f} T "
+        f"({naive_forwards} forwards of {fwd['flops'] / 1e12:.3f} T): the FLOPs ratio bounds the speed-up at {prof['flops_ratio']:.1f}x")
+    return prof
 
 
 # ------------------------------------------------------------------- pruning
@@ -399,6 +443,7 @@ def main(argv=None) -> int:
     p.add_argument("--lm-layers", type=int, default=4, help="language-model layers of the Llama-7B-width geometries")
     p.add_argument("--trace-layers", type=int, default=2)
     p.add_argument("--trace-batch", type=int, default=16)
+    p.add_argument("--profile", action="store_true", help="tracing: profile the batched run instead of timing it (op kinds, FLOPs vs the naive loop)")
     p.add_argument("--models", default="", help="only these builders (comma-separated: llava15, llava_qwen05, llava_next, vit_b16, clip_b32, sd15); "
                    "capture, relevancy and pruning honour it")
     p.add_argument("--decode-tokens", type=int, default=8)
