@@ -197,7 +197,7 @@ def run(model, dataset: str = "shapes:test", kinds=("pope-adversarial", "caption
     """Claims of each item kind in ``kinds`` from ``dataset`` (``n`` / ``seed``) and from
     ``fit_dataset`` (``fit_n`` / ``fit_seed``); per kind, fresh ``detectors`` fitted on the fit claims
     and measured on the others. Returns ``{"model", "dataset", "fit_dataset", "tasks": {kind: ...}}``."""
-    from ..adapters.registry import load
+    from .. import load
     from .datasets import open_dataset
 
     bad = [k for k in kinds if k not in KINDS]
