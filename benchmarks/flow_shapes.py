@@ -1,4 +1,4 @@
-"""Issue 32's information-flow numbers on shapes-llava: attention knockout, DLA exactness, RelP agreement.
+"""Issue 32's information-flow numbers on shapes-llava (``--model shapes-qwen``: the second organism): attention knockout, DLA exactness, RelP agreement.
 
 - knockout: the flow map (mean relative drop of P(yes) per edge and single-layer window) on the
   positive presence questions of ``--n`` held-out scenes answered "yes"; goal: image -> last at
@@ -12,7 +12,7 @@
 
 Numbers go to ``assets/flow_shapes.json``.
 
-    python benchmarks/flow_shapes.py [--n 32] [--n-relp 16] [--seed 11] [--parts knockout,dla,relp]
+    python benchmarks/flow_shapes.py [--model shapes-llava] [--n 32] [--n-relp 16] [--seed 11] [--parts knockout,dla,relp]
 """
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def main() -> None:
     ap.add_argument("--metric", default="prob", help="what RelP differentiates: prob (P(yes)) or logit")
     ap.add_argument("--relp-steps", type=int, default=1, help="RelP path steps (1: as published; >1: integrated along the path)")
     ap.add_argument("--window", type=int, default=1, help="knockout window (layers blocked per cell, ROME-centred)")
+    ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--out", default=os.path.join(ASSETS, "flow_shapes.json"))
+    ap.add_argument("--png", default=None, help="the knockout figure (default: assets/flow_knockout[_windowK].png)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    m = vi.load("shapes-llava")
+    m = vi.load(a.model)
     parts = a.parts.split(",")
-    res = {"model": "shapes-llava", "seed": a.seed}  # merged into --out's other parts when written
+    res = {"model": a.model, "seed": a.seed}  # merged into --out's other parts when written
     if "knockout" in parts:
         k = knockout_flow(m, n=a.n, seed=a.seed, window=a.window, progress=True)
         key = "knockout" if a.window == 1 else f"knockout_window{a.window}"
@@ -56,9 +58,9 @@ def main() -> None:
         print(f"knockout: {k['n']} scenes ({k['skipped_wrong']} answered wrong skipped), P(yes) clean {k['p_clean']:.3f}")
         for e, row, se in zip(k["edges"], d, np.array(k["drop_se"])):
             print(f"  {e:16s} " + "  ".join(f"L{'-'.join(map(str, w))}: {100 * v:5.1f}% (±{100 * s:.1f})" for w, v, s in zip(k["windows"], row, se)))
-        png = "flow_knockout.png" if a.window == 1 else f"flow_knockout_window{a.window}.png"
-        plot_knockout_flow(d, k["edges"], ["-".join(map(str, w)) for w in k["windows"]], os.path.join(ASSETS, png),
-                           title=f"shapes-llava: attention knockout (window {a.window}), mean drop of P(yes), {k['n']} presence questions",
+        png = a.png or os.path.join(ASSETS, "flow_knockout.png" if a.window == 1 else f"flow_knockout_window{a.window}.png")
+        plot_knockout_flow(d, k["edges"], ["-".join(map(str, w)) for w in k["windows"]], png,
+                           title=f"{a.model}: attention knockout (window {a.window}), mean drop of P(yes), {k['n']} presence questions",
                            err=np.array(k["drop_se"]))
     if "dla" in parts:
         errs, totals, comps = [], [], []
@@ -71,7 +73,7 @@ def main() -> None:
             comps.append(r["components"])
         c = np.mean(comps, 0)
         res["dla"] = {"n": len(errs), "max_abs_error": max(errs), "mean_logit_diff": float(np.mean(totals)),
-                      "mean_components": c.tolist(), "linearisation": "final RMS norm's scale frozen at its clean-run value"}
+                      "mean_components": c.tolist(), "linearisation": "final norm's scale frozen at its clean-run value"}
         print(f"dla: {len(errs)} scenes, max |parts - logit diff| {max(errs):.2e}; mean logit(yes)-logit(no) "
               f"{np.mean(totals):.3f}; mean attn {np.round(c[0], 3).tolist()} mlp {np.round(c[1], 3).tolist()}")
     if "relp" in parts:
