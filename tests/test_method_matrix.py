@@ -15,7 +15,6 @@ from vlinterp.eval import matrix as M
 ENC = set(M.ENCODERS)
 VLM = set(M.VLMS)
 TILED = {"llava-next", "llava-onevision", "internvl", "smolvlm"}
-PACKED = {"qwen2-vl", "qwen2.5-vl", "qwen3-vl"}
 NO_CLS = {"llava-onevision", "gemma3", "paligemma", "smolvlm"}
 
 # (method prefix or name, models) -> a fragment of the reason UnsupportedError must give
@@ -24,8 +23,8 @@ REFUSED = [
     ("saliency:tam", ENC, "supports: vlm"),
     ("trace:text-noise", ENC, "text noise needs a language model"),
     ("prune:", ENC, "needs a vision-language model"),
-    ("prune:visionzip", PACKED, "packs every image's patches"),
-    ("prune:hybrid(visionzip)", PACKED, "packs every image's patches"),
+    ("prune:visionzip", {"qwen3-vl"}, "DeepStack"),          # Qwen2/2.5-VL: ranked by attention received
+    ("prune:hybrid(visionzip)", {"qwen3-vl"}, "DeepStack"),
     ("prune:visionzip", NO_CLS, "has no CLS token"),
     ("prune:hybrid(visionzip)", NO_CLS, "has no CLS token"),
     ("prune:visionzip", {"llava-next", "internvl"}, "one vision crop per image"),

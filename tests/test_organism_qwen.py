@@ -44,21 +44,22 @@ def test_tracing_object_patches_vs_control(qwen):
 
 @pytest.mark.slow
 def test_pruning_quarter_of_the_tokens(qwen):
-    """Floor: >= 97% retention at 25% kept. Reached (prune bench, seed 61, 376 items): 0.900 for info /
-    hybrid[early=info], 0.897 FastV, 0.789 random; missed. 25% of shapes-qwen's 25 image tokens is 6
-    tokens, and count answers need every object (count retention 0.77-0.80); VisionZip, which merges
-    the dropped tokens into context tokens and kept count on shapes-llava, needs a CLS token that
-    Qwen's packed tower lacks. Asserted here (64 scenes of seed 51): informed >= 0.86 and above random."""
+    """Floor: >= 97% retention at 25% kept (6 of shapes-qwen's 25 image tokens). Reached by VisionZip
+    on the packed tower (tokens ranked by the attention their patches receive in the last tower block,
+    the rest merged into context tokens): 0.926 on the prune bench's 376 items of seed 61 (this test),
+    0.957 / 0.963 on 128 scenes of seeds 51 / 71; missed, and 0.92 is asserted. Before it the best was
+    info, 0.900; count is what the merged context tokens keep."""
     from vlinterp.eval.prune import accuracy, answers, eval_items
     from vlinterp.pruning import PrunedLM, make_pruner
 
     runner = PrunedLM(qwen)
-    items = eval_items("test", 64, 51)
-    base = accuracy(answers(runner, items), items)["all"]
-    ret = {spec: accuracy(answers(runner, items, make_pruner(spec)), items)["all"] / base
-           for spec in ("random:0.25", "fastv:0.25", "info:0.25")}
-    assert max(ret["fastv:0.25"], ret["info:0.25"]) >= 0.86, ret
-    assert ret["info:0.25"] > ret["random:0.25"] and ret["fastv:0.25"] > ret["random:0.25"], ret
+    items = eval_items("test", 128, 61)
+    base = accuracy(answers(runner, items), items)
+    ret = {spec: {k: v / base[k] for k, v in accuracy(answers(runner, items, make_pruner(spec)), items).items()}
+           for spec in ("random:0.25", "info:0.25", "visionzip:0.25")}
+    assert ret["visionzip:0.25"]["all"] >= 0.92, ret
+    assert ret["visionzip:0.25"]["all"] > ret["info:0.25"]["all"] > ret["random:0.25"]["all"], ret
+    assert ret["visionzip:0.25"]["count"] > ret["info:0.25"]["count"] + 0.1, ret
 
 
 @pytest.mark.slow

@@ -65,3 +65,62 @@ def test_nothing_dropped_equals_the_model_and_dropping_changes_it(family):
     pre = runner.prefill(b, p)
     assert pre.image_kept.shape[1] == p.n_keep(runner.n_image(b)) < runner.n_image(b)
     assert (pre.logits - ref).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_visionzip_on_packed_qwen_towers(family):
+    """VisionZip without a CLS token (pruning/visionzip_packed.py): each merged token's score is the
+    attention its m x m patches receive in the last tower block (per image it sums to 1, and equals
+    the packed probabilities pooled by hand); the dominant tokens are the top-scored ones; every token
+    is kept or merged into one context token; keeping everything is the unpruned run."""
+    from vlinterp.core.errors import UnsupportedError
+    from vlinterp.pruning.visionzip_packed import received_attention, received_per_patch
+
+    m = vi.load(f"tiny:{family}")
+    b = m.prepare(images=[_image(56, 56), _image(56, 56, 1)], text=["what is it?", "describe it"])
+    runner = PrunedLM(m)
+    last = len(m.vision_blocks) - 1
+    got = {}
+    with torch.no_grad(), m.raw_hooks() as hooks:
+        hooks.forward(m.module(f"vision.blocks.{last}.attn"), lambda mod, a, kw, out: got.update(r=received_per_patch(mod, a, kw)),
+                      with_kwargs=True)
+        probs = m.attention(b, [last], stream="vision")[last]      # [1, H, Np, Np], the packed row, in one piece
+    score = received_attention(b, got["r"])
+    vis, proj = b.layouts["vision"], b.layouts["projector"]
+    n, N = score.shape
+    assert (n, N) == (2, int(np.prod(proj.grid(0)))) and torch.allclose(score.sum(1), torch.ones(2), atol=1e-5)
+    # by hand: image 1's patch (r, c) belongs to token (r // m, c // m)
+    pos = vis.image_positions(1)
+    p = probs[0].float().mean(0)[pos][:, pos].mean(0)
+    h, w = vis.grid(1)
+    mm = h // proj.grid(1)[0]
+    rr, cc = np.divmod(np.arange(h * w), w)
+    by_hand = torch.zeros(N).index_add_(0, torch.as_tensor((rr // mm) * (w // mm) + cc // mm), p)
+    assert torch.allclose(score[1], by_hand, atol=1e-6)
+
+    pz = make_pruner("visionzip:0.5")
+    feats, keep, sizes = pz.vision(runner, b)
+    k = pz.n_keep(N)
+    k_c = int(round(pz.contextual * k))
+    assert keep.sum(1).tolist() == [k, k]
+    for i in range(n):
+        top = set(score[i].topk(k - k_c).indices.tolist())
+        assert top <= set(keep[i].nonzero()[:, 0].tolist())
+        assert float(sizes[i][keep[i]].sum()) == N           # every token kept or merged into one group
+    pre = runner.prefill(b, pz)
+    assert pre.image_kept.shape[1] == k and torch.equal(pre.image_kept.sort(1).values, keep.nonzero()[:, 1].view(n, k))
+    with torch.no_grad():
+        full = runner.prefill(b).logits
+        everything = runner.prefill(b, make_pruner("visionzip:1.0")).logits
+    assert torch.allclose(everything, full, atol=1e-5) and not torch.allclose(pre.logits, full, atol=1e-4)
+    with pytest.raises(UnsupportedError, match="tower_layer needs a CLS token"):
+        runner.prefill(b, make_pruner("visionzip:0.5:tower_layer=1"))
+
+
+def test_visionzip_refuses_qwen3_deepstack():
+    from vlinterp.core.errors import UnsupportedError
+
+    m = vi.load("tiny:qwen3-vl")
+    b = m.prepare(images=[_image(56, 56)], text=["what is it?"])
+    with pytest.raises(UnsupportedError, match="DeepStack"):
+        PrunedLM(m).prefill(b, make_pruner("visionzip:0.5"))

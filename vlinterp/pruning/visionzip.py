@@ -11,9 +11,10 @@ for (ToMe's proportional attention); ``0`` turns that off.
 
 Where it applies (:func:`supported` says why not elsewhere): a CLIP-style tower with a CLS token,
 one crop per image and a projector mapping each tower patch to one language-model token
-(llava-1.5). Tiled inputs (LLaVA-NeXT, OneVision, InternVL, SmolVLM), towers without CLS (SigLIP:
-Gemma 3, PaliGemma, OneVision; Qwen's packed tower) and merging projectors (Qwen's 2x2 merger,
-Gemma 3's pooling, pixel shuffle) are refused with the reason.
+(llava-1.5); and Qwen2-VL / Qwen2.5-VL's packed towers, ranked by the attention their patches
+receive instead (:mod:`.visionzip_packed`). Tiled inputs (LLaVA-NeXT, OneVision, InternVL,
+SmolVLM), other towers without CLS (SigLIP: Gemma 3, PaliGemma, OneVision) and other merging
+projectors (Gemma 3's pooling, pixel shuffle) are refused with the reason.
 """
 from __future__ import annotations
 
@@ -99,6 +100,10 @@ class VisionZip(Pruner):
     def vision(self, runner, batch):
         """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None)`` for the images of ``batch``."""
         a = runner.adapter
+        if a.site_table["vision.embed"].packed:   # no CLS token: rank by attention received (visionzip_packed)
+            from .visionzip_packed import packed_vision
+
+            return packed_vision(self, runner, batch)
         supported(a, batch)
         layers = a.vision_blocks
         li = runner.tower_shape()[2]  # the feature layer is the output of encoder layer li - 1
@@ -149,8 +154,9 @@ def supported(adapter, batch) -> None:
     if vis is None or proj is None:
         raise UnsupportedError(f"visionzip: {fam} has no vision/projector layouts to select patches in")
     if adapter.site_table["vision.embed"].packed:
-        raise UnsupportedError(f"visionzip ranks patches by the vision tower's CLS attention; {fam}'s tower packs every "
-                               "image's patches into one sequence without a CLS token")
+        from .visionzip_packed import supported_packed
+
+        return supported_packed(adapter, batch, None)
     if not all(vis.modality[r, 0] == SPECIAL and (vis.modality[r] == SPECIAL).sum() == 1 for r in range(vis.shape[0])):
         raise UnsupportedError(f"visionzip ranks patches by the vision tower's CLS attention; {fam}'s tower has no CLS token")
     if vis.num_images != lm.num_images:
