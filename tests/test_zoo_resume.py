@@ -98,3 +98,13 @@ def test_checkpoint_of_other_parameters_is_refused(tmp_path):
     m2[0].weight.requires_grad_(True)      # now the embedding trains too: the checkpoint lacks it
     with pytest.raises(ValueError, match="trainable"):
         _run(m2, _Batches(1), ck)
+
+
+def test_clear_leaves_a_file_someone_else_changed(tmp_path):
+    """clear() removes only what vlinterp wrote: a checkpoint file replaced by hand stays."""
+    ck = LoopCheckpoint(str(tmp_path), "lm", {"k": 1}, every=1)
+    with pytest.raises(_Stop):
+        _run(_model(), _Batches(1), ck, stop_at=1)
+    (tmp_path / "lm-1.optim.pt").write_bytes(b"mine")
+    ck.clear()
+    assert _files(tmp_path) == ["lm-1.optim.pt"] and (tmp_path / "lm-1.optim.pt").read_bytes() == b"mine"

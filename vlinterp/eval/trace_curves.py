@@ -42,7 +42,9 @@ def object_patches(layout, item, obj_index: int, min_cover: float = 0.25) -> tup
 
 def _some_traced(n_traced: int, n_items: int) -> None:
     if n_traced == 0:
-        raise ValueError(f"the model answered none of the {n_items} presence questions 'yes' (right), so there was "
+        from ..core.errors import DataError
+
+        raise DataError(f"the model answered none of the {n_items} presence questions 'yes' (right), so there was "
                          "nothing to trace; is it a trained model?")
 
 

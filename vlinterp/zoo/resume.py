@@ -10,7 +10,8 @@ A CPU run of shapes-qwen's LM stage takes longer than one working session, and a
   last, so a checkpoint counts only once its files are in place. ``key`` names the settings the
   checkpoint belongs to; another key starts the loop afresh.
 
-Every file is written atomically; the previous step's files are removed once the new JSON is in place.
+Every file is written atomically; the previous step's files are removed once the new JSON is in place,
+and only files vlinterp wrote (its folder manifest) are ever removed.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import json
 import os
 
 import torch
+
+from ..core.errors import ShapeMismatchError
+from ..core.io import written_by_vlinterp
 
 
 class LoopCheckpoint:
@@ -61,7 +65,7 @@ class LoopCheckpoint:
         params = self._trainable(model)
         state = load_file(self._path(f"-{step}.safetensors"))
         if set(state) != set(params):
-            raise ValueError(f"{self._path(f'-{step}.safetensors')}: its parameters are not this model's trainable ones")
+            raise ShapeMismatchError(f"{self._path(f'-{step}.safetensors')}: its parameters are not this model's trainable ones")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state[n])
@@ -85,13 +89,17 @@ class LoopCheckpoint:
 
     def _remove(self, step: int) -> None:
         for suffix in (f"-{step}.safetensors", f"-{step}.optim.pt"):
-            if os.path.isfile(self._path(suffix)):
-                os.remove(self._path(suffix))
+            self._remove_file(self._path(suffix))
+
+    @staticmethod
+    def _remove_file(path: str) -> None:
+        """Remove ``path`` only if vlinterp wrote it (and nobody changed it since)."""
+        if written_by_vlinterp(path):
+            os.remove(path)
 
     def clear(self) -> None:
         """Remove this loop's checkpoint (its stage has finished and saved itself)."""
         rec = self._read()
         if rec is not None:
             self._remove(int(rec["step"]))
-        if os.path.isfile(self._path(".json")):
-            os.remove(self._path(".json"))
+        self._remove_file(self._path(".json"))
