@@ -99,7 +99,7 @@ def test_visionzip_on_packed_qwen_towers(family):
     assert torch.allclose(score[1], by_hand, atol=1e-6)
 
     pz = make_pruner("visionzip:0.5")
-    feats, keep, sizes = pz.vision(runner, b)
+    feats, keep, sizes, recorded = pz.vision(runner, b)
     k = pz.n_keep(N)
     k_c = int(round(pz.contextual * k))
     assert keep.sum(1).tolist() == [k, k]
@@ -108,6 +108,9 @@ def test_visionzip_on_packed_qwen_towers(family):
         assert top <= set(keep[i].nonzero()[:, 0].tolist())
         assert float(sizes[i][keep[i]].sum()) == N           # every token kept or merged into one group
     pre = runner.prefill(b, pz)
+    # the layer inputs it hands back (recorded while the tower ran) equal recording the merged features afresh
+    assert torch.allclose(recorded.h, runner.lm_inputs(b, feats).h, atol=1e-6)
+    assert torch.allclose(pre.logits, runner.prefill(b, pz, inputs=runner.lm_inputs(b, feats)).logits, atol=1e-5)
     assert pre.image_kept.shape[1] == k and torch.equal(pre.image_kept.sort(1).values, keep.nonzero()[:, 1].view(n, k))
     with torch.no_grad():
         full = runner.prefill(b).logits

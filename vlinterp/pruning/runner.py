@@ -241,8 +241,8 @@ class PrunedLM:
         if pruner is not None:
             pruner.bind(self)
         vis = pruner.vision(self, batch) if pruner is not None and pruner.acts_on_vision else None
-        if inputs is None:
-            inputs = self.lm_inputs(batch, vis[0] if vis is not None else None)
+        if inputs is None:  # a vision-side pruner may hand back the layer inputs it recorded already
+            inputs = vis[3] if vis is not None and len(vis) > 3 else self.lm_inputs(batch, vis[0] if vis is not None else None)
         h, image, grid = inputs.h, inputs.image, inputs.grid
         kwargs = inputs.kwargs
         index = torch.arange(T, device=h.device)[None].expand(B, T)

@@ -92,6 +92,12 @@ class VisionZip(Pruner):
             if self.tower_layer is not None and self.tower_layer < 1:
                 raise ConfigError(f"visionzip: tower_layer must be >= 1, got {self.tower_layer}")
 
+    def split(self, n_image: int) -> tuple[int, int]:
+        """``(dominant, contextual)`` token counts of the ``n_keep(n_image)`` kept."""
+        k = self.n_keep(n_image)
+        k_c = min(k, int(round(self.contextual * k))) if k > 1 else 0
+        return k - k_c, k_c
+
     def tower_schedule(self, n_image: int, n_tower_layers: int, feature_depth: int) -> list[int]:
         """Up to the feature layer only; after ``tower_layer`` the CLS token and the kept tokens."""
         m = feature_depth if self.tower_layer is None else self.tower_layer
@@ -123,9 +129,7 @@ class VisionZip(Pruner):
         hid = h[:, 1:]                                           # [n, N, Dv] after tower layer m
         cls_attn = got["attn"][:, :, 0, 1:].float().mean(1)     # [n, N]
         n, N, _ = hid.shape
-        k = self.n_keep(N)
-        k_c = min(k, int(round(self.contextual * k))) if k > 1 else 0
-        k_d = k - k_c
+        k_d, k_c = self.split(N)
         keep, merged, sizes = _select_and_merge(hid, cls_attn, k_d, k_c)
         if m < li:  # the rest of the tower on CLS + the kept tokens (every row keeps the same count)
             pos = keep.nonzero()[:, 1].view(n, -1)                                  # [n, k] grid indices

@@ -74,8 +74,12 @@ def received_attention(batch, per_patch: torch.Tensor) -> torch.Tensor:
 
 
 def packed_vision(pruner, runner, batch):
-    """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None)``: the merger's output
-    with the dominant tokens kept and the rest merged into context tokens (see the module doc)."""
+    """``(features [n, N, D], keep [n, N] bool, group sizes [n, N] or None, LM inputs)``: the merger's
+    output with the dominant tokens kept and the rest merged into context tokens (see the module doc),
+    and the decoder-layer inputs recorded while the tower ran, with the merged features in place
+    (layer 0 reads the token embeddings as they are in these families), so the runner records nothing twice."""
+    import dataclasses
+
     from .visionzip import _select_and_merge
 
     a = runner.adapter
@@ -94,10 +98,13 @@ def packed_vision(pruner, runner, batch):
     for b in range(n):
         img = inputs.image[b]
         feats[b, inputs.grid[b, img]] = inputs.h[b, img]          # layer 0's input there: the merger's output
-    k = pruner.n_keep(N)
-    k_c = min(k, int(round(pruner.contextual * k))) if k > 1 else 0
-    keep, merged, sizes = _select_and_merge(feats, score.to(feats.device), k - k_c, k_c)
-    return merged, keep, (sizes if pruner.proportional else None)
+    k_d, k_c = pruner.split(N)
+    keep, merged, sizes = _select_and_merge(feats, score.to(feats.device), k_d, k_c)
+    h = inputs.h.clone()
+    for b in range(n):
+        img = inputs.image[b]
+        h[b, img] = merged[b, inputs.grid[b, img]]
+    return merged, keep, (sizes if pruner.proportional else None), dataclasses.replace(inputs, h=h)
 
 
 __all__ = ["packed_vision", "received_attention", "received_per_patch", "supported_packed"]
