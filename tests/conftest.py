@@ -127,6 +127,31 @@ def load_shipped(name: str):
     return vlinterp.load(name)
 
 
+def check_card(recipe) -> dict:
+    """An organism's shipped card names it, its floors and its training command, and every floor it
+    misses is one its recipe's ``REACHED`` states. Returns the card."""
+    from vlinterp import zoo
+
+    card = zoo.card(recipe.NAME)
+    assert card["name"] == recipe.NAME
+    assert card["floors"] == {k: list(v) for k, v in recipe.FLOORS.items()}
+    assert card["command"].startswith(f"vlinterp zoo train {recipe.NAME} --out ")
+    missed = [k for k, ok in card["floors_met"].items() if not ok]
+    assert set(missed) <= set(recipe.REACHED), (missed, card["metrics"])
+    return card
+
+
+def check_floors(recipe, metrics: dict) -> None:
+    """``metrics`` meet the recipe's floors, except where ``REACHED`` names the (lower) level the
+    shipped weights really reach; greedy generation agrees with the scored answers."""
+    from vlinterp.zoo.common import check_floor
+
+    bounds = {k: (op, recipe.REACHED.get(k, v)) for k, (op, v) in recipe.FLOORS.items()}
+    failed = {k: (metrics.get(k), op, v) for k, (op, v) in bounds.items() if not check_floor(metrics.get(k), op, v)}
+    assert not failed, f"levels missed: {failed}; all metrics: {metrics}"
+    assert metrics["generate_agreement"] >= 0.75, metrics
+
+
 @pytest.fixture(scope="session")
 def shapes_llava():
     """The shipped shapes-llava organism, loaded once (its weights ship inside the package)."""

@@ -14,9 +14,8 @@ from vlinterp import zoo
 from vlinterp.data.shapes import make_scene
 from vlinterp.zoo import qwen_model as qm
 from vlinterp.zoo import recipe_qwen as R
-from vlinterp.zoo.common import check_floor
 
-from conftest import load_shipped
+from conftest import check_card, check_floors, load_shipped
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -64,23 +63,14 @@ def test_shipped_structure(organism):
 
 
 def test_shipped_card(organism):
-    card = zoo.card(R.NAME)
-    assert card["name"] == R.NAME
-    assert card["floors"] == {k: list(v) for k, v in R.FLOORS.items()}
-    assert card["command"].startswith(f"vlinterp zoo train {R.NAME} --out ")
+    card = check_card(R)
     assert set(card["stage_seconds"]) >= {"tower", "lm", "tune"}
-    missed = [k for k, ok in card["floors_met"].items() if not ok]
-    assert set(missed) <= set(R.REACHED), (missed, card["metrics"])
 
 
 @pytest.mark.slow
 def test_shipped_meets_floors(organism):
-    """The card holds seed 1 (256 scenes); this is a second fresh seed, 7."""
-    m = R.evaluate(organism, "test", n=N_EVAL, seed=7)
-    bounds = {k: (op, R.REACHED.get(k, v)) for k, (op, v) in R.FLOORS.items()}
-    failed = {k: (m.get(k), op, v) for k, (op, v) in bounds.items() if not check_floor(m.get(k), op, v)}
-    assert not failed, f"levels missed: {failed}; all metrics: {m}"
-    assert m["generate_agreement"] >= 0.75, m
+    """The card holds seed 1 (1024 scenes); this is a second fresh seed, 7."""
+    check_floors(R, R.evaluate(organism, "test", n=N_EVAL, seed=7))
 
 
 def test_adapter_and_hf_evaluation_agree(organism):
