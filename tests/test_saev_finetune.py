@@ -20,3 +20,30 @@ def test_pool_mismatches_a_known_share_and_subsets_follow_the_score():
     # a score that ranks matched samples first selects no mismatched one
     oracle = np.array([0.0 if i in pool.bad else 1.0 for i in range(40)])
     assert not set(select(oracle, pool)["top-50"]) & pool.bad
+
+
+def test_finetune_then_measure_runs_end_to_end():
+    """The benchmark's per-run path at toy size: features, a few fine-tuning steps (weights move),
+    then every metric of a row (the CHAIR call broke once without a test here)."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from vlinterp.adapters.vlm import VlmAdapter
+    from vlinterp.eval.saev_finetune import composite, finetune, measure, pool_features
+    from vlinterp.zoo import weights_dir
+
+    torch.manual_seed(0)
+    wdir = weights_dir("shapes-llava")
+    model = LlavaForConditionalGeneration.from_pretrained(wdir, local_files_only=True)
+    proc = AutoProcessor.from_pretrained(wdir, local_files_only=True)
+    pool = make_pool(12, seed=5, mismatch=0.25)
+    feats = pool_features(model, pool)
+    assert feats.shape[0] == 12 and feats.dtype == torch.float16
+    before = model.lm_head.weight.detach().clone()
+    rec = finetune(model, proc, pool, feats, np.arange(8), steps=2, batch=4, lr=1e-3)
+    assert rec["samples"] == 8 and rec["steps"] == 2
+    assert (model.lm_head.weight - before).abs().max() > 0
+    row = measure(VlmAdapter(model, proc, name="toy"), n=8, n_captions=4)
+    for k in ("presence_random", "presence_adversarial", "colour", "count", "chair_s", "chair_i", "caption_coverage"):
+        assert 0.0 <= row[k] <= 1.0, (k, row[k])
+    assert len(row["caption_examples"]) == 3 and 0.0 <= composite(row) <= 1.0

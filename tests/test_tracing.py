@@ -49,6 +49,11 @@ def test_batched_equals_naive_llava(llava):
     for k in ("p_patch", "p_corrupt", "p_clean"):
         assert np.abs(fast.arrays[k] - slow.arrays[k]).max() <= 1e-5, k
     assert np.all(np.isfinite(fast.arrays["rr"]))
+    # the last layer at positions other than the last: exactly 0 without running (the naive loop,
+    # which runs them, reads rounding noise); the last position there and every earlier layer run
+    inert = fast.arrays["ie"][:, -1, :-1]
+    assert np.all(inert == 0.0) and np.abs(slow.arrays["ie"][:, -1, :-1]).max() <= 1e-6
+    assert np.all(fast.arrays["ie"][:, -1, -1] != 0.0)
 
 
 def test_batched_equals_naive_llava_vision_window(llava):
@@ -281,3 +286,18 @@ def test_curves_refuse_a_model_that_answers_nothing_right(llava, monkeypatch):
         tc.localisation(m, n=2, seed=11, samples=1)
     with pytest.raises(ValueError, match="nothing to trace"):
         tc.last_token_curves(m, n=2, seed=11, samples=1)
+
+
+def test_cells_nothing_reads_are_exactly_zero(shapes_llava):
+    """The last layer at positions other than the last: run batched from the resumed layer they came
+    out ~1e-8 from rounding (shapes-llava, scene 1 of seed 11); now they are not run and read 0."""
+    from vlinterp.eval.trace import shapes_items
+    from vlinterp.tracing import text_positions
+
+    it = shapes_items(2, 11, "test")[1]
+    b = shapes_llava.prepare(images=[it.image], text=[it.prompt])
+    kw = dict(components=("attn", "mlp", "resid"), samples=3, seed=int(it.meta["scene"].index), object_mask=it.objects[0].box,
+              object_positions=text_positions(shapes_llava, b, it.meta["object"]))
+    ie = trace(shapes_llava, b, "yes", **kw).arrays["ie"]
+    assert np.all(ie[:, -1, :-1] == 0.0) and np.all(ie[:, -1, -1] != 0.0)
+    assert np.count_nonzero(ie[:, :-1]) == ie[:, :-1].size  # every earlier cell is run

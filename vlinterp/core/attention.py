@@ -120,6 +120,22 @@ def hf_self_attention(module, args, kwargs, queries=None) -> torch.Tensor:
     return probs_in_chunks(q, k, scale, mask_fn, q.dtype, cap)
 
 
+def key_writes(probs: torch.Tensor, attn_in: torch.Tensor, module, query: int = -1) -> torch.Tensor:
+    """``[B, Tk, D]``: what each key writes into query row ``query`` of one attention layer,
+    ``W_O (sum over heads of p_qj v_j)``, without ``o_proj``'s bias: the rows sum to the layer's output
+    at that query less the bias. ``probs`` ``[B, H, Tq, Tk]`` (e.g. :func:`hf_self_attention`, also
+    with ``queries``), ``attn_in`` ``[B, Tk, D]`` the layer's normed input, ``module`` a transformers
+    attention with ``v_proj``/``o_proj``."""
+    B, T, _ = attn_in.shape
+    H = probs.shape[1]
+    hd = getattr(module, "head_dim", None) or module.v_proj.out_features // H
+    v = module.v_proj(attn_in).view(B, T, -1, hd)
+    if v.shape[2] != H:
+        v = v.repeat_interleave(H // v.shape[2], dim=2)
+    w = probs[:, :, query, :].permute(0, 2, 1)[..., None].to(v.dtype) * v  # [B, Tk, H, hd]
+    return torch.nn.functional.linear(w.reshape(B, T, H * hd), module.o_proj.weight)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)

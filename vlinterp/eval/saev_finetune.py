@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..core.items import Item
+from .chair import shapes_chair
 
 IMAGE_MIX = {"presence": 0.45, "colour": 0.2, "count": 0.22, "caption": 0.13}  # the LM stage's image mix
 NEG_P = {"random": 0.45, "popular": 0.3, "near": 0.25}  # the tune stage's image negatives
@@ -195,7 +196,6 @@ def measure(adapter, n: int = 256, n_captions: int = 128, seed: int = 1, split: 
     """POPE (random / adversarial), colour, count (:func:`vlinterp.zoo.recipe_llava.evaluate` on ``n``
     held-out scenes) and CHAIR on free captions of ``n_captions`` scenes."""
     from ..data.shapes import make_split
-    from ..metrics.chair import chair
     from ..zoo.recipe_llava import evaluate
 
     m = evaluate(adapter, split, n=n, seed=seed)
@@ -206,7 +206,7 @@ def measure(adapter, n: int = 256, n_captions: int = 128, seed: int = 1, split: 
         chunk = scenes[i:i + 32]
         b = adapter.prepare(images=[s.pil() for s in chunk], text=["describe the image."] * len(chunk))
         caps += adapter.generate(b, max_new_tokens=24).texts
-    c = chair(caps, scenes)
+    c = shapes_chair(caps, scenes)
     out.update({"chair_s": c["chair_s"], "chair_i": c["chair_i"], "caption_coverage": c["coverage"],
                 "caption_examples": caps[:3]})
     return out

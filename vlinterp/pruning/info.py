@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from ..core.attention import key_writes
 from ..core.errors import ConfigError
 from .base import Pruner
 
@@ -24,15 +25,7 @@ def contribution(attn: torch.Tensor, attn_in: torch.Tensor, self_attn, query: in
 
     ``attn`` ``[B, H, T', T']`` probabilities, ``attn_in`` ``[B, T', D]`` the normed layer input,
     ``self_attn`` a transformers attention module with ``v_proj``/``o_proj``."""
-    B, T, _ = attn_in.shape
-    H = attn.shape[1]
-    hd = self_attn.head_dim
-    v = self_attn.v_proj(attn_in).view(B, T, -1, hd)
-    if v.shape[2] != H:
-        v = v.repeat_interleave(H // v.shape[2], dim=2)
-    w = attn[:, :, query, :].permute(0, 2, 1)[..., None] * v  # [B, T', H, hd]
-    out = torch.nn.functional.linear(w.reshape(B, T, H * hd), self_attn.o_proj.weight)
-    return out.float().norm(dim=-1)
+    return key_writes(attn, attn_in, self_attn, query).float().norm(dim=-1)
 
 
 def _image_rank(scores: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

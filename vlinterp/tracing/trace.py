@@ -9,6 +9,8 @@ repeated ``n`` times along dim 0 and each row restores a different (component, l
 
 Recovery rate ``RR = (P_patch - P_corr) / (P_clean - P_corr)`` with probabilities averaged over
 the noise samples; ``ie = P_patch - P_corr`` (indirect effect), ``te = P_clean - P_corr`` (total).
+On a language model, cells that restore only the last layer at positions other than the last are
+not run: nothing reads them, so their ``ie`` is exactly 0 (run, it would be rounding noise, ~1e-8).
 
 Windows (``window=W``): the cell of layer ``l`` restores layers ``[l - W//2, l + ceil(W/2))``
 clipped to the model's layers, as ROME's ``trace_important_window`` does (``window_mode="rome"``,
@@ -156,6 +158,14 @@ class _Plan:
         pos = self.groups[self.group_names[cell[2]]]
         return int(pos.min()) if pos.numel() else -1
 
+    def inert(self, cell) -> bool:
+        """Whether restoring ``cell`` cannot change P[target]: on a language model, a cell restoring only
+        the last layer at positions other than the last (no later layer reads them, and the last
+        position's logits are computed from its own state alone). Its effect is exactly 0."""
+        if self.stream != "lm" or self.last is None or self.window_of(self.layers[cell[1]])[0] < self.n_layers - 1:
+            return False
+        return not bool((self.groups[self.group_names[cell[2]]] == self.last).any())
+
     def restore_edits(self, cells: list[tuple[int, int, int]], offset: int = 0):
         """Edits restoring, in row ``r`` of the running batch, the clean output for ``cells[r]``
         (the running tensors start at position ``offset``)."""
@@ -248,9 +258,10 @@ def trace(adapter, batch: Batch, target, components=("resid",), positions="group
     # variant per row: its cells run one forward each
     packed = plan.stream == "vision" and adapter.site_table[plan.site("resid", 0)].packed
     bs = 1 if packed else max(1, int(batch_size))
-    # chunks: cells that restore nothing are the corrupted run itself; with resume, cells sharing
-    # (first restored layer, first restored position) run together from that layer and position
-    live = [i for i, c in enumerate(plan.cells) if plan.first_position(c) >= 0]
+    # chunks: cells that restore nothing, or nothing the last position reads (Plan.inert), are the
+    # corrupted run itself (run, they would differ from it only by rounding); with resume, cells
+    # sharing (first restored layer, first restored position) run together from that layer and position
+    live = [i for i, c in enumerate(plan.cells) if plan.first_position(c) >= 0 and not plan.inert(c)]
     key = (lambda i: (plan.start_of(plan.cells[i]), plan.first_position(plan.cells[i]))) if resume else (lambda i: 0)
     chunks: list[list[int]] = []
     for k in sorted({key(i) for i in live}):
