@@ -7,7 +7,10 @@ colour, count and CHAIR after each (see :mod:`vlinterp.eval.saev_finetune`).
 Every stage is kept in ``--out`` (``scores.json``, ``results.json``): a rerun skips what is done.
 One thread (``torch.set_num_threads(1)``); on this 2-core machine the default settings take about
 1.5 hours. ``assets/saev_finetune.{json,png}`` were made with ``--eval-n 128 --caption-n 64 --steps 100``
-(one or two ``--runs`` per invocation, the pool's scores and features kept in ``--out``).
+(one or two ``--runs`` per invocation, the pool's scores and features kept in ``--out``), one
+``--out`` per ``--seed``, then summarised over the seeds (means, standard errors, error bars):
+
+    python benchmarks/saev_filter_finetune.py --summary DIR0,DIR1,DIR2 --summary-out assets/saev_finetune.json --plot assets/saev_finetune.png
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ def _load(path):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True, help="folder for the stage files")
+    ap.add_argument("--out", help="folder for the stage files (one per seed)")
+    ap.add_argument("--summary", help="comma-separated --out folders of finished seeds: summarise them instead of running")
+    ap.add_argument("--summary-out", help="JSON of the summary (with --summary)")
     ap.add_argument("--plot", help="PNG of the curves")
     ap.add_argument("--scorer", default="shapes-llava-aligned", help="organism whose SAE scores the pool")
     ap.add_argument("--model", default="shapes-llava", help="organism fine-tuned")
@@ -45,6 +50,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default="before,full,top-50,random-50,top-25,random-25,matched",
                     help="the runs to do in this invocation (comma-separated; the others are kept or skipped)")
     a = ap.parse_args(argv)
+    from vlinterp.core.io import check_output_file
+
+    for flag, path in (("--plot", a.plot), ("--summary-out", a.summary_out)):  # before any work
+        if path:
+            check_output_file(path, flag)
+    if a.out:
+        for name in ("scores.json", "results.json", "features.safetensors"):
+            check_output_file(os.path.join(a.out, name), "--out")
+    if a.summary:
+        return summary(a.summary.split(","), a.summary_out, a.plot)
+    if not a.out:
+        ap.error("--out is required (or --summary)")
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
 
@@ -122,15 +139,47 @@ def main(argv=None) -> dict:
         from vlinterp.viz.flow_plot import plot_selection_curves
 
         metrics = ["presence_random", "presence_adversarial", "colour", "count", "chair_s", "composite"]
-        curves = {rule: {m: [runs[f"{rule}-25"][m], runs[f"{rule}-50"][m], runs["full"][m]] for m in metrics}
-                  for rule in ("top", "random")}
-        curves = {"top x% by SAE-V score": curves["top"], "random x%": curves["random"]}
-        plot_selection_curves([0.25, 0.5, 1.0], curves, metrics, a.plot, full=runs["full"],
+        plot_selection_curves([0.25, 0.5, 1.0], _curves(runs, metrics), metrics, a.plot, full=runs["full"],
                               extra={"before fine-tuning": runs["before"], "matched samples only (oracle)": runs["matched"]},
                               title=f"{a.model} fine-tuned {a.steps} steps on a pool with {100 * a.mismatch:.0f}% mismatched "
                                     f"text (SAE-V AUROC {sc['auroc']:.3f})")
     print(json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1, default=str))
     return res
+
+
+def _curves(runs: dict, metrics) -> dict:
+    """``{rule: {metric: [top/random 25%, 50%, full pool]}}`` from ``runs[run][metric]`` (values or errors)."""
+    return {label: {m: [runs[f"{rule}-{x}"][m] for x in (25, 50)] + [runs["full"][m]] for m in metrics}
+            for label, rule in (("top x% by SAE-V score", "top"), ("random x%", "random"))}
+
+
+def summary(dirs: list[str], out: str | None, plot: str | None) -> dict:
+    """Means and standard errors over the seeds in ``dirs`` (each a finished ``--out``)."""
+    from vlinterp.core.io import write_json
+    from vlinterp.eval.saev_finetune import SUMMARY_METRICS, summarise
+
+    per_seed = {}
+    for d in dirs:
+        r = _load(os.path.join(d, "results.json"))
+        if r is None or "full" not in r.get("runs", {}):
+            raise SystemExit(f"{d}: no finished results.json (run it with --out {d} first)")
+        per_seed[int(r["settings"]["seed"])] = r
+    s = summarise(per_seed)
+    s["settings"] = {k: v for k, v in next(iter(per_seed.values()))["settings"].items() if k not in ("out", "seed", "runs", "plot")}
+    s["per_seed"] = {str(k): {run: {m: v["runs"][run][m] for m in SUMMARY_METRICS} for run in s["runs"]} for k, v in per_seed.items()}
+    if out:
+        write_json(out, s)
+    if plot and all(k in s["runs"] for k in ("before", "matched", "top-25", "top-50", "random-25", "random-50")):
+        from vlinterp.viz.flow_plot import plot_selection_curves
+
+        metrics = list(SUMMARY_METRICS)
+        st = s["settings"]
+        plot_selection_curves([0.25, 0.5, 1.0], _curves(s["mean"], metrics), metrics, plot, full=s["mean"]["full"],
+                              extra={"before fine-tuning": s["mean"]["before"], "matched samples only (oracle)": s["mean"]["matched"]},
+                              err=_curves(s["se"], metrics), title=f"{st['model']} fine-tuned {st['steps']} steps on pools with {100 * st['mismatch']:.0f}% "
+                                             f"mismatched text, mean of {len(s['seeds'])} seeds (± s.e.)")
+    print(json.dumps({k: s[k] for k in ("seeds", "auroc", "relative_to_full", "beats_full", "beats_random") if k in s}, indent=1))
+    return s
 
 
 if __name__ == "__main__":

@@ -264,3 +264,64 @@ def test_sign_agreement_counts_only_cells_with_an_effect():
     assert sign_agreement(np.array([1.0, -1.0, 0.5, 3.0]), np.array([2.0, 1.0, 0.0, 0.05]), min_abs=0.1) == (0.5, 2)
     share, n = sign_agreement(np.zeros(3), np.zeros(3))
     assert n == 0 and np.isnan(share)
+
+
+# ------------------------------------------------------------------- attention output by key group
+@pytest.mark.parametrize("name", ["tiny:llava", "tiny:qwen2.5-vl"])
+def test_key_writes_sum_to_the_attention_output(name):
+    from vlinterp.core.attention import hf_self_attention, key_writes
+
+    m = vlinterp.load(name)
+    b = m.prepare(images=[_img()], text=["is there a red circle?"])
+    last = _last(b)
+    got = {}
+
+    def grab(module, args, kwargs, output):
+        h = kwargs.get("hidden_states", args[0] if args else None)
+        got["w"] = key_writes(hf_self_attention(module, args, kwargs, queries=[last]), h, module, 0)
+        got["out"] = output[0] if isinstance(output, tuple) else output
+
+    mod = m.module("blocks.1.attn")
+    with m.raw_hooks() as hk, torch.no_grad():
+        hk.forward(mod, grab, with_kwargs=True)
+        m.run(b)
+    bias = mod.o_proj.bias if mod.o_proj.bias is not None else 0.0
+    assert got["w"].shape == (1, b.layout.shape[1], m.text_config.hidden_size)
+    assert (got["w"][0].sum(0) + bias - got["out"][0, last]).abs().max() <= 1e-5
+
+
+def test_attention_parts_whole_is_tracings_attention_cell(llava):
+    from vlinterp.tracing import attention_parts
+
+    m, b = llava
+    last = _last(b)
+    n_hooks = count_hooks(m.model)
+    r = attention_parts(m, b, "yes", samples=2, seed=3)
+    t = trace(m, b, "yes", components="attn", positions={"last": [last]}, samples=2, seed=3)
+    assert np.abs(r["p"]["whole"].mean(0) - t.arrays["p_patch"][0, :, 0]).max() <= 1e-5
+    assert np.abs(r["p_corrupt"] - t.arrays["p_corrupt"]).max() <= 1e-6 and abs(r["p_clean"] - t.arrays["p_clean"][0]) <= 1e-6
+    assert np.abs(r["p"]["image"] - r["p"]["whole"]).max() > 1e-4  # a part is not the whole
+    assert np.abs(r["p"]["image"] - r["p_corrupt"][:, None]).max() > 1e-5  # and it does restore something
+    assert count_hooks(m.model) == n_hooks
+
+
+def test_attention_parts_refuse_encoders():
+    from vlinterp.tracing import attention_parts
+
+    m = vlinterp.load("tiny:vit")
+    with pytest.raises(UnsupportedError, match="VLM language models"):
+        attention_parts(m, m.prepare(images=[_img()]), 0)
+
+
+def test_layer_and_selection_plots_write_pictures(tmp_path):
+    from vlinterp.viz.flow_plot import plot_layer_curves, plot_selection_curves
+
+    p = plot_layer_curves({"knockout": [0.1, 0.3, 0.5, 0.1], "tracing": [0.0, 0.6, 0.5, 0.2]}, str(tmp_path / "h.png"),
+                          title="t", ylabel="fraction", err={"knockout": [0.05] * 4})
+    assert Image.open(p).size[0] > 300
+    curves = {"top": {"a": [0.9, 0.92, 0.85]}, "random": {"a": [0.8, 0.82, 0.85]}}
+    plain = plot_selection_curves([0.25, 0.5, 1.0], curves, ["a"], str(tmp_path / "s.png"), full={"a": 0.85})
+    bars = plot_selection_curves([0.25, 0.5, 1.0], curves, ["a"], str(tmp_path / "e.png"), full={"a": 0.85},
+                                 err={"top": {"a": [0.02] * 3}, "random": {"a": [0.03] * 3}})
+    a, b = (np.asarray(Image.open(q).convert("L"), float) for q in (plain, bars))
+    assert a.shape == b.shape and np.abs(a - b).max() > 0  # the error bars are drawn

@@ -47,3 +47,20 @@ def test_finetune_then_measure_runs_end_to_end():
     for k in ("presence_random", "presence_adversarial", "colour", "count", "chair_s", "chair_i", "caption_coverage"):
         assert 0.0 <= row[k] <= 1.0, (k, row[k])
     assert len(row["caption_examples"]) == 3 and 0.0 <= composite(row) <= 1.0
+
+
+def test_summarise_over_seeds():
+    from vlinterp.eval.saev_finetune import SUMMARY_METRICS, summarise
+
+    def row(c):
+        return {m: c for m in SUMMARY_METRICS}
+
+    per_seed = {0: {"auroc": 0.9, "runs": {"full": row(0.8), "top-25": row(0.9), "random-25": row(0.85), "before": row(0.95)}},
+                1: {"auroc": 0.8, "runs": {"full": row(0.9), "top-25": row(0.85), "random-25": row(0.88)}}}
+    s = summarise(per_seed)
+    assert s["seeds"] == [0, 1] and s["runs"] == ["full", "random-25", "top-25"]  # "before" is on one seed only
+    assert np.isclose(s["mean"]["top-25"]["composite"], 0.875) and np.isclose(s["se"]["top-25"]["composite"], 0.025)
+    assert np.isclose(s["relative_to_full"]["top-25"]["min"], 0.85 / 0.9) and np.isclose(s["relative_to_full"]["top-25"]["max"], 0.9 / 0.8)
+    assert s["beats_full"] == {"top-25": 1} and s["beats_random"] == {"top-25": 1}
+    one = summarise({3: per_seed[0]})
+    assert one["se"]["full"]["count"] == 0.0 and one["beats_full"] == {"top-25": 1}

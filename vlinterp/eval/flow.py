@@ -10,14 +10,14 @@ relevance patching (:data:`vlinterp.tracing.TRACING_METHODS`), one item or a swe
   model answers right: mean relative drop of P(yes) per edge and layer window, with standard errors.
 - :func:`relp_agreement`: RelP against activation patching on the same cells, item by item.
 - :func:`attention_part_curves`: tracing of the last token's attention output split by the keys it
-  reads (image / text), the patching counterpart of knockout's image -> last edge.
+  reads (image / text; :func:`vlinterp.tracing.attention_parts`), the patching counterpart of
+  knockout's image -> last edge.
 """
 from __future__ import annotations
 
 from functools import partial
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import ConfigError, VlinterpError
@@ -195,77 +195,28 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
 
 def attention_part_curves(adapter, n: int = 48, split: str = "test", seed: int = 11, samples: int = 3, noise: float = 3.0,
                           progress: bool = False) -> dict:
-    """Per layer, the recovery rate of restoring in the image-noise corrupted run (tracing's noise,
-    seed = the scene's index, as :func:`~vlinterp.eval.trace_curves.last_token_curves`) only a part
-    of the last position's attention output: what it reads from the image keys, what it reads from
-    the text keys (every other key), or the whole output (tracing's ``attn`` cell at the last token).
-    A layer's output at the last position is exactly the sum of its keys' writes
-    (:func:`~vlinterp.core.attention.key_writes`) plus ``o_proj``'s bias, so a part is restored by
-    adding its clean writes less its corrupted ones. Positive presence questions answered "yes".
-    Returns ``{"rr": {part: [L]}, "rr_items": {part: [n, L]}, "n", "skipped_wrong", "p_clean", "p_corrupt"}``."""
-    from ..core.attention import hf_self_attention, key_writes
-    from ..tracing.knockout import knockout_groups
-    from ..tracing.trace import _Plan
+    """:func:`~vlinterp.tracing.attention_parts` over the positive presence questions of ``n`` held-out
+    scenes answered "yes" (noise seed = the scene's index, as :func:`~vlinterp.eval.trace_curves.last_token_curves`):
+    the recovery rate of the means per part and layer, ``{"rr": {part: [L]}, "n", "skipped_wrong",
+    "p_clean", "p_corrupt"}``; the patching counterpart of knockout's image -> last edge."""
+    from ..tracing import PARTS, attention_parts
     from .trace import shapes_items
 
-    L = adapter.num_layers("lm")
-    parts = ("image", "text", "whole")
-    rr = {p: [] for p in parts}
-    pcs, pcorr, skipped = [], [], 0
+    pp, pcs, pks, skipped = [], [], [], 0
     for it in tqdm(shapes_items(n, seed, split), desc="attention parts", disable=not progress):
         b = adapter.prepare(images=[it.image], text=[it.prompt])
         if not _answers(adapter, b):
             skipped += 1
             continue
-        plan = _Plan(adapter, b, "yes", "attn", "all", 1, noise, samples, int(it.meta["scene"].index), None, None, "lm",
-                     None, None, resume=False)
-        last = plan.last
-        g = knockout_groups(b.layout)
-        keys = {"image": g["image"], "text": torch.as_tensor(np.setdiff1d(np.arange(last + 1), g["image"].numpy()))}
-
-        def split_at(module, args, kwargs, output):
-            h = kwargs.get("hidden_states", args[0] if args else None)
-            w = key_writes(hf_self_attention(module, args, kwargs, queries=[last]), h, module, 0)[0]  # [T, D]
-            first = output[0] if isinstance(output, tuple) else output
-            return {"image": w[keys["image"]].sum(0), "text": w[keys["text"]].sum(0), "whole": first[0, last]}
-
-        def run(edits, layer=None, part=None, clean=None, record=None):
-            def hook(l):
-                def fn(module, args, kwargs, output):
-                    if record is not None:
-                        record[l] = split_at(module, args, kwargs, output)
-                        return output
-                    first = output[0] if isinstance(output, tuple) else output
-                    now = split_at(module, args, kwargs, output)
-                    first = first.clone()
-                    first[0, last] = first[0, last] + (clean[l][part] - now[part]).to(first.dtype)
-                    return (first,) + tuple(output[1:]) if isinstance(output, tuple) else first
-                return fn
-
-            with adapter.raw_hooks() as hk, torch.no_grad():
-                for l in (range(L) if record is not None else [layer]):
-                    hk.forward(adapter.module(f"blocks.{l}.attn"), hook(l), with_kwargs=True)
-                return float(plan.prob(adapter.run(b, edits=edits or {}).logits)[0])
-
-        clean: dict = {}
-        run(None, record=clean)
-        pp = {p: np.zeros((samples, L)) for p in parts}
-        pc = []
-        for s in range(plan.samples):
-            edits = plan.corruption.edits(plan, s)
-            pc.append(run(edits, record={}))
-            for p in parts:
-                for l in range(L):
-                    pp[p][s, l] = run(edits, l, p, clean)
-        te = plan.p_clean - float(np.mean(pc))
-        for p in parts:
-            rr[p].append((pp[p].mean(0) - np.mean(pc)) / te if abs(te) > 1e-12 else np.zeros(L))
-        pcs.append(plan.p_clean)
-        pcorr.append(float(np.mean(pc)))
+        r = attention_parts(adapter, b, "yes", samples, int(it.meta["scene"].index), noise)
+        pp.append({k: v.mean(0) for k, v in r["p"].items()})
+        pcs.append(r["p_clean"])
+        pks.append(float(r["p_corrupt"].mean()))
     if not pcs:
         raise ConfigError("the model answered none of the questions right: nothing to trace")
-    return {"rr": {p: np.mean(v, 0).tolist() for p, v in rr.items()}, "rr_items": {p: np.array(v).tolist() for p, v in rr.items()},
-            "n": len(pcs), "skipped_wrong": skipped, "p_clean": float(np.mean(pcs)), "p_corrupt": float(np.mean(pcorr))}
+    pk, te = float(np.mean(pks)), float(np.mean(pcs) - np.mean(pks))
+    rr = {k: ((np.mean([q[k] for q in pp], 0) - pk) / te).tolist() for k in PARTS}
+    return {"rr": rr, "n": len(pcs), "skipped_wrong": skipped, "p_clean": float(np.mean(pcs)), "p_corrupt": pk}
 
 
 __all__ = ["method_of", "flow_item", "flow_items", "flow_dataset", "knockout_flow", "relp_agreement", "attention_part_curves", "MEAN_KEYS"]

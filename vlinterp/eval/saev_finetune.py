@@ -20,6 +20,8 @@ remove: image-text pairs whose text does not describe the image.
    (:func:`vlinterp.zoo.recipe_llava._lm_loss`).
 4. **Measure** (:func:`measure`): POPE accuracy (random and adversarial negatives), colour, count
    (:func:`vlinterp.zoo.recipe_llava.evaluate`, held-out scenes) and CHAIR on free captions.
+5. **Over seeds** (:func:`summarise`): each seed draws its own pool, scorer, subsets and fine-tuning
+   order; the runs' means, standard errors and per-seed ratios to the full pool.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError
 from ..core.items import Item
 from .chair import shapes_chair
 
@@ -217,5 +220,35 @@ def composite(row: dict) -> float:
     return float(np.mean([row["presence_random"], row["presence_adversarial"], row["colour"], row["count"], 1 - row["chair_s"]]))
 
 
-__all__ = ["Pool", "make_pool", "train_scorer", "score_pool", "select", "SubsetBatches", "pool_features", "finetune",
+SUMMARY_METRICS = ("presence_random", "presence_adversarial", "colour", "count", "chair_s", "composite")
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    """``per_seed[seed]`` = one seed's ``results.json`` (its ``runs``: run name -> metrics). Over the runs
+    every seed has: ``mean`` / ``se`` (standard error over seeds; 0 for one seed) per run and metric,
+    ``relative_to_full`` (each seed's composite over its own full-pool composite: mean, min, max) and
+    ``beats_full`` / ``beats_random`` (how many seeds the top-x subset's composite beats the full pool /
+    the random subset of the same size)."""
+    if not per_seed:
+        raise ConfigError("no seeds to summarise")
+    runs = sorted(set.intersection(*(set(r["runs"]) for r in per_seed.values())))
+    seeds = sorted(per_seed)
+
+    def vals(run, m):
+        return np.array([per_seed[s]["runs"][run][m] for s in seeds], float)
+
+    k = len(seeds)
+    mean = {r: {m: float(vals(r, m).mean()) for m in SUMMARY_METRICS} for r in runs}
+    se = {r: {m: float(vals(r, m).std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0 for m in SUMMARY_METRICS} for r in runs}
+    out = {"seeds": seeds, "runs": runs, "mean": mean, "se": se, "auroc": [float(per_seed[s]["auroc"]) for s in seeds]}
+    if "full" in runs:
+        rel = {r: vals(r, "composite") / vals("full", "composite") for r in runs}
+        out["relative_to_full"] = {r: {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())} for r, v in rel.items()}
+        out["beats_full"] = {r: int((vals(r, "composite") > vals("full", "composite")).sum()) for r in runs if r.startswith("top-")}
+    out["beats_random"] = {r: int((vals(r, "composite") > vals(r.replace("top", "random"), "composite")).sum())
+                           for r in runs if r.startswith("top-") and r.replace("top", "random") in runs}
+    return out
+
+
+__all__ = ["summarise", "SUMMARY_METRICS", "Pool", "make_pool", "train_scorer", "score_pool", "select", "SubsetBatches", "pool_features", "finetune",
            "measure", "composite", "IMAGE_MIX", "NEG_P"]

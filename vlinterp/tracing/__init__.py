@@ -10,10 +10,12 @@ __all__ = ["trace", "trace_naive", "window_layers", "COMPONENTS", "WINDOW_MODES"
            "text_positions", "Corruption", "ImageNoise", "PixelNoise", "Blur", "Interchange", "TextNoise", "make_corruption",
            "CORRUPTIONS"]
 
-# attention knockout, direct logit attribution, relevance patching; with causal tracing, one registry
+# attention knockout, direct logit attribution, relevance patching (with causal tracing, one registry);
+# tracing of the last token's attention output by key group
 from .dla import dla  # noqa: E402
 from .knockout import KNOCKOUT_GROUPS, knockout, parse_edges  # noqa: E402
 from .methods import TRACING_METHODS  # noqa: E402
+from .parts import PARTS, attention_parts  # noqa: E402
 from .relp import relp, sign_agreement  # noqa: E402
 
-__all__ += ["knockout", "parse_edges", "KNOCKOUT_GROUPS", "dla", "relp", "sign_agreement", "TRACING_METHODS"]
+__all__ += ["knockout", "parse_edges", "KNOCKOUT_GROUPS", "dla", "relp", "sign_agreement", "TRACING_METHODS", "attention_parts", "PARTS"]

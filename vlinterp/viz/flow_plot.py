@@ -1,6 +1,7 @@
 """Pictures for information-flow analyses: the attention-knockout flow map (drop in P(answer) per
-blocked edge and layer window) and data-selection curves (a metric against the share of a pool
-fine-tuned on, one line per selection rule)."""
+blocked edge and layer window), per-layer curves of several measures side by side, and
+data-selection curves (a metric against the share of a pool fine-tuned on, one line per selection
+rule)."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,13 +52,41 @@ def plot_knockout_flow(drop: np.ndarray, edges: list[str], windows: list[str], p
     return write_bytes(path, _figure_bytes(fig), flag="--plot")
 
 
+def plot_layer_curves(series: dict[str, list[float]], path: str, title: str = "", ylabel: str = "",
+                      err: dict[str, list[float]] | None = None) -> str:
+    """One line per measure ``series[label]`` ``[L]`` against the layer (e.g. a knockout's drop and a
+    tracing recovery rate, both fractions of the answer's probability), ``err[label]`` optional error
+    bars. PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, vals in series.items():
+        x = np.arange(len(vals))
+        ax.plot(x, vals, marker="o", label=label)
+        if err and label in err:
+            ax.errorbar(x, vals, yerr=err[label], fmt="none", capsize=2, color=ax.lines[-1].get_color())
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xticks(np.arange(max(len(v) for v in series.values())))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return write_bytes(path, _figure_bytes(fig), flag="--plot")
+
+
 def plot_selection_curves(fractions: list[float], curves: dict[str, list[float]], metrics: list[str], path: str,
                           full: dict[str, float] | None = None, extra: dict[str, dict[str, float]] | None = None,
-                          title: str = "") -> str:
+                          title: str = "", err: dict[str, dict[str, list[float]]] | None = None) -> str:
     """One panel per metric: ``curves[rule][m][i]`` (a dict ``{metric: [value per fraction]}`` per
     selection rule, e.g. ``top``/``random``) against ``fractions``; ``full[metric]`` a horizontal
     line (the whole pool); ``extra[label][metric]`` single reference points drawn as dotted lines
-    (the model before fine-tuning, an oracle subset). PNG, atomically."""
+    (the model before fine-tuning, an oracle subset); ``err[rule][m]`` optional error bars of the
+    curves (e.g. standard errors over seeds). PNG, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +97,8 @@ def plot_selection_curves(fractions: list[float], curves: dict[str, list[float]]
     for ax, m in zip(axes[0], metrics):
         for rule, vals in curves.items():
             ax.plot(x, vals[m], marker="o", label=rule)
+            if err and rule in err:
+                ax.errorbar(x, vals[m], yerr=err[rule][m], fmt="none", capsize=2, color=ax.lines[-1].get_color())
         if full is not None:
             ax.axhline(full[m], color="k", lw=1.2, label="full pool")
         for k, (label, row) in enumerate((extra or {}).items()):

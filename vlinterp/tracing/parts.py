@@ -1,0 +1,77 @@
+"""Tracing by key group: restore, in the corrupted run, only the part of the last position's attention
+output that reads one group of keys (the image's, or the text's), the patching counterpart of
+attention knockout's ``image -> last`` edge (:mod:`.knockout`). Where a whole attention output's
+recovery rate mixes what the last token reads from the image with what it reads from text tokens
+that have already read the image, the image part places the image's own hand-off.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.attention import hf_self_attention, key_writes
+from ..core.errors import UnsupportedError
+from ..core.types import Batch
+from .knockout import knockout_groups
+from .trace import _Plan
+
+PARTS = ("image", "text", "whole")
+
+
+def attention_parts(adapter, batch: Batch, target="yes", samples: int = 3, seed: int = 0, noise: float = 3.0) -> dict:
+    """Per layer, P[target] after restoring, in the image-noise corrupted run (tracing's corruption),
+    only a part of the last position's attention output: what it reads from the image keys, what it
+    reads from the text keys (every other key), or the whole output (tracing's ``attn`` cell at the
+    last token). A layer's output at the last position is exactly the sum of its keys' writes
+    (:func:`~vlinterp.core.attention.key_writes`) plus ``o_proj``'s bias, so a part is restored by
+    adding its clean writes less its corrupted ones. Returns ``{"p": {part: [samples, L]},
+    "p_clean": float, "p_corrupt": [samples]}``."""
+    if adapter.kind != "vlm":
+        raise UnsupportedError(f"attention parts run on VLM language models, not {adapter.kind} models")
+    L = adapter.num_layers("lm")
+    missing = [a for a in ("q_proj", "k_proj", "v_proj", "o_proj") if not hasattr(adapter.module("blocks.0.attn"), a)]
+    if missing:
+        raise UnsupportedError(f"{adapter.family}: the attention has no {', '.join(missing)} to split its output by key")
+    plan = _Plan(adapter, batch, target, "attn", "all", 1, noise, samples, seed, None, None, "lm", None, None, resume=False)
+    last = plan.last
+    img = knockout_groups(batch.layout)["image"]
+    keys = {"image": img, "text": torch.as_tensor(np.setdiff1d(np.arange(last + 1), img.numpy()))}
+
+    def parts_of(module, args, kwargs, first):
+        h = kwargs.get("hidden_states", args[0] if args else None)
+        w = key_writes(hf_self_attention(module, args, kwargs, queries=[last]), h, module, 0)[0]  # [T, D]
+        return {"image": w[keys["image"]].sum(0), "text": w[keys["text"]].sum(0), "whole": first[0, last]}
+
+    def run(edits, layers, record=None, clean=None, part=None) -> float:
+        def hook(l):
+            def fn(module, args, kwargs, output):
+                first = output[0] if isinstance(output, tuple) else output
+                now = parts_of(module, args, kwargs, first)
+                if record is not None:
+                    record[l] = now
+                    return output
+                first = first.clone()
+                first[0, last] = first[0, last] + (clean[l][part] - now[part]).to(first.dtype)
+                return (first,) + tuple(output[1:]) if isinstance(output, tuple) else first
+            return fn
+
+        with adapter.raw_hooks() as hk, torch.no_grad():
+            for l in layers:
+                hk.forward(adapter.module(f"blocks.{l}.attn"), hook(l), with_kwargs=True)
+            return float(plan.prob(adapter.run(batch, edits=edits or {}).logits)[0])
+
+    clean: dict = {}
+    run(None, range(L), record=clean)
+    p = {k: np.zeros((plan.samples, L)) for k in PARTS}
+    pc = []
+    for s in range(plan.samples):
+        edits = plan.corruption.edits(plan, s)
+        with torch.no_grad():
+            pc.append(float(plan.prob(adapter.run(batch, edits=edits).logits)[0]))
+        for k in PARTS:
+            for l in range(L):
+                p[k][s, l] = run(edits, [l], clean=clean, part=k)
+    return {"p": p, "p_clean": plan.p_clean, "p_corrupt": np.array(pc)}
+
+
+__all__ = ["attention_parts", "PARTS"]
