@@ -241,7 +241,7 @@ def test_relp_window_is_the_sum_of_its_layers(llava):
 # ------------------------------------------------------------------------------- registry
 def test_tracing_methods_registry(llava):
     m, b = llava
-    assert TRACING_METHODS.names() == ["causal", "knockout", "dla", "relp"]
+    assert TRACING_METHODS.names() == ["causal", "knockout", "dla", "relp", "parts"]
     assert TRACING_METHODS.kind == "tracing method"
     name, opts = TRACING_METHODS.parse("knockout:edges=image>last+question>last,window=2")
     k = TRACING_METHODS.create(name, **opts)
@@ -296,12 +296,15 @@ def test_attention_parts_whole_is_tracings_attention_cell(llava):
     m, b = llava
     last = _last(b)
     n_hooks = count_hooks(m.model)
-    r = attention_parts(m, b, "yes", samples=2, seed=3)
+    res = attention_parts(m, b, "yes", samples=2, seed=3)
+    r = res.arrays
     t = trace(m, b, "yes", components="attn", positions={"last": [last]}, samples=2, seed=3)
-    assert np.abs(r["p"]["whole"].mean(0) - t.arrays["p_patch"][0, :, 0]).max() <= 1e-5
-    assert np.abs(r["p_corrupt"] - t.arrays["p_corrupt"]).max() <= 1e-6 and abs(r["p_clean"] - t.arrays["p_clean"][0]) <= 1e-6
-    assert np.abs(r["p"]["image"] - r["p"]["whole"]).max() > 1e-4  # a part is not the whole
-    assert np.abs(r["p"]["image"] - r["p_corrupt"][:, None]).max() > 1e-5  # and it does restore something
+    assert res.meta["parts"] == ["image", "text", "whole"] and r["rr"].shape == (3, m.num_layers())
+    for k in ("rr", "ie", "p_patch"):
+        assert np.abs(r[k][2] - t.arrays[k][0, :, 0]).max() <= 1e-5, k
+    assert np.abs(r["p_corrupt"] - t.arrays["p_corrupt"]).max() <= 1e-6 and abs(r["p_clean"][0] - t.arrays["p_clean"][0]) <= 1e-6
+    assert np.abs(r["p_patch"][0] - r["p_patch"][2]).max() > 1e-5  # a part is not the whole (tiny model: small effects)
+    assert np.abs(r["ie"][0]).max() > 1e-5  # and it does restore something
     assert count_hooks(m.model) == n_hooks
 
 

@@ -1,4 +1,4 @@
-"""`vlinterp trace --knockout FROM:TO` and `--method dla|relp`: results on a tiny LLaVA, a dataset
+"""`vlinterp trace --knockout FROM:TO` and `--method dla|relp|parts`: results on a tiny LLaVA, a dataset
 sweep, and bad input (one row each: exit 2, one line, nothing written, no model loaded)."""
 import json
 
@@ -51,6 +51,35 @@ def test_dla_and_relp_cli(tmp_path, capsys):
     assert (tmp_path / "relp.png").exists()
 
 
+def test_parts_cli_one_image_and_a_dataset(tmp_path, capsys):
+    """The whole part is tracing's attention cell at the last token (the CLI's causal run, same noise);
+    over a dataset the mean is the mean of the items."""
+    img = _img(tmp_path)
+    js, png = tmp_path / "parts.json", tmp_path / "parts.png"
+    code, out, err = run_cli(["trace", img, *Q, "--target", "yes", "--method", "parts", "--samples", "2", "--json", js,
+                              "--plot", png], capsys)
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["meta"]["parts"] == ["image", "text", "whole"] and np.array(r["arrays"]["rr"]).shape == (3, 2)
+    assert "image  part of the last token's attention: largest RR" in out and Image.open(png).size[0] > 300
+    ref = tmp_path / "causal.json"
+    code, out, err = run_cli(["trace", img, *Q, "--target", "yes", "--components", "attn", "--samples", "2", "--json", ref], capsys)
+    assert code == 0, err
+    c = json.loads(ref.read_text())
+    last = c["meta"]["positions"].index("last")
+    assert np.abs(np.array(r["arrays"]["p_patch"])[2] - np.array(c["arrays"]["p_patch"])[0, :, last]).max() <= 1e-5
+    ds = tmp_path / "items.jsonl"
+    ds.write_text("\n".join(json.dumps({"image": _img(tmp_path, k), "prompt": "is there a red circle?", "target": "yes"})
+                            for k in (1, 2)))
+    js = tmp_path / "flow.json"
+    code, out, err = run_cli(["trace", "--dataset", ds, "--model", "tiny:llava", "--method", "parts", "--samples", "1",
+                              "--json", js], capsys)
+    assert code == 0, err
+    d = json.loads(js.read_text())
+    assert d["meta"]["n"] == 2 and d["meta"]["parts"] == ["image", "text", "whole"]
+    assert np.allclose(d["mean"]["rr"], np.mean([it["rr"] for it in d["items"]], 0))
+
+
 def test_knockout_cli_over_a_dataset(tmp_path, capsys):
     """The mean flow map is the mean of the items' maps, each equal to the item run alone."""
     img0, img1 = _img(tmp_path, 0), _img(tmp_path, 1)
@@ -81,6 +110,8 @@ ROWS = [
     (["--method", "relp", "--foil", "no"], r"--foil is for --method dla"),
     (["--knockout", "image:last", "--stream", "vision"], r"runs on the language model"),
     (["--method", "dla", "--interchange", "img.png"], r"--interchange IMAGE2 is for a corrupting method"),
+    (["--method", "parts:samples=0"], r"samples must be >= 1"),
+    (["--method", "parts", "--corruption", "interchange"], r"--corruption interchange needs --interchange IMAGE2"),
 ]
 
 

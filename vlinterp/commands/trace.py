@@ -20,8 +20,9 @@ one ``present`` question per image (:mod:`vlinterp.eval.scene_questions`). A mal
 the command with ``file:line``. Item ``i`` uses noise seed ``--noise-seed + i``, so ``--workers N``
 writes the same file as one process.
 
-``--knockout FROM:TO`` (attention knockout), ``--method dla`` (direct logit attribution) and
-``--method relp`` (relevance patching) run the other tracing methods (:mod:`.trace_flow`).
+``--knockout FROM:TO`` (attention knockout), ``--method dla`` (direct logit attribution),
+``--method relp`` (relevance patching) and ``--method parts`` (the last token's attention output
+restored by key group) run the other tracing methods (:mod:`.trace_flow`).
 """
 from __future__ import annotations
 
@@ -109,8 +110,9 @@ def _add(p: argparse.ArgumentParser):
     A.add_json(p, "output RR table (JSON, written atomically)", required=True)
     p.add_argument("--plot", type=A.png_file, metavar="PATH", help="output heat map PNG (one panel per component)")
     p.add_argument("--method", type=A._type(_method, "tracing method"), default="causal", metavar="SPEC",
-                   help="causal (activation patching), knockout, dla (direct logit attribution) or relp (relevance "
-                        "patching); options after a colon (relp:rules=none)")
+                   help="causal (activation patching), knockout, dla (direct logit attribution), relp (relevance "
+                        "patching) or parts (the last token's attention by the keys it reads); options after a colon "
+                        "(relp:rules=none)")
     p.add_argument("--knockout", type=A._type(_edges, "knockout edges"), metavar="FROM:TO",
                    help="attention knockout of these edges (comma-separated FROM:TO; groups: image, object, question, "
                         "text, last and the FCCT groups) over --window layers around each layer")

@@ -1,12 +1,13 @@
-"""The information-flow methods of `vlinterp trace` (``--knockout FROM:TO``, ``--method dla|relp``).
+"""The information-flow methods of `vlinterp trace` (``--knockout FROM:TO``, ``--method dla|relp|parts``).
 
     vlinterp trace IMG --prompt "is there a red circle?" --knockout image:last,question:last --window 2 --json ko.json --plot ko.png
     vlinterp trace IMG --prompt "is there a red circle?" --target yes --method dla --foil no --json dla.json --plot dla.png
     vlinterp trace IMG --prompt "is there a red circle?" --target yes --method relp --json relp.json
+    vlinterp trace IMG --prompt "is there a red circle?" --target yes --method parts --json parts.json --plot parts.png
     vlinterp trace --dataset shapes --n 32 --knockout image:last --json flow.json --plot flow.png
 
-One image: the method's result (JSON; ``--plot``: the flow map, the DLA bars and head map, or the
-RelP table). ``--dataset``: every item, and the means over items. Options the CLI flags do not
+One image: the method's result (JSON; ``--plot``: the flow map, the DLA bars and head map, the
+RelP table, or the attention parts' recovery rates per layer). ``--dataset``: every item, and the means over items. Options the CLI flags do not
 cover go in the method spec (``--method relp:rules=none``, ``--method dla:heads=false``).
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import sys
 
 from . import args as A
+
+CORRUPTING = ("relp", "parts")  # the flow methods that patch a corrupted run (causal runs in .trace)
 
 
 def method_name(args) -> str:
@@ -31,7 +34,7 @@ def check(args) -> None:
         raise UsageError(f"--knockout is the knockout method; it cannot go with --method {name}")
     if args.foil is not None and name != "dla":
         raise UsageError("--foil is for --method dla")
-    if args.interchange and name != "relp":
+    if args.interchange and name not in CORRUPTING:
         raise UsageError(f"--interchange IMAGE2 is for a corrupting method (causal, relp), not {name}")
     if args.dataset:
         if args.image:
@@ -51,7 +54,7 @@ def check(args) -> None:
     if args.stream == "vision":
         raise UsageError(f"{name} runs on the language model (--stream lm)")
     kind = args.corruption.split(":")[0]
-    if name == "relp" and kind == "interchange" and not args.interchange:
+    if name in CORRUPTING and kind == "interchange" and not args.interchange:
         raise UsageError("--corruption interchange needs --interchange IMAGE2")
 
 
@@ -68,7 +71,7 @@ def _plot(name: str, arrays: dict, meta: dict, path: str, title: str) -> None:
     import numpy as np
 
     from ..core.result import Result
-    from ..viz.flow_plot import plot_dla, plot_knockout_flow
+    from ..viz.flow_plot import plot_dla, plot_knockout_flow, plot_layer_curves
     from ..viz.trace_plot import plot_trace
 
     if name == "knockout":
@@ -77,6 +80,10 @@ def _plot(name: str, arrays: dict, meta: dict, path: str, title: str) -> None:
     elif name == "dla":
         plot_dla(np.asarray(arrays["components"]), np.asarray(arrays["heads"]), float(np.asarray(arrays["direct"]).ravel()[0]),
                  float(np.asarray(arrays["total"]).ravel()[0]), path, title=title)
+    elif name == "parts":
+        rr = np.asarray(arrays["rr"])
+        plot_layer_curves({f"{p} part" if p != "whole" else "whole attention output": rr[i] for i, p in enumerate(meta["parts"])},
+                          path, title=title, ylabel="recovery rate of P(target)")
     else:
         key = "rr" if meta.get("metric", "prob") == "prob" else "ie"
         r = Result("relp", {"rr": np.asarray(arrays[key]), "p_clean": np.asarray(arrays["p_clean"]).ravel()[:1],
@@ -138,6 +145,10 @@ def run(args) -> int:
         l, k = np.unravel_index(np.argmax(np.abs(c)), c.shape)[::-1]
         print(f"  logit difference {total:.4f} (target {meta['target']!r} vs {meta.get('foil')!r}); "
               f"largest part: layer {l} {meta['components'][k]} {c[k, l]:+.4f}; direct path {float(np.asarray(arrays['direct']).ravel()[0]):+.4f}")
+    elif name == "parts":
+        rr = np.asarray(arrays["rr"])
+        for p, row in zip(meta["parts"], rr):
+            print(f"  {p:6s} part of the last token's attention: largest RR {row.max():.3f} at layer {meta['layers'][int(row.argmax())]}")
     else:
         ie = np.asarray(arrays["ie"])
         c, l, g = np.unravel_index(np.argmax(ie), ie.shape)

@@ -24,7 +24,7 @@ from ..core.errors import ConfigError, VlinterpError
 from ..core.items import Item
 
 MEAN_KEYS = {"knockout": ("p", "drop", "p_clean"), "dla": ("components", "heads", "direct", "other", "total", "sum"),
-             "relp": ("ie", "rr", "p_clean", "te"), "causal": ("rr", "ie", "p_patch", "p_clean", "te")}
+             "relp": ("ie", "rr", "p_clean", "te"), "parts": ("rr", "ie", "p_patch", "p_clean", "te"), "causal": ("rr", "ie", "p_patch", "p_clean", "te")}
 
 
 def method_of(spec, **opts):
@@ -84,7 +84,8 @@ def flow_items(adapter, items: list[Item], start: int, method, corruption: str =
         except VlinterpError as e:  # the error names the item, wherever it ran
             raise type(e)(f"item {it.id}: {e}") from e
         keep = MEAN_KEYS.get(r.method, tuple(r.arrays))
-        meta = {k2: r.meta[k2] for k2 in ("target", "edges", "layers", "windows", "components", "positions", "foil") if k2 in r.meta}
+        meta = {k2: r.meta[k2] for k2 in ("target", "edges", "layers", "windows", "components", "positions", "parts", "foil")
+                if k2 in r.meta}
         out.append({"id": it.id, "prompt": it.prompt, **meta, **{a: np.asarray(r.arrays[a]).tolist() for a in keep if a in r.arrays}})
     return out
 
@@ -100,7 +101,7 @@ def flow_dataset(pool, items: list[Item], method, corruption: str = "noise", noi
     entries = pool.map(partial(flow_items, method=m, corruption=corruption, noise=noise), items, shard=shard,
                        desc=f"trace {m.name} (items)", ids=[it.id for it in items], progress=progress)
     first = entries[0]
-    shape_keys = [k for k in ("edges", "layers", "positions", "components") if k in first]
+    shape_keys = [k for k in ("edges", "layers", "positions", "components", "parts") if k in first]
     for e in entries[1:]:
         for k in shape_keys:
             if e[k] != first[k]:
@@ -208,14 +209,14 @@ def attention_part_curves(adapter, n: int = 48, split: str = "test", seed: int =
         if not _answers(adapter, b):
             skipped += 1
             continue
-        r = attention_parts(adapter, b, "yes", samples, int(it.meta["scene"].index), noise)
-        pp.append({k: v.mean(0) for k, v in r["p"].items()})
-        pcs.append(r["p_clean"])
+        r = attention_parts(adapter, b, "yes", samples, int(it.meta["scene"].index), noise).arrays
+        pp.append(r["p_patch"])
+        pcs.append(float(r["p_clean"][0]))
         pks.append(float(r["p_corrupt"].mean()))
     if not pcs:
         raise ConfigError("the model answered none of the questions right: nothing to trace")
     pk, te = float(np.mean(pks)), float(np.mean(pcs) - np.mean(pks))
-    rr = {k: ((np.mean([q[k] for q in pp], 0) - pk) / te).tolist() for k in PARTS}
+    rr = {k: ((np.mean(pp, 0)[i] - pk) / te).tolist() for i, k in enumerate(PARTS)}
     return {"rr": rr, "n": len(pcs), "skipped_wrong": skipped, "p_clean": float(np.mean(pcs)), "p_corrupt": pk}
 
 

@@ -3,7 +3,9 @@
 - ``causal``: activation patching (ROME / FCCT, :func:`~vlinterp.tracing.trace`);
 - ``knockout``: attention knockout of ``FROM:TO`` edges per layer window (:func:`~vlinterp.tracing.knockout.knockout`);
 - ``dla``: direct logit attribution per layer, component and head (:func:`~vlinterp.tracing.dla.dla`);
-- ``relp``: relevance patching, tracing's cells scored by LRP relevance (:func:`~vlinterp.tracing.relp.relp`).
+- ``relp``: relevance patching, tracing's cells scored by LRP relevance (:func:`~vlinterp.tracing.relp.relp`);
+- ``parts``: tracing of the last token's attention output by the keys it reads, image / text / whole
+  (:func:`~vlinterp.tracing.parts.attention_parts`).
 
 Each entry has a dataclass ``Config`` (its options) and ``run(adapter, batch, target, object_mask=None,
 object_positions=None, corruption=None, progress=False) -> Result``; ``TRACING_METHODS.create("relp",
@@ -21,6 +23,7 @@ TRACING_METHODS = Registry("tracing method", {
     "knockout": "vlinterp.tracing.methods:Knockout",
     "dla": "vlinterp.tracing.methods:DLA",
     "relp": "vlinterp.tracing.methods:RelP",
+    "parts": "vlinterp.tracing.methods:Parts",
 })
 
 
@@ -174,4 +177,26 @@ class RelP(TracingMethod):
                     steps=c.steps, progress=progress)
 
 
-__all__ = ["TRACING_METHODS", "TracingMethod", "Causal", "Knockout", "DLA", "RelP"]
+class Parts(TracingMethod):
+    """Restore only the part of the last token's attention output that reads the image / text keys."""
+
+    name = "parts"
+    uses_corruption = True
+
+    @dataclass
+    class Config:
+        samples: int = 3
+        seed: int = 0
+
+        def validate(self) -> None:
+            if self.samples < 1:
+                raise ConfigError("samples must be >= 1")
+
+    def run(self, adapter, batch, target, object_mask=None, object_positions=None, corruption=None, progress=False):
+        from .parts import attention_parts
+
+        c = self.config
+        return attention_parts(adapter, batch, target, samples=c.samples, seed=c.seed, corruption=corruption, progress=progress)
+
+
+__all__ = ["TRACING_METHODS", "TracingMethod", "Causal", "Knockout", "DLA", "RelP", "Parts"]
