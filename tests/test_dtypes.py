@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import vlinterp
-from tests.cli_util import assert_bad_input, run_cli
+from cli_util import assert_bad_input, run_cli
 from vlinterp.adapters.dtypes import parse_dtype, resolve_dtype, safetensors_dtype, stored_dtype
 from vlinterp.core.errors import ConfigError, LoadError
 
