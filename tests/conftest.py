@@ -35,10 +35,10 @@ def _threads_left_as_found():
 # alphabetical; exclusive files (Ray) at the very end, when the other worker has only short files left.
 LONGEST_FIRST = (
     "test_saliency_floors", "test_notebooks", "test_prototypes_organism", "test_sae_organisms", "test_probe_steer",
-    "test_grounding", "test_detect_chair", "test_tracing_organism", "test_sae_organisms_diffusion", "test_zoo_diffusion",
-    "test_zoo_llava_aligned", "test_meandiff", "test_spill", "test_audit", "test_method_matrix", "test_zoo_llava",
-    "test_detect_pope", "test_diffusion_ground", "test_dataset_parity", "test_pruning_organism", "test_serve_browser",
-    "test_dataset_parity_steer",
+    "test_grounding", "test_detect_chair", "test_tracing_organism", "test_flow_organism",
+    "test_sae_organisms_diffusion", "test_zoo_diffusion", "test_zoo_llava_aligned", "test_meandiff", "test_spill",
+    "test_audit", "test_method_matrix", "test_zoo_llava", "test_detect_pope", "test_diffusion_ground",
+    "test_dataset_parity", "test_pruning_organism", "test_serve_browser", "test_dataset_parity_steer",
 )
 
 

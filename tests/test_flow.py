@@ -328,3 +328,23 @@ def test_layer_and_selection_plots_write_pictures(tmp_path):
                                  err={"top": {"a": [0.02] * 3}, "random": {"a": [0.03] * 3}})
     a, b = (np.asarray(Image.open(q).convert("L"), float) for q in (plain, bars))
     assert a.shape == b.shape and np.abs(a - b).max() > 0  # the error bars are drawn
+
+
+FAMILIES = ["tiny:llava-next", "tiny:llava-onevision", "tiny:qwen2-vl", "tiny:qwen2.5-vl", "tiny:qwen3-vl", "tiny:gemma3",
+            "tiny:internvl", "tiny:smolvlm", "tiny:paligemma"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_attention_parts_on_every_family(name):
+    """Tiles, packed towers, DeepStack, bidirectional image blocks, prefix-LM masks: the whole part is
+    tracing's attention cell at the last token on every VLM family, and the image part differs from it."""
+    from vlinterp.tracing import attention_parts
+
+    m = vlinterp.load(name)
+    b = m.prepare(images=[_img()], text=["is there a red circle?"])
+    last = _last(b)
+    tid = int(m.run(b).logits[0, last].argmax())
+    r = attention_parts(m, b, tid, samples=1, seed=2).arrays
+    t = trace(m, b, tid, components="attn", positions={"last": [last]}, samples=1, seed=2).arrays
+    assert np.abs(r["p_patch"][2] - t["p_patch"][0, :, 0]).max() <= 1e-5
+    assert np.abs(r["p_patch"][0] - r["p_patch"][2]).max() > 1e-6
