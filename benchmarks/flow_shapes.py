@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--handoff-png", default=None, help="the hand-off figure (default: assets/flow_handoff[_qwen].png)")
     ap.add_argument("--metric", default="prob", help="what RelP differentiates: prob (P(yes)) or logit")
     ap.add_argument("--relp-steps", type=int, default=1, help="RelP path steps (1: as published; >1: integrated along the path)")
+    ap.add_argument("--relp-corruption", default="noise", choices=("noise", "removed"),
+                    help="RelP vs patching on image noise, or on the scene with the queried object painted out")
     ap.add_argument("--window", type=int, default=1, help="knockout window (layers blocked per cell, ROME-centred)")
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--out", default=None, help="default: assets/flow_shapes.json (shapes-llava), "
@@ -110,11 +112,13 @@ def main() -> None:
                           title=f"{a.model}: where the image reaches the last token (tracing: {ap_['n']} presence questions)")
     if "relp" in parts:
         for rules in ("lrp", "none"):
-            r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, steps=a.relp_steps, progress=True)
+            r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, steps=a.relp_steps,
+                               corruption=a.relp_corruption, progress=True)
             keep = {k: r[k] for k in ("n", "skipped_wrong", "rules", "metric", "agreement", "cells", "agreement_large",
-                                      "cells_large", "min_rel", "pearson", "agreement_by_component", "steps")}
-            res[f"relp_{rules}" + ("" if a.metric == "prob" else f"_{a.metric}") + ("" if a.relp_steps == 1 else f"_steps{a.relp_steps}")] = keep
-            print(f"relp rules={rules} metric={a.metric} steps={a.relp_steps}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
+                                      "cells_large", "min_rel", "pearson", "agreement_by_component", "steps", "corruption")}
+            res[f"relp_{rules}" + ("" if a.metric == "prob" else f"_{a.metric}") + ("" if a.relp_steps == 1 else f"_steps{a.relp_steps}")
+                + ("" if a.relp_corruption == "noise" else f"_{a.relp_corruption}")] = keep
+            print(f"relp rules={rules} metric={a.metric} steps={a.relp_steps} corruption={a.relp_corruption}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
                   f"{r['agreement_large']:.3f} over {r['cells_large']} cells with |IE| >= 1% of TE; pearson {r['pearson']:.3f}; by component {r['agreement_by_component']}")
     write_json(a.out, {**old, **res})
 

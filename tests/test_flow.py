@@ -348,3 +348,20 @@ def test_attention_parts_on_every_family(name):
     t = trace(m, b, tid, components="attn", positions={"last": [last]}, samples=1, seed=2).arrays
     assert np.abs(r["p_patch"][2] - t["p_patch"][0, :, 0]).max() <= 1e-5
     assert np.abs(r["p_patch"][0] - r["p_patch"][2]).max() > 1e-6
+
+
+def test_without_object_paints_only_the_pair_out():
+    from vlinterp.data.shapes import make_scene
+    from vlinterp.eval.flow import relp_agreement, without_object
+
+    sc = make_scene("test", 11, 3)
+    o = sc.objects[0]
+    img = np.asarray(without_object(sc, o.pair))
+    gone = np.zeros(img.shape[:2], bool)
+    for other in sc.objects:
+        if other.pair == o.pair:
+            gone |= other.mask
+    assert np.all(img[gone] == sc.background) and np.array_equal(img[~gone], sc.image[~gone])
+    assert np.array_equal(np.asarray(without_object(sc, ("nocolour", "noshape"))), sc.image)
+    with pytest.raises(ConfigError, match="corruption must be one of noise, removed"):
+        relp_agreement(None, corruption="blur")

@@ -153,9 +153,25 @@ def knockout_flow(adapter, n: int = 32, split: str = "test", seed: int = 11, edg
             "share_halved": (d >= 0.5).mean(0).tolist()}
 
 
+def without_object(scene, pair):
+    """``scene``'s image with every object of ``pair`` (colour, shape) painted over in the background
+    colour: the minimal counterfactual of a presence question (the shapes world's objects do not
+    overlap, so nothing else changes). PIL image."""
+    from PIL import Image
+
+    img = scene.image.copy()
+    for o in scene.objects:
+        if o.pair == tuple(pair):
+            img[o.mask] = scene.background
+    return Image.fromarray(img)
+
+
+RELP_CORRUPTIONS = ("noise", "removed")
+
+
 def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, components=("attn", "mlp", "resid"),
                    samples: int = 3, rules: str = "lrp", min_rel: float = 0.01, metric: str = "prob",
-                   steps: int = 1, progress: bool = False) -> dict:
+                   steps: int = 1, corruption: str = "noise", progress: bool = False) -> dict:
     """RelP against activation patching on the same cells (components x layers x the seven FCCT
     groups, the object's patches from its box and its words from the prompt, image noise, noise
     seed = the scene's index) of ``n`` positive presence questions answered
@@ -163,10 +179,14 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
     patched effect is at least ``min_rel`` of the item's total effect; the RelP and patched tables
     per item. ``rules="none"``: attribution patching (plain gradients) instead; ``metric``: what RelP
     differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes"); ``steps``:
-    RelP's points on the corrupted-to-clean path."""
-    from ..tracing import relp, sign_agreement, text_positions, trace
+    RelP's points on the corrupted-to-clean path; ``corruption``: ``noise`` (tracing's image noise) or
+    ``removed`` (the same scene with the queried object painted out, :func:`without_object`: an
+    in-distribution counterfactual pair, one deterministic sample)."""
+    from ..tracing import make_corruption, relp, sign_agreement, text_positions, trace
     from .trace import shapes_items
 
+    if corruption not in RELP_CORRUPTIONS:
+        raise ConfigError(f"corruption must be one of {', '.join(RELP_CORRUPTIONS)}, got {corruption!r}")
     est, ie, tes = [], [], []
     skipped = 0
     for it in tqdm(shapes_items(n, seed, split), desc=f"relp ({rules}, {metric}) vs patching", disable=not progress):
@@ -177,6 +197,9 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
         s = int(it.meta["scene"].index)
         kw = dict(components=components, samples=samples, seed=s, object_mask=it.objects[0].box,
                   object_positions=text_positions(adapter, b, it.meta["object"]))
+        if corruption == "removed":
+            pair = (it.objects[0].attrs["colour"], it.objects[0].attrs["shape"])
+            kw["corruption"] = make_corruption("interchange", image=without_object(it.meta["scene"], pair))
         r = relp(adapter, b, "yes", rules=rules, metric=metric, steps=steps, **kw)
         t = trace(adapter, b, "yes", **kw)
         est.append(r.arrays["ie"])
@@ -189,7 +212,8 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
     big = float(np.mean(np.sign(e[keep]) == np.sign(t[keep]))) if keep.any() else float("nan")
     corr = float(np.corrcoef(e.ravel(), t.ravel())[0, 1]) if e.size > 1 else float("nan")
     by_comp = {c: sign_agreement(e[:, ci], t[:, ci], 0.0)[0] for ci, c in enumerate(components)}
-    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "metric": metric, "steps": steps, "agreement": all_share, "cells": all_n,
+    return {"n": len(est), "skipped_wrong": skipped, "rules": rules, "metric": metric, "steps": steps, "corruption": corruption,
+            "agreement": all_share, "cells": all_n,
             "agreement_large": big, "cells_large": int(keep.sum()), "min_rel": min_rel, "pearson": corr, "agreement_by_component": by_comp,
             "estimate": e.tolist(), "patched": t.tolist(), "te": tes}
 
@@ -220,4 +244,4 @@ def attention_part_curves(adapter, n: int = 48, split: str = "test", seed: int =
     return {"rr": rr, "n": len(pcs), "skipped_wrong": skipped, "p_clean": float(np.mean(pcs)), "p_corrupt": pk}
 
 
-__all__ = ["method_of", "flow_item", "flow_items", "flow_dataset", "knockout_flow", "relp_agreement", "attention_part_curves", "MEAN_KEYS"]
+__all__ = ["method_of", "flow_item", "flow_items", "flow_dataset", "knockout_flow", "relp_agreement", "without_object", "attention_part_curves", "MEAN_KEYS"]
