@@ -1,6 +1,6 @@
-"""SAE-V's data-filtering payoff (issue 32): fine-tune shapes-llava on the top x% of a noisy
-instruction pool ranked by the SAE-V score, on a random x%, and on the whole pool; measure POPE,
-colour, count and CHAIR after each (see :mod:`vlinterp.eval.saev_finetune`).
+"""SAE-V's data-filtering payoff (issue 32): fine-tune shapes-llava (or ``--model shapes-qwen``) on the
+top x% of a noisy instruction pool ranked by the SAE-V score, on a random x%, and on the whole pool;
+measure POPE, colour, count and CHAIR after each (see :mod:`vlinterp.eval.saev_finetune`).
 
     nice -n 5 python benchmarks/saev_filter_finetune.py --out /tmp/saevft [--plot assets/saev_finetune.png]
 
@@ -33,11 +33,14 @@ def _load(path):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", help="folder for the stage files (one per seed)")
+    ap.add_argument("--scores", help="another run's scores.json of the same pool (--seed, --pool, --mismatch) to reuse "
+                                     "instead of training a scorer (e.g. to fine-tune shapes-qwen on shapes-llava's ranking)")
     ap.add_argument("--summary", help="comma-separated --out folders of finished seeds: summarise them instead of running")
     ap.add_argument("--summary-out", help="JSON of the summary (with --summary)")
     ap.add_argument("--plot", help="PNG of the curves")
     ap.add_argument("--scorer", default="shapes-llava-aligned", help="organism whose SAE scores the pool")
-    ap.add_argument("--model", default="shapes-llava", help="organism fine-tuned")
+    ap.add_argument("--model", default="shapes-llava", help="organism fine-tuned: shapes-llava or shapes-qwen (the pool is "
+                                                             "scored by --scorer either way)")
     ap.add_argument("--pool", type=int, default=2000, help="pool samples")
     ap.add_argument("--mismatch", type=float, default=0.4, help="share of samples whose text describes another scene")
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps (every subset)")
@@ -56,8 +59,10 @@ def main(argv=None) -> dict:
         if path:
             check_output_file(path, flag)
     if a.out:
-        for name in ("scores.json", "results.json", "features.safetensors"):
+        for name in ("results.json", "features.safetensors") + (() if a.scores else ("scores.json",)):
             check_output_file(os.path.join(a.out, name), "--out")
+    if a.scores and (_load(a.scores) or {}).get("n") != a.pool:
+        ap.error(f"--scores {a.scores}: not the scores of a {a.pool}-sample pool")
     if a.summary:
         return summary(a.summary.split(","), a.summary_out, a.plot)
     if not a.out:
@@ -65,7 +70,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
 
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import vlinterp as vi
     from vlinterp.adapters.vlm import VlmAdapter
@@ -79,8 +84,10 @@ def main(argv=None) -> dict:
     pool = S.make_pool(a.pool, a.seed, a.mismatch)
     log(f"pool of {len(pool)} samples, {len(pool.bad)} mismatched ({time.time() - t0:.0f}s)")
 
-    spath = os.path.join(a.out, "scores.json")
+    spath = a.scores or os.path.join(a.out, "scores.json")
     sc = _load(spath)
+    if a.scores and sc.get("bad") != sorted(pool.bad):
+        raise SystemExit(f"--scores {a.scores}: scores of another pool (its mismatched samples differ; give the same --seed)")
     if sc is None or sc.get("n") != len(pool):
         scorer_m = vi.load(a.scorer)
         scorer = S.train_scorer(scorer_m, steps=a.sae_steps, seed=a.seed)
@@ -105,7 +112,7 @@ def main(argv=None) -> dict:
     for name in ["before", "full", "top-50", "random-50", "top-25", "random-25", "matched"]:
         if name in res["runs"] or name not in a.runs.split(","):
             continue
-        model = LlavaForConditionalGeneration.from_pretrained(wdir, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(wdir, local_files_only=True)
         rec = {}
         if name != "before":
             if feats is None:

@@ -49,9 +49,18 @@ class Pool:
     px: np.ndarray
     annotation: np.ndarray
     bad: set
+    seed: int = 0
+    start: int = 30000
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+    def pixels(self, pixel_fn) -> np.ndarray:
+        """``[N, 3, H, W]`` uint8: every sample's scene rendered again and resized by ``pixel_fn`` (another
+        organism's processor-equivalent resize, e.g. shapes-qwen's 140 px)."""
+        from ..data.shapes import make_scene
+
+        return np.stack([pixel_fn(make_scene("train", self.seed, self.start + i).pil()) for i in range(len(self))])
 
     def image(self, i: int):
         from PIL import Image
@@ -86,7 +95,7 @@ def make_pool(n: int, seed: int = 0, mismatch: float = 0.4, start: int = 30000) 
         while caption(raw["scenes"][j]) == caption(raw["scenes"][i]):
             j = (j + 1) % n
         ann[i] = j
-    return Pool(raw["scenes"], raw["px"], ann, bad)
+    return Pool(raw["scenes"], raw["px"], ann, bad, seed, start)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -160,36 +169,58 @@ class SubsetBatches:
         return ids, mask, labels, torch.as_tensor(idx, dtype=torch.long), torch.zeros(len(idx), dtype=torch.bool)
 
 
-def pool_features(model, pool: Pool, chunk: int = 256) -> torch.Tensor:
-    """Frozen-tower patch features ``[N, P, D]`` (fp16) of the pool's images."""
-    from ..zoo.llava_data import normalise
-    from ..zoo.recipe_llava import _features
+def is_qwen(model) -> bool:
+    """A Qwen2-VL-style model (shapes-qwen) rather than a LLaVA (shapes-llava)."""
+    return hasattr(model.model, "visual")
 
-    tower = model.model.vision_tower.eval()
-    layer = model.config.vision_feature_layer
+
+def pool_features(model, pool: Pool, chunk: int = 256) -> torch.Tensor:
+    """Frozen-tower patch features ``[N, P, D]`` (fp16) of the pool's images: shapes-llava's tower
+    hidden state, or shapes-qwen's last block output before the merger (its own 140 px pixels)."""
+    from ..zoo.llava_data import normalise
+
+    if is_qwen(model):
+        from ..zoo import qwen_model as qm
+
+        px, fn = pool.pixels(qm.pixels), qm.features(model)
+        model.model.visual.eval()
+    else:
+        from ..zoo.recipe_llava import _features
+
+        tower, layer = model.model.vision_tower.eval(), model.config.vision_feature_layer
+        px, fn = pool.px, (lambda x: _features(tower, x, layer))
     with torch.no_grad():
-        return torch.cat([_features(tower, normalise(torch.as_tensor(pool.px[i:i + chunk])), layer).to(torch.float16)
-                          for i in range(0, len(pool), chunk)])
+        return torch.cat([fn(normalise(torch.as_tensor(px[i:i + chunk]))).to(torch.float16) for i in range(0, len(pool), chunk)])
 
 
 def finetune(model, proc, pool: Pool, feats: torch.Tensor, ids, steps: int = 300, batch: int = 16, lr: float = 1e-3,
              seed: int = 0, log=lambda m: None) -> dict:
-    """Fine-tune ``model`` (a ``LlavaForConditionalGeneration``) in place on the samples ``ids``: LM and
-    projector, tower frozen, AdamW with warm-up then cosine decay (the organism's ``_train_lm``)."""
+    """Fine-tune ``model`` (shapes-llava's ``LlavaForConditionalGeneration`` or shapes-qwen's
+    ``Qwen2_5_VLForConditionalGeneration``) in place on the samples ``ids``: the language model and the
+    projector / merger, tower frozen, AdamW with warm-up then cosine decay (the organisms' ``_train_lm``,
+    with shapes-qwen's own loss). ``feats``: :func:`pool_features` of the same model."""
     from ..zoo.llava_data import Tokens
     from ..zoo.recipe_llava import _train_lm
 
     torch.manual_seed(seed)
-    toks = Tokens(proc, n_image_tokens=feats.shape[1])
-    batches = SubsetBatches(pool, ids, toks, seed)
-    params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
-    model.model.vision_tower.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    if is_qwen(model):
+        from ..zoo import qwen_model as qm
+        from ..zoo.recipe_qwen import is_lm_param
+
+        trainable, n_tokens, loss = is_lm_param, qm.N_TOKENS, {"loss_fn": qm.lm_loss}
+    else:
+        trainable, n_tokens, loss = (lambda n: "vision_tower" not in n), feats.shape[1], {}
+    batches = SubsetBatches(pool, ids, Tokens(proc, n_image_tokens=n_tokens), seed)
+    params = []
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable(n))
+        if trainable(n):
+            params.append(p)
     model.train()
+    (model.model.visual if is_qwen(model) else model.model.vision_tower).eval()
     t0 = time.time()
     _train_lm(model, batches, torch.device("cpu"), steps, batch, float("inf"), lr, lambda idx, rend: feats[idx].float(),
-              params, log, "finetune")
+              params, log, "finetune", **loss)
     model.eval().requires_grad_(False)
     return {"steps": steps, "batch": batch, "lr": lr, "samples": int(len(ids)), "seconds": round(time.time() - t0, 1)}
 
