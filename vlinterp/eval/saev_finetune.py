@@ -14,10 +14,10 @@ remove: image-text pairs whose text does not describe the image.
    ``overlap=True``: the variant the README's SAE-V section chose on its validation split).
 2. **Select** (:func:`select`): the top ``x`` of the pool by score, a random ``x``, the whole pool,
    and the matched samples only (the oracle the score is aiming at).
-3. **Fine-tune** (:func:`finetune`): the language model and projector of a fresh copy of the
-   shipped ``shapes-llava`` (tower frozen, its features cached), the same number of steps for every
-   subset, with the organism's own teacher-forced answer loss
-   (:func:`vlinterp.zoo.recipe_llava._lm_loss`).
+3. **Fine-tune** (:func:`finetune`): the language model and projector (shapes-qwen: merger) of a
+   fresh copy of the shipped ``shapes-llava`` or ``shapes-qwen`` (tower frozen, its features cached),
+   the same number of steps for every subset, with the organism's own teacher-forced answer loss
+   (:func:`vlinterp.zoo.recipe_llava._lm_loss`, :func:`vlinterp.zoo.qwen_model.lm_loss`).
 4. **Measure** (:func:`measure`): POPE accuracy (random and adversarial negatives), colour, count
    (:func:`vlinterp.zoo.recipe_llava.evaluate`, held-out scenes) and CHAIR on free captions.
 5. **Over seeds** (:func:`summarise`): each seed draws its own pool, scorer, subsets and fine-tuning
