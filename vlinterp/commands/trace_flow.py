@@ -132,6 +132,9 @@ def run(args) -> int:
         write_json(args.json, out, flag="--json")
         arrays, meta = out["arrays"], out["meta"]
         title = f"{model.name}: {name} of {meta['target']!r}"
+        if name == "parts":
+            title = (f"{model.name}: last token's attention restored by key group, P({meta['target']!r}) clean "
+                     f"{float(np.ravel(arrays['p_clean'])[0]):.3f}, corrupted {float(np.mean(arrays['p_corrupt'])):.3f}")
     if args.plot:
         _plot(name, arrays, meta, args.plot, title)
     if name == "knockout":
@@ -148,7 +151,8 @@ def run(args) -> int:
     elif name == "parts":
         rr = np.asarray(arrays["rr"])
         for p, row in zip(meta["parts"], rr):
-            print(f"  {p:6s} part of the last token's attention: largest RR {row.max():.3f} at layer {meta['layers'][int(row.argmax())]}")
+            what = "whole attention output" if p == "whole" else f"{p} keys' part"
+            print(f"  last token's {what:22s} largest RR {row.max():.3f} at layer {meta['layers'][int(row.argmax())]}")
     else:
         ie = np.asarray(arrays["ie"])
         c, l, g = np.unravel_index(np.argmax(ie), ie.shape)
