@@ -11,18 +11,19 @@ from conftest import load_shipped
 @pytest.mark.slow
 def test_knockout_and_tracing_place_the_image_hand_off_at_the_same_layer(shapes_llava):
     """Floor: image -> last blocked at the layer tracing found drops P(yes) by >= 50%, other layers much
-    less. Tracing's whole attention output at the last token peaks at layer 1 (RR 0.63 here, 24 scenes),
-    but the part of it that reads the image keys peaks at layer 2 (0.53; layer 1 0.39), and that is
-    where the knockout drops P(yes) by 0.505 (32 scenes; layers 0, 1, 3: 0.08, 0.29, 0.10)."""
+    less. Tracing's whole attention output at the last token peaks at layer 1 (RR 0.52 here, 8 scenes;
+    0.57 on 47), but the part of it that reads the image keys peaks at layer 2 (0.505; layer 1 0.39;
+    0.54 / 0.35 on 47), and that is where the knockout drops P(yes) by 0.505 (32 scenes; layers 0, 1, 3:
+    0.08, 0.29, 0.10)."""
     from vlinterp.eval.flow import attention_part_curves, knockout_flow
 
     k = knockout_flow(shapes_llava, n=32, seed=11, edges=("image:last",))
     d = np.array(k["drop"][0])
     assert k["n"] == 32 and int(d.argmax()) == 2 and d[2] >= 0.5, d
     assert d[0] <= 0.15 and d[3] <= 0.15 and d[1] <= d[2] - 0.15, d
-    a = attention_part_curves(shapes_llava, n=24, seed=11)
+    a = attention_part_curves(shapes_llava, n=8, seed=11)
     assert int(np.argmax(a["rr"]["whole"])) == 1 and int(np.argmax(a["rr"]["image"])) == 2, a["rr"]
-    assert a["rr"]["image"][2] >= 0.5 and a["rr"]["image"][1] <= a["rr"]["image"][2] - 0.1, a["rr"]
+    assert a["rr"]["image"][2] >= 0.5 and a["rr"]["image"][1] <= a["rr"]["image"][2] - 0.1, a["rr"]  # 0.505 / 0.394
 
 
 @pytest.mark.slow

@@ -62,18 +62,26 @@ def test_pruning_quarter_of_the_tokens(qwen):
     assert ret["visionzip:0.25"]["count"] > ret["info:0.25"]["count"] + 0.1, ret
 
 
+@pytest.fixture(scope="module")
+def ground_fit(qwen):
+    """The default fit's probes on shapes-qwen, fitted once (alpha 1.5, beta 0, gate 0: what the default
+    fit chose); the caption rule's strengths are inference settings, changed with ``replace``."""
+    from vlinterp.eval import steer
+
+    return steer.fit("ground", qwen, n=1024, alpha=1.5, beta=0.0, gate=0.0)
+
+
 @pytest.mark.slow
-def test_grounding_halves_false_yes(qwen):
+def test_grounding_halves_false_yes(qwen, ground_fit):
     """Floor: adversarial false-yes <= 0.5x unsteered, colour and count unchanged: met. The default fit
     (strengths chosen on shapes-qwen's own probe split: alpha 1.5, beta 0, gate 0; fixed here to save
     the sweep) on seed 11 (steer eval, 256 per kind): false-yes 0.094 -> 0.008, adversarial accuracy
     0.922 -> 0.965, random 0.977 -> 0.988. Here seed 23. Its calibration declines the caption rule
     (beta 0) because every beta/gate costs more than a point of coverage on this organism, so CHAIR is
     the unsteered organism's (the floor CHAIR_S <= 0.7x is missed; see the README)."""
-    from vlinterp.eval import steer
     from vlinterp.eval.steer import evaluate
 
-    fitted = steer.fit("ground", qwen, n=1024, alpha=1.5, beta=0.0, gate=0.0)
+    fitted = ground_fit
     base = evaluate(qwen, None, 256, 23, 0)
     steered = evaluate(qwen, fitted, 256, 23, 0)
     fy = (base["adversarial"]["false_yes"], steered["adversarial"]["false_yes"])
@@ -84,17 +92,16 @@ def test_grounding_halves_false_yes(qwen):
 
 
 @pytest.mark.slow
-def test_grounding_caption_rule_trades_coverage_on_qwen(qwen):
+def test_grounding_caption_rule_trades_coverage_on_qwen(qwen, ground_fit):
     """CHAIR_S <= 0.7x unsteered (the issue's floor) is missed by the default fit, which declines the
     caption rule (beta 0) because every beta/gate cost more than a point of coverage on its probe
     split (3.4-11.7 points). Forced on (beta 1, gate 0), seed 11 read CHAIR_S 0.033 -> 0.006 at the same
     number of objects named and 3.4 points less coverage. Here seed 23, 256 captions (measured: CHAIR_S
     0.035 -> 0.004, objects named 2.71 -> 2.71, coverage 0.839 -> 0.810): the rule lowers CHAIR_S past
     the floor, names as many objects, and costs coverage, which is why the fit declines it."""
-    from vlinterp.eval import steer
     from vlinterp.eval.steer import evaluate
 
-    forced = steer.fit("ground", qwen, n=1024, alpha=1.5, beta=1.0, gate=0.0)
+    forced = ground_fit.replace(beta=1.0)
     base = evaluate(qwen, None, 8, 23, 256)["chair"]
     on = evaluate(qwen, forced, 8, 23, 256)["chair"]
     assert base["chair_s"] > 0 and on["chair_s"] <= 0.7 * base["chair_s"], (base, on)
