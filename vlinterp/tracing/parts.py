@@ -44,39 +44,42 @@ def attention_parts(adapter, batch: Batch, target, samples: int = 3, seed: int =
     keys = {"image": img, "text": torch.as_tensor(np.setdiff1d(np.arange(last + 1), img.numpy()))}
 
     def parts_of(module, args, kwargs, first):
+        """``{part: [D]}`` of row 0 (the rows of a patched run are equal until the patched layer)."""
         h = kwargs.get("hidden_states", args[0] if args else None)
         w = key_writes(hf_self_attention(module, args, kwargs, queries=[last]), h, module, 0)[0]  # [T, D]
         return {"image": w[keys["image"]].sum(0), "text": w[keys["text"]].sum(0), "whole": first[0, last]}
 
-    def run(edits, layers, record=None, clean=None, part=None) -> float:
-        def hook(l):
-            def fn(module, args, kwargs, output):
-                first = output[0] if isinstance(output, tuple) else output
-                now = parts_of(module, args, kwargs, first)
-                if record is not None:
-                    record[l] = now
-                    return output
-                first = first.clone()
-                first[0, last] = first[0, last] + (clean[l][part] - now[part]).to(first.dtype)
-                return (first,) + tuple(output[1:]) if isinstance(output, tuple) else first
-            return fn
+    def record(l, store):
+        def fn(module, args, kwargs, output):
+            store[l] = parts_of(module, args, kwargs, output[0] if isinstance(output, tuple) else output)
+        return fn
 
-        with adapter.raw_hooks() as hk, torch.no_grad():
-            for l in layers:
-                hk.forward(adapter.module(f"blocks.{l}.attn"), hook(l), with_kwargs=True)
-            return float(plan.prob(adapter.run(batch, edits=edits or {}).logits)[0])
+    def restore(l):  # row k of the running batch restores part PARTS[k] of layer l
+        def fn(module, args, kwargs, output):
+            first = output[0] if isinstance(output, tuple) else output
+            now = parts_of(module, args, kwargs, first)
+            first = first.clone()
+            for k, part in enumerate(PARTS):
+                first[k, last] = first[k, last] + (clean[l][part] - now[part]).to(first.dtype)
+            return (first,) + tuple(output[1:]) if isinstance(output, tuple) else first
+        return fn
 
     clean: dict = {}
-    run(None, range(L), record=clean)
+    with adapter.raw_hooks() as hk, torch.no_grad():
+        for l in range(L):
+            hk.forward(adapter.module(f"blocks.{l}.attn"), record(l, clean), with_kwargs=True)
+        adapter.run(batch)
+    rows = batch.repeat(len(PARTS))
     p = np.zeros((plan.samples, len(PARTS), L))
     pc = []
     for s in tqdm(range(plan.samples), desc="attention parts", disable=not progress):
         edits = plan.corruption.edits(plan, s)
         with torch.no_grad():
             pc.append(float(plan.prob(adapter.run(batch, edits=edits).logits)[0]))
-        for k, part in enumerate(PARTS):
-            for l in range(L):
-                p[s, k, l] = run(edits, [l], clean=clean, part=part)
+        for l in range(L):  # one forward per layer: the three parts as three rows
+            with adapter.raw_hooks() as hk, torch.no_grad():
+                hk.forward(adapter.module(f"blocks.{l}.attn"), restore(l), with_kwargs=True)
+                p[s, :, l] = plan.prob(adapter.run(rows, edits=edits).logits).double().cpu().numpy()
     pp, pcm = p.mean(0), float(np.mean(pc))
     te = plan.p_clean - pcm
     arrays = {"p_patch": pp, "ie": pp - pcm, "rr": (pp - pcm) / te if abs(te) > 1e-12 else np.zeros_like(pp),
