@@ -41,11 +41,12 @@ def test_harvest_rows_and_resume_equals_uninterrupted(llava, items, store, tmp_p
                                    progress=False, tokens="content", stop_after=1)
     assert part.meta["samples_done"] == 8 and not part.meta.get("complete")
     open(tmp_path / "b" / ".tmp-shard_00001-x.safetensors", "wb").write(b"half-written")  # a killed write
-    open(tmp_path / "b" / "notes.txt", "w").write("mine")  # the user's file in the store stays
+    open(tmp_path / "b" / "notes.txt", "w").write("mine")  # the user's files in the store stay,
+    open(tmp_path / "b" / ".tmp-notes.txt", "w").write("mine")  # even one named like our temp files
     res = ActivationStore.harvest(llava, SITE, items, out_dir=str(tmp_path / "b"), batch_size=4, shard_samples=8,
                                   progress=False, tokens="content")
     assert res.meta["complete"] and len(res.meta["shards"]) == 3
-    assert sorted(os.listdir(tmp_path / "b")) == [".vlinterp-manifest.json", "manifest.json", "notes.txt"] + \
+    assert sorted(os.listdir(tmp_path / "b")) == [".tmp-notes.txt", ".vlinterp-manifest.json", "manifest.json", "notes.txt"] + \
         [f"shard_{k:05d}.safetensors" for k in range(3)]
     for k in full.rows:
         assert torch.equal(full.rows[k], res.rows[k]), k

@@ -15,6 +15,7 @@ from PIL import Image
 from vlinterp.data import shapes as S
 from vlinterp.data import questions as Q
 from vlinterp.data import renderings as R
+from vlinterp.core.errors import OutputError
 from vlinterp.data.export import export_split, load_split
 
 N_PRIOR = 2000
@@ -310,7 +311,7 @@ def test_export_roundtrip(tmp_path):
     out = tmp_path / "shapes"
     path = export_split(out, "heldout", 64, seed=0)
     assert path == os.path.join(str(out), "heldout.jsonl")
-    pngs = sorted(os.listdir(out / "images"))
+    pngs = sorted(p for p in os.listdir(out / "images") if p.endswith(".png"))
     assert len(pngs) == 64 and pngs[0] == "heldout_0000.png"
     assert [p for p in os.listdir(out) if p.startswith(".tmp")] == []
     lines = open(path).read().splitlines()
@@ -325,9 +326,20 @@ def test_export_roundtrip(tmp_path):
             [(o.pair, o.rgb, o.bbox) for o in r.objects]
         assert all(np.array_equal(a.mask, b.mask) for a, b in zip(s.objects, r.objects))
         assert qas[-1].answer == Q.caption(r)
-    # re-export with fewer scenes removes stale images
+    # re-export with fewer scenes removes the stale images it wrote, never the user's
+    (out / "images" / "heldout_9999.png").write_bytes(b"mine")
+    (out / "images" / "heldout_0063.png").write_bytes(b"mine now")  # the user replaced one of ours
     export_split(out, "heldout", 3, seed=0)
-    assert len(os.listdir(out / "images")) == 3
+    assert sorted(p for p in os.listdir(out / "images") if p.endswith(".png")) == \
+        ["heldout_0000.png", "heldout_0001.png", "heldout_0002.png", "heldout_0063.png", "heldout_9999.png"]
+    assert (out / "images" / "heldout_0063.png").read_bytes() == b"mine now"
+    # a user's file where the export would write stops it before anything is written
+    (out / "images" / "heldout_0003.png").write_bytes(b"mine")
+    before = (out / "heldout.jsonl").read_bytes()
+    with pytest.raises(OutputError, match="heldout_0003.png"):
+        export_split(out, "heldout", 5, seed=0)
+    assert (out / "heldout.jsonl").read_bytes() == before
+    assert (out / "images" / "heldout_0003.png").read_bytes() == b"mine"
 
 
 def test_plot_samples(tmp_path):

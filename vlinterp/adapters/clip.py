@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.attention import mha_attention
-from ..core.errors import LoadError, PromptError, UnsupportedError
+from ..core.errors import ArgumentError, LoadError, PromptError, UnsupportedError
 from ..core.hooks import Site
 from ..core.images import load_image
 from ..core.layout import LayoutBuilder, Tile
@@ -297,7 +297,7 @@ class ClipAdapter(Adapter):
         Either or both. Inputs: ``pixel_values`` ``[n, 3, H, W]``, ``input_ids`` ``[m, T]``
         (+ ``attention_mask`` for transformers). Layouts: ``vision`` and/or ``text``."""
         if kw:
-            raise TypeError(f"prepare() got unexpected arguments: {', '.join(kw)}")
+            raise ArgumentError(f"prepare() got unexpected arguments: {', '.join(kw)}")
         images, text = _as_list(images), _as_list(text)
         if not images and not text:
             raise PromptError("CLIP needs images, text or both; got neither")

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from ..core.errors import VlinterpError
+from ..core.errors import UsageError, VlinterpError
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,72 +51,72 @@ def _int(text) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an integer") from None
+        raise UsageError(f"{text!r} is not an integer") from None
 
 
 def _float(text) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
+        raise UsageError(f"{text!r} is not a number") from None
     if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{text!r} is not a finite number")
+        raise UsageError(f"{text!r} is not a finite number")
     return v
 
 
 def _positive_int(text) -> int:
     v = _int(text)
     if v < 1:
-        raise ValueError(f"{text} must be a positive integer")
+        raise UsageError(f"{text} must be a positive integer")
     return v
 
 
 def _nonneg_int(text) -> int:
     v = _int(text)
     if v < 0:
-        raise ValueError(f"{text} must be 0 or more")
+        raise UsageError(f"{text} must be 0 or more")
     return v
 
 
 def _positive_float(text) -> float:
     v = _float(text)
     if v <= 0:
-        raise ValueError(f"{text} must be greater than 0")
+        raise UsageError(f"{text} must be greater than 0")
     return v
 
 
 def _nonneg_float(text) -> float:
     v = _float(text)
     if v < 0:
-        raise ValueError(f"{text} must be 0 or more")
+        raise UsageError(f"{text} must be 0 or more")
     return v
 
 
 def _ratio(text) -> float:
     v = _float(text)
     if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{text} is not a ratio in [0, 1]")
+        raise UsageError(f"{text} is not a ratio in [0, 1]")
     return v
 
 
 def _open_ratio(text) -> float:
     v = _float(text)
     if not 0.0 < v <= 1.0:
-        raise ValueError(f"{text} is not a ratio in (0, 1]")
+        raise UsageError(f"{text} is not a ratio in (0, 1]")
     return v
 
 
 def _ratios(text) -> list[float]:
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
-        raise ValueError("give at least one ratio, e.g. 0.25,0.5")
+        raise UsageError("give at least one ratio, e.g. 0.25,0.5")
     return [_ratio(p) for p in parts]
 
 
 def _ints(text) -> list[int]:
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
-        raise ValueError("give at least one integer, e.g. 0,1")
+        raise UsageError("give at least one integer, e.g. 0,1")
     return [_int(p) for p in parts]
 
 
@@ -141,7 +141,7 @@ def names_in(registry_or_names, what: str | None = None):
         kind = what or getattr(registry_or_names, "kind", "name")
         out = [p.strip() for p in str(text).split(",") if p.strip()]
         if not out:
-            raise ValueError(f"give at least one {kind}")
+            raise UsageError(f"give at least one {kind}")
         for n in out:
             base = n.split("[")[0].split(":")[0]
             if base not in known:
@@ -156,19 +156,19 @@ def names_in(registry_or_names, what: str | None = None):
 # -------------------------------------------------------------------- paths
 def _file(text) -> str:
     if not os.path.exists(text):
-        raise ValueError(f"{text!r} does not exist")
+        raise UsageError(f"{text!r} does not exist")
     if os.path.isdir(text):
-        raise ValueError(f"{text!r} is a directory, not a file")
+        raise UsageError(f"{text!r} is a directory, not a file")
     if not os.access(text, os.R_OK):
-        raise ValueError(f"{text!r} is not readable")
+        raise UsageError(f"{text!r} is not readable")
     return text
 
 
 def _dir(text) -> str:
     if not os.path.exists(text):
-        raise ValueError(f"{text!r} does not exist")
+        raise UsageError(f"{text!r} does not exist")
     if not os.path.isdir(text):
-        raise ValueError(f"{text!r} is not a directory")
+        raise UsageError(f"{text!r} is not a directory")
     return text
 
 
@@ -191,7 +191,7 @@ def _out_file(suffixes: tuple[str, ...]):
         from ..core.io import check_output_file
 
         if suffixes and not str(text).lower().endswith(suffixes):
-            raise ValueError(f"{text!r} should end in {' or '.join(suffixes)}")
+            raise UsageError(f"{text!r} should end in {' or '.join(suffixes)}")
         return check_output_file(text, "")
 
     return parse
@@ -202,14 +202,14 @@ def _device(text) -> str:
 
     t = str(text).strip().lower()
     if not re.fullmatch(r"cpu|mps|(cuda|xpu)(:\d+)?", t):
-        raise ValueError(f"{text!r} is not a device (cpu, cuda, cuda:1, mps)")
+        raise UsageError(f"{text!r} is not a device (cpu, cuda, cuda:1, mps)")
     if t.startswith("cuda"):
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         k = int(t.split(":")[1]) if ":" in t else 0
         if k >= n:
-            raise ValueError(f"{text!r}: this machine has {n} CUDA device(s)" + ("" if n else "; use --device cpu"))
+            raise UsageError(f"{text!r}: this machine has {n} CUDA device(s)" + ("" if n else "; use --device cpu"))
     return t
 
 

@@ -17,13 +17,14 @@ import sys
 
 from ..cli import register
 from .args import _type, add_n_seed, add_out
+from ..core.errors import UsageError
 
 FORMATS = ("coco", "pope", "jsonl", "hf")
 
 
 def _split_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(text)):
-        raise ValueError(f"{text!r} is not a split name (letters, digits, '_', '.', '-')")
+        raise UsageError(f"{text!r} is not a split name (letters, digits, '_', '.', '-')")
     return text
 
 

@@ -19,6 +19,7 @@ import re
 
 from ..cli import register
 from . import args as A
+from ..core.errors import UsageError
 
 
 def _detectors(text: str) -> list[str]:
@@ -26,14 +27,14 @@ def _detectors(text: str) -> list[str]:
 
     out = [x.strip() for x in re.split(r",(?![^\[]*\])", str(text)) if x.strip()]
     if not out:
-        raise ValueError("give at least one detector, e.g. margin,ground")
+        raise UsageError("give at least one detector, e.g. margin,ground")
     names = []
     for spec in out:
         detect.config(spec)  # unknown names and options, wrong types, refused values
         names.append(detect.DETECTORS.parse(spec)[0])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"detector {dup[0]!r} given twice")
+        raise UsageError(f"detector {dup[0]!r} given twice")
     return out
 
 
@@ -42,7 +43,7 @@ def _kinds(text: str) -> list[str]:
 
     out = [x.strip() for x in str(text).split(",") if x.strip()]
     if not out:
-        raise ValueError("give at least one item kind")
+        raise UsageError("give at least one item kind")
     for k in out:
         if k not in KINDS:
             from ..core.errors import UnknownNameError

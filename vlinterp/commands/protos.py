@@ -21,12 +21,13 @@ import os
 from ..cli import register
 from . import args as A
 from .dataset_args import add_dataset
+from ..core.errors import UsageError
 
 
 def _protos_dir(text: str) -> str:
     A._dir(text)
     if not os.path.isfile(os.path.join(text, "prototypes.json")):
-        raise ValueError(f"{text!r} holds no prototypes.json (train one with `vlinterp protos train --out DIR`)")
+        raise UsageError(f"{text!r} holds no prototypes.json (train one with `vlinterp protos train --out DIR`)")
     return text
 
 
@@ -41,7 +42,7 @@ def _push(text: str) -> str:
 def _scales(text: str) -> tuple[int, ...]:
     out = A._ints(text)
     if any(s < 1 for s in out):
-        raise ValueError(f"scales are grid sizes >= 1, got {text!r}")
+        raise UsageError(f"scales are grid sizes >= 1, got {text!r}")
     return tuple(out)
 
 

@@ -23,6 +23,7 @@ import re
 from ..cli import register
 from . import args as A
 from .dataset_args import add_dataset
+from ..core.errors import UsageError
 
 
 def _methods(text: str) -> list[str]:
@@ -32,11 +33,11 @@ def _methods(text: str) -> list[str]:
 
     out = [x.strip() for x in re.split(r",(?![^\[]*\])", str(text)) if x.strip()]
     if not out:
-        raise ValueError("give at least one pruning method, e.g. random,fastv")
+        raise UsageError("give at least one pruning method, e.g. random,fastv")
     for m in out:
         name, opts = parse_pruner(m)
         if "keep" in opts:
-            raise ValueError(f"{m!r}: give keep ratios with --keep, not inside the method")
+            raise UsageError(f"{m!r}: give keep ratios with --keep, not inside the method")
         PRUNERS.config(name, **opts)  # unknown options, wrong types, out-of-range values
     return out
 

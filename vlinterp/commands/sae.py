@@ -21,6 +21,7 @@ import os
 from ..cli import register
 from . import args as A
 from .dataset_args import add_dataset
+from ..core.errors import UsageError
 
 TOKENS = ("content", "all", "image", "text", "answer")
 
@@ -28,35 +29,35 @@ TOKENS = ("content", "all", "image", "text", "answer")
 def _store_dir(text: str) -> str:
     A._dir(text)
     if not os.path.isfile(os.path.join(text, "manifest.json")):
-        raise ValueError(f"{text!r} is not an activation store (no manifest.json; make one with `vlinterp sae harvest`)")
+        raise UsageError(f"{text!r} is not an activation store (no manifest.json; make one with `vlinterp sae harvest`)")
     return text
 
 
 def _sae_dir(text: str) -> str:
     A._dir(text)
     if not os.path.isfile(os.path.join(text, "cfg.json")):
-        raise ValueError(f"{text!r} is not an SAE directory (no cfg.json; make one with `vlinterp sae train`)")
+        raise UsageError(f"{text!r} is not an SAE directory (no cfg.json; make one with `vlinterp sae train`)")
     return text
 
 
 def _image_fraction(text: str) -> float:
     v = A._float(text)
     if v != -1 and not 0.0 <= v <= 1.0:
-        raise ValueError(f"{text} must be in [0, 1] (or -1: uniform over rows)")
+        raise UsageError(f"{text} must be in [0, 1] (or -1: uniform over rows)")
     return v
 
 
 def _fraction(text: str) -> float:
     v = A._float(text)
     if not 0.0 <= v < 1.0:
-        raise ValueError(f"{text} must be in [0, 1)")
+        raise UsageError(f"{text} must be in [0, 1)")
     return v
 
 
 def _features(text: str) -> list[int]:
     out = A._ints(text)
     if any(k < 0 for k in out):
-        raise ValueError(f"feature ids are >= 0, got {text!r}")
+        raise UsageError(f"feature ids are >= 0, got {text!r}")
     return out
 
 

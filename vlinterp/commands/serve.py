@@ -13,6 +13,7 @@ import sys
 
 from ..cli import register
 from . import args as A
+from ..core.errors import UsageError
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "hot", "magma")  # vlinterp.viz.overlay.COLORMAPS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -21,14 +22,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _port(text) -> int:
     v = A._int(text)
     if not 0 <= v <= 65535:
-        raise ValueError(f"{text} is not a port number (0-65535; 0: any free port)")
+        raise UsageError(f"{text} is not a port number (0-65535; 0: any free port)")
     return v
 
 
 def _sae_dir(text) -> str:
     A._dir(text)
     if not os.path.isfile(os.path.join(text, "cfg.json")):
-        raise ValueError(f"{text!r} is not an SAE directory (no cfg.json; train one with `vlinterp sae train`)")
+        raise UsageError(f"{text!r} is not an SAE directory (no cfg.json; train one with `vlinterp sae train`)")
     return text
 
 

@@ -27,6 +27,7 @@ from .args import (_type, add_json, add_load_options, add_model, add_out, add_wo
                    image_file, integer, load_kwargs, nonneg_int, positive_int)
 
 from .dataset_args import dataset
+from ..core.errors import UsageError
 
 ALL = "none,iri,vcd,meandiff,save,probe,ground"
 DEFAULT_N, DEFAULT_SEED, DEFAULT_CAPTIONS = 256, 11, 64  # the native shapes data (vlinterp.eval.steer_data)
@@ -41,7 +42,7 @@ def _spec(text: str, allow_none: bool) -> tuple[str, dict]:
     name, opts = parse_spec(text)
     if allow_none and name == NONE:
         if opts:
-            raise ValueError("'none' (the unsteered model) takes no options")
+            raise UsageError("'none' (the unsteered model) takes no options")
         return name, {}
     if name not in STEERING:
         from ..core.errors import UnknownNameError
@@ -71,7 +72,7 @@ def _specs(text: str) -> list[tuple[str, dict]]:
             merged.append(p)
     specs = [_spec(p, True) for p in merged]
     if not specs:
-        raise ValueError("give at least one steering method (none, iri, vcd, meandiff, save, probe, ground)")
+        raise UsageError("give at least one steering method (none, iri, vcd, meandiff, save, probe, ground)")
     return specs
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .errors import ShapeMismatchError, UnknownSiteError
+from .errors import ShapeMismatchError, UnknownSiteError, UnsupportedError
 
 EditFn = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -91,7 +91,7 @@ def get_tensor(out):
         return next(iter(out.values()))
     if hasattr(out, "sample"):  # diffusers UNet2DConditionOutput
         return out.sample
-    raise TypeError(f"cannot find a tensor in module output of type {type(out).__name__}")
+    raise UnsupportedError(f"cannot find a tensor in module output of type {type(out).__name__}")
 
 
 def set_tensor(out, new: torch.Tensor):
@@ -106,7 +106,7 @@ def set_tensor(out, new: torch.Tensor):
         k = next(iter(out.keys()))
         out[k] = new
         return out
-    raise TypeError(f"cannot replace the tensor in module output of type {type(out).__name__}")
+    raise UnsupportedError(f"cannot replace the tensor in module output of type {type(out).__name__}")
 
 
 def _is_library_hook(fn) -> bool:

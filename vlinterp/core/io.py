@@ -54,10 +54,20 @@ def _write_manifest(d: str, files: dict[str, str]) -> None:
 
 def _record(path: str) -> None:
     """Add ``path`` (just written) to its directory's manifest."""
-    d, name = os.path.split(os.path.abspath(path))
-    files = _read_manifest(d)
-    files[name] = _sha256(path)
-    _write_manifest(d, files)
+    record_written([path])
+
+
+def record_written(paths) -> None:
+    """Record files vlinterp has just moved into place (one manifest write per folder), so that a
+    later run may replace or remove them."""
+    by_dir: dict[str, list[str]] = {}
+    for p in paths:
+        d, name = os.path.split(os.path.abspath(os.fspath(p)))
+        by_dir.setdefault(d, []).append(name)
+    for d, names in by_dir.items():
+        files = _read_manifest(d)
+        files.update({n: _sha256(os.path.join(d, n)) for n in names})
+        _write_manifest(d, files)
 
 
 def written_by_vlinterp(path: str) -> bool:
@@ -227,4 +237,4 @@ def _publish_modes(root: str) -> None:
 
 
 __all__ = ["MANIFEST", "write_bytes", "write_text", "write_json", "atomic_path", "output_dir",
-           "check_output_file", "check_output_dir", "written_by_vlinterp"]
+           "check_output_file", "check_output_dir", "written_by_vlinterp", "record_written"]

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from ..core.io import check_output_file, record_written, written_by_vlinterp
 from .questions import QA, caption, make_questions
 from .shapes import Obj, Scene, make_split, scene_rng
 
@@ -51,31 +52,39 @@ def scene_record(scene: Scene, image_path: str) -> dict:
 
 def export_split(out_dir: str | os.PathLike, name: str = "heldout", n: int = 64,
                  seed: int = 0, prior: bool = True) -> str:
-    """Write ``n`` scenes of split ``name`` under ``out_dir``; returns the JSONL path."""
+    """Write ``n`` scenes of split ``name`` under ``out_dir``; returns the JSONL path.
+
+    Files of an earlier export (recorded in each folder's vlinterp manifest) are replaced, and
+    its images beyond ``n`` removed; a file in the way that vlinterp did not write stops the
+    export before anything is written (:class:`~vlinterp.core.errors.OutputError`)."""
     out_dir = os.fspath(out_dir)
     img_dir = os.path.join(out_dir, "images")
+    final = check_output_file(os.path.join(out_dir, f"{name}.jsonl"))
+    keep = [f"{name}_{i:04d}.png" for i in range(n)]
+    for fn in keep:
+        check_output_file(os.path.join(img_dir, fn))
     os.makedirs(img_dir, exist_ok=True)
     scenes = make_split(name, n, seed, prior)
     tmp = tempfile.mkdtemp(prefix=f".tmp_{name}_", dir=out_dir)
     try:
         os.makedirs(os.path.join(tmp, "images"))
         lines = []
-        for s in scenes:
-            rel = f"images/{name}_{s.index:04d}.png"
-            s.pil().save(os.path.join(tmp, rel), format="PNG")
-            lines.append(json.dumps(scene_record(s, rel), sort_keys=True))
+        for s, fn in zip(scenes, keep):
+            s.pil().save(os.path.join(tmp, "images", fn), format="PNG")
+            lines.append(json.dumps(scene_record(s, f"images/{fn}"), sort_keys=True))
         jsonl_tmp = os.path.join(tmp, f"{name}.jsonl")
         with open(jsonl_tmp, "w") as f:
             f.write("\n".join(lines) + ("\n" if lines else ""))
-        # stale images of an earlier, larger export of the same split
-        keep = {f"{name}_{s.index:04d}.png" for s in scenes}
+        # stale images of an earlier, larger export of the same split (ours only)
         for fn in os.listdir(img_dir):
-            if fn.startswith(f"{name}_") and fn.endswith(".png") and fn not in keep:
-                os.remove(os.path.join(img_dir, fn))
-        for fn in sorted(keep):
+            path = os.path.join(img_dir, fn)
+            if fn.startswith(f"{name}_") and fn.endswith(".png") and fn not in keep and written_by_vlinterp(path):
+                os.remove(path)
+        for fn in keep:
             os.replace(os.path.join(tmp, "images", fn), os.path.join(img_dir, fn))
-        final = os.path.join(out_dir, f"{name}.jsonl")
+        record_written([os.path.join(img_dir, fn) for fn in keep])
         os.replace(jsonl_tmp, final)
+        record_written([final])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -46,10 +46,11 @@ def _save_shard(path: str, rows: dict[str, torch.Tensor]) -> None:
 
 def _drop_leftovers(out_dir: str, listed: set[str]) -> None:
     """Remove what a killed run of ours left: shards it wrote that the manifest does not list, and
-    temp files. Anything else is the user's and stays (a stray shard name is refused)."""
+    temp files of its writes (``.tmp-*`` holding a shard or the manifest: ``.safetensors``,
+    ``.json``). Anything else is the user's and stays (a stray shard name is refused)."""
     for f in os.listdir(out_dir):
         path = os.path.join(out_dir, f)
-        if f.startswith(".tmp-") and os.path.isfile(path):
+        if f.startswith(".tmp-") and (".safetensors" in f or f.endswith(".json")) and os.path.isfile(path):
             os.remove(path)
         elif f.startswith("shard_") and f not in listed:
             if not written_by_vlinterp(path):

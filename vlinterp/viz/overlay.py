@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from ..core.errors import ArgumentError, NaNError, ShapeMismatchError
+from ..core.errors import ArgumentError, NaNError, OutputError, ShapeMismatchError
 
 COLORMAPS = {"jet": "COLORMAP_JET", "turbo": "COLORMAP_TURBO", "inferno": "COLORMAP_INFERNO",
              "viridis": "COLORMAP_VIRIDIS", "hot": "COLORMAP_HOT", "magma": "COLORMAP_MAGMA"}
@@ -67,7 +67,7 @@ def png_bytes(rgb) -> bytes:
     a = np.asarray(rgb, np.uint8)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGB2BGR) if a.ndim == 3 else a)
     if not ok:
-        raise RuntimeError("PNG encoding failed")
+        raise OutputError(f"OpenCV could not encode an image of shape {a.shape} as PNG")
     return buf.tobytes()
 
 
