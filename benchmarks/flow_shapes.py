@@ -9,9 +9,11 @@
 - attention: tracing's attention output at the last token split by the keys it reads (image /
   text / whole, ``--n-parts`` scenes): where the image part peaks is where knockout's image -> last
   edge should matter most. Figure (with the knockout's image -> last drop): ``assets/flow_handoff.png``.
-- relp: RelP (LRP rules) and attribution patching (plain gradients) against activation patching on
-  the same cells (attn/mlp/resid x layers x the seven FCCT groups, image noise) of ``--n-relp`` scenes;
-  goal: sign agreement >= 90%.
+- relp: RelP (LRP rules as published; ``attnlrp``: with AttnLRP's attention rules) and attribution
+  patching (plain gradients) against activation patching on the same cells (attn/mlp/resid x layers x
+  the seven FCCT groups, image noise) of ``--n-relp`` scenes; goal: sign agreement >= 90%.
+- relp-grid: the same agreement for every combination of the rules (attention: AH / AttnLRP / plain
+  gradient; LN rule on/off; MLP rules on/off): which rule costs agreement.
 
 Numbers go to ``assets/flow_shapes.json`` (shapes-qwen: ``benchmarks/results/shapes_qwen/flow.json``).
 
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--relp-steps", type=int, default=1, help="RelP path steps (1: as published; >1: integrated along the path)")
     ap.add_argument("--relp-corruption", default="noise", choices=("noise", "removed"),
                     help="RelP vs patching on image noise, or on the scene with the queried object painted out")
+    ap.add_argument("--relp-rules", default="lrp,attnlrp,none", help="the rule sets the relp part compares")
     ap.add_argument("--window", type=int, default=1, help="knockout window (layers blocked per cell, ROME-centred)")
     ap.add_argument("--model", default="shapes-llava")
     ap.add_argument("--out", default=None, help="default: assets/flow_shapes.json (shapes-llava), "
@@ -111,7 +114,7 @@ def main() -> None:
         plot_layer_curves(series, a.handoff_png, ylabel="fraction of P(yes)", err=err,
                           title=f"{a.model}: where the image reaches the last token (tracing: {ap_['n']} presence questions)")
     if "relp" in parts:
-        for rules in ("lrp", "none"):
+        for rules in a.relp_rules.split(","):
             r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, steps=a.relp_steps,
                                corruption=a.relp_corruption, progress=True)
             keep = {k: r[k] for k in ("n", "skipped_wrong", "rules", "metric", "agreement", "cells", "agreement_large",
@@ -120,7 +123,23 @@ def main() -> None:
                 + ("" if a.relp_corruption == "noise" else f"_{a.relp_corruption}")] = keep
             print(f"relp rules={rules} metric={a.metric} steps={a.relp_steps} corruption={a.relp_corruption}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
                   f"{r['agreement_large']:.3f} over {r['cells_large']} cells with |IE| >= 1% of TE; pearson {r['pearson']:.3f}; by component {r['agreement_by_component']}")
+    if "relp-grid" in parts:
+        res["relp_grid"] = relp_grid(m, a)
     write_json(a.out, {**old, **res})
+
+
+def relp_grid(m, a) -> list[dict]:
+    """Sign agreement (all cells, and cells >= 1% of the total effect) for every rule combination."""
+    rows = []
+    for attention in ("ah", "attnlrp", "grad"):
+        for norm in (True, False):
+            for mlp in (True, False):
+                rules = {"attention": attention, "norm": norm, "mlp": mlp}
+                r = relp_agreement(m, n=a.n_relp, seed=a.seed, rules=rules, metric=a.metric, corruption=a.relp_corruption)
+                rows.append({**rules, "agreement": r["agreement"], "agreement_large": r["agreement_large"], "cells": r["cells"]})
+                print(f"relp grid attention={attention} norm_rule={norm} mlp_rules={mlp}: {r['agreement']:.3f} "
+                      f"({r['agreement_large']:.3f} on cells >= 1% of TE)", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -192,6 +192,60 @@ def test_lrp_rules_keep_values_and_conserve_relevance(llava):
         assert torch.equal(m.run(b).logits, clean)
 
 
+def test_attnlrp_rule_splits_relevance_between_values_and_pattern(llava):
+    """AttnLRP's attention rule on one layer: the softmax by its gradient and the uniform rule on
+    q.k and P.v, so the backward is half the values' path (the AH rule) plus a quarter of the
+    pattern's path (plain gradient less the AH rule): 0.25 * (AH + plain). Values are unchanged."""
+    from vlinterp.tracing import lrp
+
+    m, b = llava
+    attn = m.module(f"blocks.{m.num_layers('lm') - 1}.attn")
+    seen = {}
+    with m.raw_hooks() as h, torch.no_grad():
+        h.pre(attn, lambda mod, a, kw: seen.update(args=a, kwargs=dict(kw)), with_kwargs=True)
+        m.run(b)
+    seen["kwargs"] = {k: v for k, v in seen["kwargs"].items() if "cache" not in k and "past" not in k}  # keys from x
+    x0 = seen["kwargs"].pop("hidden_states", None)
+    x0 = seen["args"][0] if x0 is None else x0
+    w = torch.randn(x0.shape[0], x0.shape[1], attn.o_proj.out_features, generator=torch.Generator().manual_seed(0))
+
+    def grad(hook):
+        x = x0.detach().clone().requires_grad_(True)
+        with m.raw_hooks() as h:
+            if hook is not None:
+                h.forward(attn, hook, with_kwargs=True)
+            out = attn(hidden_states=x, **seen["kwargs"])
+        out = out[0] if isinstance(out, tuple) else out
+        return out.detach(), torch.autograd.grad((out * w).sum(), x)[0]
+
+    (o_full, g_full), (o_ah, g_ah), (o_at, g_at) = grad(None), grad(lrp._attn_hook), grad(lrp._attnlrp_hook)
+    assert torch.equal(o_full, o_ah) and torch.equal(o_full, o_at)
+    assert (g_ah - g_full).abs().max() > 1e-4  # the pattern's path is not nothing here
+    assert torch.allclose(g_at, 0.25 * (g_ah + g_full), atol=1e-6, rtol=1e-4)
+
+
+def test_rule_sets_and_ablations(llava):
+    """Named rule sets and ablation dicts: ``attnlrp`` differs from ``lrp``; every rule off equals
+    plain gradients; bad sets are refused before any run."""
+    from vlinterp.core.errors import ConfigError
+    from vlinterp.tracing.lrp import rule_set
+
+    m, b = llava
+    tid, last = m.token_id("yes"), _last(b)
+    site = ["blocks.0.resid"]
+
+    def g(rules):
+        return relevance_grads(m, b, site, lambda lg: lg[0, last, tid], rules=rules)[1][site[0]]
+
+    plain, ah, at = g("none"), g("lrp"), g("attnlrp")
+    assert (ah - at).abs().max() > 1e-5 and (ah - plain).abs().max() > 1e-5
+    assert torch.allclose(g({"attention": "grad", "norm": False, "mlp": False}), plain, atol=1e-6)
+    assert torch.equal(g({"attention": "ah"}), ah)
+    for bad in ("lrp2", {"attention": "soft"}, {"norm": "yes"}, {"heads": True}, 3):
+        with pytest.raises(ConfigError):
+            rule_set(bad)
+
+
 def test_relp_lines_up_with_tracing(llava):
     m, b = llava
     kw = dict(components=("attn", "mlp", "resid"), samples=2, seed=3)

@@ -43,11 +43,11 @@ def test_dla_and_relp_cli(tmp_path, capsys):
     parts = np.sum(a["components"]) + a["direct"][0] + a["other"][0] + a["const"][0]
     assert abs(parts - a["total"][0]) <= 1e-4 and "logit difference" in out
     js = tmp_path / "relp.json"
-    code, out, err = run_cli(["trace", img, *Q, "--target", "yes", "--method", "relp:rules=none", "--samples", "1",
+    code, out, err = run_cli(["trace", img, *Q, "--target", "yes", "--method", "relp:rules=attnlrp", "--samples", "1",
                               "--components", "resid", "--json", js, "--plot", tmp_path / "relp.png"], capsys)
     assert code == 0, err
     r = json.loads(js.read_text())
-    assert r["meta"]["rules"] == "none" and np.array(r["arrays"]["ie"]).shape == (1, 2, 7)
+    assert r["meta"]["rules"] == "attnlrp" and np.array(r["arrays"]["ie"]).shape == (1, 2, 7)
     assert (tmp_path / "relp.png").exists()
 
 
@@ -103,7 +103,7 @@ ROWS = [
     (["--knockout", "image:lastt"], r"unknown knockout group 'lastt'"),
     (["--knockout", "image-last"], r"not FROM:TO"),
     (["--method", "rome"], r"unknown tracing method 'rome'"),
-    (["--method", "relp:rules=zz"], r"relp rules must be one of lrp, none"),
+    (["--method", "relp:rules=zz"], r"relp rules must be one of lrp, attnlrp, none"),
     (["--method", "knockout:window=0"], r"window must be >= 1"),
     (["--method", "dla", "--knockout", "image:last"], r"--knockout is the knockout method"),
     (["--foil", "no"], r"--foil is for --method dla"),

@@ -177,7 +177,8 @@ def relp_agreement(adapter, n: int = 16, split: str = "test", seed: int = 11, co
     seed = the scene's index) of ``n`` positive presence questions answered
     ``yes``. Sign agreement over all cells with a nonzero patched effect, and over the cells whose
     patched effect is at least ``min_rel`` of the item's total effect; the RelP and patched tables
-    per item. ``rules="none"``: attribution patching (plain gradients) instead; ``metric``: what RelP
+    per item. ``rules``: ``lrp`` (RelP), ``attnlrp``, ``none`` (attribution patching) or an ablation dict
+    (:func:`~vlinterp.tracing.lrp.rule_set`); ``metric``: what RelP
     differentiates (``prob``: P(yes), what patching measures; ``logit``: the logit of "yes"); ``steps``:
     RelP's points on the corrupted-to-clean path; ``corruption``: ``noise`` (tracing's image noise) or
     ``removed`` (the same scene with the queried object painted out, :func:`without_object`: an

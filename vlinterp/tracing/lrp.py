@@ -11,6 +11,10 @@ the gradients, for every decoder layer of the language model and its final norm:
 - **AH rule** (attention): the attention probabilities are detached; the output is recomputed
   explicitly as ``o_proj(P . v_proj(x))`` with ``P`` recomputed from the layer's own inputs and mask
   (:func:`~vlinterp.core.attention.hf_self_attention`), so the gradient flows through the values only.
+  RelP as published uses it. ``attention="attnlrp"`` instead follows AttnLRP's rules: the softmax by
+  its own gradient (AttnLRP's softmax rule is gradient x input at its input) and the uniform rule on
+  both products, ``q . k`` and ``P . v``, so half the relevance reaches the values and a quarter
+  reaches the queries and keys through the attention pattern.
 - **Identity rule** (activation functions): ``act(g) = g * (act(g) / g)`` with the ratio detached.
 - **Uniform (half) rule** (gated MLPs, ``down(act(gate(x)) * up(x))``): the product's gradient is
   halved, each factor receiving half the relevance.
@@ -26,9 +30,30 @@ import math
 import torch
 
 from ..core.attention import hf_self_attention
-from ..core.errors import UnsupportedError
+from ..core.errors import ConfigError, UnsupportedError
 
-RULES = ("lrp", "none")
+RULES = ("lrp", "attnlrp", "none")
+ATTENTION = ("ah", "attnlrp", "grad")
+_SETS = {"lrp": {"attention": "ah", "norm": True, "mlp": True},
+         "attnlrp": {"attention": "attnlrp", "norm": True, "mlp": True},
+         "none": None}
+
+
+def rule_set(rules) -> dict | None:
+    """The keyword arguments of :func:`lrp_rules` for ``rules``: a name of :data:`RULES` (``lrp``:
+    RelP as published; ``attnlrp``: AttnLRP's attention rules; ``none``: plain gradients, ``None``),
+    or a dict ``{attention: ah|attnlrp|grad, norm: bool, mlp: bool}`` (rules left out are on, with
+    the AH rule) for ablations. Raises :class:`ConfigError` on anything else."""
+    if isinstance(rules, str):
+        if rules not in _SETS:
+            raise ConfigError(f"rules must be one of {', '.join(RULES)}, got {rules!r}")
+        return None if _SETS[rules] is None else dict(_SETS[rules])
+    if not isinstance(rules, dict) or not set(rules) <= {"attention", "norm", "mlp"}:
+        raise ConfigError(f"rules must be one of {', '.join(RULES)} or a dict of attention/norm/mlp, got {rules!r}")
+    out = {**_SETS["lrp"], **rules}
+    if out["attention"] not in ATTENTION or not isinstance(out["norm"], bool) or not isinstance(out["mlp"], bool):
+        raise ConfigError(f"rules: attention is one of {', '.join(ATTENTION)}, norm and mlp are booleans; got {rules!r}")
+    return out
 
 
 def _eps(norm) -> float | None:
@@ -89,11 +114,12 @@ def _mlp_hook(module, args, output):
     raise UnsupportedError(f"LRP rules do not know the MLP {type(module).__name__} (gate/up/down or fc1/fc2 expected)")
 
 
-def _attn_hook(module, args, kwargs, output):
+def _attn_hook(module, args, kwargs, output, attnlrp: bool = False):
     h = kwargs.get("hidden_states", args[0] if args else None)
     if not all(hasattr(module, a) for a in ("v_proj", "o_proj")):
         raise UnsupportedError(f"LRP rules do not know the attention {type(module).__name__} (v_proj/o_proj expected)")
-    probs = hf_self_attention(module, args, kwargs).detach()  # [B, H, T, Tk]
+    probs = hf_self_attention(module, args, kwargs)  # [B, H, T, Tk]
+    probs = _half(probs) if attnlrp else probs.detach()  # AttnLRP: q . k's uniform rule; AH: constant
     B, T, _ = h.shape
     hd = getattr(module, "head_dim", None) or module.v_proj.out_features // probs.shape[1]
     v = module.v_proj(h).view(B, T, -1, hd).transpose(1, 2)  # [B, kvH, T, hd]
@@ -102,7 +128,8 @@ def _attn_hook(module, args, kwargs, output):
     rep = probs.shape[1] // v.shape[1]
     if rep > 1:
         v = v.repeat_interleave(rep, dim=1)
-    o = module.o_proj((probs.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, -1))
+    pv = probs.to(v.dtype) @ v
+    o = module.o_proj((_half(pv) if attnlrp else pv).transpose(1, 2).reshape(B, T, -1))
     first = output[0] if isinstance(output, tuple) else output
     err = float((o.detach() - first.detach()).abs().max())
     if err > 1e-3 * max(1.0, float(first.detach().abs().max())):
@@ -111,23 +138,35 @@ def _attn_hook(module, args, kwargs, output):
     return (o,) + tuple(output[1:]) if isinstance(output, tuple) else o
 
 
-def lrp_rules(hooks, adapter) -> None:
+def _attnlrp_hook(module, args, kwargs, output):
+    return _attn_hook(module, args, kwargs, output, attnlrp=True)
+
+
+def lrp_rules(hooks, adapter, attention: str = "ah", norm: bool = True, mlp: bool = True) -> None:
     """Install the LRP rules on every decoder layer of ``adapter``'s language model and its final norm,
-    on ``hooks`` (a :class:`~vlinterp.core.hooks.RawHooks`, so they go when its block ends)."""
+    on ``hooks`` (a :class:`~vlinterp.core.hooks.RawHooks`, so they go when its block ends).
+    ``attention``: ``ah`` (the AH rule), ``attnlrp`` (AttnLRP's softmax and uniform rules) or ``grad``
+    (plain gradient); ``norm`` / ``mlp``: the LN rule / the identity and uniform rules of the MLPs
+    (off: plain gradients there; for ablations)."""
+    if attention not in ATTENTION:
+        raise ConfigError(f"attention rule must be one of {', '.join(ATTENTION)}, got {attention!r}")
     L = adapter.num_layers("lm")
     for l in range(L):
         attn = adapter.module(f"blocks.{l}.attn")
-        mlp = adapter.module(f"blocks.{l}.mlp")
-        inside = {id(m) for m in attn.modules()} | {id(m) for m in mlp.modules()}
+        mlp_m = adapter.module(f"blocks.{l}.mlp")
+        inside = {id(m) for m in attn.modules()} | {id(m) for m in mlp_m.modules()}
         for m in adapter.module(f"blocks.{l}.resid").modules():
-            if id(m) not in inside and is_norm(m):
+            if norm and id(m) not in inside and is_norm(m):
                 hooks.forward(m, _norm_hook)
-        hooks.forward(attn, _attn_hook, with_kwargs=True)
-        hooks.forward(mlp, _mlp_hook)
-    norm = adapter.module("norm")
-    if not is_norm(norm):
-        raise UnsupportedError(f"LRP rules do not know the final norm {type(norm).__name__}")
-    hooks.forward(norm, _norm_hook)
+        if attention != "grad":
+            hooks.forward(attn, _attnlrp_hook if attention == "attnlrp" else _attn_hook, with_kwargs=True)
+        if mlp:
+            hooks.forward(mlp_m, _mlp_hook)
+    final = adapter.module("norm")
+    if not is_norm(final):
+        raise UnsupportedError(f"LRP rules do not know the final norm {type(final).__name__}")
+    if norm:
+        hooks.forward(final, _norm_hook)
 
 
-__all__ = ["lrp_rules", "is_norm", "RULES"]
+__all__ = ["lrp_rules", "rule_set", "is_norm", "RULES", "ATTENTION"]

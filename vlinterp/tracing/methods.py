@@ -144,7 +144,8 @@ class DLA(TracingMethod):
 
 
 class RelP(TracingMethod):
-    """Relevance patching: tracing's cells scored by LRP relevance (``rules=none``: attribution patching)."""
+    """Relevance patching: tracing's cells scored by LRP relevance (``rules=attnlrp``: AttnLRP's
+    attention rules; ``rules=none``: attribution patching)."""
 
     name = "relp"
     uses_corruption = True

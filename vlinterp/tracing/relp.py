@@ -8,7 +8,9 @@ et al. 2025) replaces the gradient by the LRP propagation coefficients: the same
 backward pass of :func:`~vlinterp.tracing.lrp.lrp_rules` (norm scales, attention probabilities and
 activation ratios held constant, gated products halved), which follows a deep network's output far
 better than its local gradient. One forward and one backward per noise sample score every
-(component, layer, position group) cell at once.
+(component, layer, position group) cell at once. ``rules="attnlrp"`` swaps the AH rule for AttnLRP's
+attention rules (relevance also flows through the attention pattern); an ablation dict turns single
+rules off (:func:`~vlinterp.tracing.lrp.rule_set`).
 
 The cells, corruptions, windows and position groups are :func:`~vlinterp.tracing.trace`'s (the
 same plan), so a RelP table and an activation-patching table line up cell for cell. A window's
@@ -29,20 +31,20 @@ from tqdm.auto import tqdm
 from ..core.errors import ConfigError, UnsupportedError
 from ..core.result import Result
 from ..core.types import Batch
-from .lrp import RULES, lrp_rules
+from .lrp import lrp_rules, rule_set
 from .trace import _Plan
 
 METRICS = ("prob", "logit")
 
 
 def relevance_grads(adapter, batch: Batch, sites: list[str], metric_fn, edits: dict | None = None, rules: str = "lrp"):
-    """Run ``batch`` (with ``edits``) under ``rules`` (``lrp`` or ``none``: plain gradients) and return
+    """Run ``batch`` (with ``edits``) under ``rules`` (``lrp``, ``attnlrp``, ``none``: plain gradients,
+    or an ablation dict: :func:`~vlinterp.tracing.lrp.rule_set`) and return
     ``(values {site: [B, T, D]}, grads {site: [B, T, D]}, metric)``: each site's output and the
     (modified) gradient of ``metric_fn(logits) -> scalar`` with respect to it. The gradient is taken
     through a zero offset added at every site, so it is the total derivative through every path
     downstream of the site, and no parameter gradient is touched."""
-    if rules not in RULES:
-        raise ConfigError(f"rules must be one of {', '.join(RULES)}, got {rules!r}")
+    rule_kw = rule_set(rules)
     deltas: dict[str, torch.Tensor] = {}
     vals: dict[str, torch.Tensor] = {}
 
@@ -61,8 +63,8 @@ def relevance_grads(adapter, batch: Batch, sites: list[str], metric_fn, edits: d
             raise ConfigError(f"site {s!r} is both edited and scored")
         all_edits[s] = offset(s)
     with adapter.raw_hooks() as h:
-        if rules == "lrp":
-            lrp_rules(h, adapter)
+        if rule_kw is not None:
+            lrp_rules(h, adapter, **rule_kw)
         out = adapter.run(batch, edits=all_edits, grad=True)
         m = metric_fn(out.logits)
     missing = [s for s in sites if s not in deltas]
@@ -84,8 +86,9 @@ def relp(adapter, batch: Batch, target, components=("resid",), positions="groups
     """RelP estimate of every (component, layer, position group) cell of causal tracing.
 
     Arguments as :func:`~vlinterp.tracing.trace` (language-model stream); ``metric``: ``prob``
-    (P[target], what tracing measures) or ``logit`` (the target's logit); ``rules``: ``lrp`` (RelP)
-    or ``none`` (attribution patching with plain gradients); ``steps``: points on the corrupted-to-clean
+    (P[target], what tracing measures) or ``logit`` (the target's logit); ``rules``: ``lrp`` (RelP),
+    ``attnlrp`` (RelP with AttnLRP's attention rules) or ``none`` (attribution patching with plain
+    gradients); ``steps``: points on the corrupted-to-clean
     path whose coefficients are averaged (1: the corrupted run only, RelP as published).
 
     Returns a :class:`Result` ``"relp"`` with ``ie`` ``[C, L, G]`` (estimated indirect effect, in units of
@@ -95,6 +98,7 @@ def relp(adapter, batch: Batch, target, components=("resid",), positions="groups
         raise UnsupportedError(f"relevance patching runs on VLM language models, not {adapter.kind} models")
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    rule_set(rules)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     plan = _Plan(adapter, batch, target, components, positions, window, noise, samples, seed, object_mask,
