@@ -124,7 +124,7 @@ def main() -> None:
             print(f"relp rules={rules} metric={a.metric} steps={a.relp_steps} corruption={a.relp_corruption}: sign agreement {r['agreement']:.3f} over {r['cells']} cells; "
                   f"{r['agreement_large']:.3f} over {r['cells_large']} cells with |IE| >= 1% of TE; pearson {r['pearson']:.3f}; by component {r['agreement_by_component']}")
     if "relp-grid" in parts:
-        res["relp_grid"] = relp_grid(m, a)
+        res["relp_grid" + ("" if a.relp_corruption == "noise" else f"_{a.relp_corruption}")] = relp_grid(m, a)
     write_json(a.out, {**old, **res})
 
 
