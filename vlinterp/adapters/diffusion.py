@@ -154,13 +154,16 @@ class DiffusionAdapter(Adapter):
     def save(self, out_dir) -> str:
         """Latent models: ``StableDiffusionPipeline.save_pretrained``; pixel space: component
         folders (``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``) + ``vlinterp_diffusion.json``."""
-        out = os.fspath(out_dir)
-        if self.vae is not None:
-            self.pipeline().save_pretrained(out)
-            return out
+        from ..core.io import output_dir
         from .diffusion_tiny import save_components
 
-        return save_components(out, self.unet, self.model.text_encoder, self.processor, self.scheduler, self.image_size)
+        out = os.fspath(out_dir)
+        with output_dir(out, "out_dir") as tmp:  # never over files vlinterp did not write
+            if self.vae is not None:
+                self.pipeline().save_pretrained(tmp)
+            else:
+                save_components(tmp, self.unet, self.model.text_encoder, self.processor, self.scheduler, self.image_size)
+        return out
 
     # --------------------------------------------------------------- geometry
     @property

@@ -162,8 +162,11 @@ class Dinov2Adapter(VitAdapter):
 
     def save_pretrained(self, out_dir: str) -> str:
         """HF format: ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``."""
-        self.model.save_pretrained(out_dir)
-        self.processor.save_pretrained(out_dir)
+        from ..core.io import output_dir
+
+        with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
+            self.model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
         return out_dir
 
     # ----------------------------------------------------------------- sites

@@ -156,8 +156,11 @@ class TimmVitAdapter(VitAdapter):
         """timm hub format via timm's ``save_for_hf``: ``config.json`` + ``model.safetensors``."""
         from timm.models import save_for_hf
 
+        from ..core.io import output_dir
+
         labels = self._label_names()
-        save_for_hf(self.model, out_dir, model_config={"label_names": list(labels)} if labels else None, safe_serialization=True)
+        with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
+            save_for_hf(self.model, tmp, model_config={"label_names": list(labels)} if labels else None, safe_serialization=True)
         return out_dir
 
     # ----------------------------------------------------------------- sites

@@ -51,8 +51,11 @@ def save_tiny(variant: str, out_dir: str, **kw) -> str:
 
     spec = families.for_tiny(variant)
     model, proc = spec.build_tiny(variant, **kw)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    proc.save_pretrained(out_dir)
+    from ..core.io import output_dir
+
+    with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
+        model.save_pretrained(tmp, safe_serialization=True)
+        proc.save_pretrained(tmp)
     return out_dir
 
 

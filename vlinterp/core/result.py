@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,13 +58,17 @@ class Result:
         return out
 
     def save(self, path: str) -> None:
-        """Write ``path`` (``.json``) and ``path`` with ``.npz`` beside it, atomically."""
-        base, _ = os.path.splitext(path)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        for suffix, writer in ((".npz", lambda f: np.savez(f, **self.arrays)), (".json", lambda f: f.write(json.dumps(self.to_json(), indent=1).encode()))):
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, base + suffix)
+        """Write ``path`` (``.json``) and ``path`` with ``.npz`` beside it, atomically; refuses
+        (:class:`~vlinterp.core.errors.OutputError`, before writing either) to replace a file
+        vlinterp did not write."""
+        from .io import atomic_path, check_output_file
+
+        base, _ = os.path.splitext(os.fspath(path))
+        for suffix in (".npz", ".json"):
+            check_output_file(base + suffix)
+        with atomic_path(base + ".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.arrays)
+        with atomic_path(base + ".json") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(self.to_json(), indent=1).encode())

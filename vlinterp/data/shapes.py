@@ -19,7 +19,6 @@ share a seed stream.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -304,7 +303,8 @@ def plot_samples(path: str | os.PathLike = "assets/shapes_world.png", n: int = 8
                  seed: int = 0, name: str = "train", scale: int = 2) -> str:
     """Write a grid of ``n`` scenes, each with its colourised index map beside it.
 
-    Written atomically (temp file in the same directory, then ``os.replace``).
+    Written atomically (temp file in the same directory, then ``os.replace``); a file vlinterp
+    did not write is never replaced.
     Returns the path written.
     """
     from PIL import ImageFont
@@ -327,15 +327,9 @@ def plot_samples(path: str | os.PathLike = "assets/shapes_world.png", n: int = 8
         text = ", ".join(f"{o.colour} {o.shape}" for o in
                          sorted(s.objects, key=lambda o: o.bbox[0]))
         draw.text((x, y + tile + 2), text, fill=(0, 0, 0), font=font)
+    from ..core.io import atomic_path
+
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -7,8 +7,6 @@ default) and alpha-blended over the image.
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 
 import numpy as np
 
@@ -77,26 +75,12 @@ def data_uri(rgb) -> str:
 
 
 def write_bytes_atomic(path, data: bytes) -> str:
-    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it into place."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it into place; refuses
+    (:class:`~vlinterp.core.errors.OutputError`) to replace a file vlinterp did not write
+    (:func:`vlinterp.core.io.write_bytes`)."""
+    from ..core.io import write_bytes
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return write_bytes(path, data)
 
 
 def save_png(path, rgb) -> str:
