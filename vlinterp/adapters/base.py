@@ -225,4 +225,16 @@ def layer_of(site: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-__all__ = ["Adapter", "block_sites", "Cache", "layer_of"]
+def save_pretrained_dir(out_dir, model, processor, **model_kw) -> str:
+    """Save ``model`` and ``processor`` with their own ``save_pretrained`` as one vlinterp output
+    folder (:func:`vlinterp.core.io.output_dir`: built aside, then published; a folder holding files
+    vlinterp did not write is refused). ``model_kw`` go to the model's ``save_pretrained``."""
+    from ..core.io import output_dir
+
+    with output_dir(out_dir, "out_dir") as tmp:
+        model.save_pretrained(tmp, **model_kw)
+        processor.save_pretrained(tmp)
+    return out_dir
+
+
+__all__ = ["Adapter", "block_sites", "Cache", "layer_of", "save_pretrained_dir"]

@@ -443,8 +443,6 @@ def save_tiny(variant: str, out_dir: str, **kw) -> str:
     """Save the tiny model natively: ``clip`` -> open_clip hub layout (``open_clip_config.json``
     with ``model_cfg``/``preprocess_cfg`` + ``open_clip_model.safetensors``); ``clip-hf``, ``siglip``,
     ``siglip2`` -> ``save_pretrained`` of model and processor."""
-    from ..core.io import output_dir
-
     if variant in ("clip-hf", "siglip", "siglip2"):
         if variant == "clip-hf":
             from .clip_hf import build_tiny_hf
@@ -454,16 +452,17 @@ def save_tiny(variant: str, out_dir: str, **kw) -> str:
             from .clip_siglip import build_tiny
 
             model, proc = build_tiny(variant, **kw)
-        with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
-            model.save_pretrained(tmp)
-            proc.save_pretrained(tmp)
-        return out_dir
+        from .base import save_pretrained_dir
+
+        return save_pretrained_dir(out_dir, model, proc)
     if variant != "clip":
         raise LoadError(f"unknown CLIP tiny variant {variant!r} (clip, clip-hf, siglip, siglip2)")
     from safetensors.torch import save_file
 
+    from ..core.io import output_dir
+
     model, _ = build_tiny_open_clip(**kw)
-    with output_dir(out_dir, "out_dir") as tmp:
+    with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
         with open(os.path.join(tmp, OC_CONFIG), "w") as f:
             json.dump({"model_cfg": TINY_OC_CFG, "preprocess_cfg": TINY_OC_PREPROCESS}, f, indent=2)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, OC_WEIGHTS[0]))

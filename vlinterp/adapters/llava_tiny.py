@@ -85,9 +85,6 @@ def build_tiny(variant: str = "llava", seed: int = 0, attn_implementation: str =
 def save_tiny(variant: str, out_dir: str, **kw) -> str:
     """Save the tiny model + processor in the HF on-disk format (``save_pretrained``)."""
     model, proc = build_tiny(variant, **kw)
-    from ..core.io import output_dir
+    from .base import save_pretrained_dir
 
-    with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
-        model.save_pretrained(tmp, safe_serialization=True)
-        proc.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_dir(out_dir, model, proc, safe_serialization=True)

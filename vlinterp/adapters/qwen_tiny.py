@@ -111,12 +111,9 @@ def save_tiny(variant: str, out_dir: str, **kw) -> str:
     """Save the tiny model + processor in the HF on-disk format (``save_pretrained``); ``vi.load(out_dir)``
     reloads it with ``AutoProcessor`` and the model class."""
     model, proc = build_tiny(variant, **kw)
-    from ..core.io import output_dir
+    from .base import save_pretrained_dir
 
-    with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
-        model.save_pretrained(tmp, safe_serialization=True)
-        proc.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_dir(out_dir, model, proc, safe_serialization=True)
 
 
 __all__ = ["VARIANTS", "build_tiny", "save_tiny", "qwen_config", "qwen_processor", "qwen_tokenizer"]

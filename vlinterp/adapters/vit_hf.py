@@ -104,12 +104,9 @@ class HfVitAdapter(VitAdapter):
 
     def save_pretrained(self, out_dir: str) -> str:
         """HF format: ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``."""
-        from ..core.io import output_dir
+        from .base import save_pretrained_dir
 
-        with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
-            self.model.save_pretrained(tmp)
-            self.processor.save_pretrained(tmp)
-        return out_dir
+        return save_pretrained_dir(out_dir, self.model, self.processor)
 
     # ----------------------------------------------------------------- sites
     def build_sites(self) -> dict[str, Site]:

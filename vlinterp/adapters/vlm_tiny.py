@@ -51,12 +51,9 @@ def save_tiny(variant: str, out_dir: str, **kw) -> str:
 
     spec = families.for_tiny(variant)
     model, proc = spec.build_tiny(variant, **kw)
-    from ..core.io import output_dir
+    from .base import save_pretrained_dir
 
-    with output_dir(out_dir, "out_dir") as tmp:  # never over files vlinterp did not write
-        model.save_pretrained(tmp, safe_serialization=True)
-        proc.save_pretrained(tmp)
-    return out_dir
+    return save_pretrained_dir(out_dir, model, proc, safe_serialization=True)
 
 
 __all__ = ["chat_template", "tokenizer", "text_kw", "finish", "save_tiny"]

@@ -11,6 +11,7 @@ import base64
 import numpy as np
 
 from ..core.errors import ArgumentError, NaNError, OutputError, ShapeMismatchError
+from ..core.io import write_bytes
 
 COLORMAPS = {"jet": "COLORMAP_JET", "turbo": "COLORMAP_TURBO", "inferno": "COLORMAP_INFERNO",
              "viridis": "COLORMAP_VIRIDIS", "hot": "COLORMAP_HOT", "magma": "COLORMAP_MAGMA"}
@@ -74,18 +75,13 @@ def data_uri(rgb) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
 
 
-def write_bytes_atomic(path, data: bytes) -> str:
-    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it into place; refuses
-    (:class:`~vlinterp.core.errors.OutputError`) to replace a file vlinterp did not write
-    (:func:`vlinterp.core.io.write_bytes`)."""
-    from ..core.io import write_bytes
-
-    return write_bytes(path, data)
+# the name viz has used: :func:`vlinterp.core.io.write_bytes` (atomic; never over a file vlinterp did not write)
+write_bytes_atomic = write_bytes
 
 
 def save_png(path, rgb) -> str:
     """Write an RGB array as PNG, atomically."""
-    return write_bytes_atomic(path, png_bytes(rgb))
+    return write_bytes(path, png_bytes(rgb))
 
 
 def save_overlay(path, image, heatmap, **kw) -> str:
